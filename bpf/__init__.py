@@ -1,0 +1,1 @@
+"""The node agent: CO-RE BPF programs loaded through libbpf, maps filled from the Plan."""

@@ -1,0 +1,266 @@
+"""The ``cloudtaser`` command: validate, compile (offline dry run), doctor, crds.
+
+Every failure a user can cause ends as a located, one-line message and a non-zero exit, never
+a traceback: ``FILE:DOC_INDEX: FIELD.PATH: message`` for documents.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import BaseModel
+
+from cloudtaser import __version__, probing, rendering
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.crds import custom_resource_definitions
+from cloudtaser.engine.documents import (
+    CORE_KINDS,
+    RESOURCE_KINDS,
+    as_problems,
+    parse_document,
+)
+from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.patches import pod_patch
+from cloudtaser.engine.plans import Plan, Problem
+from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
+from cloudtaser.loading import Document, LoadProblem, load_files
+
+OUTPUT = click.option(
+    "-o", "--output", type=click.Choice(rendering.FORMATS), default="table", show_default=True
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cloudtaser")
+def main() -> None:
+    """cloudtaser: Kubernetes secrets that live only in process memory."""
+
+
+def _parse_all(
+    docs: list[Document], kinds: dict[str, type[BaseModel]]
+) -> tuple[list[tuple[Document, BaseModel]], list[tuple[Document, list[tuple[str, str]]]]]:
+    parsed, failed = [], []
+    for doc in docs:
+        model, problems = parse_document(doc.body, kinds)
+        if model is None:
+            failed.append((doc, problems))
+        else:
+            parsed.append((doc, model))
+    return parsed, failed
+
+
+def _identity(model: BaseModel) -> tuple[str, str, str]:
+    meta = getattr(model, "metadata")
+    namespace = meta.namespace or ("" if isinstance(model, EnforcementPolicy) else "default")
+    return (getattr(model, "kind"), namespace, meta.name)
+
+
+def _duplicates(parsed: list[tuple[Document, BaseModel]]) -> list[LoadProblem]:
+    first: dict[tuple[str, str, str], Document] = {}
+    problems = []
+    for doc, model in parsed:
+        ident = _identity(model)
+        if ident in first:
+            other = first[ident]
+            problems.append(
+                LoadProblem(
+                    doc.file,
+                    doc.index,
+                    "metadata.name",
+                    f"{ident[0]} {'/'.join(p for p in ident[1:] if p)} is also defined at "
+                    f"{other.file}:{other.index}",
+                )
+            )
+        else:
+            first[ident] = doc
+    return problems
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+def validate(files: tuple[str, ...]) -> None:
+    """Check SecretBinding/EnforcementPolicy YAML (files or directories).
+
+    Exit 0 when every document is valid; otherwise exit 1 and print one line per problem:
+    FILE:DOC_INDEX: FIELD.PATH: message
+    """
+    docs, problems = load_files(list(files))
+    # Pods and Namespaces often travel with bindings; they are checked for what cloudtaser reads.
+    parsed, failed = _parse_all(docs, {**RESOURCE_KINDS, **CORE_KINDS})
+    for doc, found in failed:
+        problems.extend(LoadProblem(doc.file, doc.index, p, m) for p, m in found)
+    problems.extend(_duplicates(parsed))
+    problems.sort(key=lambda p: (p.file, -1 if p.index is None else p.index))
+    for problem in problems:
+        click.echo(problem.line())
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: {len(parsed)} document(s) valid", err=True)
+
+
+def _state(files: list[str]) -> tuple[ClusterState, list[LoadProblem]]:
+    docs, load_problems = load_files(files)
+    parsed, failed = _parse_all(docs, {**RESOURCE_KINDS, **CORE_KINDS})
+    load_problems.extend(_duplicates(parsed))
+    by_type: dict[type, list[Any]] = defaultdict(list)
+    for _, model in parsed:
+        by_type[type(model)].append(model)
+    problems: list[Problem] = []
+    for doc, found in failed:
+        problems.extend(as_problems(doc.body, found))
+    state = ClusterState(
+        bindings=by_type[SecretBinding],
+        policies=by_type[EnforcementPolicy],
+        pods=by_type[Pod],
+        namespaces=by_type[Namespace],
+        problems=problems,
+    )
+    return state, load_problems
+
+
+def _load_pod(path: str) -> Pod:
+    docs, problems = load_files([path])
+    for problem in problems:
+        raise click.ClickException(problem.line())
+    pods = [d for d in docs if isinstance(d.body, dict) and d.body.get("kind") == "Pod"]
+    if len(pods) != 1:
+        raise click.ClickException(f"{path}: expected exactly one Pod document, found {len(pods)}")
+    model, found = parse_document(pods[0].body, CORE_KINDS)
+    if model is None:
+        raise click.ClickException(
+            "\n".join(f"{path}:{pods[0].index}: {p}: {m}" for p, m in found)
+        )
+    assert isinstance(model, Pod)
+    return model
+
+
+def _plan_tables(plan: Plan) -> str:
+    out = rendering.table(
+        ["binding", "valid", "pods", "injected", "secrets"],
+        [[b.binding, b.valid, b.matched_pods, b.injected_pods, b.secrets] for b in plan.bindings],
+    )
+    rows = []
+    for pod in plan.pods:
+        for c in pod.containers:
+            keys = [k for s in c.config.sources for sec in s.secrets for k in sec.keys]
+            rows.append([
+                f"{pod.namespace}/{pod.name}",
+                c.name,
+                ",".join(c.bindings),
+                sum(1 for k in keys if k.env),
+                sum(1 for k in keys if k.file),
+                sum(1 for k in keys if k.sdk),
+                pod.policy.mode,
+                ",".join(pod.policy.policies) or "(default)",
+            ])
+    if rows:
+        out += "\n" + rendering.table(
+            ["pod", "container", "bindings", "env", "files", "sdk", "mode", "policies"], rows
+        )
+    out += "\nwebhook namespaces: " + (", ".join(plan.webhook.namespaces) or "(none)") + "\n"
+    return out
+
+
+def _problem_lines(problems: list[Problem]) -> list[str]:
+    lines = []
+    for p in problems:
+        obj = "/".join(x for x in (p.namespace, p.name) if x)
+        lines.append(f"{p.severity}: {p.kind} {obj}: {p.path}: {p.message}")
+    return lines
+
+
+@main.command(name="compile")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--pod", "pod_file", help="Print the JSON patch the webhook would apply to this pod.")
+@OUTPUT
+def compile_cmd(files: tuple[str, ...], pod_file: str | None, output: str) -> None:
+    """Offline dry run: print the Plan for the objects in FILES (files or directories).
+
+    Pods and Namespaces in FILES take part as cluster state. With --pod, print instead the
+    exact RFC 6902 patch the admission webhook would apply to that pod (JSON by default).
+    Problems go to stderr; exit 1 when any is an error.
+    """
+    state, load_problems = _state(list(files))
+    for problem in load_problems:
+        click.echo(problem.line(), err=True)
+    compiler = IncrementalCompiler(state)
+    plan = compiler.plan()
+    errors = bool(load_problems) or any(p.severity == "error" for p in plan.problems)
+    if pod_file is not None:
+        pod = _load_pod(pod_file)
+        pod_plan = compiler.plan_pod(pod)
+        if pod_plan is None:
+            click.echo(
+                f"{pod_file}: pod is not selected by any binding (it needs the annotation "
+                'cloudtaser.io/inject: "true" and labels a binding in its namespace selects)',
+                err=True,
+            )
+            operations: list[dict[str, Any]] = []
+            problems: list[Problem] = []
+        else:
+            result = pod_patch(pod, pod_plan, state.settings)
+            operations, problems = result.operations, pod_plan.problems + result.problems
+        for line in _problem_lines(problems):
+            click.echo(line, err=True)
+        fmt = "json" if output == "table" else output
+        click.echo(rendering.dump(operations, fmt), nl=False)
+        sys.exit(1 if any(p.severity == "error" for p in problems) else 0)
+    for line in _problem_lines(plan.problems):
+        click.echo(line, err=True)
+    if output == "table":
+        click.echo(_plan_tables(plan), nl=False)
+    elif output == "json":
+        click.echo(plan.to_json(), nl=False)
+    else:
+        click.echo(rendering.dump(json.loads(plan.to_json()), "yaml"), nl=False)
+    sys.exit(1 if errors else 0)
+
+
+@main.command()
+@OUTPUT
+def doctor(output: str) -> None:
+    """Check this node: memfd_secret, BPF LSM, BTF, memlock, capabilities, swap, CC."""
+    checks = probing.run_probes()
+    if output == "table":
+        click.echo(f"kernel {probing.kernel()}")
+        click.echo(
+            rendering.table(
+                ["check", "status", "detail", "meaning"],
+                [[c.name, c.status, c.detail, c.meaning] for c in checks],
+            ),
+            nl=False,
+        )
+    else:
+        summary = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "warn", "fail")}
+        data = {
+            "kernel": probing.kernel(),
+            "checks": [c.as_dict() for c in checks],
+            "summary": summary,
+        }
+        click.echo(rendering.dump(data, output), nl=False)
+    sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
+@main.command()
+@click.option("--write", "directory", type=click.Path(file_okay=False), help="Write files here.")
+def crds(directory: str | None) -> None:
+    """Print (or write) the CustomResourceDefinitions generated from the models."""
+    rendered = {name: render_crd(crd) for name, crd in custom_resource_definitions().items()}
+    if directory is None:
+        click.echo("---\n".join(rendered.values()), nl=False)
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        Path(directory, name).write_text(text)
+        click.echo(f"wrote {Path(directory, name)}", err=True)
+
+
+def render_crd(crd: dict[str, Any]) -> str:
+    header = "# Generated by `cloudtaser crds --write crds/` from engine/resources.py; do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)

@@ -1,0 +1,235 @@
+"""Probes of this node's kernel and limits, for ``cloudtaser doctor``.
+
+Each probe does the real thing where it can (memfd_secret is created, sized, mapped, written
+and read back) and says what its result means for the protection a pod gets on this node.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import resource
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SYS_MEMFD_SECRET = 447  # x86_64 and arm64
+CAP_IPC_LOCK = 14
+CAP_SYSLOG = 34
+SECURITYFS = Path("/sys/kernel/security")
+RECOMMENDED_MEMLOCK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    meaning: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def probe_memfd_secret() -> Check:
+    name = "memfd_secret"
+    fd = _libc().syscall(SYS_MEMFD_SECRET, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        hint = {
+            errno.ENOSYS: "kernel lacks memfd_secret (CONFIG_SECRETMEM) or it is disabled "
+            "(secretmem.enable=0)",
+            errno.EPERM: "blocked by seccomp or an LSM",
+        }.get(err, os.strerror(err))
+        return Check(
+            name,
+            "fail",
+            hint,
+            "wrappers fall back to a sealed memfd (readable by root via /proc/PID/mem unless "
+            "the agent blocks it), or refuse where requireSecretMem is set",
+        )
+    try:
+        os.ftruncate(fd, mmap.PAGESIZE)
+        region = mmap.mmap(fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED)
+        try:
+            probe = os.urandom(16)
+            region[:16] = probe
+            same = region[:16] == probe
+            region[:16] = bytes(16)
+        finally:
+            region.close()
+    except OSError as e:
+        return Check(name, "fail", f"created, but sizing or mapping failed: {e.strerror}",
+                     "raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK; secrets cannot be stored")
+    finally:
+        os.close(fd)
+    if not same:
+        return Check(name, "fail", "mapped page did not read back", "kernel bug; do not deploy")
+    return Check(name, "ok", "created, mapped and read back one page",
+                 "secret pages are removed from the kernel's direct map")
+
+
+def _lsm_list() -> tuple[list[str] | None, str]:
+    lsm = SECURITYFS / "lsm"
+    if not lsm.exists() and os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "securityfs", "securityfs", str(SECURITYFS)],
+                       check=False, capture_output=True)
+    try:
+        return lsm.read_text().strip().split(","), ""
+    except OSError as e:
+        return None, e.strerror or str(e)
+
+
+def probe_bpf_lsm() -> Check:
+    lsms, error = _lsm_list()
+    if lsms is None:
+        return Check("bpf-lsm", "warn", f"cannot read {SECURITYFS}/lsm: {error}",
+                     "run as root so securityfs can be mounted")
+    active = ",".join(lsms)
+    if "bpf" in lsms:
+        return Check("bpf-lsm", "ok", f"active LSMs: {active}",
+                     "the agent can deny accesses with EPERM if its LSM programs load "
+                     "(the agent probes that at start)")
+    return Check("bpf-lsm", "warn", f"bpf not among active LSMs: {active}",
+                 "the agent uses syscall tracepoints and stops offenders by SIGKILL; "
+                 "boot with lsm=...,bpf to deny instead")
+
+
+def probe_btf() -> Check:
+    btf = Path("/sys/kernel/btf/vmlinux")
+    if btf.exists():
+        return Check("btf", "ok", f"{btf} present", "CO-RE BPF programs relocate on this kernel")
+    return Check("btf", "fail", f"{btf} missing",
+                 "CO-RE programs cannot load: no kernel enforcement on this node")
+
+
+def probe_memlock() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+    def fmt(v: int) -> str:
+        return "unlimited" if v == resource.RLIM_INFINITY else f"{v // 1024} KiB"
+
+    detail = f"soft {fmt(soft)}, hard {fmt(hard)}"
+    if soft == resource.RLIM_INFINITY or soft >= RECOMMENDED_MEMLOCK:
+        return Check("rlimit-memlock", "ok", detail, "room for secret pages (charged here)")
+    return Check("rlimit-memlock", "warn", detail,
+                 "memfd_secret pages count against this limit; without CAP_IPC_LOCK secrets "
+                 f"above {fmt(soft)} fail with EAGAIN")
+
+
+def _capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def probe_ipc_lock() -> Check:
+    if _capabilities() & (1 << CAP_IPC_LOCK):
+        return Check("cap-ipc-lock", "ok", "CAP_IPC_LOCK effective",
+                     "mlock is not bounded by RLIMIT_MEMLOCK")
+    return Check("cap-ipc-lock", "warn", "CAP_IPC_LOCK not effective for this process",
+                 "the injector adds it to wrapped containers; non-root containers rely on "
+                 "RLIMIT_MEMLOCK instead")
+
+
+def probe_swap() -> Check:
+    lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    if not lines:
+        return Check("swap", "ok", "no swap", "no memory of any process reaches a swap device")
+    devices = ", ".join(line.split()[0] for line in lines)
+    return Check("swap", "warn", f"swap on {devices}",
+                 "secret pages are mlocked, but copies an app makes (e.g. env strings) can be "
+                 "swapped out; use encrypted swap or none")
+
+
+def probe_confidential() -> Check:
+    flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = line
+            break
+    found = []
+    if "sev_snp" in flags.split() or Path("/dev/sev-guest").exists():
+        found.append("AMD SEV-SNP")
+    if "tdx_guest" in flags.split() or Path("/dev/tdx_guest").exists():
+        found.append("Intel TDX")
+    if Path("/dev/nsm").exists():  # the Nitro Security Module device of a Nitro enclave
+        found.append("AWS Nitro Enclaves")
+    if found:
+        return Check("confidential-computing", "ok", ", ".join(found),
+                     "memory is encrypted against the host and hypervisor")
+    return Check("confidential-computing", "warn", "no SEV-SNP, TDX or Nitro guest found",
+                 "the host or hypervisor can read this VM's memory; policies with "
+                 "requireConfidentialNode will not schedule here")
+
+
+def probe_tracepoints() -> Check:
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if Path(root, "events", "syscalls").is_dir():
+            return Check("syscall-tracepoints", "ok", f"{root}/events/syscalls",
+                         "the tracepoint backend can attach")
+    return Check("syscall-tracepoints", "warn", "tracefs syscall events not visible",
+                 "mount tracefs (the agent's DaemonSet does) or the fallback backend cannot "
+                 "attach")
+
+
+def probe_kallsyms() -> Check:
+    try:
+        with open("/proc/kallsyms") as f:
+            first = f.readline().split()
+    except OSError as e:
+        return Check("kallsyms", "fail", f"unreadable: {e.strerror}", "the agent cannot start")
+    if first and int(first[0], 16) != 0:
+        return Check("kallsyms", "ok", "kernel symbol addresses visible",
+                     "the agent can resolve procfs file operations")
+    return Check("kallsyms", "warn", "addresses read as zero (no CAP_SYSLOG here)",
+                 "the agent needs CAP_SYSLOG; it refuses to start without it")
+
+
+def probe_io_uring() -> Check:
+    path = Path("/proc/sys/kernel/io_uring_disabled")
+    value = path.read_text().strip() if path.exists() else "absent"
+    if value == "2":
+        return Check("io-uring", "ok", "kernel.io_uring_disabled=2",
+                     "io_uring cannot bypass syscall tracepoints")
+    return Check("io-uring", "warn", f"kernel.io_uring_disabled={value}",
+                 "io_uring reads bypass the tracepoint backend; set it to 2 unless BPF LSM "
+                 "is active")
+
+
+PROBES: list[Callable[[], Check]] = [
+    probe_memfd_secret,
+    probe_bpf_lsm,
+    probe_btf,
+    probe_memlock,
+    probe_ipc_lock,
+    probe_swap,
+    probe_confidential,
+    probe_tracepoints,
+    probe_kallsyms,
+    probe_io_uring,
+]
+
+
+def run_probes() -> list[Check]:
+    checks = []
+    for probe in PROBES:
+        try:
+            checks.append(probe())
+        except OSError as e:  # an unexpected kernel answer is a finding, not a crash
+            checks.append(Check(probe.__name__.removeprefix("probe_"), "fail",
+                                f"probe failed: {e}", "investigate this node"))
+    return checks
+
+
+def kernel() -> str:
+    return platform.release()

@@ -1,0 +1,707 @@
+"""compile(ClusterState) -> Plan, and the incremental compiler both paths share.
+
+``compile_state`` is ``IncrementalCompiler(state).plan()``: a full compile is an incremental
+compiler fed everything at once, so the operator's incremental path and the CLI's one-shot
+path cannot drift apart (a test checks they give the same bytes).
+
+Cost model: each binding is compiled once (its WrapperSource and volumes); pods are found
+through a per-namespace label index, so a binding with matchLabels touches only candidate
+pods; a pod plan is recomputed only when one of its inputs changes. ``plan()`` assembles and
+sorts everything (linear plus a sort).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from cloudtaser.engine.kube import LabelSelector, Model, Namespace, Pod
+from cloudtaser.engine.plans import (
+    INJECT_ANNOTATION,
+    INJECTED_ANNOTATION,
+    NAMESPACE_NAME_LABEL,
+    AgentSettings,
+    BindingSummary,
+    BpfEntry,
+    ContainerPlan,
+    EffectivePolicy,
+    InjectorSettings,
+    KeyPlan,
+    MutationRule,
+    Plan,
+    PodPlan,
+    PolicySummary,
+    Problem,
+    ProtectionFlag,
+    SecretPlan,
+    VolumePlan,
+    WebhookScope,
+    WrapperConfig,
+    WrapperSource,
+)
+from cloudtaser.engine.resources import (
+    EnforcementPolicy,
+    SecretBinding,
+    duration_seconds,
+)
+
+BUNDLE_VOLUME = "cloudtaser-bundle"
+AGENT_VOLUME = "cloudtaser-agent"
+AGENT_MOUNT = "/run/cloudtaser"
+SECRET_MOUNT_ROOT = "/var/run/cloudtaser"
+_PROTECTION_BITS = {
+    "environ": ProtectionFlag.ENVIRON,
+    "mem": ProtectionFlag.MEM,
+    "fds": ProtectionFlag.FDS,
+    "ptrace": ProtectionFlag.PTRACE,
+    "pidfd_getfd": ProtectionFlag.PIDFD_GETFD,
+    "core_dump": ProtectionFlag.CORE_DUMP,
+}
+_DELIVERY_WORDS = {"env": "environment variable", "file": "file", "sdk": "SDK name"}
+
+
+class ClusterState(Model):
+    """The compile input: the objects as the operator's indices (or files) hold them."""
+
+    bindings: list[SecretBinding] = Field(default_factory=list)
+    policies: list[EnforcementPolicy] = Field(default_factory=list)
+    pods: list[Pod] = Field(default_factory=list)
+    namespaces: list[Namespace] = Field(default_factory=list)
+    settings: InjectorSettings = Field(default_factory=InjectorSettings)
+    problems: list[Problem] = Field(
+        default_factory=list, description="Problems of objects that failed to parse."
+    )
+
+
+def compile_state(state: ClusterState) -> Plan:
+    """The Plan for a whole cluster state."""
+    return IncrementalCompiler(state).plan()
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _binding_problem(binding: SecretBinding, path: str, message: str, severity: str) -> Problem:
+    return Problem.model_validate(
+        {
+            "kind": "SecretBinding",
+            "namespace": binding.metadata.namespace or "default",
+            "name": binding.metadata.name,
+            "path": path,
+            "message": message,
+            "severity": severity,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One env var / file / SDK name a binding delivers, and where it is declared."""
+
+    field: str
+    value: str
+    path: str
+    source_index: int
+    key_index: int
+
+
+@dataclass
+class CompiledBinding:
+    """What a binding means independently of any pod."""
+
+    binding: SecretBinding
+    ref: str
+    namespace: str
+    source: WrapperSource
+    volumes: list[VolumePlan]
+    deliveries: list[Delivery]
+    secrets: int
+    refresh_seconds: int | None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def compile_binding(binding: SecretBinding) -> CompiledBinding:
+    """Compile one binding on its own: its wrapper source and the volumes it needs."""
+    namespace = binding.metadata.namespace or "default"
+    ref = f"{namespace}/{binding.metadata.name}"
+    spec = binding.spec
+    tls = spec.vault.tls
+    tag = _short_hash(ref)
+    volumes: list[VolumePlan] = []
+    ca_file = tls.ca_file
+    if tls.ca_config_map is not None:
+        mount = f"{SECRET_MOUNT_ROOT}/ca/{tag}"
+        volumes.append(
+            VolumePlan(
+                name=f"cloudtaser-ca-{tag}",
+                mount_path=mount,
+                source={
+                    "configMap": {
+                        "name": tls.ca_config_map.name,
+                        "items": [{"key": tls.ca_config_map.key, "path": "ca.crt"}],
+                    }
+                },
+            )
+        )
+        ca_file = f"{mount}/ca.crt"
+    cert = tls.client_certificate
+    cert_file, key_file = cert.cert_file, cert.key_file
+    if cert.source in ("secret", "csi"):
+        mount = f"{SECRET_MOUNT_ROOT}/tls/{tag}"
+        if cert.source == "secret":
+            source: dict[str, object] = {"secret": {"secretName": cert.secret_name}}
+        else:
+            source = {
+                "csi": {
+                    "driver": cert.csi_driver,
+                    "readOnly": True,
+                    "volumeAttributes": dict(sorted(cert.csi_attributes.items())),
+                }
+            }
+        volumes.append(VolumePlan(name=f"cloudtaser-tls-{tag}", mount_path=mount, source=source))
+        cert_file, key_file = f"{mount}/tls.crt", f"{mount}/tls.key"
+    deliveries: list[Delivery] = []
+    secrets: list[SecretPlan] = []
+    for i, src in enumerate(spec.secrets):
+        keys = []
+        for j, key in enumerate(src.keys):
+            keys.append(KeyPlan(key=key.key, env=key.env, file=key.file, sdk=key.sdk))
+            for name in ("env", "file", "sdk"):
+                value = getattr(key, name)
+                if value is not None:
+                    path = f"spec.secrets[{i}].keys[{j}].{name}"
+                    deliveries.append(Delivery(name, value, path, i, j))
+        secrets.append(SecretPlan(mount=src.mount, path=src.path, keys=keys))
+    problems = []
+    if spec.selector.is_empty():
+        problems.append(
+            _binding_problem(
+                binding,
+                "spec.selector",
+                f"empty selector: every pod in namespace {namespace} annotated "
+                f'{INJECT_ANNOTATION}: "true" receives these secrets',
+                "warning",
+            )
+        )
+    return CompiledBinding(
+        binding=binding,
+        ref=ref,
+        namespace=namespace,
+        source=WrapperSource(
+            binding=ref,
+            address=spec.vault.address,
+            auth_mount=spec.vault.auth_mount,
+            role=spec.vault.role,
+            ca_file=ca_file,
+            server_name=tls.server_name,
+            client_cert_file=cert_file,
+            client_key_file=key_file,
+            secrets=secrets,
+        ),
+        volumes=volumes,
+        deliveries=deliveries,
+        secrets=sum(len(s.keys) for s in spec.secrets),
+        refresh_seconds=(
+            duration_seconds(spec.refresh_interval) if spec.refresh_interval else None
+        ),
+        problems=problems,
+    )
+
+
+def _accessor_key(executable: str, uid: int | None) -> str:
+    return executable if uid is None else f"{executable}:{uid}"
+
+
+def effective_policy(policies: list[EnforcementPolicy]) -> EffectivePolicy:
+    """Combine the policies selecting one pod: the stricter setting wins everywhere.
+
+    With no policy the pod gets the built-in default: enforce every protection, no kill.
+    """
+    if not policies:
+        flags = 0
+        for bit in _PROTECTION_BITS.values():
+            flags |= bit
+        return EffectivePolicy(
+            policies=[],
+            mode="enforce",
+            flags=flags,
+            protections=sorted(_PROTECTION_BITS),
+            allowed_accessors=[],
+            kill_on_violation=False,
+            require_confidential_node=False,
+        )
+    mode = "enforce" if any(p.spec.mode == "enforce" for p in policies) else "audit"
+    names: set[str] = set()
+    for policy in policies:
+        for name in _PROTECTION_BITS:
+            if getattr(policy.spec.protections, name):
+                names.add(name)
+    # An accessor is allowed only when every policy allows it (intersection = stricter).
+    allowed: set[str] | None = None
+    for policy in policies:
+        keys = {_accessor_key(a.executable, a.uid) for a in policy.spec.allowed_accessors}
+        allowed = keys if allowed is None else allowed & keys
+    kill = any(p.spec.kill_on_violation for p in policies)
+    flags = 0
+    for name in names:
+        flags |= _PROTECTION_BITS[name]
+    if mode == "audit":
+        flags |= ProtectionFlag.AUDIT_ONLY
+    if kill:
+        flags |= ProtectionFlag.KILL
+    return EffectivePolicy(
+        policies=sorted(p.metadata.name for p in policies),
+        mode=mode,
+        flags=int(flags),
+        protections=sorted(names),
+        allowed_accessors=sorted(allowed or ()),
+        kill_on_violation=kill,
+        require_confidential_node=any(p.spec.require_confidential_node for p in policies),
+    )
+
+
+def _filter_source(source: WrapperSource, dropped: set[tuple[int, int, str]]) -> WrapperSource:
+    """The source without the (secret, key, field) deliveries lost to a conflict."""
+    secrets = []
+    for i, secret in enumerate(source.secrets):
+        keys = []
+        for j, key in enumerate(secret.keys):
+            update = {f: None for (si, kj, f) in dropped if si == i and kj == j}
+            kept = key.model_copy(update=update) if update else key
+            if kept.env or kept.file or kept.sdk:
+                keys.append(kept)
+        if keys:
+            secrets.append(secret.model_copy(update={"keys": keys}))
+    return source.model_copy(update={"secrets": secrets})
+
+
+@dataclass
+class _PodEntry:
+    pod: Pod
+    namespace: str
+    key: tuple[str, str]
+    bindings: set[str] = field(default_factory=set)
+    plan: PodPlan | None = None
+
+
+def _pod_key(pod: Pod) -> tuple[str, str]:
+    return (pod.metadata.namespace or "default", pod.metadata.name)
+
+
+def _wants_injection(pod: Pod) -> bool:
+    return pod.metadata.annotations.get(INJECT_ANNOTATION) == "true"
+
+
+class IncrementalCompiler:
+    """Keeps the compiled pieces of a cluster state and recompiles only what a change touches.
+
+    Pure like the rest of the engine: the same sequence of calls gives the same Plan.
+    """
+
+    def __init__(self, state: ClusterState) -> None:
+        self.settings = state.settings
+        self._parse_problems = list(state.problems)
+        self._bindings: dict[str, CompiledBinding] = {}
+        self._by_namespace: dict[str, set[str]] = defaultdict(set)
+        self._policies: dict[str, EnforcementPolicy] = {}
+        self._namespace_labels: dict[str, dict[str, str]] = {}
+        self._pods: dict[tuple[str, str], _PodEntry] = {}
+        # namespace -> (label key, value) -> pod keys; the candidate index for matchLabels.
+        self._label_index: dict[str, dict[tuple[str, str], set[tuple[str, str]]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
+        self._ns_pods: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for ns in state.namespaces:
+            self._namespace_labels[ns.metadata.name] = dict(ns.metadata.labels)
+        for policy in state.policies:
+            self._policies[policy.metadata.name] = policy
+        for pod in state.pods:
+            self._add_pod(pod)
+        for binding in state.bindings:
+            compiled = compile_binding(binding)
+            self._bindings[compiled.ref] = compiled
+            self._by_namespace[compiled.namespace].add(compiled.ref)
+            for key in self._select(compiled):
+                self._pods[key].bindings.add(compiled.ref)
+        for entry in self._pods.values():
+            self._replan(entry)
+
+    # --- changes ------------------------------------------------------------------------
+
+    def set_binding(self, binding: SecretBinding) -> list[PodPlan]:
+        """Add or replace one binding; returns the plans of the pods it affects."""
+        compiled = compile_binding(binding)
+        old = self._bindings.get(compiled.ref)
+        affected = set(self._select(old)) if old else set()
+        self._bindings[compiled.ref] = compiled
+        self._by_namespace[compiled.namespace].add(compiled.ref)
+        now = set(self._select(compiled))
+        for key in affected - now:
+            self._pods[key].bindings.discard(compiled.ref)
+        for key in now:
+            self._pods[key].bindings.add(compiled.ref)
+        return self._replan_keys(affected | now)
+
+    def remove_binding(self, ref: str) -> list[PodPlan]:
+        """Drop one binding (namespace/name); returns the plans of the pods it affected."""
+        old = self._bindings.pop(ref, None)
+        if old is None:
+            return []
+        self._by_namespace[old.namespace].discard(ref)
+        affected = set(self._select(old))
+        for key in affected:
+            self._pods[key].bindings.discard(ref)
+        return self._replan_keys(affected)
+
+    def set_policy(self, policy: EnforcementPolicy) -> list[PodPlan]:
+        self._policies[policy.metadata.name] = policy
+        return self._replan_keys(set(self._pods))
+
+    def remove_policy(self, name: str) -> list[PodPlan]:
+        if self._policies.pop(name, None) is None:
+            return []
+        return self._replan_keys(set(self._pods))
+
+    def set_namespace(self, namespace: Namespace) -> list[PodPlan]:
+        self._namespace_labels[namespace.metadata.name] = dict(namespace.metadata.labels)
+        return self._replan_keys(set(self._ns_pods.get(namespace.metadata.name, ())))
+
+    def set_pod(self, pod: Pod) -> PodPlan | None:
+        self.remove_pod(*_pod_key(pod))
+        entry = self._add_pod(pod)
+        for ref in self._by_namespace.get(entry.namespace, ()):
+            if self._selects(self._bindings[ref], pod):
+                entry.bindings.add(ref)
+        self._replan(entry)
+        return entry.plan
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        entry = self._pods.pop((namespace, name), None)
+        if entry is None:
+            return
+        self._ns_pods[namespace].discard(entry.key)
+        for item in entry.pod.metadata.labels.items():
+            self._label_index[namespace][item].discard(entry.key)
+
+    # --- queries ------------------------------------------------------------------------
+
+    def plan_pod(self, pod: Pod) -> PodPlan | None:
+        """The plan for a pod not (yet) in the state, e.g. one under admission."""
+        namespace = pod.metadata.namespace or "default"
+        entry = _PodEntry(pod=pod, namespace=namespace, key=_pod_key(pod))
+        for ref in self._by_namespace.get(namespace, ()):
+            if self._selects(self._bindings[ref], pod):
+                entry.bindings.add(ref)
+        return self._build_plan(entry)
+
+    def plan(self) -> Plan:
+        """Assemble the whole Plan from the compiled pieces (sorted, de-duplicated)."""
+        problems: dict[tuple[str, ...], Problem] = {}
+
+        def add(items: Iterable[Problem]) -> None:
+            for p in items:
+                problems.setdefault((*p.sort_key(), p.severity), p)
+
+        add(self._parse_problems)
+        matched: dict[str, int] = defaultdict(int)
+        injected: dict[str, int] = defaultdict(int)
+        pods: list[PodPlan] = []
+        bpf: list[BpfEntry] = []
+        policy_pods: dict[str, int] = defaultdict(int)
+        for key in sorted(self._pods):
+            entry = self._pods[key]
+            is_injected = INJECTED_ANNOTATION in entry.pod.metadata.annotations
+            for ref in entry.bindings:
+                matched[ref] += 1
+                if is_injected:
+                    injected[ref] += 1
+            if entry.plan is None:
+                continue
+            pods.append(entry.plan)
+            add(entry.plan.problems)
+            for name in entry.plan.policy.policies:
+                policy_pods[name] += 1
+            if is_injected:
+                bpf.append(
+                    BpfEntry(
+                        namespace=entry.namespace,
+                        pod=entry.pod.metadata.name,
+                        uid=entry.pod.metadata.uid,
+                        node=entry.pod.spec.node_name,
+                        policy=entry.plan.policy,
+                    )
+                )
+        add(self._policy_overlaps())
+        rules = []
+        summaries = []
+        excluded = self._excluded_namespaces()
+        for ref in sorted(self._bindings):
+            compiled = self._bindings[ref]
+            add(compiled.problems)
+            if compiled.namespace in excluded:
+                add(
+                    [
+                        _binding_problem(
+                            compiled.binding,
+                            "metadata.namespace",
+                            f"namespace {compiled.namespace} is excluded from injection "
+                            "(the operator's own namespace and kube-system never are)",
+                            "error",
+                        )
+                    ]
+                )
+            rules.append(
+                MutationRule(
+                    binding=ref,
+                    namespace=compiled.namespace,
+                    selector=compiled.binding.spec.selector,
+                    containers=sorted(compiled.binding.spec.containers),
+                )
+            )
+            summaries.append(
+                BindingSummary(
+                    binding=ref,
+                    valid=True,
+                    matched_pods=matched[ref],
+                    injected_pods=injected[ref],
+                    secrets=compiled.secrets,
+                )
+            )
+        for problem in self._parse_problems:
+            if problem.kind == "SecretBinding" and problem.severity == "error":
+                ref = f"{problem.namespace or 'default'}/{problem.name}"
+                if ref not in self._bindings:
+                    summaries.append(
+                        BindingSummary(
+                            binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0
+                        )
+                    )
+        summaries = sorted({s.binding: s for s in summaries}.values(), key=lambda s: s.binding)
+        return Plan(
+            rules=rules,
+            pods=pods,
+            bpf=bpf,
+            webhook=self._webhook_scope(),
+            bindings=summaries,
+            policies=[
+                PolicySummary(policy=name, matched_pods=policy_pods[name])
+                for name in sorted(self._policies)
+            ],
+            problems=[problems[k] for k in sorted(problems)],
+        )
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _add_pod(self, pod: Pod) -> _PodEntry:
+        key = _pod_key(pod)
+        entry = _PodEntry(pod=pod, namespace=key[0], key=key)
+        self._pods[key] = entry
+        self._ns_pods[key[0]].add(key)
+        for item in pod.metadata.labels.items():
+            self._label_index[key[0]][item].add(key)
+        return entry
+
+    def _selects(self, compiled: CompiledBinding, pod: Pod) -> bool:
+        return _wants_injection(pod) and compiled.binding.spec.selector.matches(
+            pod.metadata.labels
+        )
+
+    def _select(self, compiled: CompiledBinding) -> list[tuple[str, str]]:
+        """Keys of the known pods a binding selects, through the label index."""
+        selector = compiled.binding.spec.selector
+        index = self._label_index.get(compiled.namespace)
+        if index is None:
+            return []
+        candidates: set[tuple[str, str]] | None = None
+        for item in selector.match_labels.items():
+            found = index.get(item, set())
+            candidates = set(found) if candidates is None else candidates & found
+            if not candidates:
+                return []
+        if candidates is None:
+            candidates = self._ns_pods.get(compiled.namespace, set())
+        return [k for k in candidates if self._selects(compiled, self._pods[k].pod)]
+
+    def _replan_keys(self, keys: set[tuple[str, str]]) -> list[PodPlan]:
+        plans = []
+        for key in sorted(keys):
+            entry = self._pods.get(key)
+            if entry is not None:
+                self._replan(entry)
+                if entry.plan is not None:
+                    plans.append(entry.plan)
+        return plans
+
+    def _replan(self, entry: _PodEntry) -> None:
+        entry.plan = self._build_plan(entry)
+
+    def _namespace_labels_of(self, namespace: str) -> dict[str, str]:
+        labels = self._namespace_labels.get(namespace)
+        if labels is None:
+            return {NAMESPACE_NAME_LABEL: namespace}
+        return {NAMESPACE_NAME_LABEL: namespace, **labels}
+
+    def _policies_for(self, namespace: str, pod: Pod) -> list[EnforcementPolicy]:
+        ns_labels = self._namespace_labels_of(namespace)
+        return [
+            self._policies[name]
+            for name in sorted(self._policies)
+            if self._policies[name].spec.namespace_selector.matches(ns_labels)
+            and self._policies[name].spec.pod_selector.matches(pod.metadata.labels)
+        ]
+
+    def _build_plan(self, entry: _PodEntry) -> PodPlan | None:
+        if not entry.bindings or entry.namespace in self._excluded_namespaces():
+            return None
+        pod = entry.pod
+        pod_name = pod.metadata.display_name
+        policy = effective_policy(self._policies_for(entry.namespace, pod))
+        problems: list[Problem] = []
+        bindings = [self._bindings[ref] for ref in sorted(entry.bindings)]
+        names = [c.name for c in pod.spec.containers]
+        for compiled in bindings:
+            for name in compiled.binding.spec.containers:
+                if name not in names:
+                    problems.append(
+                        _binding_problem(
+                            compiled.binding,
+                            "spec.containers",
+                            f"container '{name}' is not in every selected pod "
+                            f"(missing from pod {entry.namespace}/{pod_name})",
+                            "warning",
+                        )
+                    )
+        volumes: dict[str, VolumePlan] = {}
+        containers = []
+        for container in pod.spec.containers:
+            chosen = [
+                c
+                for c in bindings
+                if not c.binding.spec.containers or container.name in c.binding.spec.containers
+            ]
+            if not chosen:
+                continue
+            sources, mounted = self._container_sources(container.name, chosen, problems)
+            for c in chosen:
+                for volume in c.volumes:
+                    volumes[volume.name] = volume
+            refresh = [c.refresh_seconds for c in chosen if c.refresh_seconds]
+            config = WrapperConfig(
+                namespace=entry.namespace,
+                container=container.name,
+                token_path=self.settings.token_path,
+                sources=sources,
+                refresh_seconds=min(refresh) if refresh else None,
+                require_secret_mem=any(c.binding.spec.require_secret_mem for c in chosen),
+                agent=AgentSettings(
+                    socket=f"{AGENT_MOUNT}/agent.sock", required=policy.mode == "enforce"
+                ),
+            )
+            containers.append(
+                ContainerPlan(
+                    name=container.name,
+                    bindings=[c.ref for c in chosen],
+                    config=config,
+                    volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, *mounted}),
+                )
+            )
+        volumes[BUNDLE_VOLUME] = VolumePlan(
+            name=BUNDLE_VOLUME,
+            mount_path=self.settings.bundle_dir,
+            source={"emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        )
+        volumes[AGENT_VOLUME] = VolumePlan(
+            name=AGENT_VOLUME,
+            mount_path=AGENT_MOUNT,
+            source={"hostPath": {"path": self.settings.agent_socket_dir, "type": "Directory"}},
+        )
+        return PodPlan(
+            namespace=entry.namespace,
+            name=pod_name,
+            containers=containers,
+            volumes=[volumes[k] for k in sorted(volumes)],
+            policy=policy,
+            problems=sorted(problems, key=Problem.sort_key),
+        )
+
+    def _container_sources(
+        self, container: str, chosen: list[CompiledBinding], problems: list[Problem]
+    ) -> tuple[list[WrapperSource], list[str]]:
+        """Sources for one container; a delivery that an earlier binding (by name) already
+        claims is dropped from the later one and reported on it."""
+        claimed: dict[tuple[str, str], str] = {}
+        sources: list[WrapperSource] = []
+        mounted: list[str] = []
+        for compiled in chosen:
+            dropped: set[tuple[int, int, str]] = set()
+            for d in compiled.deliveries:
+                owner = claimed.get((d.field, d.value))
+                if owner is None:
+                    claimed[(d.field, d.value)] = compiled.ref
+                    continue
+                dropped.add((d.source_index, d.key_index, d.field))
+                problems.append(
+                    _binding_problem(
+                        compiled.binding,
+                        d.path,
+                        f"conflict: {_DELIVERY_WORDS[d.field]} '{d.value}' of container "
+                        f"'{container}' is also delivered by SecretBinding {owner}, which "
+                        "wins (first by name); this delivery is skipped",
+                        "error",
+                    )
+                )
+            source = _filter_source(compiled.source, dropped) if dropped else compiled.source
+            if source.secrets:
+                sources.append(source)
+                mounted.extend(v.name for v in compiled.volumes)
+        return sources, mounted
+
+    def _policy_overlaps(self) -> list[Problem]:
+        """Report audit policies overridden by enforce policies on the same pods."""
+        overlaps: dict[tuple[str, str], int] = defaultdict(int)
+        for entry in self._pods.values():
+            if entry.plan is None or entry.plan.policy.mode != "enforce":
+                continue
+            names = entry.plan.policy.policies
+            modes = {n: self._policies[n].spec.mode for n in names}
+            for audit in (n for n in names if modes[n] == "audit"):
+                for enforce in (n for n in names if modes[n] == "enforce"):
+                    overlaps[(audit, enforce)] += 1
+        return [
+            Problem(
+                kind="EnforcementPolicy",
+                name=audit,
+                path="spec.mode",
+                message=f"audit mode is overridden on {count} pod(s) also selected by "
+                f"EnforcementPolicy {enforce} (mode enforce); the stricter mode wins",
+                severity="warning",
+            )
+            for (audit, enforce), count in sorted(overlaps.items())
+        ]
+
+    def _excluded_namespaces(self) -> set[str]:
+        return {self.settings.operator_namespace, *self.settings.excluded_namespaces}
+
+    def _webhook_scope(self) -> WebhookScope:
+        excluded = self._excluded_namespaces()
+        namespaces = sorted(
+            ns for ns, refs in self._by_namespace.items() if refs and ns not in excluded
+        )
+        selector = LabelSelector.model_validate(
+            {
+                "matchExpressions": [
+                    {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": namespaces}
+                ]
+                if namespaces
+                else [{"key": NAMESPACE_NAME_LABEL, "operator": "DoesNotExist"}]
+            }
+        )
+        return WebhookScope(
+            namespaces=namespaces,
+            namespace_selector=selector.model_dump(by_alias=True, exclude_defaults=True),
+        )

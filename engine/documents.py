@@ -1,0 +1,101 @@
+"""Turn parsed documents (plain dicts) into models, or into problems with field paths.
+
+The I/O around it (reading files, YAML) lives in the CLI; this module only sees Python values,
+so the operator, the webhook and ``cloudtaser validate`` report the same problem the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.plans import Problem
+from cloudtaser.engine.resources import API_VERSION, EnforcementPolicy, SecretBinding
+
+RESOURCE_KINDS: dict[str, type[BaseModel]] = {
+    "SecretBinding": SecretBinding,
+    "EnforcementPolicy": EnforcementPolicy,
+}
+CORE_KINDS: dict[str, type[BaseModel]] = {"Pod": Pod, "Namespace": Namespace}
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``('spec', 'secrets', 0, 'keys', 1, 'env')`` -> ``spec.secrets[0].keys[1].env``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(document)"
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "missing":
+        return "required field is missing"
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    return message[0].lower() + message[1:] if message[:1].isupper() else message
+
+
+def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) for each error, in document order, without duplicates."""
+    seen: dict[tuple[str, str], None] = {}
+    for e in error.errors(include_url=False, include_input=False):
+        seen.setdefault((field_path(tuple(e["loc"])), _message(e)), None)
+    return list(seen)
+
+
+def _identity(doc: dict[str, Any]) -> tuple[str | None, str]:
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return None, "(unnamed)"
+    name = meta.get("name")
+    namespace = meta.get("namespace")
+    return (
+        namespace if isinstance(namespace, str) else None,
+        name if isinstance(name, str) and name else "(unnamed)",
+    )
+
+
+def parse_document(
+    doc: object, kinds: dict[str, type[BaseModel]]
+) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    """Parse one document as one of ``kinds``: (model, []) or (None, [(path, message)])."""
+    if not isinstance(doc, dict):
+        return None, [("(document)", f"expected a mapping, got {type(doc).__name__}")]
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return None, [("kind", "required field is missing")]
+    model = kinds.get(kind)
+    if model is None:
+        known = ", ".join(sorted(kinds))
+        return None, [("kind", f"unknown kind '{kind}' (expected one of: {known})")]
+    api_version = doc.get("apiVersion")
+    expected = API_VERSION if kind in RESOURCE_KINDS else "v1"
+    if api_version != expected:
+        return None, [("apiVersion", f"'{api_version}' is not {expected} (kind {kind})")]
+    try:
+        return model.model_validate(doc), []
+    except ValidationError as e:
+        return None, validation_problems(e)
+
+
+def as_problems(doc: object, found: list[tuple[str, str]]) -> list[Problem]:
+    """Attach object identity to (path, message) pairs, for a Plan's problem list."""
+    kind, namespace, name = "(unknown)", None, "(unnamed)"
+    if isinstance(doc, dict):
+        raw_kind = doc.get("kind")
+        kind = raw_kind if isinstance(raw_kind, str) and raw_kind else "(unknown)"
+        namespace, name = _identity(doc)
+    if kind == "SecretBinding":
+        namespace = namespace or "default"
+    return [
+        Problem(kind=kind, namespace=namespace, name=name, path=path, message=message)
+        for path, message in found
+    ]

@@ -1,0 +1,216 @@
+"""The few Kubernetes core types the engine reads: metadata, label selectors, pods, namespaces.
+
+They model only the fields cloudtaser looks at and ignore the rest, so a pod as the API server
+returns it (status, managedFields, ...) parses unchanged. Label-selector semantics follow
+apimachinery's ``LabelSelectorAsSelector``: an empty selector matches everything.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+class Model(BaseModel):
+    """Base of the cloudtaser resource models: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class KubeModel(Model):
+    """Base of Kubernetes core types: fields cloudtaser does not read are ignored, not refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def _check_dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not DNS_SUBDOMAIN.match(value):
+        raise PydanticCustomError(
+            "dns_subdomain",
+            "'{value}' is not a valid name: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters",
+            {"value": value},
+        )
+    return value
+
+
+def _check_dns_label(value: str) -> str:
+    if len(value) > 63 or not DNS_LABEL.match(value):
+        raise PydanticCustomError(
+            "dns_label",
+            "'{value}' is not a valid name: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters",
+            {"value": value},
+        )
+    return value
+
+
+def _check_label_key(value: str) -> str:
+    prefix, _, name = value.rpartition("/")
+    if (prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix))) or (
+        not name or len(name) > 63 or not _LABEL_NAME.match(name)
+    ):
+        raise PydanticCustomError(
+            "label_key", "'{value}' is not a valid label key", {"value": value}
+        )
+    return value
+
+
+def _check_label_value(value: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE.match(value):
+        raise PydanticCustomError(
+            "label_value", "'{value}' is not a valid label value", {"value": value}
+        )
+    return value
+
+
+DnsSubdomain = Annotated[str, AfterValidator(_check_dns_subdomain)]
+DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
+LabelKey = Annotated[str, AfterValidator(_check_label_key)]
+LabelValue = Annotated[str, AfterValidator(_check_label_value)]
+
+
+class ObjectMeta(KubeModel):
+    """The metadata fields cloudtaser reads."""
+
+    name: DnsSubdomain = Field(description="Name of the object, unique in its namespace.")
+    namespace: DnsLabel | None = Field(
+        default=None, description="Namespace of the object; unset for cluster-scoped objects."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the object.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of the object."
+    )
+    uid: str | None = Field(default=None, description="Unique id given by the API server.")
+    generation: int | None = Field(
+        default=None, description="Spec generation, set by the API server."
+    )
+
+
+class LabelSelectorRequirement(Model):
+    """One expression of a label selector."""
+
+    key: LabelKey = Field(description="The label key the expression applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        description="Values for In and NotIn (non-empty); must be empty for Exists and "
+        "DoesNotExist.",
+    )
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise PydanticCustomError(
+                "selector_values",
+                "operator {op} needs at least one value",
+                {"op": self.operator},
+            )
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise PydanticCustomError(
+                "selector_values",
+                "operator {op} takes no values",
+                {"op": self.operator},
+            )
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        return self.key not in labels or labels[self.key] not in self.values
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector; all terms must hold (AND). Empty matches everything."""
+
+    match_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="Labels that must be present with exactly these values."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, description="Expressions that must all hold."
+    )
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        return all(req.matches(labels) for req in self.match_expressions)
+
+    def is_empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+
+class PodMeta(ObjectMeta):
+    """Pod metadata: at admission a pod may have only ``generateName``."""
+
+    name: str = Field(default="", description="Pod name; empty at admission with generateName.")
+    generate_name: str | None = Field(default=None, description="Prefix for a generated name.")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"{self.generate_name or ''}<generated>"
+
+
+class Container(KubeModel):
+    """The container fields cloudtaser reads or patches."""
+
+    name: str = Field(description="Container name.")
+    image: str | None = Field(default=None, description="Container image reference.")
+    command: list[str] | None = Field(default=None, description="Entrypoint override.")
+    args: list[str] | None = Field(default=None, description="Arguments to the entrypoint.")
+    env: list[dict[str, object]] | None = Field(default=None, description="Environment.")
+    volume_mounts: list[dict[str, object]] | None = Field(
+        default=None, description="Volume mounts."
+    )
+    security_context: dict[str, object] | None = Field(
+        default=None, description="Container security context."
+    )
+
+
+class PodSpec(KubeModel):
+    """The pod spec fields cloudtaser reads or patches."""
+
+    containers: list[Container] = Field(description="The app containers.")
+    init_containers: list[Container] | None = Field(default=None, description="Init containers.")
+    volumes: list[dict[str, object]] | None = Field(default=None, description="Volumes.")
+    node_name: str | None = Field(default=None, description="Node the pod is bound to.")
+    service_account_name: str | None = Field(default=None, description="Service account.")
+
+
+class Pod(KubeModel):
+    """A pod as the API server (or an AdmissionReview) presents it."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Pod"] = "Pod"
+    metadata: PodMeta
+    spec: PodSpec
+
+
+class Namespace(KubeModel):
+    """A namespace; only its name and labels matter (namespace selectors)."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Namespace"] = "Namespace"
+    metadata: ObjectMeta

@@ -1,0 +1,202 @@
+"""A PodPlan as RFC 6902 JSON-patch operations: what the admission webhook returns.
+
+Each operation comes from a small function; JSON-pointer escaping happens in ``pointer`` only.
+The patch is idempotent by construction: a pod that already carries the marker annotation gets
+no operations, so mutate(mutate(pod)) == mutate(pod).
+
+Entrypoint rule (Kubernetes semantics): setting ``command`` in a pod spec makes the runtime
+ignore both the image ENTRYPOINT and CMD. So when the pod has no ``command``, the wrapper's
+command is followed by the image ENTRYPOINT, and when the pod has no ``args`` either, the
+image CMD becomes ``args``. The webhook resolves ENTRYPOINT/CMD from the registry and passes
+them in; without them such a container is a problem and the pod must be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import Field
+
+from cloudtaser.engine.compiler import BUNDLE_VOLUME
+from cloudtaser.engine.kube import Container, Model, Pod
+from cloudtaser.engine.plans import (
+    CONFIG_ENV,
+    INJECTED_ANNOTATION,
+    ContainerPlan,
+    InjectorSettings,
+    PodPlan,
+    Problem,
+)
+
+INIT_CONTAINER = "cloudtaser-init"
+Operation = dict[str, Any]
+
+
+class ImageEntrypoint(Model):
+    """ENTRYPOINT and CMD of an image, as its config in the registry states them."""
+
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+
+
+class PatchResult(Model):
+    """The operations for one pod, or the problems that forbid patching it."""
+
+    operations: list[dict[str, Any]]
+    problems: list[Problem]
+
+
+def pointer(*parts: str | int) -> str:
+    """An RFC 6901 JSON pointer; the one place where '~' and '/' are escaped."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _add(path: str, value: object) -> Operation:
+    return {"op": "add", "path": path, "value": value}
+
+
+def _replace(path: str, value: object) -> Operation:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def config_json(plan: ContainerPlan) -> str:
+    """The WrapperConfig env value: compact JSON, fields in model order (deterministic)."""
+    return plan.config.model_dump_json(exclude_none=True)
+
+
+def marker_value(plan: PodPlan) -> str:
+    """Marker annotation value: a digest of what was injected (not of any secret)."""
+    return hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _append_all(base: str, existing: list[Any] | None, items: list[Any]) -> list[Operation]:
+    if not items:
+        return []
+    if existing is None:
+        return [_add(base, items)]
+    return [_add(base + "/-", item) for item in items]
+
+
+def _init_container(settings: InjectorSettings) -> dict[str, object]:
+    return {
+        "name": INIT_CONTAINER,
+        "image": settings.wrapper_image,
+        "command": ["/bundle/install", settings.bundle_dir],
+        "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": settings.bundle_dir}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _command_ops(
+    base: str,
+    container: Container,
+    wrapper: list[str],
+    entrypoint: ImageEntrypoint | None,
+) -> tuple[list[Operation], str | None]:
+    if container.command:
+        return [_replace(base + "/command", wrapper + container.command)], None
+    if entrypoint is None:
+        return [], (
+            "has no command and its image entrypoint could not be resolved; set "
+            "spec.containers[].command so the wrapper knows what to start"
+        )
+    op = _add if container.command is None else _replace
+    ops = [op(base + "/command", wrapper + entrypoint.entrypoint)]
+    if container.args is None:
+        if not entrypoint.cmd and not entrypoint.entrypoint:
+            return [], "has no command, and its image defines neither ENTRYPOINT nor CMD"
+        if entrypoint.cmd:
+            ops.append(_add(base + "/args", entrypoint.cmd))
+    return ops, None
+
+
+def _security_ops(base: str, container: Container) -> list[Operation]:
+    sc = container.security_context
+    if sc is None:
+        return [
+            _add(
+                base + "/securityContext",
+                {"allowPrivilegeEscalation": False, "capabilities": {"add": ["IPC_LOCK"]}},
+            )
+        ]
+    ops = []
+    if "allowPrivilegeEscalation" not in sc:
+        ops.append(_add(base + "/securityContext/allowPrivilegeEscalation", False))
+    caps = sc.get("capabilities")
+    if not isinstance(caps, dict):
+        ops.append(_add(base + "/securityContext/capabilities", {"add": ["IPC_LOCK"]}))
+    elif not isinstance(caps.get("add"), list):
+        ops.append(_add(base + "/securityContext/capabilities/add", ["IPC_LOCK"]))
+    elif "IPC_LOCK" not in caps["add"]:
+        ops.append(_add(base + "/securityContext/capabilities/add/-", "IPC_LOCK"))
+    return ops
+
+
+def pod_patch(
+    pod: Pod,
+    plan: PodPlan,
+    settings: InjectorSettings,
+    entrypoints: dict[str, ImageEntrypoint] | None = None,
+) -> PatchResult:
+    """The JSON patch that injects ``plan`` into ``pod`` (``entrypoints`` by container name)."""
+    if INJECTED_ANNOTATION in pod.metadata.annotations:
+        return PatchResult(operations=[], problems=[])
+    entrypoints = entrypoints or {}
+    problems: list[Problem] = []
+    ops: list[Operation] = []
+    pod_name = pod.metadata.display_name
+    namespace = pod.metadata.namespace or "default"
+    wrapper = [f"{settings.bundle_dir}/wrapper", "--"]
+    volumes = {v.name: v for v in plan.volumes}
+    planned = {c.name: c for c in plan.containers}
+    for index, container in enumerate(pod.spec.containers):
+        cplan = planned.get(container.name)
+        if cplan is None:
+            continue
+        base = pointer("spec", "containers", index)
+        command_ops, error = _command_ops(
+            base, container, wrapper, entrypoints.get(container.name)
+        )
+        env_names = {e.get("name") for e in container.env or []}
+        if error is None and CONFIG_ENV in env_names:
+            error = f"already sets {CONFIG_ENV}; remove it, the injector owns that variable"
+        if error is not None:
+            problems.append(
+                Problem(
+                    kind="Pod",
+                    namespace=namespace,
+                    name=pod_name,
+                    path=f"spec.containers[{index}]",
+                    message=f"container '{container.name}' {error}",
+                )
+            )
+            continue
+        ops.extend(command_ops)
+        env = [{"name": CONFIG_ENV, "value": config_json(cplan)}]
+        ops.extend(_append_all(base + "/env", container.env, env))
+        mounts = [
+            {"name": name, "mountPath": volumes[name].mount_path, "readOnly": volumes[name].read_only}
+            for name in cplan.volumes
+        ]
+        ops.extend(_append_all(base + "/volumeMounts", container.volume_mounts, mounts))
+        ops.extend(_security_ops(base, container))
+    if problems:
+        return PatchResult(operations=[], problems=problems)
+    pod_volumes = [{"name": v.name, **v.source} for v in plan.volumes]
+    head: list[Operation] = []
+    if pod.metadata.annotations:
+        head.append(_add(pointer("metadata", "annotations", INJECTED_ANNOTATION), marker_value(plan)))
+    else:
+        head.append(_add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)}))
+    head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
+    if pod.spec.init_containers is None:
+        head.append(_add(pointer("spec", "initContainers"), [_init_container(settings)]))
+    else:
+        head.append(_add(pointer("spec", "initContainers", 0), _init_container(settings)))
+    return PatchResult(operations=head + ops, problems=[])

@@ -1,0 +1,231 @@
+"""What compile() returns: the Plan and its parts, each consumed by one runtime piece.
+
+- ``WrapperConfig``: what the wrapper in one container fetches and how it delivers it. It goes
+  into the pod spec as JSON, so it holds addresses, paths and names only, never a secret.
+- ``PodPlan``: for one pod, the wrapper config of each injected container and the volumes the
+  injector adds; ``engine.patches`` turns it into RFC 6902 operations.
+- ``BpfEntry``: the effective policy of one protected pod, as flags the node agent writes to
+  its kernel maps.
+- ``WebhookScope``: the namespaces the admission webhook must see.
+- ``Problem``: what is wrong, on which object, at which field path.
+
+All lists are sorted so that the Plan serialises to the same bytes for the same input.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import Field
+
+from cloudtaser.engine.kube import LabelSelector, Model
+
+INJECT_ANNOTATION = "cloudtaser.io/inject"
+INJECTED_ANNOTATION = "cloudtaser.io/injected"
+CONFIG_ENV = "CLOUDTASER_CONFIG"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class ProtectionFlag(enum.IntFlag):
+    """Bits of a protected pod's policy word in the agent's maps (mirrored in bpf/*.h)."""
+
+    ENVIRON = 1 << 0
+    MEM = 1 << 1
+    FDS = 1 << 2
+    PTRACE = 1 << 3
+    PIDFD_GETFD = 1 << 4
+    CORE_DUMP = 1 << 5
+    AUDIT_ONLY = 1 << 8
+    KILL = 1 << 9
+
+
+class InjectorSettings(Model):
+    """Installation settings that shape the pod patch (from the chart's values)."""
+
+    wrapper_image: str = Field(
+        default="ghcr.io/cloudtaser/wrapper-bundle:0.1.0",
+        description="Image of the init container that carries the wrapper bundle.",
+    )
+    bundle_dir: str = Field(
+        default="/cloudtaser", description="Where the bundle emptyDir is mounted in containers."
+    )
+    agent_socket_dir: str = Field(
+        default="/run/cloudtaser", description="Host directory of the node agent's socket."
+    )
+    operator_namespace: str = Field(
+        default="cloudtaser-system", description="The operator's namespace (never injected)."
+    )
+    excluded_namespaces: list[str] = Field(
+        default_factory=lambda: ["kube-system"],
+        description="Namespaces the webhook never sees besides the operator's own.",
+    )
+    token_path: str = Field(
+        default="/var/run/secrets/kubernetes.io/serviceaccount/token",
+        description="Service-account token path inside containers.",
+    )
+
+
+class KeyPlan(Model):
+    """One key to deliver."""
+
+    key: str
+    env: str | None = None
+    file: str | None = None
+    sdk: str | None = None
+
+
+class SecretPlan(Model):
+    """One KV v2 secret to read."""
+
+    mount: str
+    path: str
+    keys: list[KeyPlan]
+
+
+class WrapperSource(Model):
+    """One binding's OpenBao/Vault connection and what to fetch through it."""
+
+    binding: str = Field(description="namespace/name of the SecretBinding.")
+    address: str
+    auth_mount: str
+    role: str
+    ca_file: str | None = None
+    server_name: str | None = None
+    client_cert_file: str
+    client_key_file: str
+    secrets: list[SecretPlan]
+
+
+class AgentSettings(Model):
+    """How the wrapper registers with the node agent."""
+
+    socket: str
+    required: bool = Field(description="Refuse to start the app when the agent is absent.")
+
+
+class WrapperConfig(Model):
+    """The wrapper's whole configuration for one container (paths and names only)."""
+
+    version: Literal[1] = 1
+    namespace: str
+    container: str
+    token_path: str
+    sources: list[WrapperSource]
+    refresh_seconds: int | None = None
+    require_secret_mem: bool = False
+    agent: AgentSettings
+
+
+class VolumePlan(Model):
+    """A volume the injector adds to the pod and mounts into injected containers."""
+
+    name: str
+    mount_path: str
+    source: dict[str, object] = Field(description="The volume source, as in a pod spec.")
+    read_only: bool = True
+
+
+class ContainerPlan(Model):
+    """An injected container: its bindings and its wrapper config."""
+
+    name: str
+    bindings: list[str]
+    config: WrapperConfig
+    volumes: list[str] = Field(description="Names of the plan volumes mounted into it.")
+
+
+class Problem(Model):
+    """A problem in the input, located by object and field path."""
+
+    kind: str
+    namespace: str | None = None
+    name: str
+    path: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def sort_key(self) -> tuple[str, str, str, str, str]:
+        return (self.kind, self.namespace or "", self.name, self.path, self.message)
+
+
+class EffectivePolicy(Model):
+    """The combined EnforcementPolicies of one pod (stricter wins)."""
+
+    policies: list[str] = Field(description="Names of the contributing policies; [] = default.")
+    mode: Literal["enforce", "audit"]
+    flags: int = Field(description="ProtectionFlag bits, as written to the kernel maps.")
+    protections: list[str] = Field(description="Names of the set protection bits.")
+    allowed_accessors: list[str] = Field(description="exe[:uid] entries allowed to access.")
+    kill_on_violation: bool
+    require_confidential_node: bool
+
+
+class PodPlan(Model):
+    """What the injector does to one pod, and the protection it gets."""
+
+    namespace: str
+    name: str
+    containers: list[ContainerPlan]
+    volumes: list[VolumePlan]
+    policy: EffectivePolicy
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class BpfEntry(Model):
+    """One protected pod for the node agent: written to its maps once the PID registers."""
+
+    namespace: str
+    pod: str
+    uid: str | None
+    node: str | None
+    policy: EffectivePolicy
+
+
+class MutationRule(Model):
+    """One binding's pod selection, for the webhook's fast pre-filter."""
+
+    binding: str
+    namespace: str
+    selector: LabelSelector
+    containers: list[str]
+
+
+class WebhookScope(Model):
+    """What the MutatingWebhookConfiguration must select."""
+
+    namespaces: list[str] = Field(description="Namespaces holding valid bindings.")
+    namespace_selector: dict[str, object] = Field(description="For the webhook configuration.")
+    failure_policy: Literal["Fail"] = "Fail"
+
+
+class BindingSummary(Model):
+    """Per binding: what its status should say."""
+
+    binding: str
+    valid: bool
+    matched_pods: int
+    injected_pods: int
+    secrets: int
+
+
+class PolicySummary(Model):
+    """Per policy: what its status should say."""
+
+    policy: str
+    matched_pods: int
+
+
+class Plan(Model):
+    """Everything the runtime pieces need, derived from the cluster state alone."""
+
+    rules: list[MutationRule]
+    pods: list[PodPlan]
+    bpf: list[BpfEntry]
+    webhook: WebhookScope
+    bindings: list[BindingSummary]
+    policies: list[PolicySummary]
+    problems: list[Problem]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=True) + "\n"
