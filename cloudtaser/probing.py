@@ -77,11 +77,15 @@ def probe_memfd_secret() -> Check:
                  "secret pages are removed from the kernel's direct map")
 
 
+def _mount_if_missing(probe: Path, fstype: str, target: str) -> None:
+    """As root, mount a kernel pseudo-filesystem the agent's DaemonSet would mount too."""
+    if not probe.exists() and os.geteuid() == 0:
+        subprocess.run(["mount", "-t", fstype, fstype, target], check=False, capture_output=True)
+
+
 def _lsm_list() -> tuple[list[str] | None, str]:
     lsm = SECURITYFS / "lsm"
-    if not lsm.exists() and os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "securityfs", "securityfs", str(SECURITYFS)],
-                       check=False, capture_output=True)
+    _mount_if_missing(lsm, "securityfs", str(SECURITYFS))
     try:
         return lsm.read_text().strip().split(","), ""
     except OSError as e:
@@ -173,6 +177,7 @@ def probe_confidential() -> Check:
 
 
 def probe_tracepoints() -> Check:
+    _mount_if_missing(Path("/sys/kernel/tracing/events"), "tracefs", "/sys/kernel/tracing")
     for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if Path(root, "events", "syscalls").is_dir():
             return Check("syscall-tracepoints", "ok", f"{root}/events/syscalls",

@@ -25,6 +25,8 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     """``('spec', 'secrets', 0, 'keys', 1, 'env')`` -> ``spec.secrets[0].keys[1].env``."""
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for "the dict key itself", named just before
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

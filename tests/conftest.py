@@ -1,0 +1,72 @@
+"""Shared builders for tests: small, valid objects that a test then bends."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+
+def binding_doc(name: str = "app", namespace: str = "team", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": name}},
+        "vault": {"address": "https://bao.example:8200", "role": name},
+        "secrets": [{"path": f"{namespace}/{name}", "keys": [{"key": "password", "env": "PASSWORD"}]}],
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "cloudtaser.io/v1alpha1",
+        "kind": "SecretBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def policy_doc(name: str = "baseline", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "cloudtaser.io/v1alpha1",
+        "kind": "EnforcementPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def pod_doc(
+    name: str = "app-1",
+    namespace: str = "team",
+    labels: dict[str, str] | None = None,
+    containers: list[dict[str, Any]] | None = None,
+    inject: bool = True,
+    injected: bool = False,
+) -> dict[str, Any]:
+    annotations = {}
+    if inject:
+        annotations["cloudtaser.io/inject"] = "true"
+    if injected:
+        annotations["cloudtaser.io/injected"] = "0000"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels if labels is not None else {"app": "app"},
+            "annotations": annotations,
+        },
+        "spec": {
+            "containers": copy.deepcopy(containers)
+            if containers is not None
+            else [{"name": "app", "image": "app:1", "command": ["/app"]}]
+        },
+    }
+
+
+@pytest.fixture
+def docs() -> Any:
+    class Docs:
+        binding = staticmethod(binding_doc)
+        policy = staticmethod(policy_doc)
+        pod = staticmethod(pod_doc)
+
+    return Docs

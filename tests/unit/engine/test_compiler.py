@@ -1,0 +1,182 @@
+"""compile(): conflicts, policies, determinism, and incremental == full."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_state
+from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.plans import ProtectionFlag
+from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
+from tests.conftest import binding_doc, pod_doc, policy_doc
+
+
+def state(*docs: dict[str, Any]) -> ClusterState:
+    kinds = {
+        "SecretBinding": ("bindings", SecretBinding),
+        "EnforcementPolicy": ("policies", EnforcementPolicy),
+        "Pod": ("pods", Pod),
+        "Namespace": ("namespaces", Namespace),
+    }
+    fields: dict[str, list[Any]] = {"bindings": [], "policies": [], "pods": [], "namespaces": []}
+    for doc in docs:
+        field, model = kinds[doc["kind"]]
+        fields[field].append(model.model_validate(doc))
+    return ClusterState(**fields)
+
+
+def ns_doc(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def test_selected_pod_gets_a_wrapper_config_per_container() -> None:
+    plan = compile_state(state(binding_doc("app"), pod_doc(labels={"app": "app"})))
+    assert [p.name for p in plan.pods] == ["app-1"]
+    config = plan.pods[0].containers[0].config
+    assert config.sources[0].binding == "team/app"
+    assert config.sources[0].secrets[0].keys[0].env == "PASSWORD"
+    assert config.agent.required is True  # built-in default policy enforces
+    assert plan.bindings[0].matched_pods == 1 and plan.bindings[0].injected_pods == 0
+    assert plan.bpf == []  # not injected yet: nothing for the agent
+
+
+def test_pod_without_inject_annotation_or_other_labels_is_not_selected() -> None:
+    plan = compile_state(
+        state(
+            binding_doc("app"),
+            pod_doc("a", labels={"app": "app"}, inject=False),
+            pod_doc("b", labels={"app": "other"}),
+            pod_doc("c", namespace="elsewhere", labels={"app": "app"}),
+        )
+    )
+    assert plan.pods == []
+    assert plan.bindings[0].matched_pods == 0
+
+
+def test_env_conflict_first_binding_by_name_wins_and_loser_is_told() -> None:
+    a = binding_doc("a", selector={"matchLabels": {"app": "x"}})
+    b = binding_doc("b", selector={"matchLabels": {"app": "x"}})
+    b["spec"]["secrets"][0]["keys"].append({"key": "other", "env": "OTHER"})
+    plan = compile_state(state(b, a, pod_doc(labels={"app": "x"})))
+    sources = plan.pods[0].containers[0].config.sources
+    assert [s.binding for s in sources] == ["team/a", "team/b"]
+    assert [k.env for k in sources[1].secrets[0].keys] == ["OTHER"]
+    [problem] = [p for p in plan.problems if p.severity == "error"]
+    assert (problem.name, problem.path) == ("b", "spec.secrets[0].keys[0].env")
+    assert "also delivered by SecretBinding team/a" in problem.message
+
+
+def test_policies_combine_stricter_wins() -> None:
+    plan = compile_state(
+        state(
+            binding_doc("app"),
+            pod_doc(labels={"app": "app"}, injected=True),
+            policy_doc("audit", mode="audit", protections={"mem": False},
+                       allowedAccessors=[{"executable": "/usr/bin/gdb"}, {"executable": "/bin/x"}]),
+            policy_doc("enforce", protections={"environ": False, "coreDump": False},
+                       killOnViolation=True, allowedAccessors=[{"executable": "/bin/x"}]),
+        )
+    )
+    policy = plan.bpf[0].policy
+    assert policy.mode == "enforce" and policy.kill_on_violation
+    assert policy.protections == ["core_dump", "environ", "fds", "mem", "pidfd_getfd", "ptrace"]
+    assert policy.allowed_accessors == ["/bin/x"]
+    assert policy.flags & ProtectionFlag.KILL and not policy.flags & ProtectionFlag.AUDIT_ONLY
+    [warning] = [p for p in plan.problems if p.kind == "EnforcementPolicy"]
+    assert warning.name == "audit" and "EnforcementPolicy enforce (mode enforce)" in warning.message
+
+
+def test_namespace_selector_uses_namespace_labels_and_name() -> None:
+    plan = compile_state(
+        state(
+            ns_doc("team", tier="prod"),
+            binding_doc("app"),
+            pod_doc(labels={"app": "app"}),
+            policy_doc("prod", mode="audit", namespaceSelector={"matchLabels": {"tier": "prod"}}),
+            policy_doc("other", namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "x"}}),
+        )
+    )
+    assert plan.pods[0].policy.policies == ["prod"]
+    assert plan.pods[0].policy.mode == "audit"
+    assert plan.pods[0].containers[0].config.agent.required is False
+
+
+def test_webhook_scope_lists_binding_namespaces_but_never_excluded_ones() -> None:
+    plan = compile_state(
+        state(binding_doc("a", "one"), binding_doc("b", "two"), binding_doc("c", "kube-system"))
+    )
+    assert plan.webhook.namespaces == ["one", "two"]
+    assert plan.webhook.namespace_selector == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["one", "two"]}
+        ]
+    }
+    assert any(p.name == "c" and p.path == "metadata.namespace" for p in plan.problems)
+    empty = compile_state(ClusterState())
+    assert empty.webhook.namespaces == []
+    assert empty.webhook.namespace_selector["matchExpressions"][0]["operator"] == "DoesNotExist"
+
+
+def _random_docs(rng: random.Random) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    apps = ["a", "b", "c", "d"]
+    for ns in ("n1", "n2"):
+        docs.append(ns_doc(ns, tier=rng.choice(["prod", "dev"])))
+        for i, app in enumerate(apps):
+            doc = binding_doc(f"{app}{i}", ns, selector={"matchLabels": {"app": rng.choice(apps)}})
+            doc["spec"]["secrets"][0]["keys"][0]["env"] = rng.choice(["A", "B", "C"])
+            docs.append(doc)
+        for i in range(6):
+            docs.append(pod_doc(f"p{i}", ns, labels={"app": rng.choice(apps)}, injected=rng.random() < 0.5))
+    docs.append(policy_doc("audit", mode="audit"))
+    docs.append(policy_doc("prod", namespaceSelector={"matchLabels": {"tier": "prod"}}))
+    return docs
+
+
+def test_same_objects_in_any_order_give_identical_bytes() -> None:
+    rng = random.Random(7)
+    docs = _random_docs(rng)
+    first = compile_state(state(*docs)).to_json()
+    for _ in range(5):
+        rng.shuffle(docs)
+        assert compile_state(state(*docs)).to_json() == first
+
+
+def test_incremental_updates_equal_a_full_compile() -> None:
+    rng = random.Random(11)
+    for _ in range(20):
+        docs = _random_docs(rng)
+        compiler = IncrementalCompiler(state(*docs))
+        bindings = [d for d in docs if d["kind"] == "SecretBinding"]
+        for _ in range(6):
+            target = rng.choice(bindings)
+            action = rng.random()
+            if action < 0.4:
+                target["spec"]["selector"] = {"matchLabels": {"app": rng.choice("abcd")}}
+                compiler.set_binding(SecretBinding.model_validate(target))
+            elif action < 0.6:
+                bindings.remove(target)
+                docs.remove(target)
+                ref = f"{target['metadata']['namespace']}/{target['metadata']['name']}"
+                compiler.remove_binding(ref)
+                if not bindings:
+                    break
+            elif action < 0.8:
+                pod = rng.choice([d for d in docs if d["kind"] == "Pod"])
+                pod["metadata"]["labels"] = {"app": rng.choice("abcd")}
+                compiler.set_pod(Pod.model_validate(pod))
+            else:
+                policy = policy_doc("late", mode=rng.choice(["audit", "enforce"]))
+                docs = [d for d in docs if d["metadata"]["name"] != "late"] + [policy]
+                compiler.set_policy(EnforcementPolicy.model_validate(policy))
+        assert compiler.plan().to_json() == compile_state(state(*docs)).to_json()
+
+
+def test_plan_pod_for_a_pod_under_admission_matches_compile() -> None:
+    docs = [binding_doc("app"), policy_doc("base")]
+    compiler = IncrementalCompiler(state(*docs))
+    pod = Pod.model_validate(pod_doc(labels={"app": "app"}))
+    admitted = compiler.plan_pod(pod)
+    full = compile_state(state(*docs, pod_doc(labels={"app": "app"})))
+    assert admitted is not None and admitted == full.pods[0]

@@ -1,0 +1,122 @@
+"""Pod patches: valid RFC 6902 against the pod, entrypoint rules, idempotence."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.kube import Pod
+from cloudtaser.engine.patches import ImageEntrypoint, PatchResult, pod_patch, pointer
+from cloudtaser.engine.plans import CONFIG_ENV, INJECTED_ANNOTATION, InjectorSettings, WrapperConfig
+from cloudtaser.engine.resources import SecretBinding
+from tests.conftest import binding_doc, pod_doc
+
+SETTINGS = InjectorSettings()
+
+
+def patch(pod: dict[str, Any], entrypoints: dict[str, ImageEntrypoint] | None = None,
+          binding: dict[str, Any] | None = None) -> PatchResult:
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding or binding_doc("app"))])
+    )
+    model = Pod.model_validate(pod)
+    plan = compiler.plan_pod(model)
+    assert plan is not None
+    return pod_patch(model, plan, SETTINGS, entrypoints)
+
+
+def apply(pod: dict[str, Any], result: PatchResult) -> dict[str, Any]:
+    assert result.problems == []
+    patched: dict[str, Any] = jsonpatch.apply_patch(pod, result.operations)
+    return patched
+
+
+def test_pointer_escapes_tilde_and_slash_once() -> None:
+    assert pointer("metadata", "annotations", "cloudtaser.io/inject") == (
+        "/metadata/annotations/cloudtaser.io~1inject"
+    )
+    assert pointer("a~b", 0) == "/a~0b/0"
+
+
+def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
+    pod = pod_doc(labels={"app": "app"}, containers=[
+        {"name": "app", "image": "app:1", "command": ["/app", "-v"], "args": ["x"],
+         "env": [{"name": "KEEP", "value": "1"}],
+         "securityContext": {"capabilities": {"drop": ["ALL"]}}},
+        {"name": "side", "image": "side:1"},
+    ], injected=False)
+    patched = apply(pod, patch(pod, binding=binding_doc("app", containers=["app"])))
+    app, side = patched["spec"]["containers"]
+    assert app["command"] == ["/cloudtaser/wrapper", "--", "/app", "-v"]
+    assert app["args"] == ["x"]
+    assert app["env"][0] == {"name": "KEEP", "value": "1"}
+    config = WrapperConfig.model_validate_json(app["env"][1]["value"])
+    assert app["env"][1]["name"] == CONFIG_ENV and config.container == "app"
+    assert app["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    assert app["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {m["name"] for m in app["volumeMounts"]} == {"cloudtaser-agent", "cloudtaser-bundle"}
+    assert side == {"name": "side", "image": "side:1"}  # not selected: untouched
+    assert patched["spec"]["initContainers"][0]["name"] == "cloudtaser-init"
+    assert patched["metadata"]["annotations"][INJECTED_ANNOTATION]
+
+
+def test_mutate_twice_equals_mutate_once() -> None:
+    pod = pod_doc(labels={"app": "app"}, injected=False)
+    once = apply(pod, patch(pod))
+    again = patch(once)
+    assert again.operations == [] and again.problems == []
+    assert apply(once, again) == once
+
+
+def test_patch_appends_to_existing_lists() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    pod["spec"]["initContainers"] = [{"name": "migrate", "image": "m"}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    patched = apply(pod, patch(pod))
+    assert [v["name"] for v in patched["spec"]["volumes"]][0] == "data"
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["cloudtaser-init", "migrate"]
+    assert patched["spec"]["containers"][0]["volumeMounts"][0]["name"] == "data"
+
+
+@pytest.mark.parametrize(
+    ("container", "image", "command", "args"),
+    [
+        ({}, ImageEntrypoint(entrypoint=["/ep"], cmd=["c1"]), ["/ep"], ["c1"]),
+        ({"args": ["mine"]}, ImageEntrypoint(entrypoint=["/ep"], cmd=["c1"]), ["/ep"], ["mine"]),
+        ({}, ImageEntrypoint(cmd=["/bin/sh", "-c", "run"]), [], ["/bin/sh", "-c", "run"]),
+        ({}, ImageEntrypoint(entrypoint=["/ep"]), ["/ep"], None),
+    ],
+)
+def test_missing_command_uses_the_image_entrypoint_and_cmd(
+    container: dict[str, Any], image: ImageEntrypoint, command: list[str], args: list[str] | None
+) -> None:
+    pod = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "i", **container}])
+    patched = apply(pod, patch(pod, {"app": image}))["spec"]["containers"][0]
+    assert patched["command"] == ["/cloudtaser/wrapper", "--", *command]
+    assert patched.get("args") == args
+
+
+def test_unresolvable_entrypoint_refuses_with_a_message_naming_the_container() -> None:
+    pod = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "i"}])
+    result = patch(pod)
+    assert result.operations == []
+    [problem] = result.problems
+    assert problem.path == "spec.containers[0]"
+    assert "container 'app' has no command" in problem.message and "set" in problem.message
+
+
+def test_config_env_never_holds_more_than_names_and_paths() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    ops = patch(pod).operations
+    env = next(op for op in ops if op["path"].endswith("/env/-") or op["path"].endswith("/env"))
+    value = env["value"][0]["value"] if isinstance(env["value"], list) else env["value"]["value"]
+    config = json.loads(value)
+    assert set(config) == {"version", "namespace", "container", "tokenPath", "sources",
+                           "requireSecretMem", "agent"}
+    assert set(config["sources"][0]) == {"binding", "address", "authMount", "role",
+                                         "clientCertFile", "clientKeyFile", "secrets"}
