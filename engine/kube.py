@@ -8,6 +8,7 @@ apimachinery's ``LabelSelectorAsSelector``: an empty selector matches everything
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -39,26 +40,36 @@ class KubeModel(Model):
     model_config = ConfigDict(extra="ignore")
 
 
-def _check_dns_subdomain(value: str) -> str:
-    if len(value) > 253 or not DNS_SUBDOMAIN.match(value):
-        raise PydanticCustomError(
-            "dns_subdomain",
-            "'{value}' is not a valid name: lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit, at most 253 characters",
-            {"value": value},
-        )
-    return value
+def regex_check(
+    code: str, regex: re.Pattern[str], message: str, max_len: int | None = None
+) -> Callable[[str], str]:
+    """A field validator: ``message`` (with ``{value}``) unless the value matches ``regex``."""
+
+    def check(value: str) -> str:
+        if (max_len is not None and len(value) > max_len) or not regex.match(value):
+            raise PydanticCustomError(code, message, {"value": value})
+        return value
+
+    return check
 
 
-def _check_dns_label(value: str) -> str:
-    if len(value) > 63 or not DNS_LABEL.match(value):
-        raise PydanticCustomError(
-            "dns_label",
-            "'{value}' is not a valid name: lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters",
-            {"value": value},
-        )
-    return value
+_check_dns_subdomain = regex_check(
+    "dns_subdomain",
+    DNS_SUBDOMAIN,
+    "'{value}' is not a valid name: lower-case letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit, at most 253 characters",
+    253,
+)
+_check_dns_label = regex_check(
+    "dns_label",
+    DNS_LABEL,
+    "'{value}' is not a valid name: lower-case letters, digits and '-', "
+    "starting and ending with a letter or digit, at most 63 characters",
+    63,
+)
+_check_label_value = regex_check(
+    "label_value", _LABEL_VALUE, "'{value}' is not a valid label value", 63
+)
 
 
 def _check_label_key(value: str) -> str:
@@ -68,14 +79,6 @@ def _check_label_key(value: str) -> str:
     ):
         raise PydanticCustomError(
             "label_key", "'{value}' is not a valid label key", {"value": value}
-        )
-    return value
-
-
-def _check_label_value(value: str) -> str:
-    if len(value) > 63 or not _LABEL_VALUE.match(value):
-        raise PydanticCustomError(
-            "label_value", "'{value}' is not a valid label value", {"value": value}
         )
     return value
 

@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from cloudtaser.engine.kube import DnsLabel, DnsSubdomain, LabelSelector, Model, ObjectMeta
+from cloudtaser.engine.kube import (
+    DnsLabel,
+    DnsSubdomain,
+    LabelSelector,
+    Model,
+    ObjectMeta,
+    regex_check,
+)
 
 GROUP = "cloudtaser.io"
 VERSION = "v1alpha1"
@@ -36,12 +43,14 @@ _ENV_RE = re.compile(ENV_NAME)
 _SDK_RE = re.compile(SDK_NAME)
 
 
-def _check_env_name(value: str) -> str:
-    if not _ENV_RE.match(value):
-        raise PydanticCustomError(
-            "env_name", "'{value}' is not a valid environment variable name", {"value": value}
-        )
-    return value
+_check_env_name = regex_check(
+    "env_name", _ENV_RE, "'{value}' is not a valid environment variable name"
+)
+_check_sdk_name = regex_check(
+    "sdk_name",
+    _SDK_RE,
+    "'{value}' is not a valid SDK name: lower-case letters, digits, '_', '.' and '-'",
+)
 
 
 def _check_abs_path(value: str) -> str:
@@ -68,16 +77,6 @@ def _check_secret_file(value: str) -> str:
                 "'{value}' is under {root}: a secret file may not shadow kernel interfaces",
                 {"value": value, "root": root},
             )
-    return value
-
-
-def _check_sdk_name(value: str) -> str:
-    if not _SDK_RE.match(value):
-        raise PydanticCustomError(
-            "sdk_name",
-            "'{value}' is not a valid SDK name: lower-case letters, digits, '_', '.' and '-'",
-            {"value": value},
-        )
     return value
 
 
@@ -355,21 +354,25 @@ class StatusProblem(Model):
     severity: Literal["error", "warning"] = Field(default="error", description="error or warning.")
 
 
-class SecretBindingStatus(Model):
-    """Observed state of a SecretBinding, written by the operator."""
+class ResourceStatus(Model):
+    """What the status of every cloudtaser resource has."""
 
     observed_generation: int | None = Field(
         default=None, description="The spec generation the status describes."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Compiled, PolicyAllowed and Ready."
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    matched_pods: int = Field(default=0, ge=0, description="Pods the object selects now.")
+    problems: list[StatusProblem] = Field(
+        default_factory=list, description="Compile problems, conflicts and overlaps."
     )
-    matched_pods: int = Field(default=0, ge=0, description="Pods the selector matches now.")
+
+
+class SecretBindingStatus(ResourceStatus):
+    """Observed state of a SecretBinding, written by the operator (conditions: Compiled,
+    PolicyAllowed, Ready)."""
+
     injected_pods: int = Field(default=0, ge=0, description="Matched pods running the wrapper.")
     secrets: int = Field(default=0, ge=0, description="Number of keys delivered to each pod.")
-    problems: list[StatusProblem] = Field(
-        default_factory=list, description="Compile problems and conflicts."
-    )
 
 
 class SecretBinding(Model):
@@ -446,21 +449,13 @@ class EnforcementPolicySpec(Model):
     )
 
 
-class EnforcementPolicyStatus(Model):
+class EnforcementPolicyStatus(ResourceStatus):
     """Observed state of an EnforcementPolicy."""
 
-    observed_generation: int | None = Field(
-        default=None, description="The spec generation the status describes."
-    )
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
-    matched_pods: int = Field(default=0, ge=0, description="Protected pods the policy selects.")
     nodes_enforcing: int = Field(
         default=0, ge=0, description="Nodes whose agent enforces this policy."
     )
     violations: int = Field(default=0, ge=0, description="Violations reported by the agents.")
-    problems: list[StatusProblem] = Field(
-        default_factory=list, description="Compile problems and overlaps."
-    )
 
 
 class EnforcementPolicy(Model):
