@@ -53,8 +53,10 @@ from cloudtaser.engine.resources import (
 
 BUNDLE_VOLUME = "cloudtaser-bundle"
 AGENT_VOLUME = "cloudtaser-agent"
+TOKEN_VOLUME = "cloudtaser-token"
 AGENT_MOUNT = "/run/cloudtaser"
 SECRET_MOUNT_ROOT = "/var/run/cloudtaser"
+TOKEN_MOUNT = f"{SECRET_MOUNT_ROOT}/token"
 _PROTECTION_BITS = {
     "environ": ProtectionFlag.ENVIRON,
     "mem": ProtectionFlag.MEM,
@@ -347,6 +349,17 @@ class IncrementalCompiler:
             name=AGENT_VOLUME,
             mount_path=AGENT_MOUNT,
             source={"hostPath": {"path": self.settings.agent_socket_dir, "type": "Directory"}},
+        )
+        # The wrapper logs in with its own short-lived token bound to the OpenBao audience,
+        # never with the default token (whose audience is the API server).
+        self._token_volume = VolumePlan(
+            name=TOKEN_VOLUME,
+            mount_path=TOKEN_MOUNT,
+            source={"projected": {"sources": [{"serviceAccountToken": {
+                "audience": self.settings.token_audience,
+                "expirationSeconds": self.settings.token_expiration_seconds,
+                "path": "token",
+            }}]}},
         )
         self._agent_settings = {
             required: AgentSettings(socket=f"{AGENT_MOUNT}/agent.sock", required=required)
@@ -647,7 +660,7 @@ class IncrementalCompiler:
             config = WrapperConfig.model_construct(
                 namespace=entry.namespace,
                 container=container.name,
-                token_path=self.settings.token_path,
+                token_path=f"{TOKEN_MOUNT}/token",
                 sources=sources,
                 refresh_seconds=min(refresh) if refresh else None,
                 require_secret_mem=any(c.binding.spec.require_secret_mem for c in chosen),
@@ -658,11 +671,12 @@ class IncrementalCompiler:
                     name=container.name,
                     bindings=[c.ref for c in chosen],
                     config=config,
-                    volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, *mounted}),
+                    volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, TOKEN_VOLUME, *mounted}),
                 )
             )
         volumes[BUNDLE_VOLUME] = self._bundle_volume
         volumes[AGENT_VOLUME] = self._agent_volume
+        volumes[TOKEN_VOLUME] = self._token_volume
         return PodPlan.model_construct(
             namespace=entry.namespace,
             name=pod_name,

@@ -60,9 +60,13 @@ class InjectorSettings(Model):
         default_factory=lambda: ["kube-system"],
         description="Namespaces the webhook never sees besides the operator's own.",
     )
-    token_path: str = Field(
-        default="/var/run/secrets/kubernetes.io/serviceaccount/token",
-        description="Service-account token path inside containers.",
+    token_audience: str = Field(
+        default="openbao",
+        description="Audience of the projected service-account token the wrapper logs in "
+        "with; the OpenBao/Vault role should require it.",
+    )
+    token_expiration_seconds: int = Field(
+        default=600, ge=600, description="Lifetime of that token (the kubelet rotates it)."
     )
 
 
