@@ -161,7 +161,9 @@ def custom_resource_definitions() -> dict[str, Schema]:
             EnforcementPolicy,
             "enforcementpolicies",
             "Cluster",
-            ["ep"],
+            # "ep" is the design's short name, but kubectl resolves it to core Endpoints
+            # first; "ctep" always reaches EnforcementPolicies.
+            ["ep", "ctep"],
             [
                 {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
                 {

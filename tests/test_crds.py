@@ -72,7 +72,7 @@ def test_printer_columns() -> None:
     assert columns == ["READY", "PODS", "SECRETS", "AGE"]
     assert [c["name"].upper() for c in ep["versions"][0]["additionalPrinterColumns"]] == [
         "MODE", "NODES", "VIOLATIONS", "AGE"]
-    assert sb["names"]["shortNames"] == ["sb"] and ep["names"]["shortNames"] == ["ep"]
+    assert sb["names"]["shortNames"] == ["sb"] and ep["names"]["shortNames"] == ["ep", "ctep"]
     assert sb["scope"] == "Namespaced" and ep["scope"] == "Cluster"
     assert sb["names"]["categories"] == ep["names"]["categories"] == ["cloudtaser"]
     assert sb["versions"][0]["subresources"] == {"status": {}}
@@ -80,7 +80,7 @@ def test_printer_columns() -> None:
 
 def _examples() -> list[dict[str, Any]]:
     docs = []
-    for path in sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "policies").glob("*.yaml")):
+    for path in sorted((ROOT / "examples").rglob("*.yaml")) + sorted((ROOT / "policies").glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 

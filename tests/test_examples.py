@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cloudtaser.cli import main
 
 ROOT = Path(__file__).parent.parent
-FILES = sorted(str(p.relative_to(ROOT)) for d in ("policies", "examples") for p in (ROOT / d).glob("*.y*ml"))
+FILES = sorted(str(p.relative_to(ROOT)) for d in ("policies", "examples") for p in (ROOT / d).rglob("*.y*ml"))
 
 
 def test_there_are_examples() -> None:
@@ -31,7 +31,7 @@ def test_examples_compile_and_the_demo_pod_is_patched(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["compile", "examples", "policies", "-o", "json"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(
-        main, ["compile", "examples", "policies", "--pod", "examples/postgres-pod.yaml"]
+        main, ["compile", "examples", "policies", "--pod", "examples/pods/postgres-pod.yaml"]
     )
     assert result.exit_code == 0, result.output
     assert '"/spec/containers/0/command"' in result.stdout

@@ -1,0 +1,360 @@
+"""The local real stack: etcd, kube-apiserver, OpenBao and OPA as processes on loopback.
+
+``up`` starts what is not running (PID files in the state directory), waits for each
+component's health endpoint, then provisions (see provisioning.py). ``down`` stops only
+processes whose PID file it wrote *and* whose executable is still the binary it started, so a
+recycled PID is never killed. Everything listens on 127.0.0.1 only; everything but etcd
+(reachable only by the API server on loopback) speaks TLS with certificates generated here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+from cloudtaser.certificates import CertificateAuthority, Pair, service_account_keys
+from cloudtaser.errors import PermanentError, TemporaryError
+
+HOST = "127.0.0.1"
+ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
+APISERVER_PORT = 16443
+BAO_PORT = 18200
+OPA_PORT = 18181
+BINARIES = ("etcd", "kube-apiserver", "kubectl", "bao", "opa", "helm")
+REPO = Path(__file__).resolve().parent.parent
+
+
+# Components this process started: kept so they are reaped by ``down`` (no zombies in a long
+# test session) and not garbage-collected while they run. A later `cloudtaser stack down` in
+# another process finds them by PID file instead.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class StackError(PermanentError):
+    """The stack cannot be brought to the asked state; the message says why."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(os.environ.get("CLOUDTASER_STATE", Path(base) / "cloudtaser" / "stack"))
+
+
+def default_bin_dir() -> Path:
+    cache = os.environ.get("CLOUDTASER_CACHE") or str(Path.home() / ".cache" / "cloudtaser")
+    return Path(os.environ.get("CLOUDTASER_BIN", Path(cache) / "bin" / "current"))
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the stack keeps its files."""
+
+    state: Path
+    bin: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.state / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state / "kubeconfig"
+
+    @property
+    def bao_init(self) -> Path:
+        return self.state / "bao" / "init.json"
+
+    def log(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.state / "run" / f"{name}.pid"
+
+    def binary(self, name: str) -> Path:
+        return self.bin / name
+
+    def cert(self, name: str) -> Pair:
+        return Pair(self.pki / f"{name}.crt", self.pki / f"{name}.key")
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    binary: str
+    address: str
+    argv: Callable[[Paths], list[str]]
+    health: Callable[[Paths], str | None]  # None when healthy, else what is wrong
+
+
+def _get(url: str, paths: Paths, client: str | None = None) -> requests.Response:
+    cert = None
+    if client is not None:
+        pair = paths.cert(client)
+        cert = (str(pair.cert), str(pair.key))
+    verify: str | bool = str(paths.ca) if url.startswith("https") else True
+    return requests.get(url, cert=cert, verify=verify, timeout=2)
+
+
+def _probe(check: Callable[[], requests.Response], ok: Callable[[requests.Response], bool]) -> str | None:
+    try:
+        response = check()
+    except requests.RequestException as e:
+        return f"not answering ({type(e).__name__})"
+    if ok(response):
+        return None
+    return f"HTTP {response.status_code}: {response.text[:120].strip()}"
+
+
+def _etcd_argv(p: Paths) -> list[str]:
+    data = p.state / "etcd"
+    return [
+        str(p.binary("etcd")), "--name", "local", "--data-dir", str(data),
+        "--listen-client-urls", f"http://{HOST}:{ETCD_PORT}",
+        "--advertise-client-urls", f"http://{HOST}:{ETCD_PORT}",
+        "--listen-peer-urls", f"http://{HOST}:{ETCD_PEER_PORT}",
+        "--initial-advertise-peer-urls", f"http://{HOST}:{ETCD_PEER_PORT}",
+        "--initial-cluster", f"local=http://{HOST}:{ETCD_PEER_PORT}",
+        "--log-level", "warn", "--quota-backend-bytes", str(2 * 1024**3),
+    ]
+
+
+def _apiserver_argv(p: Paths) -> list[str]:
+    serving, sa = p.cert("apiserver"), service_account_keys(p.pki)
+    issuer = f"https://{HOST}:{APISERVER_PORT}"
+    return [
+        str(p.binary("kube-apiserver")),
+        f"--etcd-servers=http://{HOST}:{ETCD_PORT}",
+        f"--bind-address={HOST}", f"--advertise-address={HOST}",
+        f"--secure-port={APISERVER_PORT}",
+        f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+        f"--client-ca-file={p.ca}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={issuer}",
+        f"--service-account-key-file={sa.cert}",
+        f"--service-account-signing-key-file={sa.key}",
+        f"--api-audiences={issuer}",
+        "--service-cluster-ip-range=10.96.0.0/24",
+        "--endpoint-reconciler-type=none",  # no Service endpoints for a loopback address
+        "--enable-priority-and-fairness=false",
+        "--profiling=false",
+        "--v=0",
+    ]
+
+
+def _opa_argv(p: Paths) -> list[str]:
+    rego = sorted(str(f) for f in (REPO / "policies").glob("*.rego") if not f.name.endswith("_test.rego"))
+    return [str(p.binary("opa")), "run", "--server", "--addr", f"{HOST}:{OPA_PORT}",
+            "--log-level", "error", *rego]
+
+
+def bao_config(p: Paths) -> str:
+    """OpenBao's server config as JSON (OpenBao reads HCL or JSON; JSON is built, not templated)."""
+    serving = p.cert("openbao")
+    config = {
+        "storage": {"file": {"path": str(p.state / "bao" / "data")}},
+        "listener": [{"tcp": {
+            "address": f"{HOST}:{BAO_PORT}",
+            "tls_cert_file": str(serving.cert),
+            "tls_key_file": str(serving.key),
+            "tls_client_ca_file": str(p.ca),
+            "tls_require_and_verify_client_cert": True,
+        }}],
+        "api_addr": f"https://{HOST}:{BAO_PORT}",
+        "disable_mlock": True,
+        "ui": False,
+        "log_level": "warn",
+    }
+    return json.dumps(config, indent=2)
+
+
+def _bao_argv(p: Paths) -> list[str]:
+    config = p.state / "bao" / "config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(bao_config(p))
+    return [str(p.binary("bao")), "server", f"-config={config}"]
+
+
+def _bao_health(p: Paths) -> str | None:
+    # 200 active; 501 not initialised and 503 sealed are "answering" — up() handles those.
+    return _probe(
+        lambda: _get(f"https://{HOST}:{BAO_PORT}/v1/sys/health?uninitcode=200&sealedcode=200",
+                     p, "admin"),
+        lambda r: r.status_code == 200,
+    )
+
+
+COMPONENTS = [
+    Component("etcd", "etcd", f"http://{HOST}:{ETCD_PORT}", _etcd_argv,
+              lambda p: _probe(lambda: _get(f"http://{HOST}:{ETCD_PORT}/health", p),
+                               lambda r: r.ok and r.json().get("health") == "true")),
+    Component("kube-apiserver", "kube-apiserver", f"https://{HOST}:{APISERVER_PORT}",
+              _apiserver_argv,
+              lambda p: _probe(lambda: _get(f"https://{HOST}:{APISERVER_PORT}/readyz", p, "admin"),
+                               lambda r: r.ok)),
+    Component("openbao", "bao", f"https://{HOST}:{BAO_PORT}", _bao_argv, _bao_health),
+    Component("opa", "opa", f"http://{HOST}:{OPA_PORT}", _opa_argv,
+              lambda p: _probe(lambda: _get(f"http://{HOST}:{OPA_PORT}/health", p),
+                               lambda r: r.ok)),
+]
+
+
+def ensure_pki(p: Paths) -> None:
+    ca = CertificateAuthority(p.pki)
+    ca.issue("apiserver", "kube-apiserver", server=True, hosts=(
+        HOST, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"))
+    ca.issue("admin", "cloudtaser-admin", organization="system:masters", client=True)
+    ca.issue("openbao", "openbao", server=True, hosts=(HOST, "localhost"))
+    # The wrapper's client certificate for the demo (mTLS to OpenBao).
+    ca.issue("wrapper-demo", "cloudtaser-wrapper-demo", client=True)
+    service_account_keys(p.pki)
+
+
+def write_kubeconfig(p: Paths) -> None:
+    admin = p.cert("admin")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cloudtaser-local", "cluster": {
+            "server": f"https://{HOST}:{APISERVER_PORT}", "certificate-authority": str(p.ca)}}],
+        "users": [{"name": "cloudtaser-admin", "user": {
+            "client-certificate": str(admin.cert), "client-key": str(admin.key)}}],
+        "contexts": [{"name": "cloudtaser-local", "context": {
+            "cluster": "cloudtaser-local", "user": "cloudtaser-admin"}}],
+        "current-context": "cloudtaser-local",
+    }
+    p.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+    p.kubeconfig.chmod(0o600)
+
+
+def running_pid(p: Paths, component: Component) -> int | None:
+    """The PID from the PID file if that process still runs our binary, else None."""
+    try:
+        pid = int(p.pidfile(component.name).read_text().strip())
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (OSError, ValueError):
+        return None
+    return pid if Path(exe) == p.binary(component.binary).resolve() else None
+
+
+def _start(p: Paths, component: Component) -> int:
+    argv = component.argv(p)
+    log = p.log(component.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    p.pidfile(component.name).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - argv built from our own paths
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=p.state, start_new_session=True,
+        )
+    p.pidfile(component.name).write_text(f"{process.pid}\n")
+    _CHILDREN[process.pid] = process
+    return process.pid
+
+
+def wait_healthy(p: Paths, component: Component, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    reason: str | None = "not started"
+    while time.monotonic() < deadline:
+        if running_pid(p, component) is None:
+            tail = _tail(p.log(component.name))
+            raise StackError(f"{component.name} exited during start; last log lines:\n{tail}")
+        reason = component.health(p)
+        if reason is None:
+            return
+        time.sleep(0.25)
+    raise TemporaryError(f"{component.name} not healthy after {timeout:.0f}s: {reason} "
+                         f"(log: {p.log(component.name)})")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def check_binaries(p: Paths) -> None:
+    missing = [b for b in BINARIES if not p.binary(b).exists()]
+    if missing:
+        raise StackError(
+            f"missing binaries in {p.bin}: {', '.join(missing)}; build them with "
+            "scripts/build-stack (or point CLOUDTASER_BIN at a directory that has them)"
+        )
+
+
+def up(p: Paths, log: Callable[[str], None]) -> None:
+    check_binaries(p)
+    p.state.mkdir(parents=True, exist_ok=True)
+    ensure_pki(p)
+    write_kubeconfig(p)
+    for component in COMPONENTS:
+        pid = running_pid(p, component)
+        if pid is None:
+            started = time.monotonic()
+            pid = _start(p, component)
+            wait_healthy(p, component)
+            log(f"{component.name}: started (pid {pid}) in {time.monotonic() - started:.1f}s")
+        else:
+            wait_healthy(p, component, timeout=30)
+            log(f"{component.name}: already running (pid {pid})")
+
+
+def down(p: Paths, log: Callable[[str], None], timeout: float = 15.0) -> None:
+    for component in reversed(COMPONENTS):
+        pid = running_pid(p, component)
+        pidfile = p.pidfile(component.name)
+        if pid is None:
+            if pidfile.exists():
+                pidfile.unlink()
+                log(f"{component.name}: stale PID file removed (process not ours or gone)")
+            continue
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and running_pid(p, component) is not None:
+            time.sleep(0.1)
+        if running_pid(p, component) is not None:
+            os.killpg(pid, signal.SIGKILL)
+            log(f"{component.name}: killed (pid {pid}) after {timeout:.0f}s")
+        else:
+            log(f"{component.name}: stopped (pid {pid})")
+        pidfile.unlink(missing_ok=True)
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=timeout)
+
+
+def status(p: Paths) -> list[dict[str, str]]:
+    rows = []
+    for component in COMPONENTS:
+        pid = running_pid(p, component)
+        health = "stopped" if pid is None else (component.health(p) or "healthy")
+        rows.append({"component": component.name, "pid": str(pid or "-"),
+                     "address": component.address, "health": health})
+    return rows
+
+
+def environment(p: Paths) -> dict[str, str]:
+    client = p.cert("wrapper-demo")
+    return {
+        "KUBECONFIG": str(p.kubeconfig),
+        "BAO_ADDR": f"https://{HOST}:{BAO_PORT}",
+        "BAO_CACERT": str(p.ca),
+        "BAO_CLIENT_CERT": str(client.cert),
+        "BAO_CLIENT_KEY": str(client.key),
+        "OPA_ADDR": f"http://{HOST}:{OPA_PORT}",
+        "CLOUDTASER_STATE": str(p.state),
+        "CLOUDTASER_BIN": str(p.bin),
+        "PATH": f"{p.bin}:{os.environ.get('PATH', '')}",
+    }
