@@ -122,7 +122,7 @@ def _binding_problem(binding: SecretBinding, path: str, message: str, severity: 
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One env var / file / SDK name a binding delivers, and where it is declared."""
 
@@ -133,7 +133,7 @@ class Delivery:
     key_index: int
 
 
-@dataclass
+@dataclass(slots=True)
 class CompiledBinding:
     """What a binding means independently of any pod."""
 
@@ -160,7 +160,7 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
     if tls.ca_config_map is not None:
         mount = f"{SECRET_MOUNT_ROOT}/ca/{tag}"
         volumes.append(
-            VolumePlan.model_construct(
+            VolumePlan(
                 name=f"cloudtaser-ca-{tag}",
                 mount_path=mount,
                 source={
@@ -186,20 +186,20 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
                     "volumeAttributes": dict(sorted(cert.csi_attributes.items())),
                 }
             }
-        volumes.append(VolumePlan.model_construct(name=f"cloudtaser-tls-{tag}", mount_path=mount, source=source))
+        volumes.append(VolumePlan(name=f"cloudtaser-tls-{tag}", mount_path=mount, source=source))
         cert_file, key_file = f"{mount}/tls.crt", f"{mount}/tls.key"
     deliveries: list[Delivery] = []
-    secrets: list[SecretPlan] = []
+    secrets: list[dict[str, object]] = []
     for i, src in enumerate(spec.secrets):
         keys = []
         for j, key in enumerate(src.keys):
-            keys.append(KeyPlan.model_construct(key=key.key, env=key.env, file=key.file, sdk=key.sdk))
+            keys.append({"key": key.key, "env": key.env, "file": key.file, "sdk": key.sdk})
             for name in ("env", "file", "sdk"):
                 value = getattr(key, name)
                 if value is not None:
                     path = f"spec.secrets[{i}].keys[{j}].{name}"
                     deliveries.append(Delivery(name, value, path, i, j))
-        secrets.append(SecretPlan.model_construct(mount=src.mount, path=src.path, keys=keys))
+        secrets.append({"mount": src.mount, "path": src.path, "keys": keys})
     problems = []
     if spec.selector.is_empty():
         problems.append(
@@ -215,16 +215,20 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
         binding=binding,
         ref=ref,
         namespace=namespace,
-        source=WrapperSource.model_construct(
-            binding=ref,
-            address=spec.vault.address,
-            auth_mount=spec.vault.auth_mount,
-            role=spec.vault.role,
-            ca_file=ca_file,
-            server_name=tls.server_name,
-            client_cert_file=cert_file,
-            client_key_file=key_file,
-            secrets=secrets,
+        # One validation of the nested dict: pydantic-core builds it faster than
+        # constructing each level from Python (benchmarks/compile.py).
+        source=WrapperSource.model_validate(
+            {
+                "binding": ref,
+                "address": spec.vault.address,
+                "auth_mount": spec.vault.auth_mount,
+                "role": spec.vault.role,
+                "ca_file": ca_file,
+                "server_name": tls.server_name,
+                "client_cert_file": cert_file,
+                "client_key_file": key_file,
+                "secrets": secrets,
+            }
         ),
         volumes=volumes,
         deliveries=deliveries,
@@ -303,7 +307,7 @@ def _filter_source(source: WrapperSource, dropped: set[tuple[int, int, str]]) ->
     return source.model_copy(update={"secrets": secrets})
 
 
-@dataclass
+@dataclass(slots=True)
 class _PodEntry:
     pod: Pod
     namespace: str
@@ -328,6 +332,9 @@ class IncrementalCompiler:
 
     def __init__(self, state: ClusterState) -> None:
         self.settings = state.settings
+        self._excluded = frozenset(
+            {self.settings.operator_namespace, *self.settings.excluded_namespaces}
+        )
         self._parse_problems = list(state.problems)
         self._bindings: dict[str, CompiledBinding] = {}
         self._by_namespace: dict[str, set[str]] = defaultdict(set)
@@ -485,7 +492,7 @@ class IncrementalCompiler:
                 policy_pods[name] += 1
             if is_injected:
                 bpf.append(
-                    BpfEntry.model_construct(
+                    BpfEntry(
                         namespace=entry.namespace,
                         pod=entry.pod.metadata.name,
                         uid=entry.pod.metadata.uid,
@@ -513,7 +520,7 @@ class IncrementalCompiler:
                     ]
                 )
             rules.append(
-                MutationRule.model_construct(
+                MutationRule(
                     binding=ref,
                     namespace=compiled.namespace,
                     selector=compiled.binding.spec.selector,
@@ -521,7 +528,7 @@ class IncrementalCompiler:
                 )
             )
             summaries.append(
-                BindingSummary.model_construct(
+                BindingSummary(
                     binding=ref,
                     valid=True,
                     matched_pods=matched[ref],
@@ -534,19 +541,19 @@ class IncrementalCompiler:
                 ref = f"{problem.namespace or 'default'}/{problem.name}"
                 if ref not in self._bindings:
                     summaries.append(
-                        BindingSummary.model_construct(
+                        BindingSummary(
                             binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0
                         )
                     )
         summaries = sorted({s.binding: s for s in summaries}.values(), key=lambda s: s.binding)
-        return Plan.model_construct(
+        return Plan(
             rules=rules,
             pods=pods,
             bpf=bpf,
             webhook=self._webhook_scope(),
             bindings=summaries,
             policies=[
-                PolicySummary.model_construct(policy=name, matched_pods=policy_pods[name])
+                PolicySummary(policy=name, matched_pods=policy_pods[name])
                 for name in sorted(self._policies)
             ],
             problems=[problems[k] for k in sorted(problems)],
@@ -657,7 +664,7 @@ class IncrementalCompiler:
                 for volume in c.volumes:
                     volumes[volume.name] = volume
             refresh = [c.refresh_seconds for c in chosen if c.refresh_seconds]
-            config = WrapperConfig.model_construct(
+            config = WrapperConfig(
                 namespace=entry.namespace,
                 container=container.name,
                 token_path=f"{TOKEN_MOUNT}/token",
@@ -667,7 +674,7 @@ class IncrementalCompiler:
                 agent=self._agent_settings[policy.mode == "enforce"],
             )
             containers.append(
-                ContainerPlan.model_construct(
+                ContainerPlan(
                     name=container.name,
                     bindings=[c.ref for c in chosen],
                     config=config,
@@ -677,7 +684,7 @@ class IncrementalCompiler:
         volumes[BUNDLE_VOLUME] = self._bundle_volume
         volumes[AGENT_VOLUME] = self._agent_volume
         volumes[TOKEN_VOLUME] = self._token_volume
-        return PodPlan.model_construct(
+        return PodPlan(
             namespace=entry.namespace,
             name=pod_name,
             containers=containers,
@@ -741,8 +748,8 @@ class IncrementalCompiler:
             for (audit, enforce), count in sorted(overlaps.items())
         ]
 
-    def _excluded_namespaces(self) -> set[str]:
-        return {self.settings.operator_namespace, *self.settings.excluded_namespaces}
+    def _excluded_namespaces(self) -> frozenset[str]:
+        return self._excluded
 
     def _webhook_scope(self) -> WebhookScope:
         excluded = self._excluded_namespaces()
