@@ -164,7 +164,8 @@ def demo_binding(p: Paths) -> SecretBinding:
                 },
             },
             "secrets": [{"path": DEMO_SECRET_PATH, "keys": [
-                {"key": "password", "env": "DEMO_PASSWORD", "file": "/etc/demo/password"},
+                {"key": "password", "env": "DEMO_PASSWORD", "file": "/etc/demo/password",
+                 "sdk": "demo-password"},
                 {"key": "username", "env": "DEMO_USER"},
             ]}],
         },

@@ -56,13 +56,14 @@ _check_sdk_name = regex_check(
 def _check_abs_path(value: str) -> str:
     if (
         not value.startswith("/")
-        or "\x00" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
         or posixpath.normpath(value) != value
         or value == "/"
     ):
         raise PydanticCustomError(
             "abs_path",
-            "'{value}' is not a clean absolute file path (no '..', '//' or trailing '/')",
+            "'{value}' is not a clean absolute file path (no '..', '//', trailing '/' or "
+            "control characters)",
             {"value": value},
         )
     return value

@@ -1,0 +1,57 @@
+"""Secret memory on this kernel: memfd_secret regions that only mmap can read."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+
+import pytest
+
+from cloudtaser.wrapper import storing
+
+
+@pytest.mark.kernel
+def test_store_puts_the_value_in_memfd_secret_and_wipes_nothing_else() -> None:
+    value = bytearray(secrets.token_bytes(100))
+    held = storing.store(value, require_secret_mem=True)
+    try:
+        if held.kind != "memfd_secret":
+            pytest.skip("kernel lacks memfd_secret")
+        assert os.readlink(f"/proc/self/fd/{held.fd}").startswith("/secretmem")
+        assert os.get_inheritable(held.fd)
+        assert storing.read(held.fd) == bytes(value)
+        with pytest.raises(OSError) as e:
+            os.read(held.fd, 10)
+        assert e.value.errno in (errno.EINVAL, errno.ESPIPE)  # why readers mmap
+    finally:
+        os.close(held.fd)
+
+
+def test_empty_value_is_an_empty_region() -> None:
+    held = storing.store(bytearray(), require_secret_mem=False)
+    try:
+        assert storing.read(held.fd) == b""
+    finally:
+        os.close(held.fd)
+
+
+def test_wipe_zeroes_in_place() -> None:
+    value = bytearray(b"not a real secret")
+    view = memoryview(value)
+    storing.wipe(value)
+    assert bytes(view) == bytes(len(value))
+
+
+def test_fallback_memfd_is_sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storing, "_memfd_secret", lambda: None)  # as on a kernel without it
+    held = storing.store(bytearray(b"abc"), require_secret_mem=False)
+    try:
+        assert held.kind == "memfd"
+        assert storing.read(held.fd) == b"abc"
+        with pytest.raises(PermissionError):
+            os.write(held.fd, b"x")  # F_SEAL_WRITE
+    finally:
+        os.close(held.fd)
+    with pytest.raises(storing.SecretMemoryError, match="requireSecretMem"):
+        storing.store(bytearray(b"abc"), require_secret_mem=True)

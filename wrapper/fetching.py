@@ -1,0 +1,171 @@
+"""Log in to OpenBao/Vault with the pod's token over mutual TLS and fetch every secret.
+
+All or nothing: the first permanent failure (TLS, 403, missing path or key) aborts the whole
+fetch with one line naming the binding, the path and the reason; transient failures
+(connection refused, timeouts, 5xx, sealed) are retried with exponential backoff and jitter
+until the deadline. Messages never carry a value: hvac's exceptions can include response
+bodies, so only their class and HTTP status are used.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+import tenacity
+
+from cloudtaser.engine.plans import WrapperConfig, WrapperSource
+from cloudtaser.errors import PermanentError, TemporaryError
+from cloudtaser.wrapper.storing import wipe
+
+REQUEST_TIMEOUT = 5
+
+
+class FetchError(PermanentError):
+    """A secret could not be fetched; the message is the one line the user sees."""
+
+
+class TransientFetchError(TemporaryError):
+    """Worth another try (until the deadline)."""
+
+
+@dataclass
+class Fetched:
+    """Fetched values by (binding, mount, path, key); bytearrays so they can be wiped."""
+
+    values: dict[tuple[str, str, str, str], bytearray] = field(default_factory=dict)
+    attempts: int = 0
+
+
+def _readable(path: str | None, what: str, source: WrapperSource) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FetchError(f"{what} {path} of binding {source.binding} is not a readable file")
+    return path
+
+
+def _classify(error: Exception, where: str) -> Exception:
+    """Translate a library error into ours, with a message that carries no payload."""
+    if isinstance(error, requests.exceptions.SSLError):
+        reason = error.args[0] if error.args else error
+        text = str(getattr(reason, "reason", reason))
+        if isinstance(reason, ssl.SSLError) or "certificate" in text.lower() or "SSL" in text:
+            return FetchError(f"{where}: TLS failure ({_short(text)})")
+        return FetchError(f"{where}: TLS failure")
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return TransientFetchError(f"{where}: unreachable ({type(error).__name__})")
+    if isinstance(error, hvac.exceptions.Forbidden):
+        return FetchError(f"{where}: permission denied")
+    if isinstance(error, hvac.exceptions.InvalidPath):
+        return FetchError(f"{where}: no secret at this path")
+    if isinstance(error, (hvac.exceptions.InternalServerError, hvac.exceptions.VaultDown,
+                          hvac.exceptions.BadGateway, hvac.exceptions.RateLimitExceeded)):
+        return TransientFetchError(f"{where}: server unavailable ({type(error).__name__})")
+    if isinstance(error, hvac.exceptions.InvalidRequest):
+        return FetchError(f"{where}: request refused (HTTP 400; check role and auth mount)")
+    if isinstance(error, hvac.exceptions.VaultError):
+        return FetchError(f"{where}: {type(error).__name__}")
+    return error
+
+
+def _short(text: str) -> str:
+    """The interesting tail of an OpenSSL message, without hosts' payloads."""
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                   "alert certificate required", "WRONG_VERSION_NUMBER", "hostname mismatch",
+                   "alert unknown ca", "TLSV1_ALERT_UNKNOWN_CA"):
+        if marker.lower() in text.lower():
+            return marker.lower().replace("_", " ")
+    return text[:120]
+
+
+def _client(source: WrapperSource) -> hvac.Client:
+    ca = _readable(source.ca_file, "CA file", source)
+    cert = _readable(source.client_cert_file, "client certificate", source)
+    key = _readable(source.client_key_file, "client key", source)
+    # hvac takes verify/cert from a session it is given, not from its own arguments.
+    session = requests.Session()
+    session.verify = ca if ca else True  # the system trust store otherwise; never False
+    session.cert = (cert, key) if cert and key else None
+    if source.server_name:
+        # Verify the certificate against server_name while connecting to the address.
+        session.mount("https://", _ServerNameAdapter(source.server_name))
+    return hvac.Client(url=source.address, timeout=REQUEST_TIMEOUT, session=session)
+
+
+class _ServerNameAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._server_name
+        kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _fetch_source(source: WrapperSource, jwt: str, out: Fetched) -> None:
+    where = f"binding {source.binding}: login to {source.address} (role {source.role})"
+    client = _client(source)
+    try:
+        client.auth.kubernetes.login(source.role, jwt, mount_point=source.auth_mount)
+    except Exception as e:  # translated below; nothing else escapes
+        raise _classify(e, where) from None
+    for secret in source.secrets:
+        where = f"binding {source.binding}: {secret.mount}/{secret.path}"
+        try:
+            response = client.secrets.kv.v2.read_secret_version(
+                secret.path, mount_point=secret.mount, raise_on_deleted_version=True
+            )
+        except Exception as e:
+            raise _classify(e, where) from None
+        data = response.get("data", {}).get("data") or {}
+        for key in secret.keys:
+            if key.key not in data:
+                raise FetchError(f"{where}: key '{key.key}' is missing from the secret")
+            value = data[key.key]
+            if not isinstance(value, str):
+                raise FetchError(f"{where}: key '{key.key}' is not a string")
+            out.values[(source.binding, secret.mount, secret.path, key.key)] = bytearray(
+                value.encode()
+            )
+        # The parsed response (Python str objects) cannot be wiped; drop our references so
+        # nothing outlives this call, and exec discards the heap entirely.
+        del data, response
+
+
+def fetch_all(
+    config: WrapperConfig, jwt: str, deadline: float, log: Callable[[str], None]
+) -> Fetched:
+    """Every secret of every source, or FetchError/TransientFetchError with one line."""
+    out = Fetched()
+
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type(TransientFetchError),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
+        stop=tenacity.stop_after_delay(deadline),
+        reraise=True,
+        before_sleep=lambda state: log(
+            f"retrying after {state.outcome.exception() if state.outcome else 'error'}"
+        ),
+    )
+    def attempt() -> None:
+        out.attempts += 1
+        for value in out.values.values():  # a failed attempt's partial results
+            wipe(value)
+        out.values.clear()
+        for source in config.sources:
+            _fetch_source(source, jwt, out)
+
+    try:
+        attempt()
+    except TransientFetchError as e:
+        raise TransientFetchError(f"{e} — gave up after {out.attempts} attempts "
+                                  f"within {deadline:.0f}s") from None
+    return out

@@ -1,0 +1,162 @@
+"""The wrapper's main: config -> login -> fetch -> secret memory -> register -> exec.
+
+    cloudtaser-wrapper [--config-env CLOUDTASER_CONFIG] [--deadline 60] -- COMMAND ARGS...
+
+The app replaces the wrapper in the same PID (execve), so the node agent's protection, the
+hardening (no core dumps) and the secret fds carry over. Deliveries:
+- env: in the app's environment;
+- file: the interposer (LD_PRELOAD) serves open() of the path from the secret fd;
+- sdk: the Go/Python SDKs mmap the fd named in CLOUDTASER_FDS.
+On any failure the app is not started and one line on stderr says what and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cloudtaser.engine.documents import validation_problems
+from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
+from cloudtaser.errors import CloudtaserError, TemporaryError
+from cloudtaser.wrapper import fetching, registering, storing
+
+FDS_ENV = "CLOUDTASER_FDS"
+INTERPOSER_ENV = "CLOUDTASER_INTERPOSER"
+EX_TEMPFAIL, EX_CONFIG = 75, 78
+PROG = "cloudtaser-wrapper"
+_DEV_INTERPOSER = Path(__file__).resolve().parent / "interposer" / "build" / "libcloudtaser_interposer.so"
+
+
+class WrapperError(CloudtaserError):
+    """A failure before exec; the message is the one line the user sees."""
+
+
+def _log(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--config-env", default=CONFIG_ENV,
+                        help="environment variable holding the WrapperConfig JSON")
+    parser.add_argument("--deadline", type=float, default=60.0,
+                        help="seconds to keep retrying transient failures (default 60)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command: use cloudtaser-wrapper [options] -- COMMAND ARGS...")
+    return args
+
+
+def load_config(env_name: str) -> WrapperConfig:
+    raw = os.environ.get(env_name)
+    if not raw:
+        raise WrapperError(f"{env_name} is not set: the injector puts the wrapper config there")
+    try:
+        return WrapperConfig.model_validate_json(raw)
+    except ValidationError as e:
+        path, message = validation_problems(e)[0]
+        raise WrapperError(f"{env_name} is not a valid wrapper config: {path}: {message}") from None
+
+
+def _interposer() -> str:
+    path = os.environ.get(INTERPOSER_ENV) or str(_DEV_INTERPOSER)
+    if not Path(path).is_file():
+        raise WrapperError(f"file delivery needs the interposer library, not found at {path} "
+                           f"(set {INTERPOSER_ENV})")
+    return path
+
+
+def prepare(config: WrapperConfig, fetched: fetching.Fetched, environ: dict[str, str]) -> dict[str, str]:
+    """The app's environment: env deliveries, the fd manifest, LD_PRELOAD when files are served.
+
+    Each delivered value gets one secret fd shared by its file and SDK deliveries.
+    """
+    env = {k: v for k, v in environ.items() if k not in (CONFIG_ENV, FDS_ENV)}
+    manifest: list[str] = []
+    for source in config.sources:
+        for secret in source.secrets:
+            for key in secret.keys:
+                value = fetched.values[(source.binding, secret.mount, secret.path, key.key)]
+                if key.env:
+                    env[key.env] = value.decode()
+                if key.file or key.sdk:
+                    held = storing.store(value, config.require_secret_mem,
+                                         sealed=config.refresh_seconds is None)
+                    if held.kind != "memfd_secret":
+                        _log(f"warning: memfd_secret unavailable, {secret.mount}/{secret.path} "
+                             f"key {key.key} is in a sealed memfd (root can read it unless the "
+                             "node agent protects this process)")
+                    if key.file:
+                        manifest.append(f"file {held.fd} {key.file}")
+                    if key.sdk:
+                        manifest.append(f"sdk {held.fd} {key.sdk}")
+    if manifest:
+        env[FDS_ENV] = "\n".join(manifest)
+    if any(line.startswith("file ") for line in manifest):
+        preload = env.get("LD_PRELOAD")
+        env["LD_PRELOAD"] = _interposer() + (f":{preload}" if preload else "")
+    return env
+
+
+def _register(config: WrapperConfig) -> None:
+    try:
+        registration = registering.register(config.agent.socket)
+    except registering.AgentUnavailable as e:
+        if config.agent.required:
+            raise WrapperError(f"{e}; the pod's policy enforces protection, so the app is not "
+                               "started without the agent") from None
+        _log(f"warning: {e}; audit mode, starting without kernel protection")
+        return
+    _log(f"registered with the node agent ({registration.backend} backend)")
+
+
+def run(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    started = time.monotonic()
+    fetched: fetching.Fetched | None = None
+    try:
+        config = load_config(args.config_env)
+        storing.harden_process()
+        try:
+            jwt = Path(config.token_path).read_text().strip()
+        except OSError as e:
+            raise WrapperError(f"cannot read the service-account token {config.token_path}: "
+                               f"{e.strerror}") from None
+        fetched = fetching.fetch_all(config, jwt, args.deadline, _log)
+        env = prepare(config, fetched, dict(os.environ))
+        _register(config)
+    except TemporaryError as e:
+        _log(str(e))
+        return EX_TEMPFAIL
+    except CloudtaserError as e:
+        _log(str(e))
+        return EX_CONFIG
+    finally:
+        if fetched is not None:
+            for value in fetched.values.values():
+                storing.wipe(value)
+    count = len(fetched.values) if fetched else 0
+    _log(f"{count} secret(s) fetched in {(time.monotonic() - started) * 1000:.0f} ms; "
+         f"starting {args.command[0]}")
+    try:
+        os.execvpe(args.command[0], args.command, env)
+    except FileNotFoundError:
+        _log(f"cannot start {args.command[0]}: not found")
+        return 127
+    except PermissionError:
+        _log(f"cannot start {args.command[0]}: permission denied")
+        return 126
+    return 0  # not reached: execvpe does not return
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
