@@ -4,9 +4,26 @@ Nothing here touches the world: no clock, no environment, no network, no Kuberne
 OpenBao client (import-linter enforces it, see .importlinter). The webhook, the agent, the
 operator and the CLI all call the same functions, so they cannot disagree about what a
 binding means. Same input -> byte-identical output.
+
+The names below load on first use: the wrapper, which starts before every app, imports
+only the WrapperConfig model and should not pay for the compiler (~75 ms).
 """
 
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_state
-from cloudtaser.engine.plans import Plan
+from __future__ import annotations
 
-__all__ = ["ClusterState", "IncrementalCompiler", "Plan", "compile_state"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ClusterState": "cloudtaser.engine.compiler",
+    "IncrementalCompiler": "cloudtaser.engine.compiler",
+    "compile_state": "cloudtaser.engine.compiler",
+    "Plan": "cloudtaser.engine.plans",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cloudtaser.engine' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cloudtaser.engine.documents import validation_problems
+from cloudtaser.engine.fields import validation_problems
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
 from cloudtaser.errors import CloudtaserError, TemporaryError
 from cloudtaser.wrapper import fetching, registering, storing
