@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from cloudtaser import __version__, probing, rendering
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_binding
 from cloudtaser.engine.crds import custom_resource_definitions
 from cloudtaser.engine.documents import (
     CORE_KINDS,
@@ -99,6 +99,11 @@ def validate(files: tuple[str, ...]) -> None:
     problems.sort(key=lambda p: (p.file, -1 if p.index is None else p.index))
     for problem in problems:
         click.echo(problem.line())
+    # Warnings (valid, but probably not what was meant) do not change the exit code.
+    for doc, model in parsed:
+        if isinstance(model, SecretBinding):
+            for warning in compile_binding(model).problems:
+                click.echo(f"{doc.file}:{doc.index}: {warning.path}: warning: {warning.message}")
     if problems:
         sys.exit(1)
     click.echo(f"ok: {len(parsed)} document(s) valid", err=True)

@@ -201,6 +201,19 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
                     deliveries.append(Delivery(name, value, path, i, j))
         secrets.append({"mount": src.mount, "path": src.path, "keys": keys})
     problems = []
+    if spec.refresh_interval:
+        for d in deliveries:
+            if d.field == "env":
+                problems.append(
+                    _binding_problem(
+                        binding,
+                        d.path,
+                        f"environment variable {d.value} is not refreshed: a process's "
+                        "environment cannot change after it starts (use file or sdk delivery "
+                        "for values that rotate)",
+                        "warning",
+                    )
+                )
     if spec.selector.is_empty():
         problems.append(
             _binding_problem(

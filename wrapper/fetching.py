@@ -35,11 +35,14 @@ class TransientFetchError(TemporaryError):
     """Worth another try (until the deadline)."""
 
 
+ValueKey = tuple[str, str, str, str]  # (binding, mount, path, key)
+
+
 @dataclass
 class Fetched:
     """Fetched values by (binding, mount, path, key); bytearrays so they can be wiped."""
 
-    values: dict[tuple[str, str, str, str], bytearray] = field(default_factory=dict)
+    values: dict[ValueKey, bytearray] = field(default_factory=dict)
     attempts: int = 0
 
 

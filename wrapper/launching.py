@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from cloudtaser.engine.fields import validation_problems
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
 from cloudtaser.errors import CloudtaserError, TemporaryError
-from cloudtaser.wrapper import fetching, registering, storing
+from cloudtaser.wrapper import fetching, refreshing, registering, storing
 
 FDS_ENV = "CLOUDTASER_FDS"
 INTERPOSER_ENV = "CLOUDTASER_INTERPOSER"
@@ -75,22 +76,32 @@ def _interposer() -> str:
     return path
 
 
-def prepare(config: WrapperConfig, fetched: fetching.Fetched, environ: dict[str, str]) -> dict[str, str]:
+@dataclass
+class Prepared:
+    """The app's environment and, per fetched value, the secret fd holding it (if any)."""
+
+    env: dict[str, str]
+    fds: dict[fetching.ValueKey, int] = field(default_factory=dict)
+
+
+def prepare(config: WrapperConfig, fetched: fetching.Fetched, environ: dict[str, str]) -> Prepared:
     """The app's environment: env deliveries, the fd manifest, LD_PRELOAD when files are served.
 
     Each delivered value gets one secret fd shared by its file and SDK deliveries.
     """
-    env = {k: v for k, v in environ.items() if k not in (CONFIG_ENV, FDS_ENV)}
+    out = Prepared({k: v for k, v in environ.items() if k not in (CONFIG_ENV, FDS_ENV)})
     manifest: list[str] = []
     for source in config.sources:
         for secret in source.secrets:
             for key in secret.keys:
-                value = fetched.values[(source.binding, secret.mount, secret.path, key.key)]
+                value_key = (source.binding, secret.mount, secret.path, key.key)
+                value = fetched.values[value_key]
                 if key.env:
-                    env[key.env] = value.decode()
+                    out.env[key.env] = value.decode()
                 if key.file or key.sdk:
                     held = storing.store(value, config.require_secret_mem,
                                          sealed=config.refresh_seconds is None)
+                    out.fds[value_key] = held.fd
                     if held.kind != "memfd_secret":
                         _log(f"warning: memfd_secret unavailable, {secret.mount}/{secret.path} "
                              f"key {key.key} is in a sealed memfd (root can read it unless the "
@@ -100,11 +111,11 @@ def prepare(config: WrapperConfig, fetched: fetching.Fetched, environ: dict[str,
                     if key.sdk:
                         manifest.append(f"sdk {held.fd} {key.sdk}")
     if manifest:
-        env[FDS_ENV] = "\n".join(manifest)
+        out.env[FDS_ENV] = "\n".join(manifest)
     if any(line.startswith("file ") for line in manifest):
-        preload = env.get("LD_PRELOAD")
-        env["LD_PRELOAD"] = _interposer() + (f":{preload}" if preload else "")
-    return env
+        preload = out.env.get("LD_PRELOAD")
+        out.env["LD_PRELOAD"] = _interposer() + (f":{preload}" if preload else "")
+    return out
 
 
 def _register(config: WrapperConfig) -> None:
@@ -132,8 +143,11 @@ def run(argv: Sequence[str]) -> int:
             raise WrapperError(f"cannot read the service-account token {config.token_path}: "
                                f"{e.strerror}") from None
         fetched = fetching.fetch_all(config, jwt, args.deadline, _log)
-        env = prepare(config, fetched, dict(os.environ))
+        prepared = prepare(config, fetched, dict(os.environ))
         _register(config)
+        if config.refresh_seconds and prepared.fds:
+            refreshing.start(config, prepared.fds, args.deadline)
+        env = prepared.env
     except TemporaryError as e:
         _log(str(e))
         return EX_TEMPFAIL

@@ -95,6 +95,25 @@ def store(value: bytearray, require_secret_mem: bool, sealed: bool = True) -> Se
     return SecretFd(fd, "memfd")
 
 
+def rewrite(fd: int, value: bytearray) -> None:
+    """Replace a secret fd's contents in place (the refresher; readers map it per read).
+
+    memfd_secret cannot be resized once sized (ftruncate gives EINVAL, measured on 6.18),
+    and the app knows its fds only by number, so a value of another length cannot be
+    swapped in: that needs a restart of the pod.
+    """
+    size = os.fstat(fd).st_size
+    if size != len(value):
+        raise SecretMemoryError(
+            f"the new value is {len(value)} bytes but the secret memory holds {size}: "
+            "secret memory cannot be resized; restart the pod to pick up the new value"
+        )
+    if not value:
+        return
+    with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE) as region:
+        region[:] = value
+
+
 def read(fd: int) -> bytes:
     """The current contents of a secret fd (mmap: memfd_secret cannot be read())."""
     size = os.fstat(fd).st_size

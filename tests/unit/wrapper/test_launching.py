@@ -46,13 +46,15 @@ def test_prepare_builds_env_and_fd_manifest() -> None:
         ("ns/b", "secret", "p", "a"): bytearray(b"value-a"),
         ("ns/b", "secret", "p", "b"): bytearray(b"value-b"),
     })
-    env = launching.prepare(config, fetched, {"PATH": "/bin", "CLOUDTASER_CONFIG": "x"})
+    prepared = launching.prepare(config, fetched, {"PATH": "/bin", "CLOUDTASER_CONFIG": "x"})
+    env = prepared.env
     assert env["A"] == "value-a" and env["B"] == "value-b"
     assert "CLOUDTASER_CONFIG" not in env and "LD_PRELOAD" not in env  # no file delivery
     kind, fd, name = env["CLOUDTASER_FDS"].split(" ")
     try:
         assert (kind, name) == ("sdk", "bee")
         assert storing.read(int(fd)) == b"value-b"
+        assert prepared.fds == {("ns/b", "secret", "p", "b"): int(fd)}
     finally:
         os.close(int(fd))
 

@@ -55,3 +55,15 @@ def test_fallback_memfd_is_sealed(monkeypatch: pytest.MonkeyPatch) -> None:
         os.close(held.fd)
     with pytest.raises(storing.SecretMemoryError, match="requireSecretMem"):
         storing.store(bytearray(b"abc"), require_secret_mem=True)
+
+
+def test_rewrite_in_place_keeps_the_fd_and_refuses_a_new_length() -> None:
+    held = storing.store(bytearray(b"old-value"), require_secret_mem=False, sealed=False)
+    try:
+        storing.rewrite(held.fd, bytearray(b"new-value"))
+        assert storing.read(held.fd) == b"new-value"
+        with pytest.raises(storing.SecretMemoryError, match="cannot be resized; restart the pod"):
+            storing.rewrite(held.fd, bytearray(b"longer-value"))
+        assert storing.read(held.fd) == b"new-value"
+    finally:
+        os.close(held.fd)
