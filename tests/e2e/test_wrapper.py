@@ -1,0 +1,271 @@
+"""The wrapper against the real stack: a TokenRequest token, OpenBao over mTLS, secret memory,
+exec — and every failure a single line with the app never started and no secret printed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudtaser import provisioning, stacking
+from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.kube import Pod
+from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
+from cloudtaser.engine.resources import EnforcementPolicy
+
+pytestmark = pytest.mark.e2e
+SESSION_START = time.time()
+REPO = stacking.REPO
+
+
+def _policy(mode: str) -> EnforcementPolicy:
+    return EnforcementPolicy.model_validate({
+        "apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
+        "metadata": {"name": mode}, "spec": {"mode": mode}})
+
+
+def compiled_config(stack: stacking.Paths, token: Path, mode: str = "audit") -> WrapperConfig:
+    """The demo container's WrapperConfig exactly as the engine compiles it for an admitted
+    pod, with the token path pointing where the test put the TokenRequest token."""
+    pod = Pod.model_validate({
+        "metadata": {"name": "demo-1", "namespace": provisioning.DEMO_NAMESPACE,
+                     "labels": {"app": "demo"}, "annotations": {"cloudtaser.io/inject": "true"}},
+        "spec": {"serviceAccountName": "demo",
+                 "containers": [{"name": "app", "image": "demo", "command": ["/app"]}]},
+    })
+    state = ClusterState(bindings=[provisioning.demo_binding(stack)], policies=[_policy(mode)])
+    plan = IncrementalCompiler(state).plan_pod(pod)
+    assert plan is not None
+    return plan.containers[0].config.model_copy(update={"token_path": str(token)})
+
+
+@pytest.fixture(scope="module")
+def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
+                            provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_secret(stack: stacking.Paths) -> dict[str, str]:
+    root = provisioning.bao_client(stack, provisioning.bao_root_token(stack.state))
+    data: dict[str, str] = root.secrets.kv.v2.read_secret_version(
+        provisioning.DEMO_SECRET_PATH, mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+    return data
+
+
+def sha(value: str | bytes) -> str:
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
+
+
+def run_wrapper(config: WrapperConfig, *command: str, deadline: float = 20,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **(env or {}), CONFIG_ENV: config.model_dump_json(exclude_none=True)}
+    return subprocess.run(
+        [sys.executable, "-m", "cloudtaser.wrapper", "--deadline", str(deadline), "--", *command],
+        env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def assert_clean(result: subprocess.CompletedProcess[str], secret: dict[str, str]) -> None:
+    for value in secret.values():
+        if len(value) >= 8:
+            assert value not in result.stdout + result.stderr
+
+
+def test_env_delivery_reaches_the_app(stack: stacking.Paths, token: Path,
+                                      demo_secret: dict[str, str]) -> None:
+    result = run_wrapper(compiled_config(stack, token), "sh", "-c",
+                         'printf %s "$DEMO_PASSWORD" | sha256sum; printf %s "$DEMO_USER"')
+    assert result.returncode == 0, result.stderr
+    digest, user = result.stdout.split(None, 2)[0], result.stdout.split("\n", 1)[1]
+    assert digest == sha(demo_secret["password"]) and user == demo_secret["username"]
+    assert "CLOUDTASER_CONFIG" not in result.stdout
+    assert "secret(s) fetched" in result.stderr
+    assert_clean(result, demo_secret)
+
+
+def test_python_sdk_reads_the_secret_memory(stack: stacking.Paths, token: Path,
+                                            demo_secret: dict[str, str]) -> None:
+    program = ("import hashlib, os; from cloudtaser.sdk import get_secret, secrets; "
+               "print(secrets(), hashlib.sha256(get_secret('demo-password')).hexdigest()); "
+               "fd = int(os.environ['CLOUDTASER_FDS'].split()[1]); "
+               "print(os.readlink(f'/proc/self/fd/{fd}'))")
+    result = run_wrapper(compiled_config(stack, token), sys.executable, "-c", program)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == f"['demo-password'] {sha(demo_secret['password'])}"
+    assert second.startswith("/secretmem")  # the fd is a real memfd_secret region
+    assert_clean(result, demo_secret)
+
+
+def test_app_has_no_core_dumps(stack: stacking.Paths, token: Path) -> None:
+    result = run_wrapper(compiled_config(stack, token), "sh", "-c", "ulimit -c; ulimit -H -c")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"]
+
+
+def test_enforce_without_agent_refuses_to_start(stack: stacking.Paths, token: Path,
+                                                tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    result = run_wrapper(compiled_config(stack, token, mode="enforce"), "touch", str(marker))
+    assert result.returncode == 78
+    assert not marker.exists()
+    assert "node agent not reachable at /run/cloudtaser/agent.sock" in result.stderr
+    assert "not started without the agent" in result.stderr
+
+
+def _source(config: WrapperConfig, **changes: Any) -> WrapperConfig:
+    return config.model_copy(update={"sources": [config.sources[0].model_copy(update=changes)]})
+
+
+def _secret_path(config: WrapperConfig, path: str) -> WrapperConfig:
+    secret = config.sources[0].secrets[0].model_copy(update={"path": path})
+    return _source(config, secrets=[secret])
+
+
+def _missing_key(config: WrapperConfig) -> WrapperConfig:
+    secret = config.sources[0].secrets[0]
+    keys = [secret.keys[0].model_copy(update={"key": "nope"})]
+    return _source(config, secrets=[secret.model_copy(update={"keys": keys})])
+
+
+@pytest.fixture(scope="module")
+def stranger_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    ca = CertificateAuthority(tmp_path_factory.mktemp("stranger"), "some other CA")
+    ca.issue("client", "intruder", client=True)
+    return ca
+
+
+FAILURES = {
+    "openbao-down": (lambda c, s, ca, t: _source(c, address="https://127.0.0.1:1"), 75,
+                     "unreachable (ConnectionError) — gave up after"),
+    "wrong-ca": (lambda c, s, ca, t: _source(c, ca_file=str(ca.pair.cert)), 78,
+                 "TLS failure (certificate verify failed)"),
+    "no-client-cert-file": (lambda c, s, ca, t: _source(c, client_cert_file="/nonexistent/tls.crt"), 78,
+                            "client certificate /nonexistent/tls.crt of binding "
+                            "cloudtaser-demo/demo is not a readable file"),
+    "client-cert-from-other-ca": (lambda c, s, ca, t: _source(
+        c, client_cert_file=str(ca.dir / "client.crt"), client_key_file=str(ca.dir / "client.key")),
+        78, "TLS failure"),
+    "invalid-token": (lambda c, s, ca, t: c.model_copy(update={"token_path": str(t)}), 78,
+                      "login to https://127.0.0.1:18200 (role demo): permission denied"),
+    "permission-denied": (lambda c, s, ca, t: _secret_path(c, "other-team/app"), 78,
+                          "secret/other-team/app: permission denied"),
+    "missing-key": (lambda c, s, ca, t: _missing_key(c), 78,
+                    "secret/cloudtaser-demo/app: key 'nope' is missing from the secret"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_failure_is_one_line_and_the_app_never_starts(
+    case: str, stack: stacking.Paths, token: Path, demo_secret: dict[str, str],
+    stranger_ca: CertificateAuthority, tmp_path: Path,
+) -> None:
+    bad_token = tmp_path / "bad-token"
+    bad_token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")  # well-formed, not signed by us
+    change, code, message = FAILURES[case]
+    config = change(compiled_config(stack, token), stack, stranger_ca, bad_token)
+    marker = tmp_path / "started"
+    result = run_wrapper(config, "touch", str(marker), deadline=3)
+    assert result.returncode == code, result.stderr
+    assert not marker.exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cloudtaser-wrapper: ") and message in last, result.stderr
+    if code == 78:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert_clean(result, demo_secret)
+
+
+def test_the_secret_is_nowhere_on_disk(stack: stacking.Paths, demo_secret: dict[str, str]) -> None:
+    """After the runs above: no file in the state dir, the repo or files written to /tmp
+    during this session holds the demo password."""
+    needle = demo_secret["password"].encode()
+    roots = [stack.state, REPO, Path("/tmp")]
+    skipped = {REPO / ".venv", REPO / ".git"}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in skipped]
+            for name in filenames:
+                path = Path(dirpath, name)
+                try:
+                    info = path.lstat()
+                    if not path.is_file() or info.st_size > 8 * 1024 * 1024:
+                        continue
+                    if root == Path("/tmp") and info.st_mtime < SESSION_START - 60:
+                        continue
+                    assert needle not in path.read_bytes(), f"secret found in {path}"
+                except (PermissionError, FileNotFoundError):
+                    continue
+
+
+def test_refresher_rotates_sdk_value_in_place(stack: stacking.Paths, token: Path,
+                                             tmp_path: Path) -> None:
+    """A value rewritten in OpenBao reaches the running app through the same fd, without a
+    restart; the refresher dies with the app."""
+    import secrets as random_values
+
+    root = provisioning.bao_client(stack, provisioning.bao_root_token(stack.state))
+    path = "cloudtaser-demo/rotating"
+    first, second = random_values.token_urlsafe(16), random_values.token_urlsafe(16)
+    root.secrets.kv.v2.create_or_update_secret(path, mount_point="secret", secret={"v": first})
+    config = compiled_config(stack, token)
+    secret = config.sources[0].secrets[0].model_copy(update={
+        "path": path, "keys": [config.sources[0].secrets[0].keys[0].model_copy(
+            update={"key": "v", "env": None, "file": None, "sdk": "rotating"})]})
+    config = _source(config, secrets=[secret]).model_copy(update={"refresh_seconds": 10})
+    ready = tmp_path / "ready"
+    program = (
+        "import hashlib, pathlib, sys, time\n"
+        "from cloudtaser.sdk import get_secret\n"
+        "seen = [hashlib.sha256(get_secret('rotating')).hexdigest()]\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "deadline = time.monotonic() + 40\n"
+        "while time.monotonic() < deadline and len(set(seen)) < 2:\n"
+        "    time.sleep(0.5); seen.append(hashlib.sha256(get_secret('rotating')).hexdigest())\n"
+        "print(seen[0]); print(seen[-1])\n"
+    )
+    environ = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
+    app = subprocess.Popen([sys.executable, "-m", "cloudtaser.wrapper", "--", sys.executable, "-c",
+                            program], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and app.poll() is None:
+            time.sleep(0.1)
+        assert ready.exists(), "the app never started"
+        root.secrets.kv.v2.create_or_update_secret(path, mount_point="secret", secret={"v": second})
+        out, err = app.communicate(timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.communicate()
+    assert app.returncode == 0, err
+    assert out.split() == [sha(first), sha(second)]
+    assert "1 secret(s) updated in place" in err
+    assert first not in out + err and second not in out + err
+    time.sleep(0.5)
+    alive = subprocess.run(["pgrep", "-f", "cloudtaser.wrapper -- .*rotating"], capture_output=True,
+                           text=True, check=False).stdout.split()
+    assert alive == [], "the refresher outlived the app"
+
+
+def test_go_sdk_reads_the_secret_memory(stack: stacking.Paths, token: Path, tmp_path: Path,
+                                        demo_secret: dict[str, str]) -> None:
+    exe = tmp_path / "cloudtaser-printsecret"
+    subprocess.run(["go", "build", "-o", str(exe), "./cmd/cloudtaser-printsecret"],
+                   cwd=REPO / "sdk" / "go", check=True, capture_output=True, timeout=600)
+    result = run_wrapper(compiled_config(stack, token), str(exe), "demo-password")
+    assert result.returncode == 0, result.stderr
+    password = demo_secret["password"]
+    assert result.stdout.strip() == f"len={len(password)} sha256={sha(password)}"
+    assert_clean(result, demo_secret)
