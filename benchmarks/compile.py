@@ -16,6 +16,7 @@ import statistics
 import time
 from typing import Any
 
+from cloudtaser.rendering import table
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_state
 from cloudtaser.engine.kube import Namespace, Pod
 from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
@@ -121,10 +122,7 @@ def main() -> None:
         ("incremental recompile, p99", "-", f"{p99_ms:.3f} ms", "-"),
         ("ratio 10k / 1k", "<= 11", f"{ratio:.2f}", f"{ratio / 11:.2f} of target"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'FIGURE'.ljust(width)}   TARGET    MEASURED     RATIO")
-    for name, target, measured, rel in rows:
-        print(f"{name.ljust(width)}   {target.ljust(8)}  {measured.ljust(11)}  {rel}")
+    print(table(["figure", "target", "measured", "ratio"], rows), end="")
 
 
 if __name__ == "__main__":

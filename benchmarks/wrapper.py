@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cloudtaser import provisioning, stacking  # noqa: E402
+from cloudtaser.rendering import table  # noqa: E402
 from tests.e2e.test_wrapper import compiled_config  # noqa: E402
 
 
@@ -77,10 +78,7 @@ def main() -> None:
         (f"wrapper start -> app exec, p95 of {args.runs}", "-", f"{p95:.0f} ms", "-"),
         ("frozen bundle size", "-", bundle_size(), "-"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'FIGURE'.ljust(width)}   TARGET      MEASURED    RATIO")
-    for name, target, measured, ratio in rows:
-        print(f"{name.ljust(width)}   {target.ljust(10)}  {measured.ljust(10)}  {ratio}")
+    print(table(["figure", "target", "measured", "ratio"], rows), end="")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,22 @@ def test_env_delivery_reaches_the_app(stack: stacking.Paths, token: Path,
     assert_clean(result, demo_secret)
 
 
+def test_file_delivery_through_the_interposer(stack: stacking.Paths, token: Path,
+                                              demo_secret: dict[str, str]) -> None:
+    """/etc/demo/password does not exist on disk; cat and Python read it all the same."""
+    assert not Path("/etc/demo/password").exists()
+    program = ("import os; p = '/etc/demo/password'; "
+               "print(os.stat(p).st_size, __import__('hashlib').sha256(open(p, 'rb').read()).hexdigest())")
+    result = run_wrapper(compiled_config(stack, token), "sh", "-c",
+                         f"cat /etc/demo/password | sha256sum; {sys.executable} -c \"{program}\"")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    password = demo_secret["password"]
+    assert lines[0].split()[0] == sha(password)
+    assert lines[1] == f"{len(password)} {sha(password)}"
+    assert_clean(result, demo_secret)
+
+
 def test_python_sdk_reads_the_secret_memory(stack: stacking.Paths, token: Path,
                                             demo_secret: dict[str, str]) -> None:
     program = ("import hashlib, os; from cloudtaser.sdk import get_secret, secrets; "
