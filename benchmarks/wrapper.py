@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from cloudtaser import provisioning, stacking  # noqa: E402
 from cloudtaser.rendering import table  # noqa: E402
-from tests.e2e.test_wrapper import compiled_config  # noqa: E402
+from tests.e2e.conftest import compiled_config  # noqa: E402
 
 
 def bundle_size() -> str:

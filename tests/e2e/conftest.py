@@ -6,15 +6,21 @@ the stack's binaries is left. Set CLOUDTASER_KEEP_STACK=1 to leave it running.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloudtaser import provisioning, stacking
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.kube import Pod
+from cloudtaser.engine.plans import WrapperConfig
+from cloudtaser.engine.resources import EnforcementPolicy
 
 
 def _stack_processes(paths: stacking.Paths) -> list[str]:
@@ -60,3 +66,45 @@ def kubectl(stack: stacking.Paths):  # type: ignore[no-untyped-def]
         return provisioning.kubectl(stack, *args, stdin=stdin)
 
     return run
+
+
+def sha(value: str | bytes) -> str:
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
+
+
+def compiled_config(stack: stacking.Paths, token: str | Path, mode: str = "audit") -> WrapperConfig:
+    """The demo container's WrapperConfig exactly as the engine compiles it for an admitted
+    pod, with the token path pointing where the test put the TokenRequest token. Audit mode by
+    default: no node agent runs here, and enforce mode refuses to start without one."""
+    policy = EnforcementPolicy.model_validate({
+        "apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
+        "metadata": {"name": mode}, "spec": {"mode": mode}})
+    pod = Pod.model_validate({
+        "metadata": {"name": "demo-1", "namespace": provisioning.DEMO_NAMESPACE,
+                     "labels": {"app": "demo"}, "annotations": {"cloudtaser.io/inject": "true"}},
+        "spec": {"serviceAccountName": "demo",
+                 "containers": [{"name": "app", "image": "demo", "command": ["/app"]}]},
+    })
+    state = ClusterState(bindings=[provisioning.demo_binding(stack)], policies=[policy])
+    plan = IncrementalCompiler(state).plan_pod(pod)
+    assert plan is not None
+    return plan.containers[0].config.model_copy(update={"token_path": str(token)})
+
+
+@pytest.fixture(scope="module")
+def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TokenRequest token of the demo service account for the OpenBao audience."""
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
+                            provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_secret(stack: stacking.Paths) -> dict[str, str]:
+    """The demo secret as OpenBao holds it (read with the root token), for comparisons."""
+    root = provisioning.bao_client(stack, provisioning.bao_root_token(stack.state))
+    data: dict[str, str] = root.secrets.kv.v2.read_secret_version(
+        provisioning.DEMO_SECRET_PATH, mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+    return data

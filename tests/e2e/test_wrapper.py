@@ -3,7 +3,6 @@ exec — and every failure a single line with the app never started and no secre
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,56 +14,12 @@ import pytest
 
 from cloudtaser import provisioning, stacking
 from cloudtaser.certificates import CertificateAuthority
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
-from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
-from cloudtaser.engine.resources import EnforcementPolicy
+from tests.e2e.conftest import compiled_config, sha
 
 pytestmark = pytest.mark.e2e
 SESSION_START = time.time()
 REPO = stacking.REPO
-
-
-def _policy(mode: str) -> EnforcementPolicy:
-    return EnforcementPolicy.model_validate({
-        "apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
-        "metadata": {"name": mode}, "spec": {"mode": mode}})
-
-
-def compiled_config(stack: stacking.Paths, token: Path, mode: str = "audit") -> WrapperConfig:
-    """The demo container's WrapperConfig exactly as the engine compiles it for an admitted
-    pod, with the token path pointing where the test put the TokenRequest token."""
-    pod = Pod.model_validate({
-        "metadata": {"name": "demo-1", "namespace": provisioning.DEMO_NAMESPACE,
-                     "labels": {"app": "demo"}, "annotations": {"cloudtaser.io/inject": "true"}},
-        "spec": {"serviceAccountName": "demo",
-                 "containers": [{"name": "app", "image": "demo", "command": ["/app"]}]},
-    })
-    state = ClusterState(bindings=[provisioning.demo_binding(stack)], policies=[_policy(mode)])
-    plan = IncrementalCompiler(state).plan_pod(pod)
-    assert plan is not None
-    return plan.containers[0].config.model_copy(update={"token_path": str(token)})
-
-
-@pytest.fixture(scope="module")
-def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("token") / "token"
-    path.write_text(kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
-                            provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
-    return path
-
-
-@pytest.fixture(scope="module")
-def demo_secret(stack: stacking.Paths) -> dict[str, str]:
-    root = provisioning.bao_client(stack, provisioning.bao_root_token(stack.state))
-    data: dict[str, str] = root.secrets.kv.v2.read_secret_version(
-        provisioning.DEMO_SECRET_PATH, mount_point="secret", raise_on_deleted_version=True
-    )["data"]["data"]
-    return data
-
-
-def sha(value: str | bytes) -> str:
-    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
 
 
 def run_wrapper(config: WrapperConfig, *command: str, deadline: float = 20,

@@ -29,17 +29,18 @@ def _restore_environment(environ: MutableMapping[str, str]) -> None:
         original = environ.pop(f"{name}_ORIG", None)
         if original is not None:
             environ[name] = original
-        elif getattr(sys, "frozen", False) and name in environ and _points_into_bundle(environ[name]):
-            del environ[name]
+        elif name in environ and _points_into_bundle(environ[name]):
+            del environ[name]  # set by the bootloader where the container had none
     for name in [n for n in environ if n.startswith("_PYI_") or n == "_MEIPASS2"]:
         del environ[name]
 
 
 def _points_into_bundle(value: str) -> bool:
-    internal = getattr(sys, "_MEIPASS", None)
-    return bool(internal) and all(
-        Path(part).resolve() == Path(internal).resolve() for part in value.split(":") if part
-    )
+    internal: str | None = getattr(sys, "_MEIPASS", None)
+    if not internal:
+        return False
+    parts = [Path(part).resolve() for part in value.split(":") if part]
+    return bool(parts) and all(part == Path(internal).resolve() for part in parts)
 
 
 def main() -> None:
