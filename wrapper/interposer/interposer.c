@@ -16,7 +16,7 @@
  * Why a copy per open: a memfd_secret fd cannot be read() or pread() (the kernel refuses; only
  * mmap(MAP_SHARED) works), yet apps read files with read(). So each open of NAME creates a
  * fresh memfd (memfd_create, MFD_ALLOW_SEALING, MFD_CLOEXEC iff O_CLOEXEC / fopen "e"), copies
- * the secret into it with one write() from a MAP_SHARED mapping of the secret fd, sets mode
+ * the secret into it with pwrite() from a MAP_SHARED mapping of the secret fd, sets mode
  * 0400, seals it (F_SEAL_WRITE|GROW|SHRINK|SEAL) and returns it at offset 0: read, pread,
  * lseek, fstat and mmap then work natively. The secret is re-read on every open (a refresher
  * may rewrite the secret fd in place; the size is its current fstat size).
@@ -51,7 +51,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -72,6 +72,17 @@
 #endif
 #ifndef STATX_BASIC_STATS
 #define STATX_BASIC_STATS 0x000007ffU
+#endif
+
+/* Link against the oldest symbol versions so that the library loads into apps whose images
+ * carry an older glibc than the build machine: dlsym moved to libc with a new version in 2.34
+ * (the old one stays, in libdl.so.2 before 2.34 - hence the DT_NEEDED on it in the Makefile).
+ * fstat (2.33) and memfd_create (2.27) are called as raw syscalls for the same reason, and the
+ * one-time init is hand-made rather than pthread_once (2.34). */
+#if defined(__x86_64__)
+__asm__(".symver dlsym, dlsym@GLIBC_2.2.5");
+#elif defined(__aarch64__)
+__asm__(".symver dlsym, dlsym@GLIBC_2.17");
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
@@ -103,8 +114,9 @@ static size_t g_pool_used;
 static uint64_t g_first[4];     /* bit c: some basename starts with byte c */
 static uint64_t g_base_lens;    /* bit (n & 63): some basename has length n (mod 64) */
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static atomic_int g_ready;
+/* 0: not started; > 0: the pid of the process one of whose threads runs init; -1: ready. */
+static atomic_int g_state;
+#define INIT_READY (-1)
 static atomic_int g_no_noexec_seal; /* kernel < 6.3 rejects MFD_NOEXEC_SEAL */
 static __thread int t_in_init __attribute__((tls_model("initial-exec")));
 
@@ -139,6 +151,12 @@ static int (*real_access)(const char *, int);
 static int (*real_faccessat)(int, const char *, int, int);
 static int (*real_euidaccess)(const char *, int);
 static int (*real_eaccess)(const char *, int);
+
+/* The kernel's struct stat is glibc's on x86_64 and aarch64. */
+static inline int sys_fstat(int fd, struct stat *st)
+{
+    return (int)syscall(SYS_fstat, fd, st);
+}
 
 /* ---- path normalisation ------------------------------------------------------------- */
 
@@ -195,7 +213,7 @@ static void add_file(int fd, const char *name, size_t n)
     e->fd = fd;
     e->base = strrchr(out, '/') + 1;
     struct stat st;
-    if (fstat(fd, &st) == 0) {
+    if (sys_fstat(fd, &st) == 0) {
         e->valid = 1;
         e->dev = st.st_dev;
         e->ino = st.st_ino;
@@ -267,6 +285,10 @@ static void init(void)
 {
     int saved = errno;
     t_in_init = 1;
+    g_count = 0; /* a fork may have interrupted a first run in the parent */
+    g_pool_used = 0;
+    memset(g_first, 0, sizeof g_first);
+    g_base_lens = 0;
     resolve();
     const char *s = getenv("CLOUDTASER_FDS");
     while (s != NULL && *s != '\0') {
@@ -275,15 +297,39 @@ static void init(void)
         parse_line(s, n);
         s = eol != NULL ? eol + 1 : s + n;
     }
-    atomic_store_explicit(&g_ready, 1, memory_order_release);
+    atomic_store_explicit(&g_state, INIT_READY, memory_order_release);
     t_in_init = 0;
+    errno = saved;
+}
+
+static inline int ready(void)
+{
+    return atomic_load_explicit(&g_state, memory_order_acquire) == INIT_READY;
+}
+
+static __attribute__((noinline)) void init_once(void)
+{
+    int saved = errno;
+    int pid = (int)syscall(SYS_getpid);
+    for (;;) {
+        int state = atomic_load_explicit(&g_state, memory_order_acquire);
+        if (state == INIT_READY)
+            break;
+        /* Not started, or started by a thread of the parent of a fork (that thread does not
+         * exist here): this thread runs init. Otherwise another thread is at it: wait. */
+        if (state != pid && atomic_compare_exchange_strong(&g_state, &state, pid)) {
+            init();
+            break;
+        }
+        sched_yield();
+    }
     errno = saved;
 }
 
 static inline void ensure_init(void)
 {
-    if (UNLIKELY(!atomic_load_explicit(&g_ready, memory_order_acquire)) && !t_in_init)
-        pthread_once(&g_once, init);
+    if (UNLIKELY(!ready()) && !t_in_init)
+        init_once();
 }
 
 __attribute__((constructor)) static void cloudtaser_interposer_init(void)
@@ -292,6 +338,16 @@ __attribute__((constructor)) static void cloudtaser_interposer_init(void)
 }
 
 /* ---- lookup ----------------------------------------------------------------------------- */
+
+static const struct entry *match(const char *path, size_t len)
+{
+    for (size_t i = 0; i < g_count; i++) {
+        const struct entry *e = &g_entries[i];
+        if (e->len == len && memcmp(e->path, path, len) == 0)
+            return e;
+    }
+    return NULL;
+}
 
 /* The slow half: the full, normalised path compared with the table. errno is preserved. */
 static __attribute__((noinline)) const struct entry *lookup(int dirfd, const char *path,
@@ -302,6 +358,11 @@ static __attribute__((noinline)) const struct entry *lookup(int dirfd, const cha
     size_t n = strlen(path);
     if (n >= PATH_MAX)
         return NULL;
+    if (path[0] == '/') {
+        const struct entry *e = match(path, n);
+        if (e != NULL || (strstr(path, "//") == NULL && strstr(path, "/.") == NULL))
+            return e; /* already canonical: no need to normalise */
+    }
     int saved = errno;
     char out[PATH_MAX];
     size_t len = 0;
@@ -337,13 +398,8 @@ static __attribute__((noinline)) const struct entry *lookup(int dirfd, const cha
     }
     if (push_components(out, &len, sizeof out, path, n) != 0 || len == 0)
         goto miss;
-    for (size_t i = 0; i < g_count; i++) {
-        const struct entry *e = &g_entries[i];
-        if (e->len == len && memcmp(e->path, out, len) == 0) {
-            errno = saved;
-            return e;
-        }
-    }
+    errno = saved;
+    return match(out, len);
 miss:
     errno = saved;
     return NULL;
@@ -352,7 +408,7 @@ miss:
 /* The hot path: most paths are rejected by their last component's first byte and length. */
 static inline const struct entry *find(int dirfd, const char *path)
 {
-    if (!atomic_load_explicit(&g_ready, memory_order_acquire) || g_count == 0)
+    if (!ready() || g_count == 0)
         return NULL;
     __asm__("" : "+r"(path)); /* forget libc's nonnull promise: open(NULL) must stay EFAULT */
     if (UNLIKELY(path == NULL))
@@ -372,7 +428,7 @@ static inline const struct entry *find(int dirfd, const char *path)
 /* fstat of the secret fd, checked to still be the fd the wrapper handed over. */
 static int secret_stat(const struct entry *e, struct stat *st)
 {
-    if (!e->valid || fstat(e->fd, st) != 0 || st->st_dev != e->dev || st->st_ino != e->ino) {
+    if (!e->valid || sys_fstat(e->fd, st) != 0 || st->st_dev != e->dev || st->st_ino != e->ino) {
         errno = EIO;
         return -1;
     }
@@ -390,12 +446,12 @@ static int make_memfd(const struct entry *e, int cloexec)
     name[p + b] = '\0';
     unsigned flags = MFD_ALLOW_SEALING | (cloexec ? MFD_CLOEXEC : 0);
     if (!atomic_load_explicit(&g_no_noexec_seal, memory_order_relaxed)) {
-        int fd = memfd_create(name, flags | MFD_NOEXEC_SEAL);
+        int fd = (int)syscall(SYS_memfd_create, name, flags | MFD_NOEXEC_SEAL);
         if (fd >= 0 || errno != EINVAL)
             return fd;
         atomic_store_explicit(&g_no_noexec_seal, 1, memory_order_relaxed);
     }
-    return memfd_create(name, flags);
+    return (int)syscall(SYS_memfd_create, name, flags);
 }
 
 /* Copies the secret's current contents into a fresh sealed memfd. */
@@ -407,20 +463,23 @@ static int copy_secret(const struct entry *e, int cloexec)
     int err = EIO;
     for (int attempt = 0; attempt < 3; attempt++) {
         struct stat st;
-        if (secret_stat(e, &st) != 0)
+        if (secret_stat(e, &st) != 0) {
+            err = EIO;
             goto fail;
+        }
         size_t size = (size_t)st.st_size;
         if (size > 0) {
             void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, e->fd, 0);
             if (map == MAP_FAILED) {
-                err = errno;
+                err = errno == ENOMEM || errno == EAGAIN ? ENOMEM : EIO;
                 goto fail;
             }
-            /* write() copies straight from the mapping into the memfd: no user buffer. If a
-             * refresher shrank the secret meanwhile, the kernel returns EFAULT (no SIGBUS). */
+            /* pwrite() copies straight from the mapping into the memfd (no user buffer) and
+             * leaves the offset at 0. If a refresher shrank the secret meanwhile, the kernel
+             * returns EFAULT (no SIGBUS) and the copy starts over. */
             size_t off = 0;
             while (off < size) {
-                ssize_t w = write(mfd, (const char *)map + off, size - off);
+                ssize_t w = pwrite(mfd, (const char *)map + off, size - off, (off_t)off);
                 if (w < 0 && errno == EINTR)
                     continue;
                 if (w <= 0) {
@@ -431,18 +490,18 @@ static int copy_secret(const struct entry *e, int cloexec)
             }
             munmap(map, size);
             if (off < size) {
-                if (err == EFAULT && ftruncate(mfd, 0) == 0 && lseek(mfd, 0, SEEK_SET) == 0)
+                if (err == EFAULT && ftruncate(mfd, 0) == 0)
                     continue; /* resized under us: take a fresh look */
                 goto fail;
             }
         }
-        if (fchmod(mfd, 0400) != 0 || fcntl(mfd, F_ADD_SEALS, SEALS) != 0 ||
-            lseek(mfd, 0, SEEK_SET) != 0) {
+        if (fchmod(mfd, 0400) != 0 || fcntl(mfd, F_ADD_SEALS, SEALS) != 0) {
             err = errno;
             goto fail;
         }
         return mfd;
     }
+    err = EIO; /* resized under us on every attempt */
 fail:
     close(mfd);
     errno = err;
