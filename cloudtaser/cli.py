@@ -357,3 +357,69 @@ def stack_env(state_dir: Path | None) -> None:
 
     for key, value in stacking.environment(_paths(state_dir)).items():
         click.echo(f"export {key}={shlex.quote(value)}")
+
+
+# --- the admission webhook ---------------------------------------------------------------------
+
+
+@main.group()
+def injector() -> None:
+    """The admission webhook that injects the wrapper into selected pods."""
+
+
+def _compiler_from(files: tuple[str, ...]) -> IncrementalCompiler:
+    state, load_problems = _state(list(files))
+    for problem in load_problems:
+        click.echo(problem.line(), err=True)
+    compiler = IncrementalCompiler(state)
+    for line in _problem_lines(compiler.plan().problems):
+        click.echo(line, err=True)
+    return compiler
+
+
+@injector.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--tls-cert", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--tls-key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True)
+def serve(files: tuple[str, ...], tls_cert: str, tls_key: str, host: str, port: int) -> None:
+    """Serve /mutate-v1-pod over HTTPS for the bindings and policies in FILES.
+
+    (The operator serves the same handler from the cluster's live state.)
+    """
+    import asyncio
+
+    from cloudtaser.injector import serving
+
+    holder = serving.Holder(compiler=_compiler_from(files))
+
+    async def run() -> None:
+        runner = await serving.start(holder, host, port, tls_cert, tls_key)
+        click.echo(f"serving https://{host}:{port}/mutate-v1-pod", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@injector.command(name="webhook-config")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--url", required=True, help="https:// URL of /mutate-v1-pod.")
+@click.option("--ca-file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="PEM CA that signed the webhook's serving certificate.")
+def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
+    """Print the MutatingWebhookConfiguration the Plan of FILES derives (YAML)."""
+    import base64
+
+    from cloudtaser.engine.webhooks import webhook_configuration
+
+    plan = _compiler_from(files).plan()
+    ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+    click.echo(rendering.dump(webhook_configuration(plan, {"url": url, "caBundle": ca}), "yaml"),
+               nl=False)

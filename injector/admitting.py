@@ -1,0 +1,94 @@
+"""AdmissionReview in, AdmissionReview out: the webhook's decision for one pod.
+
+Transport-free (the server in serving.py only moves bytes), so it is tested directly and
+benchmarked in-process. Outcomes:
+- not a pod CREATE, or no binding selects the pod: allowed, unchanged;
+- selected: allowed with the engine's JSON patch (idempotent: an injected pod gets none);
+- selected but not injectable (e.g. no command and no resolvable entrypoint): denied with the
+  reason, so the pod is never started without its secrets;
+- malformed review: HTTP 400 with a message — never a 500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from cloudtaser.engine.compiler import IncrementalCompiler
+from cloudtaser.engine.fields import validation_problems
+from cloudtaser.engine.kube import Pod
+from cloudtaser.engine.patches import ImageEntrypoint, pod_patch
+from cloudtaser.engine.plans import InjectorSettings
+
+MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit for objects
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def _bad_request(message: str) -> Answer:
+    return Answer(400, {"error": message[:500]})
+
+
+def _response(uid: str, allowed: bool, **extra: Any) -> Answer:
+    return Answer(200, {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": allowed, **extra},
+    })
+
+
+def admit(
+    body: bytes,
+    compiler: IncrementalCompiler,
+    settings: InjectorSettings,
+    entrypoints: dict[str, ImageEntrypoint] | None = None,
+) -> Answer:
+    if len(body) > MAX_BODY:
+        return _bad_request("AdmissionReview too large")
+    try:
+        review = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        return _bad_request(f"body is not JSON: {e}")
+    if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
+        return _bad_request("body is not an AdmissionReview")
+    if review.get("apiVersion") != "admission.k8s.io/v1":
+        return _bad_request("only admission.k8s.io/v1 AdmissionReviews are supported")
+    request = review.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
+        return _bad_request("AdmissionReview has no request.uid")
+    uid = request["uid"]
+    kind = request.get("kind") or {}
+    if request.get("operation") != "CREATE" or not isinstance(kind, dict) or kind.get("kind") != "Pod":
+        return _response(uid, True)
+    raw = request.get("object")
+    if not isinstance(raw, dict):
+        return _bad_request("AdmissionReview has no request.object")
+    meta = raw.setdefault("metadata", {})
+    namespace = request.get("namespace")
+    if isinstance(meta, dict) and isinstance(namespace, str) and not meta.get("namespace"):
+        meta["namespace"] = namespace  # absent from the object at CREATE
+    try:
+        pod = Pod.model_validate(raw)
+    except ValidationError as e:
+        path, message = validation_problems(e)[0]
+        return _response(uid, False, status={"code": 400, "message": f"{path}: {message}"})
+    plan = compiler.plan_pod(pod)
+    if plan is None:
+        return _response(uid, True)
+    result = pod_patch(pod, plan, settings, entrypoints)
+    if result.problems:
+        message = "; ".join(f"{p.path}: {p.message}" for p in result.problems)
+        return _response(uid, False, status={"code": 403, "reason": "Forbidden",
+                                             "message": f"cloudtaser: {message}"})
+    if not result.operations:
+        return _response(uid, True)
+    patch = base64.b64encode(json.dumps(result.operations).encode()).decode()
+    return _response(uid, True, patchType="JSONPatch", patch=patch)

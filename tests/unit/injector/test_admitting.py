@@ -1,0 +1,135 @@
+"""The webhook's decision, in-process: every outcome and every kind of malformed input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.plans import INJECTED_ANNOTATION, InjectorSettings
+from cloudtaser.engine.resources import SecretBinding
+from cloudtaser.injector.admitting import admit
+from tests.conftest import binding_doc, pod_doc
+
+SETTINGS = InjectorSettings()
+COMPILER = IncrementalCompiler(ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))]))
+
+
+def review(pod: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
+    namespace = pod["metadata"].pop("namespace", "team")
+    return {
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "abc-123", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "operation": operation, "namespace": namespace, "object": pod},
+    }
+
+
+def decide(body: dict[str, Any] | bytes) -> tuple[int, dict[str, Any]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    answer = admit(raw, COMPILER, SETTINGS)
+    return answer.status, answer.body
+
+
+def test_selected_pod_is_patched_and_the_patch_applies() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    status, body = decide(review(json.loads(json.dumps(pod))))
+    response = body["response"]
+    assert status == 200 and response["uid"] == "abc-123" and response["allowed"] is True
+    assert response["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    assert patched["spec"]["containers"][0]["command"][:2] == ["/cloudtaser/wrapper", "--"]
+    assert INJECTED_ANNOTATION in patched["metadata"]["annotations"]
+    # re-invocation (reinvocationPolicy: IfNeeded) or re-submission: nothing more to do
+    status, body = decide(review(patched))
+    assert status == 200 and body["response"] == {"uid": "abc-123", "allowed": True}
+
+
+@pytest.mark.parametrize("pod", [
+    pod_doc(labels={"app": "other"}),
+    pod_doc(labels={"app": "app"}, inject=False),
+    pod_doc(namespace="elsewhere", labels={"app": "app"}),
+])
+def test_pods_no_binding_selects_pass_unchanged(pod: dict[str, Any]) -> None:
+    assert decide(review(pod)) == (200, {"apiVersion": "admission.k8s.io/v1",
+                                         "kind": "AdmissionReview",
+                                         "response": {"uid": "abc-123", "allowed": True}})
+
+
+def test_updates_are_not_touched() -> None:
+    status, body = decide(review(pod_doc(labels={"app": "app"}), operation="UPDATE"))
+    assert body["response"] == {"uid": "abc-123", "allowed": True}
+
+
+def test_unresolvable_entrypoint_denies_with_the_fix() -> None:
+    pod = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "nginx"}])
+    status, body = decide(review(pod))
+    response = body["response"]
+    assert status == 200 and response["allowed"] is False and response["status"]["code"] == 403
+    assert "container 'app' has no command" in response["status"]["message"]
+    assert "set spec.containers[].command" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "not JSON"),
+    (b"{", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[]", "not an AdmissionReview"),
+    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1"}', "only admission.k8s.io/v1"),
+    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "no request.uid"),
+    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": '
+     b'{"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}}}', "no request.object"),
+])
+def test_malformed_reviews_get_400_with_a_message(body: bytes, message: str) -> None:
+    status, answer = decide(body)
+    assert status == 400 and message in answer["error"]
+
+
+def test_invalid_pod_object_is_denied_naming_the_field() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    pod["spec"]["containers"] = "nope"
+    status, body = decide(review(pod))
+    assert status == 200 and body["response"]["allowed"] is False
+    assert body["response"]["status"]["message"].startswith("spec.containers:")
+
+
+def test_truncated_and_mutated_reviews_never_raise() -> None:
+    rng = random.Random(5)
+    valid = json.dumps(review(pod_doc(labels={"app": "app"}))).encode()
+    for _ in range(2000):
+        cut = valid[: rng.randrange(len(valid))]
+        noisy = bytearray(valid)
+        for _ in range(rng.randrange(1, 4)):
+            noisy[rng.randrange(len(noisy))] = rng.randrange(256)
+        for body in (cut, bytes(noisy)):
+            status, answer = decide(body)
+            assert status in (200, 400)
+            assert "Traceback" not in json.dumps(answer)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.extend(_paths(value, (*prefix, key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.extend(_paths(value, (*prefix, i)))
+    return out
+
+
+def test_any_field_of_any_type_never_raises() -> None:
+    valid = review(pod_doc(labels={"app": "app"}))
+    for path in _paths(valid)[1:]:
+        for replacement in (None, 5, "x", [], {}, True):
+            broken = json.loads(json.dumps(valid))
+            node = broken
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = replacement
+            status, answer = decide(broken)
+            assert status in (200, 400), (path, replacement)
