@@ -423,3 +423,36 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
     ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
     click.echo(rendering.dump(webhook_configuration(plan, {"url": url, "caBundle": ca}), "yaml"),
                nl=False)
+
+
+# --- the operator ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--tls-cert", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Serving certificate of the webhook.")
+@click.option("--tls-key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--ca-file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CA that signed the serving certificate (the webhook's caBundle).")
+@click.option("--webhook-url", default=None,
+              help="URL the API server calls (default https://HOST:PORT/mutate-v1-pod).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True)
+@click.option("--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181).")
+@click.option("--liveness", default=None, help="Health endpoint, e.g. http://0.0.0.0:8080/healthz.")
+def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None, host: str,
+             port: int, opa_url: str | None, liveness: str | None) -> None:
+    """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
+    import base64
+    import logging
+
+    from cloudtaser import operating
+    from cloudtaser.injector import serving
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
+    ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+    url = webhook_url or f"https://{host}:{port}/mutate-v1-pod"
+    op = operating.Operator(client_config={"url": url, "caBundle": ca}, opa_url=opa_url,
+                            holder=serving.Holder())
+    operating.run(op, host, port, tls_cert, tls_key, liveness)

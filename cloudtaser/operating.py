@@ -1,0 +1,357 @@
+"""The operator: watches the cluster (kopf), compiles, and makes the cluster say so.
+
+kopf event handlers only record the latest body of every SecretBinding, EnforcementPolicy,
+Pod, Namespace and our MutatingWebhookConfiguration and wake the reconciler; the reconciler
+(debounced) asks OPA about each binding, compiles everything with the engine, hands the new
+compiler to the webhook, writes each CR's status when it changed, posts Events when a
+binding's problems change, and keeps the webhook configuration equal to the Plan's (repairing
+drift). Nothing is kept that the cluster cannot rebuild: a restart re-lists everything and
+derives the same statuses and configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import kubernetes
+import requests
+
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.engine.documents import CORE_KINDS, RESOURCE_KINDS, as_problems, parse_document
+from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.plans import Plan, Problem
+from cloudtaser.engine.resources import GROUP, VERSION, EnforcementPolicy, SecretBinding
+from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
+from cloudtaser.injector import serving
+
+log = logging.getLogger("cloudtaser.operator")
+DEBOUNCE = 0.2
+OPA_TIMEOUT = 2.0
+
+
+@dataclass
+class Decision:
+    allowed: bool | None  # None: OPA could not be asked and nothing was known before
+    reasons: list[str]
+
+
+@dataclass
+class Operator:
+    client_config: dict[str, Any]
+    opa_url: str | None
+    holder: serving.Holder
+    bodies: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: {k: {} for k in ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")})
+    decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
+    written: dict[str, str] = field(default_factory=dict)  # object -> digest of the last status
+    announced: dict[str, str] = field(default_factory=dict)  # binding -> digest of its problems
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def observe(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
+        if event_type == "DELETED":
+            self.bodies[kind].pop(key, None)
+        else:
+            self.bodies[kind][key] = body
+        self.changed.set()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self.changed.wait()
+            await asyncio.sleep(DEBOUNCE)
+            self.changed.clear()
+            try:
+                await self.reconcile()
+                self.ready = True
+            except Exception:  # keep serving the last good compile; retry on the next change
+                log.exception("reconcile failed")
+                await asyncio.sleep(1)
+                self.changed.set()
+
+    async def reconcile(self) -> None:
+        # A snapshot: kopf handlers keep updating self.bodies on the loop while the status
+        # writes below run in a thread.
+        snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
+        problems: list[Problem] = []
+        models: dict[str, list[Any]] = {k: [] for k in snapshot}
+        for kind, bodies in snapshot.items():
+            kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS
+            for body in bodies.values():
+                doc = {"apiVersion": body.get("apiVersion", "v1"), "kind": kind, **{
+                    k: v for k, v in body.items() if k not in ("apiVersion", "kind")}}
+                model, found = parse_document(doc, kinds)
+                if model is None:
+                    problems.extend(as_problems(doc, found))
+                else:
+                    models[kind].append(model)
+        bindings: list[SecretBinding] = models["SecretBinding"]
+        decisions = {b.ref: await asyncio.to_thread(self._decide, b) for b in bindings}
+        state = ClusterState(
+            bindings=[b for b in bindings if decisions[b.ref].allowed],
+            policies=models["EnforcementPolicy"],
+            pods=[p for p in models["Pod"] if isinstance(p, Pod)],
+            namespaces=[n for n in models["Namespace"] if isinstance(n, Namespace)],
+            problems=problems,
+        )
+        compiler = IncrementalCompiler(state)
+        plan = compiler.plan()
+        self.holder.compiler = compiler
+        await asyncio.to_thread(self._write_statuses, plan, decisions, snapshot)
+        await asyncio.to_thread(self._apply_webhook, plan)
+
+    # --- OPA ---------------------------------------------------------------------------
+
+    def _decide(self, binding: SecretBinding) -> Decision:
+        body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        known = self.decisions.get(binding.ref)
+        if known and known[0] == digest:
+            return known[1]
+        if self.opa_url is None:
+            decision = Decision(True, [])
+        else:
+            try:
+                response = requests.post(f"{self.opa_url}/v1/data/cloudtaser/binding/deny",
+                                         json={"input": body}, timeout=OPA_TIMEOUT)
+                response.raise_for_status()
+                reasons = sorted(response.json().get("result") or [])
+                decision = Decision(not reasons, reasons)
+            except (requests.RequestException, ValueError) as e:
+                # Fail closed for what OPA never allowed; keep the last decision otherwise.
+                reason = f"OPA unreachable at {self.opa_url} ({type(e).__name__})"
+                decision = Decision(known[1].allowed if known else None, [reason])
+                return decision
+        self.decisions[binding.ref] = (digest, decision)
+        return decision
+
+    # --- status ------------------------------------------------------------------------
+
+    def _write_statuses(self, plan: Plan, decisions: dict[str, Decision],
+                        snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+        api = kubernetes.client.CustomObjectsApi()
+        summaries = {s.binding: s for s in plan.bindings}
+        for key, body in snapshot["SecretBinding"].items():
+            namespace, name = key.split("/", 1)
+            ref = f"{namespace}/{name}"
+            mine = [p for p in plan.problems if p.kind == "SecretBinding"
+                    and f"{p.namespace}/{p.name}" == ref]
+            summary = summaries.get(ref)
+            decision = decisions.get(ref)
+            status = _binding_status(body, mine, summary, decision)
+            self._patch(api, "secretbindings", namespace, name, body, status)
+            self._announce(ref, body, mine, decision)
+        matched = {p.policy: p.matched_pods for p in plan.policies}
+        for key, body in snapshot["EnforcementPolicy"].items():
+            name = key.split("/", 1)[1]
+            mine = [p for p in plan.problems if p.kind == "EnforcementPolicy" and p.name == name]
+            old = body.get("status") or {}
+            status = {
+                "observedGeneration": body.get("metadata", {}).get("generation"),
+                "matchedPods": matched.get(name, 0),
+                # Agents report these (the bpf agent issue); keep what they wrote.
+                "nodesEnforcing": old.get("nodesEnforcing", 0),
+                "violations": old.get("violations", 0),
+                "problems": [_problem(p) for p in mine],
+                "conditions": _conditions(old, [("Compiled", not any(
+                    p.severity == "error" for p in mine), "Compiled", "Invalid",
+                    "; ".join(p.message for p in mine) or "compiled")]),
+            }
+            self._patch(api, "enforcementpolicies", None, name, body, status)
+
+    def _patch(self, api: Any, plural: str, namespace: str | None, name: str,
+               body: dict[str, Any], status: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(status, sort_keys=True).encode()).hexdigest()
+        key = f"{plural}/{namespace or ''}/{name}"
+        if self.written.get(key) == digest:
+            return
+        try:
+            if namespace is None:
+                api.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, {"status": status})
+            else:
+                api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
+                                                          {"status": status})
+            self.written[key] = digest
+        except kubernetes.client.ApiException as e:
+            if e.status != 404:  # deleted meanwhile: nothing to say
+                log.warning("status of %s %s/%s not written: HTTP %s", plural, namespace, name, e.status)
+
+    def _announce(self, ref: str, body: dict[str, Any], problems: list[Problem],
+                  decision: Decision | None) -> None:
+        """A Kubernetes Event when a binding's problems or OPA denial change."""
+        lines = [f"{p.path}: {p.message}" for p in problems if p.severity == "error"]
+        if decision is not None and decision.allowed is False:
+            lines += [f"denied by policy: {r}" for r in decision.reasons]
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        if self.announced.get(ref, "") == digest or (not lines and ref not in self.announced):
+            self.announced[ref] = digest
+            return
+        self.announced[ref] = digest
+        meta = body.get("metadata", {})
+        now = datetime.datetime.now(datetime.timezone.utc)
+        event = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta.get('name')}.",
+                                                    namespace=meta.get("namespace")),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="SecretBinding", name=meta.get("name"),
+                namespace=meta.get("namespace"), uid=meta.get("uid")),
+            type="Warning" if lines else "Normal",
+            reason="CompileProblems" if lines else "Compiled",
+            message=("; ".join(lines) or "all problems resolved")[:1000],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=kubernetes.client.V1EventSource(component="cloudtaser-operator"),
+        )
+        try:
+            kubernetes.client.CoreV1Api().create_namespaced_event(meta.get("namespace"), event)
+        except kubernetes.client.ApiException as e:
+            log.warning("event for %s not posted: HTTP %s", ref, e.status)
+
+    # --- webhook configuration -----------------------------------------------------------
+
+    def _apply_webhook(self, plan: Plan) -> None:
+        api = kubernetes.client.AdmissionregistrationV1Api()
+        wanted = webhook_configuration(plan, self.client_config)
+        try:
+            current = api.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+        except kubernetes.client.ApiException as e:
+            if e.status != 404:
+                raise
+            api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]  # dicts serialise as is
+            log.info("webhook configuration created (namespaces: %s)", plan.webhook.namespaces)
+            return
+        client = kubernetes.client.ApiClient()
+        have = client.sanitize_for_serialization(current)
+        if _same_webhooks(have, wanted):
+            return
+        wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
+        api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
+        log.info("webhook configuration updated (namespaces: %s)", plan.webhook.namespaces)
+
+
+def _same_webhooks(have: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Compare what we set; the API server adds defaults we do not manage."""
+    def pick(config: dict[str, Any]) -> Any:
+        return [{k: w.get(k) for k in wanted["webhooks"][0]} for w in config.get("webhooks", [])]
+    return bool(pick(have) == pick(wanted)) and (
+        have["metadata"].get("labels", {}).items() >= wanted["metadata"]["labels"].items())
+
+
+def _problem(p: Problem) -> dict[str, str]:
+    return {"path": p.path, "message": p.message, "severity": p.severity}
+
+
+def _conditions(old: dict[str, Any], wanted: list[tuple[str, bool | None, str, str, str]],
+                generation: int | None = None) -> list[dict[str, Any]]:
+    """Conditions; lastTransitionTime moves only when a condition's status changes."""
+    previous = {c.get("type"): c for c in old.get("conditions", []) if isinstance(c, dict)}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = []
+    for kind, ok, good, bad, message in wanted:
+        status = "Unknown" if ok is None else ("True" if ok else "False")
+        before = previous.get(kind, {})
+        out.append({
+            "type": kind, "status": status, "reason": good if ok else bad, "message": message[:1000],
+            "lastTransitionTime": before.get("lastTransitionTime", now)
+            if before.get("status") == status else now,
+            **({"observedGeneration": generation} if generation is not None else {}),
+        })
+    return out
+
+
+def _binding_status(body: dict[str, Any], problems: list[Problem], summary: Any,
+                    decision: Decision | None) -> dict[str, Any]:
+    generation = body.get("metadata", {}).get("generation")
+    errors = [p for p in problems if p.severity == "error"]
+    invalid = summary is None and decision is None
+    if invalid:
+        compiled = (False, "InvalidSpec", "; ".join(f"{p.path}: {p.message}" for p in errors))
+    elif errors:
+        compiled = (False, "Conflict", "; ".join(f"{p.path}: {p.message}" for p in errors))
+    else:
+        compiled = (True, "Compiled", "compiled without errors")
+    if decision is None:
+        allowed: tuple[bool | None, str, str] = (None, "NotEvaluated", "the spec is invalid")
+    elif decision.allowed is None:
+        allowed = (None, "OPAUnavailable", "; ".join(decision.reasons))
+    elif decision.allowed:
+        allowed = (True, "Allowed", "; ".join(decision.reasons) or "allowed by policy")
+    else:
+        allowed = (False, "Denied", "; ".join(decision.reasons))
+    ready = compiled[0] is True and allowed[0] is True
+    not_ready = compiled if compiled[0] is not True else allowed
+    return {
+        "observedGeneration": generation,
+        "matchedPods": summary.matched_pods if summary else 0,
+        "injectedPods": summary.injected_pods if summary else 0,
+        "secrets": summary.secrets if summary else 0,
+        "problems": [_problem(p) for p in problems],
+        "conditions": _conditions({"conditions": (body.get("status") or {}).get("conditions", [])}, [
+            ("Compiled", compiled[0], "Compiled", compiled[1], compiled[2]),
+            ("PolicyAllowed", allowed[0], "Allowed", allowed[1], allowed[2]),
+            ("Ready", ready, "Ready", str(not_ready[1]),
+             "secrets are delivered to selected pods" if ready else str(not_ready[2])),
+        ], generation),
+    }
+
+
+def registry(op: Operator, host: str, port: int, cert: str, key: str) -> kopf.OperatorRegistry:
+    """kopf handlers bound to one Operator (no module-level decorators: testable, explicit)."""
+    reg = kopf.OperatorRegistry()
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=reg)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 300
+        kubernetes.config.load_kube_config()
+        await serving.start(op.holder, host, port, cert, key)
+        tasks.append(asyncio.create_task(op.run()))
+
+    @kopf.on.login(registry=reg)
+    def login(**kwargs: Any) -> Any:
+        # In a pod: the service account; elsewhere: $KUBECONFIG (kopf's own reader).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.cleanup(registry=reg)
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+
+    @kopf.on.probe(id="compiled", registry=reg)
+    def compiled(**_: Any) -> bool:
+        return op.ready
+
+    for kind, resource in (("SecretBinding", (GROUP, VERSION, "secretbindings")),
+                           ("EnforcementPolicy", (GROUP, VERSION, "enforcementpolicies")),
+                           ("Pod", ("", "v1", "pods")), ("Namespace", ("", "v1", "namespaces"))):
+        def handler(body: Any, type: str | None, _kind: str = kind, **_: Any) -> None:
+            op.observe(_kind, type, dict(body))
+        kopf.on.event(*resource, registry=reg, id=f"observe-{kind.lower()}")(handler)
+
+    def webhook_changed(**_: Any) -> None:
+        op.changed.set()  # someone edited or deleted our configuration: re-derive it
+
+    kopf.on.event("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                  field="metadata.name", value=WEBHOOK_CONFIGURATION, registry=reg,
+                  id="webhook-drift")(webhook_changed)
+    return reg
+
+
+def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str | None) -> None:
+    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key), clusterwide=True,
+                              standalone=True, liveness_endpoint=liveness))
+
+
+__all__ = ["Operator", "run", "EnforcementPolicy"]

@@ -1,0 +1,166 @@
+"""The operator against the real API server and OPA: status that tells the truth, the OPA gate,
+the webhook configuration kept equal to the Plan (drift repaired), and a restart that derives
+the same statuses and configuration."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudtaser import stacking
+from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
+from tests.conftest import binding_doc, pod_doc
+
+pytestmark = pytest.mark.e2e
+PORT = 18444
+NS = "operator-e2e"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # the object may not exist yet
+            last = e
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def start_operator(stack: stacking.Paths) -> subprocess.Popen[str]:
+    pair = CertificateAuthority(stack.pki).issue("operator", "cloudtaser-operator", server=True,
+                                                 hosts=("127.0.0.1",))
+    exe = Path(sys.executable).parent / "cloudtaser"
+    env = stacking.environment(stack)
+    return subprocess.Popen(
+        [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
+         "--ca-file", str(stack.ca), "--port", str(PORT),
+         "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}"],
+        env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.terminate()
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return err
+
+
+@pytest.fixture(scope="module")
+def operator(stack: stacking.Paths, kubectl: Any) -> Iterator[subprocess.Popen[str]]:
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": NS}},
+    ]))
+    process = start_operator(stack)
+    try:
+        yield process
+    finally:
+        err = stop(process)
+        kubectl("delete", "sb", "--all", "-n", NS, "--wait=false")
+        kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
+        assert "Traceback" not in err, err[-3000:]
+
+
+def sb(kubectl: Any, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(kubectl("get", "sb", name, "-n", NS, "-o", "json"))
+    return found
+
+
+def conditions(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in body.get("status", {}).get("conditions", [])}
+
+
+def test_ready_binding_status_counts_and_webhook_scope(operator: Any, kubectl: Any) -> None:
+    doc = binding_doc("shop", NS)
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    body = wait_for(lambda: (b := sb(kubectl, "shop")) and conditions(b).get("Ready") == ("True", "Ready") and b,
+                    what="Ready=True")
+    assert conditions(body)["PolicyAllowed"] == ("True", "Allowed")
+    assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
+    assert body["status"]["secrets"] == 1 and body["status"]["matchedPods"] == 0
+    hook = wait_for(lambda: json.loads(kubectl("get", "mutatingwebhookconfiguration",
+                                               WEBHOOK_CONFIGURATION, "-o", "json")), what="webhook")
+    selector = hook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]
+    assert NS in selector["values"] and "kube-system" not in selector["values"]
+    # a matching pod, injected by the operator's own webhook, is counted
+    pod = pod_doc(f"shop-{secrets.token_hex(3)}", NS, labels={"app": "shop"})
+    pod["spec"]["serviceAccountName"] = "app"
+    kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
+    body = wait_for(lambda: (b := sb(kubectl, "shop"))["status"]["matchedPods"] == 1 and b,
+                    what="matchedPods=1")
+    assert body["status"]["injectedPods"] == 1
+    header = kubectl("get", "sb", "shop", "-n", NS).splitlines()
+    assert header[1].split()[:4] == ["shop", "True", "1", "1"]
+    kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
+    wait_for(lambda: sb(kubectl, "shop")["status"]["matchedPods"] == 0, what="matchedPods=0")
+
+
+def test_opa_denial_is_a_condition_and_keeps_the_binding_out(operator: Any, kubectl: Any) -> None:
+    doc = binding_doc("preload", NS, selector={"matchLabels": {"app": "preload"}})
+    doc["spec"]["secrets"][0]["keys"][0]["env"] = "LD_PRELOAD"
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    body = wait_for(lambda: (b := sb(kubectl, "preload")) and conditions(b).get("PolicyAllowed", ("",))[0] == "False" and b,
+                    what="PolicyAllowed=False")
+    allowed = next(c for c in body["status"]["conditions"] if c["type"] == "PolicyAllowed")
+    assert allowed["reason"] == "Denied" and "LD_PRELOAD changes how programs start" in allowed["message"]
+    assert conditions(body)["Ready"] == ("False", "Denied")
+    wait_for(lambda: "denied by policy" in kubectl(
+        "get", "events", "-n", NS, "--field-selector", "involvedObject.name=preload"),
+        what="a Warning event on the binding")
+
+
+def test_conflict_names_the_other_binding(operator: Any, kubectl: Any) -> None:
+    for name in ("alpha", "beta"):
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+            binding_doc(name, NS, selector={"matchLabels": {"app": "dup"}})))
+    pod = pod_doc(f"dup-{secrets.token_hex(3)}", NS, labels={"app": "dup"})
+    pod["spec"]["serviceAccountName"] = "app"
+    kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
+    body = wait_for(lambda: (b := sb(kubectl, "beta")) and b["status"].get("problems") and b,
+                    what="problems on beta")
+    problem = body["status"]["problems"][0]
+    assert problem["path"] == "spec.secrets[0].keys[0].env"
+    assert f"SecretBinding {NS}/alpha" in problem["message"]
+    assert conditions(body)["Compiled"] == ("False", "Conflict")
+    kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
+
+
+def test_drift_is_repaired_and_restart_derives_the_same(stack: stacking.Paths, operator: Any,
+                                                       kubectl: Any) -> None:
+    def config() -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(kubectl("get", "mutatingwebhookconfiguration",
+                                                   WEBHOOK_CONFIGURATION, "-o", "json"))
+        return found
+
+    before = wait_for(config, what="webhook")["webhooks"]
+    kubectl("patch", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]))
+    wait_for(lambda: config()["webhooks"][0]["failurePolicy"] == "Fail", what="drift repaired")
+    statuses = {n: sb(kubectl, n)["status"] for n in ("shop", "preload", "alpha", "beta")}
+    stop(operator)
+    restarted = start_operator(stack)
+    try:
+        time.sleep(3)
+        wait_for(lambda: all(sb(kubectl, n)["status"] == statuses[n] for n in statuses),
+                 what="identical statuses after restart")
+        assert config()["webhooks"] == before
+    finally:
+        stop(restarted)
