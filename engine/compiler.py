@@ -359,6 +359,11 @@ class IncrementalCompiler:
             lambda: defaultdict(set)
         )
         self._ns_pods: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        # namespace -> first matchLabels pair -> binding refs (bindings without matchLabels
+        # under None): the candidate index for pods, as the admission path needs it.
+        self._binding_index: dict[str, dict[tuple[str, str] | None, set[str]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
         # Parts every pod plan shares (plan models are never mutated after construction).
         self._bundle_volume = VolumePlan(
             name=BUNDLE_VOLUME,
@@ -398,6 +403,7 @@ class IncrementalCompiler:
             compiled = compile_binding(binding)
             self._bindings[compiled.ref] = compiled
             self._by_namespace[compiled.namespace].add(compiled.ref)
+            self._index_binding(compiled)
             for key in self._select(compiled):
                 self._pods[key].bindings.add(compiled.ref)
         for entry in self._pods.values():
@@ -410,8 +416,11 @@ class IncrementalCompiler:
         compiled = compile_binding(binding)
         old = self._bindings.get(compiled.ref)
         affected = set(self._select(old)) if old else set()
+        if old:
+            self._unindex_binding(old)
         self._bindings[compiled.ref] = compiled
         self._by_namespace[compiled.namespace].add(compiled.ref)
+        self._index_binding(compiled)
         now = set(self._select(compiled))
         for key in affected - now:
             self._pods[key].bindings.discard(compiled.ref)
@@ -425,6 +434,7 @@ class IncrementalCompiler:
         if old is None:
             return []
         self._by_namespace[old.namespace].discard(ref)
+        self._unindex_binding(old)
         affected = set(self._select(old))
         for key in affected:
             self._pods[key].bindings.discard(ref)
@@ -451,9 +461,7 @@ class IncrementalCompiler:
     def set_pod(self, pod: Pod) -> PodPlan | None:
         self.remove_pod(*_pod_key(pod))
         entry = self._add_pod(pod)
-        for ref in self._by_namespace.get(entry.namespace, ()):
-            if self._selects(self._bindings[ref], pod):
-                entry.bindings.add(ref)
+        entry.bindings.update(self._bindings_for(entry.namespace, pod))
         self._replan(entry)
         return entry.plan
 
@@ -471,9 +479,7 @@ class IncrementalCompiler:
         """The plan for a pod not (yet) in the state, e.g. one under admission."""
         namespace = pod.metadata.namespace or "default"
         entry = _PodEntry(pod=pod, namespace=namespace, key=_pod_key(pod))
-        for ref in self._by_namespace.get(namespace, ()):
-            if self._selects(self._bindings[ref], pod):
-                entry.bindings.add(ref)
+        entry.bindings.update(self._bindings_for(namespace, pod))
         return self._build_plan(entry)
 
     def plan(self) -> Plan:
@@ -582,6 +588,29 @@ class IncrementalCompiler:
         for item in pod.metadata.labels.items():
             self._label_index[key[0]][item].add(key)
         return entry
+
+    @staticmethod
+    def _index_key(compiled: CompiledBinding) -> tuple[str, str] | None:
+        labels = compiled.binding.spec.selector.match_labels
+        return min(labels.items()) if labels else None
+
+    def _index_binding(self, compiled: CompiledBinding) -> None:
+        self._binding_index[compiled.namespace][self._index_key(compiled)].add(compiled.ref)
+
+    def _unindex_binding(self, compiled: CompiledBinding) -> None:
+        self._binding_index[compiled.namespace][self._index_key(compiled)].discard(compiled.ref)
+
+    def _bindings_for(self, namespace: str, pod: Pod) -> list[str]:
+        """Refs of the bindings selecting ``pod``: candidates from the index, then checked."""
+        if not _wants_injection(pod):
+            return []
+        index = self._binding_index.get(namespace)
+        if not index:
+            return []
+        candidates = set(index.get(None, ()))
+        for item in pod.metadata.labels.items():
+            candidates.update(index.get(item, ()))
+        return [ref for ref in candidates if self._selects(self._bindings[ref], pod)]
 
     def _selects(self, compiled: CompiledBinding, pod: Pod) -> bool:
         return _wants_injection(pod) and compiled.binding.spec.selector.matches(
