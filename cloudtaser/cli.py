@@ -453,6 +453,8 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
     logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
     ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
     url = webhook_url or f"https://{host}:{port}/mutate-v1-pod"
+    from cloudtaser.injector.resolving import Resolver
+
     op = operating.Operator(client_config={"url": url, "caBundle": ca}, opa_url=opa_url,
-                            holder=serving.Holder())
+                            holder=serving.Holder(resolver=Resolver()))
     operating.run(op, host, port, tls_cert, tls_key, liveness)

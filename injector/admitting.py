@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from cloudtaser.engine.fields import validation_problems
 from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.patches import ImageEntrypoint, pod_patch
 from cloudtaser.engine.plans import InjectorSettings
+from cloudtaser.injector.resolving import ResolveError
 
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit for objects
 
@@ -45,12 +47,31 @@ def _response(uid: str, allowed: bool, **extra: Any) -> Answer:
     })
 
 
+def _entrypoints(pod: Pod, containers: set[str],
+                 resolve: Callable[[str], ImageEntrypoint]) -> tuple[dict[str, ImageEntrypoint], list[str]]:
+    """Image ENTRYPOINT/CMD for the injected containers that set no command."""
+    found: dict[str, ImageEntrypoint] = {}
+    errors = []
+    for index, container in enumerate(pod.spec.containers):
+        if container.name not in containers or container.command or not container.image:
+            continue
+        try:
+            found[container.name] = resolve(container.image)
+        except ResolveError as e:
+            errors.append(f"spec.containers[{index}]: {e}; set command so the wrapper knows "
+                          "what to start")
+    return found, errors
+
+
 def admit(
     body: bytes,
     compiler: IncrementalCompiler,
     settings: InjectorSettings,
     entrypoints: dict[str, ImageEntrypoint] | None = None,
+    resolve: Callable[[str], ImageEntrypoint] | None = None,
 ) -> Answer:
+    """``resolve`` (blocking: registry I/O) fills ``entrypoints`` for containers without a
+    command; without it such a container is refused."""
     if len(body) > MAX_BODY:
         return _bad_request("AdmissionReview too large")
     try:
@@ -83,6 +104,12 @@ def admit(
     plan = compiler.plan_pod(pod)
     if plan is None:
         return _response(uid, True)
+    if resolve is not None:
+        resolved, errors = _entrypoints(pod, {c.name for c in plan.containers}, resolve)
+        if errors:
+            return _response(uid, False, status={"code": 403, "reason": "Forbidden",
+                                                 "message": "cloudtaser: " + "; ".join(errors)})
+        entrypoints = {**resolved, **(entrypoints or {})}
     result = pod_patch(pod, plan, settings, entrypoints)
     if result.problems:
         message = "; ".join(f"{p.path}: {p.message}" for p in result.problems)

@@ -7,6 +7,7 @@ one (or update it in place) without restarting the server. TLS only.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from cloudtaser.engine.compiler import IncrementalCompiler
 from cloudtaser.engine.plans import InjectorSettings
 from cloudtaser.engine.webhooks import WEBHOOK_PATH
 from cloudtaser.injector.admitting import MAX_BODY, admit
+from cloudtaser.injector.resolving import Resolver
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Holder:
 
     compiler: IncrementalCompiler | None = None
     settings: InjectorSettings = field(default_factory=InjectorSettings)
+    # Reads ENTRYPOINT/CMD from the registry for containers without a command (anonymous
+    # pulls; imagePullSecrets support comes with the operator's Secret reader).
+    resolver: Resolver | None = None
 
 
 def application(holder: Holder) -> web.Application:
@@ -31,7 +36,12 @@ def application(holder: Holder) -> web.Application:
         if holder.compiler is None:
             return web.json_response({"error": "not ready: no compiled state yet"}, status=503)
         body = await request.read()
-        answer = admit(body, holder.compiler, holder.settings)
+        if holder.resolver is None:
+            answer = admit(body, holder.compiler, holder.settings)
+        else:  # registry I/O blocks: off the event loop
+            resolver = holder.resolver
+            answer = await asyncio.to_thread(admit, body, holder.compiler, holder.settings,
+                                             None, lambda image: resolver.resolve(image))
         return web.json_response(answer.body, status=answer.status)
 
     async def healthz(_: web.Request) -> web.Response:

@@ -133,3 +133,31 @@ def test_any_field_of_any_type_never_raises() -> None:
             node[path[-1]] = replacement
             status, answer = decide(broken)
             assert status in (200, 400), (path, replacement)
+
+
+def test_entrypoint_comes_from_the_resolver_or_the_pod_is_denied_with_its_reason() -> None:
+    from cloudtaser.engine.patches import ImageEntrypoint
+    from cloudtaser.injector.resolving import PermanentResolveError
+
+    pod = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "registry.test/app:1"}])
+    images: list[str] = []
+
+    def resolve(image: str) -> ImageEntrypoint:
+        images.append(image)
+        return ImageEntrypoint(entrypoint=["/entry"], cmd=["serve"])
+
+    answer = admit(json.dumps(review(json.loads(json.dumps(pod)))).encode(), COMPILER, SETTINGS,
+                   resolve=resolve)
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer.body["response"]["patch"])))
+    assert images == ["registry.test/app:1"]
+    assert patched["spec"]["containers"][0]["command"] == ["/cloudtaser/wrapper", "--", "/entry"]
+    assert patched["spec"]["containers"][0]["args"] == ["serve"]
+
+    def unreachable(image: str) -> ImageEntrypoint:
+        raise PermanentResolveError(image, "manifest unknown (HTTP 404)")
+
+    answer = admit(json.dumps(review(pod)).encode(), COMPILER, SETTINGS, resolve=unreachable)
+    assert answer.body["response"]["allowed"] is False
+    assert answer.body["response"]["status"]["message"] == (
+        "cloudtaser: spec.containers[0]: could not resolve the entrypoint of registry.test/app:1: "
+        "manifest unknown (HTTP 404); set command so the wrapper knows what to start")
