@@ -1,0 +1,314 @@
+"""The node agent (tracepoint backend): registration socket, kernel maps, violation log.
+
+Registration protocol v1 (client: cloudtaser.wrapper.registering): one JSON line
+``{"op": "register", "version": 1}``; the caller's PID comes from SO_PEERCRED, never from the
+message, so a process can register only itself; the answer is one JSON line
+``{"ok": true, "backend": "tracepoint"}`` or ``{"ok": false, "error": "..."}``.
+
+The agent writes (tgid -> start time, flags) into the pinned ``protected`` map; the BPF side
+protects forked children and removes entries on exit. The flags come from the constructor for
+now; deriving them per pod (PID -> cgroup -> pod -> the engine's BpfEntry) is the next step.
+Violations arrive on the ring buffer and are logged (they never carry secret data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudtaser.bpf import layouts
+from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
+from cloudtaser.engine.plans import ProtectionFlag
+from cloudtaser.errors import PermanentError
+
+log = logging.getLogger("cloudtaser.bpf.agent")
+
+BACKEND = "tracepoint"
+SO_PEERPIDFD = 77  # Linux >= 6.5; absent from Python 3.11's socket module
+DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
+DEFAULT_FLAGS = (
+    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.PIDFD_GETFD
+)
+KNOWN_FLAGS = int(sum(ProtectionFlag))
+MAX_MESSAGE = 4096
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    action: str
+    target_tgid: int
+    opener_tgid: int
+    opener_pid: int
+    opener_uid: int
+    opener_comm: str
+    flags: int
+
+    @classmethod
+    def from_record(cls, data: bytes) -> Violation:
+        ev = layouts.Event.from_buffer_copy(data[: ctypes.sizeof(layouts.Event)])
+        try:
+            kind = layouts.EventKind(ev.kind).name.lower()
+        except ValueError:
+            kind = f"unknown-{ev.kind}"
+        return cls(
+            kind=kind,
+            action="killed" if ev.action == layouts.Action.KILLED else "audited",
+            target_tgid=ev.target_tgid,
+            opener_tgid=ev.opener_tgid,
+            opener_pid=ev.opener_pid,
+            opener_uid=ev.opener_uid,
+            opener_comm=ev.comm.decode(errors="replace"),
+            flags=ev.flags,
+        )
+
+
+def start_time_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: start time in clock ticks since boot."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = stat[stat.rindex(b")") + 2 :].split()
+    return int(rest[22 - 3])
+
+
+def default_object() -> Path:
+    """The object scripts/build-bpf produced for the current sources (builds if needed)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-bpf"
+    try:
+        out = subprocess.run([str(script)], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise PermanentError(f"cannot build the BPF object: {detail.strip()[-300:]}") from None
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+class Agent:
+    def __init__(
+        self,
+        socket_path: str | Path = DEFAULT_SOCKET,
+        object_path: Path | None = None,
+        flags: int = int(DEFAULT_FLAGS),
+        pin_dir: Path = DEFAULT_PIN_DIR,
+        on_violation: Callable[[Violation], None] | None = None,
+    ) -> None:
+        if flags & ~KNOWN_FLAGS:
+            raise PermanentError(f"unknown protection flag bits: {flags & ~KNOWN_FLAGS:#x}")
+        self.socket_path = Path(socket_path)
+        self.object_path = object_path
+        self.flags = flags
+        self.pin_dir = pin_dir
+        self.on_violation = on_violation
+        self.loaded: Loaded | None = None
+        self._ring: RingBuffer | None = None
+        self._server: socket.socket | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.load_seconds = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        path = self.object_path or default_object()
+        t0 = time.monotonic()
+        self.loaded = load(path, pin_dir=self.pin_dir)
+        self.load_seconds = time.monotonic() - t0
+        log.info(
+            "loaded %d programs from %s in %.3f s (backend %s, maps pinned in %s)",
+            len(self.loaded.programs), path, self.load_seconds, BACKEND, self.pin_dir,
+        )
+        self._ring = self.loaded.ring_buffer("events", self._on_record)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.is_socket():
+            self.socket_path.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.socket_path))
+        os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not from access
+        server.listen(64)
+        server.settimeout(0.2)
+        self._server = server
+        self._stop.clear()
+        for target, name in ((self._serve, "agent-socket"), (self._poll, "agent-events")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop serving; pinned maps and links stay, so protection continues."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+        if self._ring is not None:
+            self._ring.poll(0)  # deliver what is already queued
+            self._ring.free()
+            self._ring = None
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- maps -------------------------------------------------------------------------------
+
+    def protect(self, pid: int, flags: int | None = None) -> int:
+        """Write the entry for process ``pid`` (a tgid); returns its start time."""
+        assert self.loaded is not None, "agent not started"
+        start = start_time_ticks(pid)
+        entry = layouts.ProtectedEntry(start_time=start, flags=self.flags if flags is None else flags)
+        self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
+        return start
+
+    def entry(self, pid: int) -> layouts.ProtectedEntry | None:
+        assert self.loaded is not None, "agent not started"
+        value = layouts.ProtectedEntry()
+        return value if self.loaded.map("protected").lookup(ctypes.c_uint32(pid), value) else None
+
+    # -- registration -----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            with conn:
+                try:
+                    answer = self._register(conn)
+                except Exception as e:  # a bad client must not take the agent down
+                    log.warning("registration failed: %s", e)
+                    answer = {"ok": False, "error": "internal error"}
+                try:
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    pass
+
+    def _register(self, conn: socket.socket) -> dict[str, object]:
+        conn.settimeout(2.0)
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        pidfd = self._peer_pidfd(conn)
+        try:
+            line = conn.makefile("rb").readline(MAX_MESSAGE)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                return {"ok": False, "error": "request is not one JSON line"}
+            if not isinstance(msg, dict) or msg.get("op") != "register":
+                return {"ok": False, "error": "unknown op (expected register)"}
+            if msg.get("version") != 1:
+                return {"ok": False, "error": "unsupported protocol version (expected 1)"}
+            if pid <= 0:
+                return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
+            assert self.loaded is not None
+            start = self.protect(pid)
+            if pidfd is not None:
+                # The pid was read from the connection; a pidfd taken at the same time proves
+                # the start time read afterwards is of the same process (no reuse meanwhile).
+                try:
+                    signal.pidfd_send_signal(pidfd, 0)
+                except ProcessLookupError:
+                    self.loaded.map("protected").delete(ctypes.c_uint32(pid))
+                    return {"ok": False, "error": "caller exited during registration"}
+            log.info("registered pid %d (uid %d, start %d, flags %#x)", pid, uid, start, self.flags)
+            return {"ok": True, "backend": BACKEND}
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    @staticmethod
+    def _peer_pidfd(conn: socket.socket) -> int | None:
+        try:
+            fd: int = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
+            return fd
+        except OSError:
+            return None
+
+    # -- violations -------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            ring = self._ring
+            if ring is None:
+                return
+            ring.poll(200)
+
+    def _on_record(self, data: bytes) -> None:
+        v = Violation.from_record(data)
+        log.warning(
+            "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r): %s",
+            v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm, v.action,
+        )
+        if self.on_violation is not None:
+            self.on_violation(v)
+
+
+def parse_flags(text: str) -> int:
+    """``environ,mem,ptrace`` (names of ProtectionFlag, any case) or a number."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    value = 0
+    for name in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            value |= ProtectionFlag[name.upper()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"unknown protection {name!r}") from None
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cloudtaser-bpf-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", default=DEFAULT_SOCKET)
+    parser.add_argument("--object", type=Path, default=None, help="protect.bpf.o (default: build it)")
+    parser.add_argument("--pin-dir", type=Path, default=DEFAULT_PIN_DIR)
+    parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    agent = Agent(args.socket, args.object, args.flags, args.pin_dir)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        agent.start()
+    except PermanentError as e:
+        print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
+        return 1
+    print(f"ready: {args.socket}", flush=True)
+    done.wait()
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""A small ctypes binding to the system's libbpf (Debian's libbpf1, ``libbpf.so.1``).
+
+Only what the node agent needs: open a CO-RE object, pin its maps (reusing pinned maps from an
+earlier run, so policy survives the agent's restart), load, attach every program and pin the
+links (so enforcement continues while the agent is down), map element access, and ring-buffer
+polling with a Python callback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudtaser.errors import PermanentError
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/cloudtaser")
+BPFFS = Path("/sys/fs/bpf")
+BPF_FS_MAGIC = 0xCAFE4A11
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+SampleFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+Key = ctypes.c_uint32 | ctypes.Structure
+
+
+class BpfError(PermanentError):
+    """libbpf or the kernel refused an operation (message names which one and why)."""
+
+
+def _lib() -> ctypes.CDLL:
+    name = "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        found = ctypes.util.find_library("bpf")
+        if not found:
+            raise BpfError("libbpf.so.1 not found: install the Debian package 'libbpf1'") from None
+        lib = ctypes.CDLL(found, use_errno=True)
+    vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    sigs: dict[str, tuple[type | None, list[type]]] = {
+        "bpf_object__open_file": (vp, [cp, vp]),
+        "bpf_object__load": (ci, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__next_program": (vp, [vp, vp]),
+        "bpf_object__next_map": (vp, [vp, vp]),
+        "bpf_object__find_map_by_name": (vp, [vp, cp]),
+        "bpf_program__name": (cp, [vp]),
+        "bpf_program__attach": (vp, [vp]),
+        "bpf_map__name": (cp, [vp]),
+        "bpf_map__fd": (ci, [vp]),
+        "bpf_map__set_pin_path": (ci, [vp, cp]),
+        "bpf_map__reuse_fd": (ci, [vp, ci]),
+        "bpf_link__pin": (ci, [vp, cp]),
+        "bpf_link__destroy": (ci, [vp]),
+        "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
+        "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
+        "bpf_map_delete_elem": (ci, [ci, vp]),
+        "bpf_map_get_next_key": (ci, [ci, vp, vp]),
+        "bpf_obj_get": (ci, [cp]),
+        "ring_buffer__new": (vp, [ci, SampleFn, vp, vp]),
+        "ring_buffer__poll": (ci, [vp, ci]),
+        "ring_buffer__free": (None, [vp]),
+        "libbpf_get_error": (ctypes.c_long, [vp]),
+    }
+    for fname, (res, args) in sigs.items():
+        fn = getattr(lib, fname)
+        fn.restype = res
+        fn.argtypes = args
+    return lib
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def lib() -> ctypes.CDLL:
+    global _LIB
+    if _LIB is None:
+        _LIB = _lib()
+    return _LIB
+
+
+def _fail(what: str, err: int | None = None) -> BpfError:
+    code = abs(err) if err else ctypes.get_errno()
+    return BpfError(f"{what}: {os.strerror(code) if code else 'failed'}")
+
+
+def check_kallsyms(
+    symbols: tuple[str, ...] = ("environ_open", "mem_open"), kallsyms: str = "/proc/kallsyms"
+) -> None:
+    """Refuse to run when kernel symbol addresses are hidden (no CAP_SYSLOG).
+
+    libbpf would resolve the typeless ``__ksym``s to 0 and the f_op comparison would silently
+    never match: the agent would run and protect nothing.
+    """
+    wanted = set(symbols)
+    found: dict[str, int] = {}
+    try:
+        with open(kallsyms, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in wanted:
+                    found[parts[2]] = int(parts[0], 16)
+                    if len(found) == len(wanted):
+                        break
+    except OSError as e:
+        raise BpfError(f"cannot read {kallsyms}: {e.strerror}") from None
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise BpfError(f"kernel symbols missing from /proc/kallsyms: {', '.join(missing)}")
+    if any(addr == 0 for addr in found.values()):
+        raise BpfError(
+            "/proc/kallsyms shows zero addresses (the agent lacks CAP_SYSLOG or "
+            "kernel.kptr_restrict=2): the procfs checks could never match; refusing to start"
+        )
+
+
+def ensure_bpffs(root: Path = BPFFS) -> None:
+    """Mount bpffs at /sys/fs/bpf when it is not mounted yet."""
+    if _is_bpffs(root):
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", str(root).encode(), b"bpf", 0, None) != 0:
+        raise _fail(f"mount -t bpf bpf {root}")
+
+
+def _is_bpffs(path: Path) -> bool:
+    # statfs f_type is the first field (long) of struct statfs on x86_64.
+    buf = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(str(path).encode(), buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value == BPF_FS_MAGIC
+
+
+@dataclass
+class Map:
+    name: str
+    fd: int
+
+    def update(self, key: Key, value: ctypes.Structure, flags: int = BPF_ANY) -> None:
+        if lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags) != 0:
+            raise _fail(f"update of map {self.name}")
+
+    def lookup(self, key: Key, value: ctypes.Structure) -> bool:
+        """Fill ``value``; False when the key is absent."""
+        if lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0:
+            return True
+        if ctypes.get_errno() == 2:
+            return False
+        raise _fail(f"lookup in map {self.name}")
+
+    def delete(self, key: Key) -> bool:
+        if lib().bpf_map_delete_elem(self.fd, ctypes.byref(key)) == 0:
+            return True
+        if ctypes.get_errno() == 2:
+            return False
+        raise _fail(f"delete from map {self.name}")
+
+    def keys_u32(self) -> Iterator[int]:
+        prev = ctypes.c_uint32()
+        nxt = ctypes.c_uint32()
+        first = True
+        while True:
+            rc = lib().bpf_map_get_next_key(self.fd, None if first else ctypes.byref(prev), ctypes.byref(nxt))
+            if rc != 0:
+                return
+            yield nxt.value
+            prev.value = nxt.value
+            first = False
+
+
+@dataclass
+class Loaded:
+    """A loaded object with attached (and, if pinned, persistent) programs."""
+
+    obj: int
+    pin_dir: Path | None
+    programs: list[str]
+    links: list[int] = field(default_factory=list)
+    rings: list[tuple[int, object]] = field(default_factory=list)
+
+    def map(self, name: str) -> Map:
+        m = lib().bpf_object__find_map_by_name(self.obj, name.encode())
+        if not m:
+            raise BpfError(f"no map named {name} in the BPF object")
+        fd = lib().bpf_map__fd(m)
+        if fd < 0:
+            raise BpfError(f"map {name} has no fd (not loaded)")
+        return Map(name, fd)
+
+    def ring_buffer(self, name: str, callback: Callable[[bytes], None]) -> RingBuffer:
+        return RingBuffer(self.map(name), callback)
+
+    def close(self) -> None:
+        """Release our references; pinned maps and links stay (enforcement continues)."""
+        for link in self.links:
+            lib().bpf_link__destroy(link)
+        self.links.clear()
+        if self.obj:
+            lib().bpf_object__close(self.obj)
+            self.obj = 0
+
+
+class RingBuffer:
+    """``ring_buffer__new`` on one ringbuf map; ``poll`` calls ``callback`` with each record."""
+
+    def __init__(self, ringmap: Map, callback: Callable[[bytes], None]) -> None:
+        def sample(_ctx: int | None, data: int | None, size: int) -> int:
+            try:
+                callback(ctypes.string_at(data or 0, size))
+            except Exception:  # never unwind through C; the agent logs inside its callback
+                return 0
+            return 0
+
+        self._cb = SampleFn(sample)  # keep a reference for as long as the C side may call it
+        self._rb = lib().ring_buffer__new(ringmap.fd, self._cb, None, None)
+        if not self._rb:
+            raise _fail(f"ring_buffer__new on {ringmap.name}")
+
+    def poll(self, timeout_ms: int) -> int:
+        if not self._rb:
+            return 0
+        n = int(lib().ring_buffer__poll(self._rb, timeout_ms))
+        if n < 0 and n != -4:  # -EINTR is fine
+            raise _fail("ring_buffer__poll", n)
+        return max(n, 0)
+
+    def free(self) -> None:
+        if self._rb:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None
+
+
+def _programs(obj: int) -> Iterator[tuple[int, str]]:
+    prog = lib().bpf_object__next_program(obj, None)
+    while prog:
+        yield prog, lib().bpf_program__name(prog).decode()
+        prog = lib().bpf_object__next_program(obj, prog)
+
+
+def load(
+    path: Path,
+    pin_dir: Path | None = DEFAULT_PIN_DIR,
+    pinned_maps: tuple[str, ...] = ("protected", "events", "ptrace_victims"),
+) -> Loaded:
+    """Open, load and attach every program of the object at ``path``.
+
+    With ``pin_dir``: the named maps are pinned under ``pin_dir/maps`` (an existing pin of the
+    same definition is reused, keeping its entries) and each program's link under
+    ``pin_dir/links``, replacing the links of an earlier run only after the new ones are
+    attached, so there is no unprotected gap.
+    """
+    check_kallsyms()
+    if not path.is_file():
+        raise BpfError(f"BPF object not found: {path} (build it with scripts/build-bpf)")
+    lb = lib()
+    obj = lb.bpf_object__open_file(str(path).encode(), None)
+    if not obj:
+        raise _fail(f"open of BPF object {path}")
+    loaded = Loaded(obj=obj, pin_dir=pin_dir, programs=[])
+    try:
+        if pin_dir is not None:
+            ensure_bpffs()
+            (pin_dir / "maps").mkdir(parents=True, exist_ok=True)
+            (pin_dir / "links").mkdir(parents=True, exist_ok=True)
+            for name in pinned_maps:
+                m = lb.bpf_object__find_map_by_name(obj, name.encode())
+                if not m:
+                    raise BpfError(f"no map named {name} in {path}")
+                if lb.bpf_map__set_pin_path(m, str(pin_dir / "maps" / name).encode()) != 0:
+                    raise _fail(f"pin path for map {name}")
+        rc = lb.bpf_object__load(obj)
+        if rc != 0:
+            raise _fail(
+                f"load of {path} (verifier or pinned-map mismatch; "
+                f"remove {pin_dir}/maps after an incompatible upgrade)",
+                rc,
+            )
+        for prog, name in _programs(obj):
+            link = lb.bpf_program__attach(prog)
+            if not link or lb.libbpf_get_error(link):
+                raise _fail(f"attach of program {name}")
+            loaded.links.append(link)
+            loaded.programs.append(name)
+        if pin_dir is not None:
+            for link, name in zip(loaded.links, loaded.programs):
+                pin = pin_dir / "links" / name
+                if pin.exists():
+                    pin.unlink()  # the earlier run's link: detached once unpinned
+                rc = lb.bpf_link__pin(link, str(pin).encode())
+                if rc != 0:
+                    raise _fail(f"pin of link {name}", rc)
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded
+
+
+def unpin(pin_dir: Path = DEFAULT_PIN_DIR) -> None:
+    """Remove every pin (links detach, maps are freed once unused): uninstall, not restart."""
+    if pin_dir.exists():
+        shutil.rmtree(pin_dir)

@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cloudtaser tracepoint backend: protects registered processes from being read by others.
+ *
+ * Policy reaches this program only through maps: `protected` (tgid -> start time + flags),
+ * written by the node agent on registration and by the fork hook below. Violations are
+ * reported on the `events` ring buffer and, unless the entry is audit-only, the offender is
+ * killed with bpf_send_signal(SIGKILL): tracepoints cannot deny a syscall, but a pending
+ * SIGKILL makes the kernel's remote reads (environ, mem, process_vm_*) bail out and the
+ * offender never returns to user space with the data.
+ *
+ * PID reuse: entries are keyed by tgid and carry the task's start time in clock ticks since
+ * boot (the same number as field 22 of /proc/PID/stat); an entry counts only while the live
+ * task's start time matches it.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Mirror of cloudtaser.engine.plans.ProtectionFlag. */
+#define PF_ENVIRON      (1u << 0)
+#define PF_MEM          (1u << 1)
+#define PF_FDS          (1u << 2)
+#define PF_PTRACE       (1u << 3)
+#define PF_PIDFD_GETFD  (1u << 4)
+#define PF_CORE_DUMP    (1u << 5)
+#define PF_AUDIT_ONLY   (1u << 8)
+#define PF_KILL         (1u << 9)
+
+/* Event kinds (mirrored in layouts.py). */
+#define EV_ENVIRON              1
+#define EV_MEM                  2
+#define EV_PTRACE               3
+#define EV_PROCESS_VM_READV     4
+#define EV_PROCESS_VM_WRITEV    5
+#define EV_PIDFD_GETFD          6
+
+/* Actions. */
+#define ACT_AUDITED 0
+#define ACT_KILLED  1
+
+#define SIGKILL 9
+#define SIGCONT 18
+#define PTRACE_ATTACH 16
+#define PTRACE_SEIZE 0x4206
+#define PID_FS_MAGIC 0x50494446
+#define USER_HZ_NS 10000000ULL /* NSEC_PER_SEC / USER_HZ(100) */
+
+struct protected_entry {
+	__u64 start_time; /* clock ticks since boot, as /proc/PID/stat field 22 */
+	__u32 flags;      /* ProtectionFlag bits */
+	__u32 pad;
+};
+
+struct event {
+	__u64 timestamp_ns;  /* bpf_ktime_get_ns */
+	__u32 kind;          /* EV_* */
+	__u32 action;        /* ACT_* */
+	__u32 flags;         /* the target's ProtectionFlag bits */
+	__u32 target_tgid;
+	__u32 opener_tgid;
+	__u32 opener_pid;
+	__u32 opener_uid;
+	__u32 pad;
+	char comm[16];       /* the opener's comm */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct protected_entry);
+} protected SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* ptrace attach in flight: tid of the tracer -> tgid of the victim (for the SIGCONT). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} ptrace_victims SEC(".maps");
+
+/* Anchors so the event struct is described in the object's BTF (checked by layouts tests). */
+struct event *unused_event_anchor __attribute__((unused));
+
+/* Typeless kernel symbols: the `open` of /proc/PID/{environ,mem} (and task/TID/...). */
+extern const void environ_open __ksym;
+extern const void mem_open __ksym;
+
+extern struct task_struct *bpf_task_from_vpid(s32 vpid) __ksym __weak;
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym __weak;
+extern void bpf_task_release(struct task_struct *p) __ksym __weak;
+extern int bpf_send_signal_task(struct task_struct *task, int sig, enum pid_type type,
+				__u64 value) __ksym __weak;
+
+static __always_inline __u64 task_start_ticks(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, start_boottime) / USER_HZ_NS;
+}
+
+/* The entry protecting `tgid` whose live leader started at `start`, or NULL. */
+static __always_inline struct protected_entry *lookup_protected(__u32 tgid, __u64 start)
+{
+	struct protected_entry *e = bpf_map_lookup_elem(&protected, &tgid);
+
+	if (!e || e->start_time != start)
+		return NULL;
+	return e;
+}
+
+static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, bool kill)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct event *ev;
+
+	if (kill)
+		bpf_send_signal(SIGKILL);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->kind = kind;
+	ev->action = kill ? ACT_KILLED : ACT_AUDITED;
+	ev->flags = flags;
+	ev->target_tgid = target_tgid;
+	ev->opener_tgid = id >> 32;
+	ev->opener_pid = (__u32)id;
+	ev->opener_uid = (__u32)bpf_get_current_uid_gid();
+	ev->pad = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Decide on an access by the current task to `target` (a task of the protected process). */
+static __always_inline bool check_target(struct task_struct *target, __u32 needed, __u32 kind)
+{
+	__u32 tgid = BPF_CORE_READ(target, tgid);
+	__u32 self = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *leader;
+	struct protected_entry *e;
+	__u32 flags;
+
+	if (tgid == self)
+		return false; /* a process may read itself */
+	leader = BPF_CORE_READ(target, group_leader);
+	e = lookup_protected(tgid, task_start_ticks(leader));
+	if (!e)
+		return false;
+	flags = e->flags;
+	if (!(flags & needed))
+		return false;
+	report(kind, tgid, flags, !(flags & PF_AUDIT_ONLY));
+	return true;
+}
+
+/* The task of the first PIDTYPE_PID user of `pid` (the thread the pid names), or NULL. */
+static __always_inline struct task_struct *pid_task_of(struct pid *pid)
+{
+	struct hlist_node *first;
+
+	if (!pid)
+		return NULL;
+	first = BPF_CORE_READ(pid, tasks[PIDTYPE_PID].first);
+	if (!first)
+		return NULL;
+	return (struct task_struct *)((void *)first - bpf_core_field_offset(struct task_struct, pid_links));
+}
+
+static __always_inline struct file *current_fd_file(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct file **fds;
+	struct file *file = NULL;
+	unsigned int max;
+
+	if (fd < 0)
+		return NULL;
+	max = BPF_CORE_READ(task, files, fdt, max_fds);
+	if ((unsigned int)fd >= max)
+		return NULL;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	bpf_core_read(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+static __always_inline int check_opened_fd(long ret)
+{
+	struct file *file;
+	struct inode *inode;
+	struct proc_inode *pi;
+	struct task_struct *target;
+	void *open;
+	__u32 needed, kind;
+
+	if (ret < 0)
+		return 0;
+	file = current_fd_file((int)ret);
+	if (!file)
+		return 0;
+	open = BPF_CORE_READ(file, f_op, open);
+	if (open == &environ_open) {
+		needed = PF_ENVIRON;
+		kind = EV_ENVIRON;
+	} else if (open == &mem_open) {
+		needed = PF_MEM;
+		kind = EV_MEM;
+	} else {
+		return 0;
+	}
+	inode = BPF_CORE_READ(file, f_inode);
+	pi = container_of(inode, struct proc_inode, vfs_inode);
+	target = pid_task_of(BPF_CORE_READ(pi, pid));
+	if (!target)
+		return 0;
+	check_target(target, needed, kind);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int exit_openat(struct trace_event_raw_sys_exit *ctx)
+{
+	return check_opened_fd(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int exit_openat2(struct trace_event_raw_sys_exit *ctx)
+{
+	return check_opened_fd(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int exit_open(struct trace_event_raw_sys_exit *ctx)
+{
+	return check_opened_fd(ctx->ret);
+}
+
+/* `vpid` is in the caller's pid namespace; bpf_task_from_vpid converts it. */
+static __always_inline bool check_vpid(s32 vpid, __u32 needed, __u32 kind)
+{
+	struct task_struct *target;
+	bool hit;
+
+	if (vpid <= 0 || !bpf_task_from_vpid || !bpf_task_release)
+		return false;
+	target = bpf_task_from_vpid(vpid);
+	if (!target)
+		return false;
+	hit = check_target(target, needed, kind);
+	bpf_task_release(target);
+	return hit;
+}
+
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int enter_ptrace(struct trace_event_raw_sys_enter *ctx)
+{
+	long request = ctx->args[0];
+	s32 vpid = (s32)ctx->args[1];
+	struct task_struct *target;
+	__u32 tid, tgid;
+
+	if (request != PTRACE_ATTACH && request != PTRACE_SEIZE)
+		return 0;
+	if (!check_vpid(vpid, PF_PTRACE, EV_PTRACE))
+		return 0;
+	/* The attach still completes before the SIGKILL lands; remember the victim so the exit
+	 * hook can SIGCONT it (PTRACE_ATTACH queues a SIGSTOP that would leave it stopped). */
+	if (request != PTRACE_ATTACH || !bpf_task_from_vpid || !bpf_task_release)
+		return 0;
+	target = bpf_task_from_vpid(vpid);
+	if (!target)
+		return 0;
+	tgid = target->tgid;
+	bpf_task_release(target);
+	tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&ptrace_victims, &tid, &tgid, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_ptrace")
+int exit_ptrace(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 *victim = bpf_map_lookup_elem(&ptrace_victims, &tid);
+	struct task_struct *task;
+	__u32 tgid;
+
+	if (!victim)
+		return 0;
+	tgid = *victim;
+	bpf_map_delete_elem(&ptrace_victims, &tid);
+	if (!bpf_task_from_pid || !bpf_task_release || !bpf_send_signal_task)
+		return 0;
+	task = bpf_task_from_pid(tgid);
+	if (!task)
+		return 0;
+	bpf_send_signal_task(task, SIGCONT, PIDTYPE_TGID, 0);
+	bpf_task_release(task);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
+int enter_process_vm_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	check_vpid((s32)ctx->args[0], PF_MEM, EV_PROCESS_VM_READV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
+int enter_process_vm_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	check_vpid((s32)ctx->args[0], PF_MEM, EV_PROCESS_VM_WRITEV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_pidfd_getfd")
+int enter_pidfd_getfd(struct trace_event_raw_sys_enter *ctx)
+{
+	struct file *file = current_fd_file((int)ctx->args[0]);
+	struct task_struct *target;
+	struct pid *pid;
+
+	if (!file)
+		return 0;
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != PID_FS_MAGIC)
+		return 0;
+	/* pidfs: the struct pid is the inode's i_private (private_data did not lead to the task on 6.18). */
+	pid = (struct pid *)BPF_CORE_READ(file, f_inode, i_private);
+	target = pid_task_of(pid);
+	if (!target)
+		return 0;
+	check_target(target, PF_PIDFD_GETFD, EV_PIDFD_GETFD);
+	return 0;
+}
+
+/* A child process of a protected process is protected with the same flags. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid;
+	__u32 ctgid = child->tgid;
+	struct protected_entry *e;
+	struct protected_entry ce = {};
+
+	if (ptgid == ctgid)
+		return 0; /* a new thread */
+	e = lookup_protected(ptgid, task_start_ticks(parent->group_leader));
+	if (!e)
+		return 0;
+	ce.start_time = task_start_ticks(child);
+	ce.flags = e->flags;
+	bpf_map_update_elem(&protected, &ctgid, &ce, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *task, bool group_dead)
+{
+	__u32 tgid = task->tgid;
+
+	if (!group_dead)
+		return 0;
+	if (lookup_protected(tgid, task_start_ticks(task->group_leader)))
+		bpf_map_delete_elem(&protected, &tgid);
+	return 0;
+}

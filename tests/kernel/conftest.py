@@ -1,0 +1,185 @@
+"""Fixtures for the BPF kernel tests: a built object, a running agent, victims and attackers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cloudtaser.bpf.agent import Agent, Violation
+from cloudtaser.bpf.loading import BpfError, check_kallsyms, ensure_bpffs, unpin
+from cloudtaser.engine.plans import ProtectionFlag
+
+REPO = Path(__file__).resolve().parents[2]
+PROTECT_ALL = int(
+    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.PIDFD_GETFD
+)
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG, CAP_KILL)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "kernel has no BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)"
+    if not any(
+        Path(p, "events/syscalls/sys_exit_openat").exists()
+        for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+    ):
+        return "kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS) or tracefs is not mounted"
+    for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (Debian package {package})"
+    try:
+        check_kallsyms()
+    except BpfError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf_object() -> Path:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class AgentRun:
+    socket_path: Path
+    pin_dir: Path
+    bpf_object: Path
+    violations: list[Violation] = field(default_factory=list)
+    agent: Agent | None = None
+
+    def start(self, flags: int = PROTECT_ALL) -> Agent:
+        self.agent = Agent(self.socket_path, self.bpf_object, flags, self.pin_dir, self.violations.append)
+        self.agent.start()
+        return self.agent
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
+    def wait_violation(self, pred: Callable[[Violation], bool], timeout: float = 3.0) -> Violation:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for v in list(self.violations):
+                if pred(v):
+                    return v
+            time.sleep(0.02)
+        raise AssertionError(f"no matching violation reported; got {self.violations}")
+
+
+@pytest.fixture
+def agent_run(bpf_object: Path, tmp_path: Path) -> Iterator[AgentRun]:
+    ensure_bpffs()
+    run = AgentRun(tmp_path / "agent.sock", Path(f"/sys/fs/bpf/cloudtaser-test-{uuid.uuid4().hex[:12]}"), bpf_object)
+    try:
+        yield run
+    finally:
+        run.stop()
+        unpin(run.pin_dir)
+
+
+@dataclass
+class Victim:
+    proc: subprocess.Popen[str]
+    secret: str
+    info: dict[str, str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def state(self, pid: int | None = None) -> str:
+        stat = Path(f"/proc/{pid or self.pid}/stat").read_bytes()
+        return stat.rsplit(b")", 1)[1].split()[0].decode()
+
+
+VICTIM = r"""
+import ctypes, os, sys, time, threading
+from cloudtaser.wrapper.registering import register
+secret = os.environ["CT_SECRET"]
+buf = ctypes.create_string_buffer(secret.encode())
+out = {"addr": str(ctypes.addressof(buf)), "len": str(len(secret))}
+if sys.argv[1] == "1":
+    out["backend"] = register(sys.argv[2]).backend
+fd = os.memfd_create("held")
+os.write(fd, secret.encode())
+out["fd"] = str(fd)
+if sys.argv[3] == "1":  # fork a child after registration
+    child = os.fork()
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    out["child"] = str(child)
+t = threading.Thread(target=time.sleep, args=(120,), daemon=True)
+t.start()
+out["tid"] = str(t.native_id)
+for path in ("/proc/self/environ", f"/proc/self/task/{t.native_id}/environ"):
+    with open(path, "rb") as f:
+        out["self_read"] = str(secret.encode() in f.read())
+print(" ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def spawn_victim() -> Iterator[Callable[..., Victim]]:
+    victims: list[Victim] = []
+
+    def spawn(socket_path: Path | None, fork_child: bool = False) -> Victim:
+        secret = "s3cr3t-" + secrets.token_hex(16)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", VICTIM, "1" if socket_path else "0", str(socket_path or ""), "1" if fork_child else "0"],
+            env={**os.environ, "CT_SECRET": secret},
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        victim = Victim(proc, secret, dict(kv.split("=", 1) for kv in line.split()))
+        victims.append(victim)
+        assert victim.info, f"victim failed to start (rc {proc.poll()})"
+        return victim
+
+    yield spawn
+    for v in victims:
+        child = v.info.get("child")
+        if child:
+            try:
+                os.kill(int(child), 9)
+            except ProcessLookupError:
+                pass
+        v.proc.kill()
+        v.proc.wait()
+        if v.proc.stdout:
+            v.proc.stdout.close()
+
+
+@dataclass
+class Attack:
+    returncode: int
+    stdout: bytes
+
+
+def attack(code: str, *args: str, cwd: str | None = None) -> Attack:
+    """Run ``code`` as a separate root process; it writes what it read to stdout."""
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=20, cwd=cwd)
+    return Attack(r.returncode, r.stdout)

@@ -1,0 +1,244 @@
+"""The tracepoint backend on this kernel: registered processes cannot be read by others.
+
+Each attacker is a separate root process; "killed" means the kernel delivered SIGKILL from
+the BPF program before the read returned to user space (returncode -9, nothing printed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cloudtaser.engine.plans import ProtectionFlag
+
+from .conftest import PROTECT_ALL, AgentRun, Victim, attack
+
+pytestmark = pytest.mark.kernel
+
+READ_FILE = r"""
+import sys
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+sys.stdout.buffer.write(data)
+"""
+
+READ_MEM = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+sys.stdout.buffer.write(os.pread(fd, int(sys.argv[3]), int(sys.argv[2])))
+"""
+
+PROCESS_VM_READV = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+n = int(sys.argv[3])
+buf = ctypes.create_string_buffer(n)
+local = iovec(ctypes.addressof(buf), n)
+remote = iovec(int(sys.argv[2]), n)
+got = libc.process_vm_readv(int(sys.argv[1]), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+sys.stdout.buffer.write(buf.raw[:max(got, 0)])
+"""
+
+PTRACE = r"""
+import ctypes, sys, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+pid = int(sys.argv[1])
+request = int(sys.argv[2])
+rc = libc.ptrace(request, pid, None, None)
+time.sleep(0.2)
+word = libc.ptrace(2, pid, ctypes.c_void_p(int(sys.argv[3])), None)  # PTRACE_PEEKDATA
+sys.stdout.buffer.write(word.to_bytes(8, "little", signed=True))
+"""
+
+PIDFD_GETFD = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(int(sys.argv[1]))
+fd = libc.syscall(438, pidfd, int(sys.argv[2]), 0)
+sys.stdout.buffer.write(os.pread(fd, 4096, 0) if fd >= 0 else b"")
+"""
+
+
+def assert_killed(victim: Victim, result: object) -> None:
+    assert getattr(result, "returncode") == -9, f"attacker not killed: {result}"
+    assert victim.secret.encode() not in getattr(result, "stdout")
+    assert getattr(result, "stdout") == b""
+    time.sleep(0.1)
+    assert victim.alive(), "the protected process was affected"
+    assert victim.state() in ("S", "R"), f"victim left in state {victim.state()}"
+
+
+VECTORS: dict[str, Callable[[Victim, Path], tuple[str, list[str], str | None]]] = {
+    "environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/environ"], None),
+    "environ-symlink": lambda v, tmp: (
+        READ_FILE, [str(_symlink(tmp / "link", f"/proc/{v.pid}/environ"))], None
+    ),
+    "environ-relative": lambda v, tmp: (READ_FILE, ["environ"], f"/proc/{v.pid}"),
+    "task-environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/task/{v.info['tid']}/environ"], None),
+    "task-main-environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/task/{v.pid}/environ"], None),
+    "mem": lambda v, tmp: (READ_MEM, [f"/proc/{v.pid}/mem", v.info["addr"], v.info["len"]], None),
+    "process_vm_readv": lambda v, tmp: (PROCESS_VM_READV, [str(v.pid), v.info["addr"], v.info["len"]], None),
+    "ptrace-attach": lambda v, tmp: (PTRACE, [str(v.pid), "16", v.info["addr"]], None),
+    "ptrace-seize": lambda v, tmp: (PTRACE, [str(v.pid), str(0x4206), v.info["addr"]], None),
+    "pidfd_getfd": lambda v, tmp: (PIDFD_GETFD, [str(v.pid), v.info["fd"]], None),
+}
+KIND = {
+    "environ": "environ", "environ-symlink": "environ", "environ-relative": "environ",
+    "task-environ": "environ", "task-main-environ": "environ", "mem": "mem",
+    "process_vm_readv": "process_vm_readv", "ptrace-attach": "ptrace", "ptrace-seize": "ptrace",
+    "pidfd_getfd": "pidfd_getfd",
+}
+
+
+def _symlink(link: Path, target: str) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def run_vector(name: str, victim: Victim, tmp_path: Path) -> object:
+    code, args, cwd = VECTORS[name](victim, tmp_path)
+    return attack(code, *args, cwd=cwd)
+
+
+@pytest.mark.parametrize("vector", sorted(VECTORS))
+def test_attacker_is_killed_and_reads_nothing(
+    vector: str, agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent_run.start()
+    victim = spawn_victim(agent_run.socket_path)
+    assert victim.info["backend"] == "tracepoint"
+    result = run_vector(vector, victim, tmp_path)
+    assert_killed(victim, result)
+    v = agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == KIND[vector])
+    assert v.action == "killed" and v.opener_uid == 0
+
+
+def test_unprotected_vectors_really_leak(spawn_victim: Callable[..., Victim], tmp_path: Path, bpf_object: Path) -> None:
+    """Control: without registration, every vector reads the secret (so the kills above matter)."""
+    victim = spawn_victim(None)
+    for vector in ("environ", "mem", "process_vm_readv", "pidfd_getfd"):
+        result = run_vector(vector, victim, tmp_path)
+        assert getattr(result, "returncode") == 0, vector
+        assert victim.secret.encode() in getattr(result, "stdout"), vector
+
+
+def test_not_registered_is_not_protected(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent_run.start()
+    protected = spawn_victim(agent_run.socket_path)
+    other = spawn_victim(None)
+    result = run_vector("environ", other, tmp_path)
+    assert result.returncode == 0 and other.secret.encode() in result.stdout  # type: ignore[attr-defined]
+    assert agent_run.agent is not None and agent_run.agent.entry(other.pid) is None
+    assert protected.alive()
+
+
+def test_protected_process_reads_itself(agent_run: AgentRun, spawn_victim: Callable[..., Victim]) -> None:
+    agent_run.start()
+    victim = spawn_victim(agent_run.socket_path)
+    assert victim.info["self_read"] == "True"  # /proc/self/environ and its own thread's
+    time.sleep(0.1)
+    assert victim.alive()
+    assert not [v for v in agent_run.violations if v.target_tgid == victim.pid]
+
+
+def test_audit_mode_reports_without_killing(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent_run.start(flags=PROTECT_ALL | int(ProtectionFlag.AUDIT_ONLY))
+    victim = spawn_victim(agent_run.socket_path)
+    for vector in ("environ", "mem"):
+        result = run_vector(vector, victim, tmp_path)
+        assert result.returncode == 0 and victim.secret.encode() in result.stdout  # type: ignore[attr-defined]
+        v = agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == KIND[vector])
+        assert v.action == "audited"
+
+
+def test_flags_select_protections(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent_run.start(flags=int(ProtectionFlag.ENVIRON))
+    victim = spawn_victim(agent_run.socket_path)
+    assert_killed(victim, run_vector("environ", victim, tmp_path))
+    result = run_vector("mem", victim, tmp_path)
+    assert result.returncode == 0 and victim.secret.encode() in result.stdout  # type: ignore[attr-defined]
+
+
+def test_child_forked_after_registration_is_protected(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent = agent_run.start()
+    victim = spawn_victim(agent_run.socket_path, fork_child=True)
+    child = int(victim.info["child"])
+    entry = agent.entry(child)
+    assert entry is not None and entry.flags == PROTECT_ALL
+    result = attack(READ_FILE, f"/proc/{child}/environ")
+    assert result.returncode == -9 and result.stdout == b""
+    assert victim.alive() and Path(f"/proc/{child}").exists()
+
+
+def test_entry_removed_when_the_process_exits(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim]
+) -> None:
+    agent = agent_run.start()
+    victim = spawn_victim(agent_run.socket_path)
+    entry = agent.entry(victim.pid)
+    assert entry is not None and entry.start_time > 0
+    victim.proc.kill()
+    victim.proc.wait()
+    time.sleep(0.1)
+    assert agent.entry(victim.pid) is None
+
+
+def test_restart_keeps_protection(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    agent_run.start()
+    victim = spawn_victim(agent_run.socket_path)
+    agent_run.stop()
+    assert not agent_run.socket_path.exists()
+    # Agent down: the pinned links and maps keep enforcing.
+    assert_killed(victim, run_vector("environ", victim, tmp_path))
+    agent = agent_run.start()
+    entry = agent.entry(victim.pid)
+    assert entry is not None and entry.flags == PROTECT_ALL
+    assert_killed(victim, run_vector("mem", victim, tmp_path))
+    agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == "mem")
+    # The event raised while the agent was down waited in the pinned ring buffer.
+    agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == "environ")
+    # Only one set of programs is attached: links were replaced, not added.
+    links = sorted(p.name for p in (agent_run.pin_dir / "links").iterdir())
+    assert links == sorted(agent.loaded.programs)  # type: ignore[union-attr]
+
+
+def test_load_and_attach_time(agent_run: AgentRun) -> None:
+    agent = agent_run.start()
+    print(f"load+attach+pin: {agent.load_seconds:.3f} s for {len(agent.loaded.programs)} programs")  # type: ignore[union-attr]
+    assert agent.load_seconds < 2.0
+
+
+def test_register_refused_for_nothing_but_self(agent_run: AgentRun) -> None:
+    """A message naming another pid registers the caller (this test process), not that pid."""
+    import json
+    import socket
+
+    agent = agent_run.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(agent_run.socket_path))
+        s.sendall(json.dumps({"op": "register", "version": 1, "pid": 1}).encode() + b"\n")
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply == {"ok": True, "backend": "tracepoint"}
+    assert agent.entry(1) is None
+    assert agent.entry(os.getpid()) is not None
+    assert agent.loaded is not None
+    import ctypes
+    agent.loaded.map("protected").delete(ctypes.c_uint32(os.getpid()))

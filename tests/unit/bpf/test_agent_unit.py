@@ -1,0 +1,88 @@
+"""Parts of the agent that need no kernel support: parsing, checks, protocol refusals."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from cloudtaser.bpf import agent, layouts, loading
+from cloudtaser.engine.plans import ProtectionFlag
+
+
+def test_start_time_is_field_22_of_own_stat() -> None:
+    with open("/proc/self/stat", "rb") as f:
+        expected = int(f.read().rsplit(b")", 1)[1].split()[19])
+    assert agent.start_time_ticks(os.getpid()) == expected
+
+
+def test_flags_by_names_or_number() -> None:
+    assert agent.parse_flags("environ, MEM,ptrace") == int(
+        ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE
+    )
+    assert agent.parse_flags("0x103") == 0x103
+    with pytest.raises(Exception, match="unknown protection"):
+        agent.parse_flags("environ,bogus")
+
+
+def test_unknown_flag_bits_are_refused() -> None:
+    with pytest.raises(agent.PermanentError, match="unknown protection flag bits"):
+        agent.Agent("/nonexistent.sock", flags=1 << 20)
+
+
+def test_violation_from_record() -> None:
+    ev = layouts.Event(
+        kind=layouts.EventKind.MEM, action=layouts.Action.KILLED, flags=3,
+        target_tgid=10, opener_tgid=20, opener_pid=21, opener_uid=0, comm=b"cat",
+    )
+    v = agent.Violation.from_record(bytes(ev))
+    assert (v.kind, v.action, v.target_tgid, v.opener_pid, v.opener_comm) == ("mem", "killed", 10, 21, "cat")
+
+
+def test_zero_kallsyms_addresses_refuse_to_start(tmp_path: Path) -> None:
+    fake = tmp_path / "kallsyms"
+    fake.write_text("0000000000000000 t mem_open\n0000000000000000 t environ_open\n")
+    with pytest.raises(loading.BpfError, match="zero addresses"):
+        loading.check_kallsyms(kallsyms=str(fake))
+    fake.write_text("ffffffff81780700 t mem_open\n")
+    with pytest.raises(loading.BpfError, match="missing.*environ_open"):
+        loading.check_kallsyms(kallsyms=str(fake))
+    fake.write_text("ffffffff81780700 t mem_open\nffffffff817807c0 t environ_open\n")
+    loading.check_kallsyms(kallsyms=str(fake))
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"not json\n", "not one JSON line"),
+        (b'{"op": "unregister", "version": 1}\n', "unknown op"),
+        (b'{"op": "register", "version": 2}\n', "unsupported protocol version"),
+        (b'{"op": "register", "version": 1, "pid": 1}\n', None),
+    ],
+)
+def test_protocol_refusals(message: bytes, error: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pid in a message is ignored: the caller's own SO_PEERCRED pid is registered."""
+    a = agent.Agent("/nonexistent.sock")
+    written: list[int] = []
+    monkeypatch.setattr(a, "protect", lambda pid, flags=None: written.append(pid) or 1)
+    a.loaded = object()  # type: ignore[assignment]
+    server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with server, client:
+        client.sendall(message)
+        answer = a._register(server)
+    if error is None:
+        assert answer == {"ok": True, "backend": "tracepoint"}
+        assert written == [os.getpid()]
+    else:
+        assert answer["ok"] is False and error in str(answer["error"])
+        assert written == []
+    json.dumps(answer)
+
+
+def test_layout_sizes() -> None:
+    assert ctypes.sizeof(layouts.ProtectedEntry) == 16
+    assert ctypes.sizeof(layouts.Event) == 56
