@@ -199,6 +199,11 @@ class PodSpec(KubeModel):
     init_containers: list[Container] | None = Field(default=None, description="Init containers.")
     volumes: list[dict[str, object]] | None = Field(default=None, description="Volumes.")
     node_name: str | None = Field(default=None, description="Node the pod is bound to.")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node selector.")
+    runtime_class_name: str | None = Field(default=None, description="RuntimeClass.")
+    security_context: dict[str, object] | None = Field(
+        default=None, description="Pod security context."
+    )
     service_account_name: str | None = Field(default=None, description="Service account.")
 
 

@@ -116,18 +116,23 @@ def _command_ops(
     return ops, None
 
 
-def _security_ops(base: str, container: Container) -> list[Operation]:
+def _security_ops(base: str, container: Container, pod_seccomp: bool) -> list[Operation]:
+    """IPC_LOCK (mlock of secret memory), no privilege escalation, and the runtime's default
+    seccomp profile unless the pod or container chose one."""
     sc = container.security_context
     if sc is None:
-        return [
-            _add(
-                base + "/securityContext",
-                {"allowPrivilegeEscalation": False, "capabilities": {"add": ["IPC_LOCK"]}},
-            )
-        ]
+        value: dict[str, object] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["IPC_LOCK"]},
+        }
+        if not pod_seccomp:
+            value["seccompProfile"] = {"type": "RuntimeDefault"}
+        return [_add(base + "/securityContext", value)]
     ops = []
     if "allowPrivilegeEscalation" not in sc:
         ops.append(_add(base + "/securityContext/allowPrivilegeEscalation", False))
+    if "seccompProfile" not in sc and not pod_seccomp:
+        ops.append(_add(base + "/securityContext/seccompProfile", {"type": "RuntimeDefault"}))
     caps = sc.get("capabilities")
     if not isinstance(caps, dict):
         ops.append(_add(base + "/securityContext/capabilities", {"add": ["IPC_LOCK"]}))
@@ -135,6 +140,23 @@ def _security_ops(base: str, container: Container) -> list[Operation]:
         ops.append(_add(base + "/securityContext/capabilities/add", ["IPC_LOCK"]))
     elif "IPC_LOCK" not in caps["add"]:
         ops.append(_add(base + "/securityContext/capabilities/add/-", "IPC_LOCK"))
+    return ops
+
+
+def _confidential_ops(pod: Pod, plan: PodPlan, settings: InjectorSettings) -> list[Operation]:
+    """Keep pods whose policy requires confidential computing on such nodes."""
+    if not plan.policy.require_confidential_node:
+        return []
+    ops: list[Operation] = []
+    selector = settings.confidential_node_selector
+    if pod.spec.node_selector is None:
+        if selector:
+            ops.append(_add(pointer("spec", "nodeSelector"), dict(selector)))
+    else:
+        for key, value in selector.items():
+            ops.append(_add(pointer("spec", "nodeSelector", key), value))
+    if settings.confidential_runtime_class and pod.spec.runtime_class_name is None:
+        ops.append(_add(pointer("spec", "runtimeClassName"), settings.confidential_runtime_class))
     return ops
 
 
@@ -153,6 +175,7 @@ def pod_patch(
     pod_name = pod.metadata.display_name
     namespace = pod.metadata.namespace or "default"
     wrapper = [f"{settings.bundle_dir}/wrapper", "--"]
+    pod_seccomp = "seccompProfile" in (pod.spec.security_context or {})
     volumes = {v.name: v for v in plan.volumes}
     planned = {c.name: c for c in plan.containers}
     for index, container in enumerate(pod.spec.containers):
@@ -185,7 +208,7 @@ def pod_patch(
             for name in cplan.volumes
         ]
         ops.extend(_append_all(base + "/volumeMounts", container.volume_mounts, mounts))
-        ops.extend(_security_ops(base, container))
+        ops.extend(_security_ops(base, container, pod_seccomp))
     if problems:
         return PatchResult(operations=[], problems=problems)
     pod_volumes = [{"name": v.name, **v.source} for v in plan.volumes]
@@ -195,6 +218,7 @@ def pod_patch(
     else:
         head.append(_add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)}))
     head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
+    head.extend(_confidential_ops(pod, plan, settings))
     if pod.spec.init_containers is None:
         head.append(_add(pointer("spec", "initContainers"), [_init_container(settings)]))
     else:

@@ -60,6 +60,14 @@ class InjectorSettings(Model):
         default_factory=lambda: ["kube-system"],
         description="Namespaces the webhook never sees besides the operator's own.",
     )
+    confidential_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"cloudtaser.io/confidential-node": "true"},
+        description="Added to pods whose policy requires a confidential-computing node.",
+    )
+    confidential_runtime_class: str | None = Field(
+        default=None,
+        description="RuntimeClass for those pods (e.g. a Kata/CoCo class); unset: none added.",
+    )
     token_audience: str = Field(
         default="openbao",
         description="Audience of the projected service-account token the wrapper logs in "
