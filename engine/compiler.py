@@ -55,7 +55,10 @@ BUNDLE_VOLUME = "cloudtaser-bundle"
 AGENT_VOLUME = "cloudtaser-agent"
 TOKEN_VOLUME = "cloudtaser-token"
 AGENT_MOUNT = "/run/cloudtaser"
-SECRET_MOUNT_ROOT = "/var/run/cloudtaser"
+# Not under /var/run/cloudtaser: in most images /var/run links to /run, which would nest these
+# mounts inside the agent's hostPath mount at /run/cloudtaser (and create their mount points
+# in the host's agent directory). Beside the service-account token's /var/run/secrets/...
+SECRET_MOUNT_ROOT = "/var/run/secrets/cloudtaser"
 TOKEN_MOUNT = f"{SECRET_MOUNT_ROOT}/token"
 _PROTECTION_BITS = {
     "environ": ProtectionFlag.ENVIRON,

@@ -208,11 +208,11 @@ class ClientCertificate(Model):
         "from csiDriver with csiAttributes.",
     )
     cert_file: AbsPath = Field(
-        default="/var/run/cloudtaser/tls/tls.crt",
+        default="/var/run/secrets/cloudtaser/tls/tls.crt",
         description="Path of the PEM client certificate inside the container (source file).",
     )
     key_file: AbsPath = Field(
-        default="/var/run/cloudtaser/tls/tls.key",
+        default="/var/run/secrets/cloudtaser/tls/tls.key",
         description="Path of the PEM private key inside the container (source file).",
     )
     secret_name: DnsSubdomain | None = Field(

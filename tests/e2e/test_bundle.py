@@ -36,7 +36,7 @@ BUILD_TIMEOUT = 1800  # cold: a build venv from PyPI plus the freeze; cached: un
 # need these from the image, nothing else.
 GLIBC = re.compile(r"^(ld-linux[-\w.]*\.so\.\d+|lib(c|m|dl|pthread|rt|util|resolv|anl)\.so\.\d+)$")
 # In-chroot locations, as the injector mounts them in a pod.
-TLS_DIR = "/var/run/cloudtaser/tls"
+TLS_DIR = "/var/run/secrets/cloudtaser/tls"  # where the injector mounts them
 TOKEN = "/var/run/secrets/cloudtaser/token"
 FILE_DELIVERY = "/etc/demo/password"  # the demo binding's file delivery
 
@@ -175,7 +175,7 @@ def test_bundle_runs_in_a_rootfs_without_python(
     _copy(client.key, root, f"{TLS_DIR}/tls.key")
     token = kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
                     provisioning.DEMO_NAMESPACE, "--audience", "openbao")
-    (root / TOKEN.lstrip("/")).parent.mkdir(parents=True)
+    (root / TOKEN.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (root / TOKEN.lstrip("/")).write_text(token)
     config = compiled_config(stack, TOKEN)
     config = config.model_copy(update={"sources": [s.model_copy(update={

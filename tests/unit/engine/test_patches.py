@@ -62,7 +62,7 @@ def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
         "cloudtaser-agent", "cloudtaser-bundle", "cloudtaser-token"}
     token = next(v for v in patched["spec"]["volumes"] if v["name"] == "cloudtaser-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "openbao"
-    assert config.token_path == "/var/run/cloudtaser/token/token"
+    assert config.token_path == "/var/run/secrets/cloudtaser/token/token"
     assert side == {"name": "side", "image": "side:1"}  # not selected: untouched
     assert patched["spec"]["initContainers"][0]["name"] == "cloudtaser-init"
     assert patched["metadata"]["annotations"][INJECTED_ANNOTATION]
