@@ -436,11 +436,17 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
               help="CA that signed the serving certificate (the webhook's caBundle).")
 @click.option("--webhook-url", default=None,
               help="URL the API server calls (default https://HOST:PORT/mutate-v1-pod).")
+@click.option("--webhook-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
+              help="Reach the webhook through this Service instead of a URL (in-cluster).")
+@click.option("--settings", "settings_file", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="InjectorSettings JSON (the chart's injector.json); default: built-in.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8443, show_default=True)
 @click.option("--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181).")
 @click.option("--liveness", default=None, help="Health endpoint, e.g. http://0.0.0.0:8080/healthz.")
-def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None, host: str,
+def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
+             webhook_service: str | None, settings_file: str | None, host: str,
              port: int, opa_url: str | None, liveness: str | None) -> None:
     """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
     import base64
@@ -451,10 +457,31 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
-    ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
-    url = webhook_url or f"https://{host}:{port}/mutate-v1-pod"
+    from pydantic import ValidationError
+
+    from cloudtaser.engine.fields import validation_problems
+    from cloudtaser.engine.plans import InjectorSettings
+    from cloudtaser.engine.webhooks import WEBHOOK_PATH
     from cloudtaser.injector.resolving import Resolver
 
-    op = operating.Operator(client_config={"url": url, "caBundle": ca}, opa_url=opa_url,
-                            holder=serving.Holder(resolver=Resolver()))
+    ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+    client_config: dict[str, Any] = {"caBundle": ca}
+    if webhook_service:
+        namespace, _, rest = webhook_service.partition("/")
+        name, _, service_port = rest.partition(":")
+        if not namespace or not name or (service_port and not service_port.isdigit()):
+            raise click.BadParameter("expected NAMESPACE/NAME[:PORT]", param_hint="--webhook-service")
+        client_config["service"] = {"namespace": namespace, "name": name, "path": WEBHOOK_PATH,
+                                    "port": int(service_port or 443)}
+    else:
+        client_config["url"] = webhook_url or f"https://{host}:{port}{WEBHOOK_PATH}"
+    settings = InjectorSettings()
+    if settings_file:
+        try:
+            settings = InjectorSettings.model_validate_json(Path(settings_file).read_text())
+        except ValidationError as e:
+            path, message = validation_problems(e)[0]
+            raise click.ClickException(f"{settings_file}: {path}: {message}") from None
+    op = operating.Operator(client_config=client_config, opa_url=opa_url,
+                            holder=serving.Holder(settings=settings, resolver=Resolver()))
     operating.run(op, host, port, tls_cert, tls_key, liveness)

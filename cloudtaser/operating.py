@@ -105,6 +105,7 @@ class Operator:
             pods=[p for p in models["Pod"] if isinstance(p, Pod)],
             namespaces=[n for n in models["Namespace"] if isinstance(n, Namespace)],
             problems=problems,
+            settings=self.holder.settings,
         )
         compiler = IncrementalCompiler(state)
         plan = compiler.plan()
@@ -315,7 +316,10 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str) -> kopf.Op
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False
         settings.watching.server_timeout = 300
-        kubernetes.config.load_kube_config()
+        try:  # in a pod: the service account; elsewhere: $KUBECONFIG
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
 

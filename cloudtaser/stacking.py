@@ -147,6 +147,7 @@ def _apiserver_argv(p: Paths) -> list[str]:
         f"--api-audiences={issuer}",
         "--service-cluster-ip-range=10.96.0.0/24",
         "--endpoint-reconciler-type=none",  # no Service endpoints for a loopback address
+        "--allow-privileged=true",  # the node agent's DaemonSet (chart e2e) is privileged
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         "--v=0",
