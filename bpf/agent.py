@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudtaser.bpf import layouts
+from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
+from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import ProtectionFlag
 from cloudtaser.errors import PermanentError
 
@@ -104,7 +106,11 @@ class Agent:
         flags: int = int(DEFAULT_FLAGS),
         pin_dir: Path = DEFAULT_PIN_DIR,
         on_violation: Callable[[Violation], None] | None = None,
+        pod_policies: PodPolicies | None = None,
     ) -> None:
+        """With ``pod_policies``, each caller's flags come from its pod's compiled policy
+        (PID -> cgroup -> pod UID -> BpfEntry) and a caller in no protected pod is refused;
+        without, every caller gets ``flags`` (a node without an API server, tests)."""
         if flags & ~KNOWN_FLAGS:
             raise PermanentError(f"unknown protection flag bits: {flags & ~KNOWN_FLAGS:#x}")
         self.socket_path = Path(socket_path)
@@ -112,6 +118,7 @@ class Agent:
         self.flags = flags
         self.pin_dir = pin_dir
         self.on_violation = on_violation
+        self.pod_policies = pod_policies
         self.loaded: Loaded | None = None
         self._ring: RingBuffer | None = None
         self._server: socket.socket | None = None
@@ -230,7 +237,17 @@ class Agent:
             if pid <= 0:
                 return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
             assert self.loaded is not None
-            start = self.protect(pid)
+            flags = self.flags
+            if self.pod_policies is not None:
+                uid = pod_uid(pid)
+                if uid is None:
+                    return {"ok": False, "error": "the caller runs in no pod cgroup on this node"}
+                entry = self.pod_policies.entry(uid)
+                if entry is None:
+                    return {"ok": False, "error": f"pod {uid} has no cloudtaser protection on "
+                                                  "this node (not injected, or no binding selects it)"}
+                flags = entry.policy.flags
+            start = self.protect(pid, flags)
             if pidfd is not None:
                 # The pid was read from the connection; a pidfd taken at the same time proves
                 # the start time read afterwards is of the same process (no reuse meanwhile).
@@ -239,7 +256,7 @@ class Agent:
                 except ProcessLookupError:
                     self.loaded.map("protected").delete(ctypes.c_uint32(pid))
                     return {"ok": False, "error": "caller exited during registration"}
-            log.info("registered pid %d (uid %d, start %d, flags %#x)", pid, uid, start, self.flags)
+            log.info("registered pid %d (uid %d, start %d, flags %#x)", pid, uid, start, flags)
             return {"ok": True, "backend": BACKEND}
         finally:
             if pidfd is not None:
@@ -292,10 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
     parser.add_argument("--object", type=Path, default=None, help="protect.bpf.o (default: build it)")
     parser.add_argument("--pin-dir", type=Path, default=DEFAULT_PIN_DIR)
-    parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS))
+    parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS),
+                        help="flags for every caller when --node is not given")
+    parser.add_argument("--node", default=None,
+                        help="this node's name: take each caller's flags from its pod's policy, "
+                             "compiled from the API server (in-cluster or $KUBECONFIG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    agent = Agent(args.socket, args.object, args.flags, args.pin_dir)
+    policies = None
+    if args.node:
+        policies = PodPolicies(kubernetes_lister(args.node))
+        policies.refresh()
+    agent = Agent(args.socket, args.object, args.flags, args.pin_dir, pod_policies=policies)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

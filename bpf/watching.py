@@ -1,0 +1,100 @@
+"""The protection flags of each pod on this node, derived by the engine from the cluster.
+
+The agent lists the SecretBindings, EnforcementPolicies and Namespaces of the cluster and the
+pods bound to its node, compiles them with the same engine the operator and the webhook use,
+and keeps each injected pod's EffectivePolicy flags by pod UID. A registration whose pod is not
+known yet triggers one relist (the pod may have been bound a moment ago); a process in no
+known pod is refused, so the wrapper does not start the app unprotected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cloudtaser.engine.compiler import ClusterState, compile_state
+from cloudtaser.engine.documents import CORE_KINDS, RESOURCE_KINDS, as_problems, parse_document
+from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.plans import BpfEntry
+from cloudtaser.engine.resources import GROUP, VERSION, EnforcementPolicy, SecretBinding
+
+log = logging.getLogger("cloudtaser.bpf.watching")
+Lister = Callable[[], dict[str, list[dict[str, Any]]]]
+
+
+def flags_by_pod(objects: dict[str, list[dict[str, Any]]]) -> dict[str, BpfEntry]:
+    """Pod UID -> BpfEntry, from raw objects by kind (pure: the engine does the work)."""
+    models: dict[str, list[Any]] = {k: [] for k in ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")}
+    problems = []
+    for kind, bodies in objects.items():
+        kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS
+        for body in bodies:
+            doc = {**body, "kind": kind,
+                   "apiVersion": f"{GROUP}/{VERSION}" if kind in RESOURCE_KINDS else "v1"}
+            model, found = parse_document(doc, kinds)
+            if model is None:
+                problems.extend(as_problems(doc, found))
+            else:
+                models[kind].append(model)
+    plan = compile_state(ClusterState(
+        bindings=[m for m in models["SecretBinding"] if isinstance(m, SecretBinding)],
+        policies=[m for m in models["EnforcementPolicy"] if isinstance(m, EnforcementPolicy)],
+        pods=[m for m in models["Pod"] if isinstance(m, Pod)],
+        namespaces=[m for m in models["Namespace"] if isinstance(m, Namespace)],
+        problems=problems,
+    ))
+    return {entry.uid: entry for entry in plan.bpf if entry.uid}
+
+
+def kubernetes_lister(node: str) -> Lister:
+    """List the objects the agent compiles from, with the kubernetes client (in-cluster or
+    $KUBECONFIG)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    custom = kubernetes.client.CustomObjectsApi()
+    core = kubernetes.client.CoreV1Api()
+    serialize = kubernetes.client.ApiClient().sanitize_for_serialization
+
+    def items(result: Any) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = serialize(result)["items"] if not isinstance(result, dict) else result["items"]
+        return found
+
+    def list_all() -> dict[str, list[dict[str, Any]]]:
+        return {
+            "SecretBinding": items(custom.list_cluster_custom_object(GROUP, VERSION, "secretbindings")),
+            "EnforcementPolicy": items(custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")),
+            "Namespace": items(core.list_namespace()),
+            "Pod": items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")),
+        }
+
+    return list_all
+
+
+class PodPolicies:
+    """Flags by pod UID, refreshed on demand and by the caller's timer."""
+
+    def __init__(self, lister: Lister) -> None:
+        self._lister = lister
+        self._entries: dict[str, BpfEntry] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        entries = flags_by_pod(self._lister())
+        with self._lock:
+            self._entries = entries
+        log.info("%d protected pod(s) on this node", len(entries))
+
+    def entry(self, uid: str) -> BpfEntry | None:
+        with self._lock:
+            found = self._entries.get(uid)
+        if found is None:
+            self.refresh()  # bound a moment ago?
+            with self._lock:
+                found = self._entries.get(uid)
+        return found

@@ -1,0 +1,77 @@
+"""The agent protects a process with its pod's compiled policy, found through its cgroup."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudtaser.bpf.watching import PodPolicies
+from cloudtaser.engine.plans import ProtectionFlag
+from tests.harness.kubelet import cgroup2_root
+from tests.unit.bpf.test_pod_policies import UID, objects
+
+from .conftest import VICTIM, AgentRun, attack
+from .test_bpf_protect import READ_FILE
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def pod_cgroup() -> Iterator[Path]:
+    path = (cgroup2_root() / "kubepods.slice" / "kubepods-besteffort.slice" /
+            f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice" / f"cri-test-{uuid.uuid4().hex[:8]}.scope")
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        for p in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def spawn_in(cgroup: Path | None, socket_path: Path) -> tuple[subprocess.Popen[str], str]:
+    secret = "s3cr3t-" + secrets.token_hex(16)
+    enter = f'echo $$ > "{cgroup}/cgroup.procs"; ' if cgroup else ""
+    proc = subprocess.Popen(
+        ["sh", "-c", enter + 'exec "$0" -c "$1" 1 "$2" 0', sys.executable, VICTIM, str(socket_path)],
+        env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=Path(__file__).resolve().parents[2])
+    return proc, secret
+
+
+def test_pod_flags_reach_the_kernel(agent_run: AgentRun, pod_cgroup: Path) -> None:
+    policies = PodPolicies(lambda: objects())
+    agent_run.start()
+    assert agent_run.agent is not None
+    agent_run.agent.pod_policies = policies
+    victim, secret = spawn_in(pod_cgroup, agent_run.socket_path)
+    try:
+        assert victim.stdout is not None
+        line = victim.stdout.readline()
+        assert "backend=tracepoint" in line, victim.stderr.read() if victim.stderr else ""
+        entry = agent_run.agent.entry(victim.pid)
+        assert entry is not None and entry.flags == ProtectionFlag.ENVIRON  # the pod's policy
+        result = attack(READ_FILE, f"/proc/{victim.pid}/environ")
+        assert result.returncode == -9 and secret.encode() not in result.stdout
+    finally:
+        victim.kill()
+        victim.communicate()
+
+
+def test_process_in_no_protected_pod_is_refused(agent_run: AgentRun) -> None:
+    agent_run.start()
+    assert agent_run.agent is not None
+    agent_run.agent.pod_policies = PodPolicies(lambda: objects())
+    victim, _ = spawn_in(None, agent_run.socket_path)
+    _, err = victim.communicate(timeout=30)
+    assert victim.returncode != 0
+    assert "node agent refused the registration: the caller runs in no pod cgroup" in err

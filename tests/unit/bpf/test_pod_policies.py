@@ -1,0 +1,64 @@
+"""PID -> pod: kubelet cgroup names, and each pod's flags compiled by the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudtaser.bpf.cgroups import pod_uid_from_cgroups
+from cloudtaser.bpf.watching import PodPolicies, flags_by_pod
+from cloudtaser.engine.plans import ProtectionFlag
+from tests.conftest import binding_doc, pod_doc, policy_doc
+
+UID = "0b9f3c1e-7d2a-4c55-9e61-2f1d8c3b4a70"
+
+
+@pytest.mark.parametrize(("cgroup", "uid"), [
+    (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice/"
+     "cri-containerd-abc.scope", UID),
+    (f"0::/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/cri-containerd-abc.scope", UID),
+    (f"12:memory:/kubepods/burstable/pod{UID}/0123abcd\n0::/", UID),
+    ("0::/user.slice/user-0.slice/session-1.scope", None),
+    ("0::/system.slice/podman.service", None),
+])
+def test_pod_uid_from_kubelet_cgroup_names(cgroup: str, uid: str | None) -> None:
+    assert pod_uid_from_cgroups(cgroup) == uid
+
+
+def objects(mode: str = "enforce") -> dict[str, list[dict[str, Any]]]:
+    pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
+    pod["metadata"]["uid"] = UID
+    binding = binding_doc("app", "team")
+    policy = policy_doc("only-environ", mode=mode, protections={
+        "mem": False, "fds": False, "ptrace": False, "pidfdGetfd": False, "coreDump": False})
+    for doc in (pod, binding, policy):
+        doc.pop("apiVersion")
+        doc.pop("kind")
+    return {"Pod": [pod], "SecretBinding": [binding], "EnforcementPolicy": [policy], "Namespace": []}
+
+
+def test_flags_come_from_the_engine_for_injected_pods_only() -> None:
+    entries = flags_by_pod(objects())
+    assert set(entries) == {UID}
+    assert entries[UID].policy.flags == ProtectionFlag.ENVIRON
+    audit = flags_by_pod(objects("audit"))[UID].policy.flags
+    assert audit == ProtectionFlag.ENVIRON | ProtectionFlag.AUDIT_ONLY
+    not_injected = objects()
+    del not_injected["Pod"][0]["metadata"]["annotations"]["cloudtaser.io/injected"]
+    assert flags_by_pod(not_injected) == {}
+
+
+def test_unknown_pod_triggers_one_relist() -> None:
+    calls: list[int] = []
+    snapshots = [{"Pod": [], "SecretBinding": [], "EnforcementPolicy": [], "Namespace": []}, objects()]
+
+    def lister() -> dict[str, list[dict[str, Any]]]:
+        calls.append(1)
+        return snapshots[min(len(calls) - 1, 1)]
+
+    policies = PodPolicies(lister)
+    policies.refresh()
+    entry = policies.entry(UID)  # bound after the last list: found by the relist
+    assert entry is not None and len(calls) == 2
+    assert policies.entry("ffffffff-0000-0000-0000-000000000000") is None and len(calls) == 3
