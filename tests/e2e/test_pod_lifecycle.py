@@ -51,6 +51,7 @@ APP_SCRIPT = "\n".join([
     f"{PYTHON} -c 'import hashlib; from cloudtaser.sdk import get_secret; "
     'print(hashlib.sha256(get_secret("demo-password")).hexdigest(), "-")\'',
     "grep '^0::' /proc/self/cgroup",
+    "sleep 3",  # long enough for the attacker in the agent test to find the app
 ])
 HASH_LINE = re.compile(r"([0-9a-f]{64})\s+-")
 
@@ -267,3 +268,78 @@ def test_enforced_pod_without_agent_fails_with_one_line(pod: Any, kubectl: Any, 
     terminated = after["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == app.exit_code and terminated["reason"] == "Error"
     _assert_cleaned_up(after)
+
+
+ATTACK = r"""
+import sys
+with open(sys.argv[1], "rb") as f:
+    sys.stdout.buffer.write(f.read())
+"""
+
+
+def _attack_pod(pod_cgroup: Path, secret: str, stop_at: float, results: list[tuple[int, int, bool]]) -> None:
+    """As root on the node: read /proc/PID/environ of every process of the pod's containers."""
+    import time as clock
+
+    while clock.monotonic() < stop_at and not results:
+        for procs in pod_cgroup.glob("cri-containerd-*.scope/cgroup.procs"):
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except OSError:
+                continue
+            for pid in pids:
+                if Path(f"/proc/{pid}/exe").resolve().name not in ("sh", "dash", "bash"):
+                    continue  # wait until the wrapper has exec'ed the app
+                attacker = subprocess.run([sys.executable, "-c", ATTACK, f"/proc/{pid}/environ"],
+                                          capture_output=True, timeout=20, check=False)
+                results.append((pid, attacker.returncode, secret.encode() in attacker.stdout))
+        clock.sleep(0.05)
+
+
+def test_enforced_pod_with_the_agent_runs_and_root_cannot_read_it(
+        pod: Any, kubectl: Any, bundle: Path, demo_secret: dict[str, str], tmp_path: Path,
+        stack: stacking.Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All the pieces: the node agent compiles the pod's policy from the API server, the
+    wrapper registers (enforce mode requires it) and starts the app, and a root process on the
+    node that reads the app's environment is killed and gets nothing."""
+    import threading
+    import time as clock
+
+    from cloudtaser.bpf.agent import Agent
+    from cloudtaser.bpf.loading import ensure_bpffs, unpin
+    from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
+
+    if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("the node agent needs root and BTF")
+    built = subprocess.run([str(stacking.REPO / "scripts" / "build-bpf")], capture_output=True,
+                           text=True, check=True)
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir()
+    pin_dir = Path(f"/sys/fs/bpf/cloudtaser-e2e-{secrets.token_hex(4)}")
+    ensure_bpffs()
+    policies = PodPolicies(kubernetes_lister(kubelet.node_name()))
+    agent = Agent(agent_dir / "agent.sock", Path(built.stdout.strip().splitlines()[-1]),
+                  pin_dir=pin_dir, pod_policies=policies)
+    agent.start()
+    try:
+        name, body = pod("enforce")
+        _assert_mutated(body, required_agent=True)
+        results: list[tuple[int, int, bool]] = []
+        attacker = threading.Thread(target=_attack_pod, args=(
+            kubelet.pod_cgroup(body), demo_secret["password"], clock.monotonic() + 60, results))
+        attacker.start()
+        result = kubelet.run_pod(kubectl, NS, name,
+                                 images={SETTINGS.wrapper_image: {"/bundle": bundle}},
+                                 host_paths={SETTINGS.agent_socket_dir: agent_dir}, timeout=120)
+        attacker.join()
+    finally:
+        agent.stop()
+        unpin(pin_dir)
+    _assert_no_secret(result, demo_secret)
+    app = result.container("app")
+    assert "registered with the node agent (tracepoint backend)" in app.stderr, app.stderr
+    assert results, "the attacker never found the app's process"
+    pid, returncode, leaked = results[0]
+    assert returncode == -9 and not leaked, f"attacker on pid {pid}: rc {returncode}, leaked {leaked}"
+    assert app.exit_code == 0 and result.phase == "Succeeded", app.stderr
