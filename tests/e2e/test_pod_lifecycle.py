@@ -288,8 +288,13 @@ def _attack_pod(pod_cgroup: Path, secret: str, stop_at: float, results: list[tup
             except OSError:
                 continue
             for pid in pids:
-                if Path(f"/proc/{pid}/exe").resolve().name not in ("sh", "dash", "bash"):
-                    continue  # wait until the wrapper has exec'ed the app
+                try:  # the app's shell once the wrapper has exec'ed it: not the wrapper
+                    # (same command line, before exec) nor the init container's install script
+                    if (Path(f"/proc/{pid}/exe").resolve().name not in ("sh", "dash", "bash")
+                            or b"sha256sum" not in Path(f"/proc/{pid}/cmdline").read_bytes()):
+                        continue
+                except OSError:
+                    continue
                 attacker = subprocess.run([sys.executable, "-c", ATTACK, f"/proc/{pid}/environ"],
                                           capture_output=True, timeout=20, check=False)
                 results.append((pid, attacker.returncode, secret.encode() in attacker.stdout))
