@@ -32,6 +32,7 @@ from pathlib import Path
 from cloudtaser.bpf import layouts
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
+from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import ProtectionFlag
 from cloudtaser.errors import PermanentError
@@ -317,10 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     policies = None
+    reporter = None
     if args.node:
         policies = PodPolicies(kubernetes_lister(args.node))
         policies.refresh()
-    agent = Agent(args.socket, args.object, args.flags, args.pin_dir, pod_policies=policies)
+        reporter = EventReporter(policies, args.node)
+    agent = Agent(args.socket, args.object, args.flags, args.pin_dir,
+                  on_violation=reporter.report if reporter else None, pod_policies=policies)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -332,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ready: {args.socket}", flush=True)
     done.wait()
     agent.stop()
+    if reporter is not None:
+        reporter.close()
     return 0
 
 

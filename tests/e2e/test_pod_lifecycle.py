@@ -312,6 +312,7 @@ def test_enforced_pod_with_the_agent_runs_and_root_cannot_read_it(
 
     from cloudtaser.bpf.agent import Agent
     from cloudtaser.bpf.loading import ensure_bpffs, unpin
+    from cloudtaser.bpf.reporting import REASON, EventReporter
     from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 
     if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
@@ -324,8 +325,9 @@ def test_enforced_pod_with_the_agent_runs_and_root_cannot_read_it(
     pin_dir = Path(f"/sys/fs/bpf/cloudtaser-e2e-{secrets.token_hex(4)}")
     ensure_bpffs()
     policies = PodPolicies(kubernetes_lister(kubelet.node_name()))
+    reporter = EventReporter(policies, kubelet.node_name())
     agent = Agent(agent_dir / "agent.sock", Path(built.stdout.strip().splitlines()[-1]),
-                  pin_dir=pin_dir, pod_policies=policies)
+                  pin_dir=pin_dir, pod_policies=policies, on_violation=reporter.report)
     agent.start()
     try:
         name, body = pod("enforce")
@@ -340,8 +342,14 @@ def test_enforced_pod_with_the_agent_runs_and_root_cannot_read_it(
         attacker.join()
     finally:
         agent.stop()
+        reporter.close()
         unpin(pin_dir)
     _assert_no_secret(result, demo_secret)
+    events = kubectl("get", "events", "-n", NS, "--field-selector",
+                     f"involvedObject.name={name},reason={REASON}", "-o", "json")
+    messages = [e["message"] for e in json.loads(events)["items"]]
+    assert any(m.startswith("environ access to pid ") and m.endswith(": killed") for m in messages), messages
+    assert all(demo_secret["password"] not in m for m in messages)
     app = result.container("app")
     assert "registered with the node agent (tracepoint backend)" in app.stderr, app.stderr
     assert results, "the attacker never found the app's process"
