@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import prometheus_client
+
 from cloudtaser.bpf import layouts
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
@@ -99,6 +101,22 @@ def default_object() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+class Metrics:
+    """Prometheus metrics of one agent (its own registry: several agents in one test process)."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.violations = prometheus_client.Counter(
+            "cloudtaser_violations", "Accesses to protected processes, by vector and action.",
+            ["vector", "action"], registry=self.registry)
+        self.registrations = prometheus_client.Counter(
+            "cloudtaser_registrations", "Processes registered for protection.", ["result"],
+            registry=self.registry)
+
+    def text(self) -> str:
+        return prometheus_client.generate_latest(self.registry).decode()
+
+
 class Agent:
     def __init__(
         self,
@@ -120,6 +138,7 @@ class Agent:
         self.pin_dir = pin_dir
         self.on_violation = on_violation
         self.pod_policies = pod_policies
+        self.metrics = Metrics()
         self.loaded: Loaded | None = None
         self._ring: RingBuffer | None = None
         self._server: socket.socket | None = None
@@ -249,6 +268,7 @@ class Agent:
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
             start = self.protect(pid, flags)
+            self.metrics.registrations.labels(result="ok").inc()
             if pidfd is not None:
                 # The pid was read from the connection; a pidfd taken at the same time proves
                 # the start time read afterwards is of the same process (no reuse meanwhile).
@@ -286,6 +306,7 @@ class Agent:
             "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r): %s",
             v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm, v.action,
         )
+        self.metrics.violations.labels(vector=v.kind, action=v.action).inc()
         if self.on_violation is not None:
             self.on_violation(v)
 
@@ -312,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin-dir", type=Path, default=DEFAULT_PIN_DIR)
     parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS),
                         help="flags for every caller when --node is not given")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (e.g. 9462)")
     parser.add_argument("--node", default=None,
                         help="this node's name: take each caller's flags from its pod's policy, "
                              "compiled from the API server (in-cluster or $KUBECONFIG)")
@@ -333,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermanentError as e:
         print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
         return 1
+    if args.metrics_port is not None:
+        prometheus_client.start_http_server(args.metrics_port, registry=agent.metrics.registry)
     print(f"ready: {args.socket}", flush=True)
     done.wait()
     agent.stop()

@@ -119,6 +119,10 @@ def test_attacker_is_killed_and_reads_nothing(
     assert_killed(victim, result)
     v = agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == KIND[vector])
     assert v.action == "killed" and v.opener_uid == 0
+    assert agent_run.agent is not None
+    metrics = agent_run.agent.metrics.text()
+    assert f'cloudtaser_violations_total{{action="killed",vector="{v.kind}"}} 1.0' in metrics
+    assert 'cloudtaser_registrations_total{result="ok"} 1.0' in metrics
 
 
 def test_unprotected_vectors_really_leak(spawn_victim: Callable[..., Victim], tmp_path: Path, bpf_object: Path) -> None:
