@@ -61,6 +61,7 @@ def cluster(bindings: int) -> ClusterState:
                              "annotations": {"cloudtaser.io/inject": "true",
                                              "cloudtaser.io/injected": "x"}},
                 "spec": {"nodeName": f"node-{i % 50}",
+                         "initContainers": [{"name": "cloudtaser-init", "image": "bundle"}],
                          "containers": [{"name": "app", "image": "app:1", "command": ["/app"]}]},
             })
             for ns in namespaces for i in range(PER_NAMESPACE)

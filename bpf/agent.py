@@ -229,16 +229,22 @@ class Agent:
                 if self._stop.is_set():
                     return
                 raise
-            with conn:
-                try:
-                    answer = self._register(conn)
-                except Exception as e:  # a bad client must not take the agent down
-                    log.warning("registration failed: %s", e)
-                    answer = {"ok": False, "error": "internal error"}
-                try:
-                    conn.sendall(json.dumps(answer).encode() + b"\n")
-                except OSError:
-                    pass
+            # One thread per connection: a client that holds its connection open must not
+            # stall other wrappers' registrations (each read has a 2 s deadline).
+            threading.Thread(target=self._answer, args=(conn,), name="agent-register",
+                             daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                answer = self._register(conn)
+            except Exception as e:  # a bad client must not take the agent down
+                log.warning("registration failed: %s", type(e).__name__)
+                answer = {"ok": False, "error": "internal error"}
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                pass
 
     def _register(self, conn: socket.socket) -> dict[str, object]:
         conn.settimeout(2.0)
@@ -259,12 +265,12 @@ class Agent:
             assert self.loaded is not None
             flags = self.flags
             if self.pod_policies is not None:
-                uid = pod_uid(pid)
-                if uid is None:
+                pod = pod_uid(pid)
+                if pod is None:
                     return {"ok": False, "error": "the caller runs in no pod cgroup on this node"}
-                entry = self.pod_policies.entry(uid)
+                entry = self.pod_policies.entry(pod)
                 if entry is None:
-                    return {"ok": False, "error": f"pod {uid} has no cloudtaser protection on "
+                    return {"ok": False, "error": f"pod {pod} has no cloudtaser protection on "
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
             start = self.protect(pid, flags)
@@ -326,6 +332,17 @@ def parse_flags(text: str) -> int:
     return value
 
 
+def _refresh_every(policies: PodPolicies, seconds: float) -> None:
+    """Relist periodically: pods that left the node, policy changes (for new registrations;
+    rewriting the flags of processes already registered is not done yet)."""
+    while True:
+        time.sleep(seconds)
+        try:
+            policies.refresh()
+        except Exception as e:  # the API server being away must not stop the agent
+            log.warning("relist failed: %s", type(e).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cloudtaser-bpf-agent", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
@@ -346,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         policies = PodPolicies(kubernetes_lister(args.node))
         policies.refresh()
         reporter = EventReporter(policies, args.node)
+        threading.Thread(target=_refresh_every, args=(policies, 30.0), daemon=True,
+                         name="agent-relist").start()
     agent = Agent(args.socket, args.object, args.flags, args.pin_dir,
                   on_violation=reporter.report if reporter else None, pod_policies=policies)
     done = threading.Event()

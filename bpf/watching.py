@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,12 +80,17 @@ def kubernetes_lister(node: str) -> Lister:
 class PodPolicies:
     """Flags by pod UID, refreshed on demand and by the caller's timer."""
 
-    def __init__(self, lister: Lister) -> None:
+    MIN_RELIST_SECONDS = 1.0  # a burst of unknown callers costs one relist
+
+    def __init__(self, lister: Lister, clock: Callable[[], float] = time.monotonic) -> None:
         self._lister = lister
         self._entries: dict[str, BpfEntry] = {}
         self._lock = threading.Lock()
+        self._clock = clock
+        self._last_list = float("-inf")
 
     def refresh(self) -> None:
+        self._last_list = self._clock()
         entries = flags_by_pod(self._lister())
         with self._lock:
             self._entries = entries
@@ -93,7 +99,7 @@ class PodPolicies:
     def entry(self, uid: str) -> BpfEntry | None:
         with self._lock:
             found = self._entries.get(uid)
-        if found is None:
+        if found is None and self._clock() - self._last_list >= self.MIN_RELIST_SECONDS:
             self.refresh()  # bound a moment ago?
             with self._lock:
                 found = self._entries.get(uid)

@@ -438,9 +438,10 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
               help="URL the API server calls (default https://HOST:PORT/mutate-v1-pod).")
 @click.option("--webhook-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
               help="Reach the webhook through this Service instead of a URL (in-cluster).")
-@click.option("--settings", "settings_file", default=None,
+@click.option("--settings", "settings_file", default=None, envvar="CLOUDTASER_SETTINGS",
               type=click.Path(exists=True, dir_okay=False),
-              help="InjectorSettings JSON (the chart's injector.json); default: built-in.")
+              help="InjectorSettings JSON (the chart's injector.json; env CLOUDTASER_SETTINGS); "
+                   "default: built-in.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8443, show_default=True)
 @click.option("--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181).")

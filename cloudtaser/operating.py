@@ -131,10 +131,10 @@ class Operator:
                 reasons = sorted(response.json().get("result") or [])
                 decision = Decision(not reasons, reasons)
             except (requests.RequestException, ValueError) as e:
-                # Fail closed for what OPA never allowed; keep the last decision otherwise.
+                # Fail closed for what OPA never saw: a new binding, or an edited spec. Only
+                # an unchanged spec keeps its decision (handled above, before asking).
                 reason = f"OPA unreachable at {self.opa_url} ({type(e).__name__})"
-                decision = Decision(known[1].allowed if known else None, [reason])
-                return decision
+                return Decision(None, [reason])
         self.decisions[binding.ref] = (digest, decision)
         return decision
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from cloudtaser.engine.kube import LabelSelector, Model, Namespace, Pod
 from cloudtaser.engine.plans import (
+    INIT_CONTAINER,
     INJECT_ANNOTATION,
     INJECTED_ANNOTATION,
     NAMESPACE_NAME_LABEL,
@@ -336,6 +337,14 @@ def _pod_key(pod: Pod) -> tuple[str, str]:
     return (pod.metadata.namespace or "default", pod.metadata.name)
 
 
+def is_injected(pod: Pod) -> bool:
+    """The webhook's work is on the pod: its marker *and* its init container. The marker alone
+    is not trusted — whoever creates a pod can write annotations."""
+    return INJECTED_ANNOTATION in pod.metadata.annotations and any(
+        c.name == INIT_CONTAINER for c in pod.spec.init_containers or ()
+    )
+
+
 def _wants_injection(pod: Pod) -> bool:
     return pod.metadata.annotations.get(INJECT_ANNOTATION) == "true"
 
@@ -495,24 +504,24 @@ class IncrementalCompiler:
 
         add(self._parse_problems)
         matched: dict[str, int] = defaultdict(int)
-        injected: dict[str, int] = defaultdict(int)
+        injected_count: dict[str, int] = defaultdict(int)
         pods: list[PodPlan] = []
         bpf: list[BpfEntry] = []
         policy_pods: dict[str, int] = defaultdict(int)
         for key in sorted(self._pods):
             entry = self._pods[key]
-            is_injected = INJECTED_ANNOTATION in entry.pod.metadata.annotations
+            pod_injected = is_injected(entry.pod)
             for ref in entry.bindings:
                 matched[ref] += 1
-                if is_injected:
-                    injected[ref] += 1
+                if pod_injected:
+                    injected_count[ref] += 1
             if entry.plan is None:
                 continue
             pods.append(entry.plan)
             add(entry.plan.problems)
             for name in entry.plan.policy.policies:
                 policy_pods[name] += 1
-            if is_injected:
+            if pod_injected:
                 bpf.append(
                     BpfEntry(
                         namespace=entry.namespace,
@@ -554,7 +563,7 @@ class IncrementalCompiler:
                     binding=ref,
                     valid=True,
                     matched_pods=matched[ref],
-                    injected_pods=injected[ref],
+                    injected_pods=injected_count[ref],
                     secrets=compiled.secrets,
                 )
             )

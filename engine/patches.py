@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import Field
 
-from cloudtaser.engine.compiler import BUNDLE_VOLUME
+from cloudtaser.engine.compiler import BUNDLE_VOLUME, is_injected
 from cloudtaser.engine.kube import Container, Model, Pod
 from cloudtaser.engine.plans import (
     CONFIG_ENV,
+    INIT_CONTAINER,
     INJECTED_ANNOTATION,
     ContainerPlan,
     InjectorSettings,
@@ -29,7 +30,6 @@ from cloudtaser.engine.plans import (
     Problem,
 )
 
-INIT_CONTAINER = "cloudtaser-init"
 Operation = dict[str, Any]
 
 
@@ -167,7 +167,7 @@ def pod_patch(
     entrypoints: dict[str, ImageEntrypoint] | None = None,
 ) -> PatchResult:
     """The JSON patch that injects ``plan`` into ``pod`` (``entrypoints`` by container name)."""
-    if INJECTED_ANNOTATION in pod.metadata.annotations:
+    if is_injected(pod):
         return PatchResult(operations=[], problems=[])
     entrypoints = entrypoints or {}
     problems: list[Problem] = []

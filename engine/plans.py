@@ -23,6 +23,7 @@ from cloudtaser.engine.kube import LabelSelector, Model
 
 INJECT_ANNOTATION = "cloudtaser.io/inject"
 INJECTED_ANNOTATION = "cloudtaser.io/injected"
+INIT_CONTAINER = "cloudtaser-init"
 CONFIG_ENV = "CLOUDTASER_CONFIG"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 

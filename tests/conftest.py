@@ -40,12 +40,12 @@ def pod_doc(
     inject: bool = True,
     injected: bool = False,
 ) -> dict[str, Any]:
-    annotations = {}
+    annotations: dict[str, str] = {}
     if inject:
         annotations["cloudtaser.io/inject"] = "true"
     if injected:
         annotations["cloudtaser.io/injected"] = "0000"
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -60,6 +60,9 @@ def pod_doc(
             else [{"name": "app", "image": "app:1", "command": ["/app"]}]
         },
     }
+    if injected:  # what the webhook leaves: its marker and its init container
+        pod["spec"]["initContainers"] = [{"name": "cloudtaser-init", "image": "bundle"}]
+    return pod
 
 
 @pytest.fixture

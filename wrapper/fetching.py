@@ -21,7 +21,7 @@ import requests
 import tenacity
 
 from cloudtaser.engine.plans import WrapperConfig, WrapperSource
-from cloudtaser.errors import PermanentError, TemporaryError
+from cloudtaser.errors import CloudtaserError, PermanentError, TemporaryError
 from cloudtaser.wrapper.storing import wipe
 
 REQUEST_TIMEOUT = 5
@@ -54,7 +54,7 @@ def _readable(path: str | None, what: str, source: WrapperSource) -> str | None:
     return path
 
 
-def _classify(error: Exception, where: str) -> Exception:
+def _classify(error: Exception, where: str) -> CloudtaserError:
     """Translate a library error into ours, with a message that carries no payload."""
     if isinstance(error, requests.exceptions.SSLError):
         reason = error.args[0] if error.args else error
@@ -75,7 +75,8 @@ def _classify(error: Exception, where: str) -> Exception:
         return FetchError(f"{where}: request refused (HTTP 400; check role and auth mount)")
     if isinstance(error, hvac.exceptions.VaultError):
         return FetchError(f"{where}: {type(error).__name__}")
-    return error
+    # Anything else: its class only (messages of e.g. requests.InvalidHeader carry headers).
+    return FetchError(f"{where}: {type(error).__name__}")
 
 
 def _short(text: str) -> str:

@@ -118,16 +118,22 @@ def prepare(config: WrapperConfig, fetched: fetching.Fetched, environ: dict[str,
     return out
 
 
-def _register(config: WrapperConfig) -> None:
+def _register(config: WrapperConfig) -> str:
+    """Register with the node agent; the line to log once the app is about to start."""
     try:
         registration = registering.register(config.agent.socket)
     except registering.AgentUnavailable as e:
         if config.agent.required:
             raise WrapperError(f"{e}; the pod's policy enforces protection, so the app is not "
                                "started without the agent") from None
-        _log(f"warning: {e}; audit mode, starting without kernel protection")
-        return
-    _log(f"registered with the node agent ({registration.backend} backend)")
+        return f"warning: {e}; audit mode, starting without kernel protection"
+    return f"registered with the node agent ({registration.backend} backend)"
+
+
+def _wipe(fetched: fetching.Fetched | None) -> None:
+    if fetched is not None:
+        for value in fetched.values.values():
+            storing.wipe(value)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -142,9 +148,12 @@ def run(argv: Sequence[str]) -> int:
         except OSError as e:
             raise WrapperError(f"cannot read the service-account token {config.token_path}: "
                                f"{e.strerror}") from None
+        # Register first: the wrapper itself is protected while it holds secrets, and in
+        # enforce mode nothing is fetched for an app that will not be started.
+        registered = _register(config)
         fetched = fetching.fetch_all(config, jwt, args.deadline, _log)
         prepared = prepare(config, fetched, dict(os.environ))
-        _register(config)
+        _wipe(fetched)  # before the refresher forks: it must not inherit plaintext copies
         if config.refresh_seconds and prepared.fds:
             refreshing.start(config, prepared.fds, args.deadline)
         env = prepared.env
@@ -154,10 +163,12 @@ def run(argv: Sequence[str]) -> int:
     except CloudtaserError as e:
         _log(str(e))
         return EX_CONFIG
+    except Exception as e:  # never a traceback: it could carry a value or a token
+        _log(f"internal error ({type(e).__name__}); the app was not started")
+        return EX_CONFIG
     finally:
-        if fetched is not None:
-            for value in fetched.values.values():
-                storing.wipe(value)
+        _wipe(fetched)
+    _log(registered)
     count = len(fetched.values) if fetched else 0
     _log(f"{count} secret(s) fetched in {(time.monotonic() - started) * 1000:.0f} ms; "
          f"starting {args.command[0]}")

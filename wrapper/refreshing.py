@@ -15,6 +15,7 @@ it is protected like the app, and dies with the app (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import signal
 import sys
@@ -62,7 +63,7 @@ def refresh_once(config: WrapperConfig, fds: dict[fetching.ValueKey, int], deadl
     try:
         for value_key, fd in fds.items():
             value = fetched.values[value_key]
-            if storing.read(fd) != value:
+            if hashlib.sha256(storing.read(fd)).digest() != hashlib.sha256(value).digest():
                 try:
                     storing.rewrite(fd, value)
                 except storing.SecretMemoryError as e:
@@ -83,6 +84,9 @@ def loop(config: WrapperConfig, fds: dict[fetching.ValueKey, int], deadline: flo
             changed = refresh_once(config, fds, min(deadline, interval))
         except (CloudtaserError, OSError) as e:
             _log(f"refresh failed, keeping the current values: {e}")
+            continue
+        except Exception as e:  # an odd server answer must not end rotation for good
+            _log(f"refresh failed ({type(e).__name__}), keeping the current values")
             continue
         if changed:
             _log(f"{changed} secret(s) updated in place")

@@ -49,16 +49,20 @@ def test_flags_come_from_the_engine_for_injected_pods_only() -> None:
     assert flags_by_pod(not_injected) == {}
 
 
-def test_unknown_pod_triggers_one_relist() -> None:
+def test_unknown_pod_triggers_one_relist_at_most_once_a_second() -> None:
     calls: list[int] = []
+    now = [100.0]
     snapshots = [{"Pod": [], "SecretBinding": [], "EnforcementPolicy": [], "Namespace": []}, objects()]
 
     def lister() -> dict[str, list[dict[str, Any]]]:
         calls.append(1)
         return snapshots[min(len(calls) - 1, 1)]
 
-    policies = PodPolicies(lister)
+    policies = PodPolicies(lister, clock=lambda: now[0])
     policies.refresh()
+    assert policies.entry(UID) is None and len(calls) == 1  # within a second: no relist
+    now[0] += 1.5
     entry = policies.entry(UID)  # bound after the last list: found by the relist
     assert entry is not None and len(calls) == 2
+    now[0] += 1.5
     assert policies.entry("ffffffff-0000-0000-0000-000000000000") is None and len(calls) == 3

@@ -124,3 +124,17 @@ def test_config_env_never_holds_more_than_names_and_paths() -> None:
                            "requireSecretMem", "agent"}
     assert set(config["sources"][0]) == {"binding", "address", "authMount", "role",
                                          "clientCertFile", "clientKeyFile", "secrets"}
+
+
+def test_a_forged_marker_does_not_skip_injection() -> None:
+    """Whoever creates a pod can write the marker annotation; without the webhook's init
+    container the pod is injected all the same (and not counted as injected)."""
+    pod = pod_doc(labels={"app": "app"})
+    pod["metadata"]["annotations"][INJECTED_ANNOTATION] = "forged"
+    patched = apply(pod, patch(pod))
+    assert patched["spec"]["containers"][0]["command"][:2] == ["/cloudtaser/wrapper", "--"]
+    assert patched["metadata"]["annotations"][INJECTED_ANNOTATION] != "forged"
+    plan = IncrementalCompiler(ClusterState(
+        bindings=[SecretBinding.model_validate(binding_doc("app"))],
+        pods=[Pod.model_validate(pod)])).plan()
+    assert plan.bindings[0].injected_pods == 0 and plan.bpf == []
