@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudtaser.engine.compiler import ClusterState, compile_state
-from cloudtaser.engine.documents import CORE_KINDS, RESOURCE_KINDS, as_problems, parse_document
-from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import BpfEntry
-from cloudtaser.engine.resources import GROUP, VERSION, EnforcementPolicy, SecretBinding
+from cloudtaser.engine.resources import GROUP, VERSION
 
 log = logging.getLogger("cloudtaser.bpf.watching")
 Lister = Callable[[], dict[str, list[dict[str, Any]]]]
@@ -27,24 +26,10 @@ Lister = Callable[[], dict[str, list[dict[str, Any]]]]
 
 def flags_by_pod(objects: dict[str, list[dict[str, Any]]]) -> dict[str, BpfEntry]:
     """Pod UID -> BpfEntry, from raw objects by kind (pure: the engine does the work)."""
-    models: dict[str, list[Any]] = {k: [] for k in ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")}
-    problems = []
-    for kind, bodies in objects.items():
-        kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS
-        for body in bodies:
-            doc = {**body, "kind": kind,
-                   "apiVersion": f"{GROUP}/{VERSION}" if kind in RESOURCE_KINDS else "v1"}
-            model, found = parse_document(doc, kinds)
-            if model is None:
-                problems.extend(as_problems(doc, found))
-            else:
-                models[kind].append(model)
+    parsed = parse_objects(objects)
     plan = compile_state(ClusterState(
-        bindings=[m for m in models["SecretBinding"] if isinstance(m, SecretBinding)],
-        policies=[m for m in models["EnforcementPolicy"] if isinstance(m, EnforcementPolicy)],
-        pods=[m for m in models["Pod"] if isinstance(m, Pod)],
-        namespaces=[m for m in models["Namespace"] if isinstance(m, Namespace)],
-        problems=problems,
+        bindings=parsed.bindings, policies=parsed.policies, pods=parsed.pods,
+        namespaces=parsed.namespaces, problems=parsed.problems,
     ))
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 

@@ -24,10 +24,9 @@ import kubernetes
 import requests
 
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
-from cloudtaser.engine.documents import CORE_KINDS, RESOURCE_KINDS, as_problems, parse_document
-from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Plan, Problem
-from cloudtaser.engine.resources import GROUP, VERSION, EnforcementPolicy, SecretBinding
+from cloudtaser.engine.resources import GROUP, VERSION, SecretBinding
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
 from cloudtaser.injector import serving
 
@@ -85,26 +84,14 @@ class Operator:
         # A snapshot: kopf handlers keep updating self.bodies on the loop while the status
         # writes below run in a thread.
         snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
-        problems: list[Problem] = []
-        models: dict[str, list[Any]] = {k: [] for k in snapshot}
-        for kind, bodies in snapshot.items():
-            kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS
-            for body in bodies.values():
-                doc = {"apiVersion": body.get("apiVersion", "v1"), "kind": kind, **{
-                    k: v for k, v in body.items() if k not in ("apiVersion", "kind")}}
-                model, found = parse_document(doc, kinds)
-                if model is None:
-                    problems.extend(as_problems(doc, found))
-                else:
-                    models[kind].append(model)
-        bindings: list[SecretBinding] = models["SecretBinding"]
-        decisions = {b.ref: await asyncio.to_thread(self._decide, b) for b in bindings}
+        parsed = parse_objects({kind: bodies.values() for kind, bodies in snapshot.items()})
+        decisions = {b.ref: await asyncio.to_thread(self._decide, b) for b in parsed.bindings}
         state = ClusterState(
-            bindings=[b for b in bindings if decisions[b.ref].allowed],
-            policies=models["EnforcementPolicy"],
-            pods=[p for p in models["Pod"] if isinstance(p, Pod)],
-            namespaces=[n for n in models["Namespace"] if isinstance(n, Namespace)],
-            problems=problems,
+            bindings=[b for b in parsed.bindings if decisions[b.ref].allowed],
+            policies=parsed.policies,
+            pods=parsed.pods,
+            namespaces=parsed.namespaces,
+            problems=parsed.problems,
             settings=self.holder.settings,
         )
         compiler = IncrementalCompiler(state)
@@ -357,5 +344,3 @@ def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str |
     asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key), clusterwide=True,
                               standalone=True, liveness_endpoint=liveness))
 
-
-__all__ = ["Operator", "run", "EnforcementPolicy"]

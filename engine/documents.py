@@ -6,6 +6,8 @@ so the operator, the webhook and ``cloudtaser validate`` report the same problem
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -70,3 +72,34 @@ def as_problems(doc: object, found: list[tuple[str, str]]) -> list[Problem]:
         Problem(kind=kind, namespace=namespace, name=name, path=path, message=message)
         for path, message in found
     ]
+
+
+@dataclass
+class ParsedObjects:
+    """Cluster objects by kind, parsed; the ones that failed are problems instead."""
+
+    bindings: list[SecretBinding] = field(default_factory=list)
+    policies: list[EnforcementPolicy] = field(default_factory=list)
+    pods: list[Pod] = field(default_factory=list)
+    namespaces: list[Namespace] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def parse_objects(objects: Mapping[str, Iterable[Mapping[str, Any]]]) -> ParsedObjects:
+    """Objects as the API server lists them (by kind; list items may lack apiVersion/kind)."""
+    out = ParsedObjects()
+    targets: dict[str, list[Any]] = {
+        "SecretBinding": out.bindings, "EnforcementPolicy": out.policies,
+        "Pod": out.pods, "Namespace": out.namespaces,
+    }
+    for kind, bodies in objects.items():
+        kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS
+        api_version = API_VERSION if kind in RESOURCE_KINDS else "v1"
+        for body in bodies:
+            doc = {**body, "apiVersion": api_version, "kind": kind}
+            model, found = parse_document(doc, kinds)
+            if model is None:
+                out.problems.extend(as_problems(doc, found))
+            else:
+                targets[kind].append(model)
+    return out
