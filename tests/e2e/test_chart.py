@@ -24,6 +24,7 @@ import yaml
 from cloudtaser import stacking
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.errors import CloudtaserError
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -43,18 +44,8 @@ sys.stdout.write(yaml.safe_dump_all(docs))
 """
 
 
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except CloudtaserError as e:
-            last = e
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+def wait_for_chart(check: Any, timeout: float = 60, what: str = "condition") -> Any:
+    return wait_for(check, timeout, what, tolerate=(CloudtaserError,))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +160,7 @@ def test_operator_may_do_what_its_rbac_says(installed: Any, stack: stacking.Path
 def run_hook_job(stack: stacking.Paths, kubectl: Any, workdir: Path) -> list[str]:
     """Play kubelet + job controller for the pre-delete Job: run its command locally with its
     own ServiceAccount's token (so its RBAC is what is tested), then mark the Job Complete."""
-    job = wait_for(lambda: json.loads(kubectl("get", "job", CLEANUP, "-n", NS, "-o", "json")),
+    job = wait_for_chart(lambda: json.loads(kubectl("get", "job", CLEANUP, "-n", NS, "-o", "json")),
                    what="the pre-delete hook Job")
     pod = job["spec"]["template"]["spec"]
     command: list[str] = pod["containers"][0]["command"]
@@ -217,14 +208,15 @@ def test_uninstall_removes_everything_and_the_webhook(installed: list[dict[str, 
     assert kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
                    "--ignore-not-found", "-o", "name").strip() == ""
     for obj in installed:
-        wait_for(lambda o=obj: not exists(kubectl, o), timeout=30,
+        wait_for_chart(lambda o=obj: not exists(kubectl, o), timeout=30,
                  what=f"{obj['kind']}/{obj['metadata']['name']} to be deleted")
     # the hook's own objects go too (hook-delete-policy hook-succeeded)
     for kind, namespaced in (("job", True), ("serviceaccount", True), ("clusterrole", False),
                              ("clusterrolebinding", False)):
         args = ["get", kind, CLEANUP, "--ignore-not-found", "-o", "name"] + (["-n", NS] if namespaced else [])
-        wait_for(lambda a=args: kubectl(*a).strip() == "", timeout=30, what=f"hook {kind} deleted")
+        wait_for_chart(lambda a=args: kubectl(*a).strip() == "", timeout=30, what=f"hook {kind} deleted")
     assert RELEASE not in helm.check("list", "-n", NS, "-a", "-q").split()
     # CRDs stay (Helm's policy for crds/): the bindings of other installs survive
     for crd in ("secretbindings.cloudtaser.io", "enforcementpolicies.cloudtaser.io"):
         kubectl("get", "crd", crd)
+

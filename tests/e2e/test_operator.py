@@ -9,7 +9,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +20,11 @@ from cloudtaser import stacking
 from cloudtaser.certificates import CertificateAuthority
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from tests.conftest import binding_doc, pod_doc
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 PORT = 18444
 NS = "operator-e2e"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as e:  # the object may not exist yet
-            last = e
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def start_operator(stack: stacking.Paths) -> subprocess.Popen[str]:

@@ -34,7 +34,8 @@ from cloudtaser.engine.patches import INIT_CONTAINER
 from cloudtaser.engine.plans import CONFIG_ENV, INJECTED_ANNOTATION, InjectorSettings, WrapperConfig
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from tests.e2e.conftest import sha
-from tests.e2e.test_operator import stop, wait_for
+from tests.e2e.test_operator import stop
+from tests.harness.waiting import wait_for
 from tests.harness import kubelet
 
 pytestmark = pytest.mark.e2e
