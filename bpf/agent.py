@@ -139,6 +139,10 @@ class Agent:
         self.on_violation = on_violation
         self.pod_policies = pod_policies
         self.metrics = Metrics()
+        self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
+        self._registered_lock = threading.Lock()
+        if pod_policies is not None:
+            pod_policies.listeners.append(self.reapply)
         self.loaded: Loaded | None = None
         self._ring: RingBuffer | None = None
         self._server: socket.socket | None = None
@@ -211,6 +215,31 @@ class Agent:
         self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
         return start
 
+    def reapply(self) -> None:
+        """After a relist: rewrite the flags of registered processes whose pod's policy
+        changed (audit -> enforce, protections, kill). Processes that exited are forgotten;
+        forked children keep the flags they inherited until they register themselves."""
+        if self.loaded is None or self.pod_policies is None:
+            return
+        with self._registered_lock:
+            registered = dict(self._registered)
+        for pid, uid in registered.items():
+            current = self.entry(pid)
+            try:
+                alive = current is not None and current.start_time == start_time_ticks(pid)
+            except OSError:
+                alive = False
+            entry = self.pod_policies.known(uid)
+            if not alive or entry is None:
+                with self._registered_lock:
+                    self._registered.pop(pid, None)
+                continue
+            assert current is not None
+            if current.flags != entry.policy.flags:
+                self.protect(pid, entry.policy.flags)
+                log.info("pid %d: flags %#x -> %#x (its pod's policy changed)", pid,
+                         current.flags, entry.policy.flags)
+
     def entry(self, pid: int) -> layouts.ProtectedEntry | None:
         assert self.loaded is not None, "agent not started"
         value = layouts.ProtectedEntry()
@@ -264,6 +293,7 @@ class Agent:
                 return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
             assert self.loaded is not None
             flags = self.flags
+            pod: str | None = None
             if self.pod_policies is not None:
                 pod = pod_uid(pid)
                 if pod is None:
@@ -274,6 +304,9 @@ class Agent:
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
             start = self.protect(pid, flags)
+            if pod is not None:
+                with self._registered_lock:
+                    self._registered[pid] = pod
             self.metrics.registrations.labels(result="ok").inc()
             if pidfd is not None:
                 # The pid was read from the connection; a pidfd taken at the same time proves
@@ -333,8 +366,8 @@ def parse_flags(text: str) -> int:
 
 
 def _refresh_every(policies: PodPolicies, seconds: float) -> None:
-    """Relist periodically: pods that left the node, policy changes (for new registrations;
-    rewriting the flags of processes already registered is not done yet)."""
+    """Relist periodically: pods that left the node, and policy changes, which reapply()
+    writes into the entries of processes already registered."""
     while True:
         time.sleep(seconds)
         try:

@@ -73,6 +73,7 @@ class PodPolicies:
         self._lock = threading.Lock()
         self._clock = clock
         self._last_list = float("-inf")
+        self.listeners: list[Callable[[], None]] = []  # called after every refresh
 
     def refresh(self) -> None:
         self._last_list = self._clock()
@@ -80,6 +81,13 @@ class PodPolicies:
         with self._lock:
             self._entries = entries
         log.info("%d protected pod(s) on this node", len(entries))
+        for listener in self.listeners:
+            listener()
+
+    def known(self, uid: str) -> BpfEntry | None:
+        """The cached entry, without relisting."""
+        with self._lock:
+            return self._entries.get(uid)
 
     def entry(self, uid: str) -> BpfEntry | None:
         with self._lock:

@@ -75,3 +75,28 @@ def test_process_in_no_protected_pod_is_refused(agent_run: AgentRun) -> None:
     _, err = victim.communicate(timeout=30)
     assert victim.returncode != 0
     assert "node agent refused the registration: the caller runs in no pod cgroup" in err
+
+
+def test_policy_change_reaches_a_running_process(agent_run: AgentRun, pod_cgroup: Path) -> None:
+    """enforce -> audit after registration: the relist rewrites the flags in the kernel map,
+    and the next reader is reported instead of killed."""
+    current = {"mode": "enforce"}
+    policies = PodPolicies(lambda: objects(current["mode"]))
+    agent_run.start()
+    assert agent_run.agent is not None
+    agent_run.agent.pod_policies = policies
+    policies.listeners.append(agent_run.agent.reapply)
+    victim, secret = spawn_in(pod_cgroup, agent_run.socket_path)
+    try:
+        assert victim.stdout is not None and "backend=tracepoint" in victim.stdout.readline()
+        assert attack(READ_FILE, f"/proc/{victim.pid}/environ").returncode == -9
+        current["mode"] = "audit"
+        policies.refresh()
+        entry = agent_run.agent.entry(victim.pid)
+        assert entry is not None and entry.flags == ProtectionFlag.ENVIRON | ProtectionFlag.AUDIT_ONLY
+        result = attack(READ_FILE, f"/proc/{victim.pid}/environ")
+        assert result.returncode == 0  # audit: reported, not killed
+        agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.action == "audited")
+    finally:
+        victim.kill()
+        victim.communicate()
