@@ -130,6 +130,24 @@ def test_conflict_names_the_other_binding(operator: Any, kubectl: Any) -> None:
     kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
 
 
+def test_deleting_a_binding_takes_its_namespace_out_of_scope(operator: Any, kubectl: Any) -> None:
+    other = f"{NS}-scope"
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}}))
+
+    def scope() -> list[str]:
+        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
+                                  "-o", "json"))
+        values: list[str] = hook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0].get(
+            "values", [])
+        return values
+
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("lonely", other)))
+    wait_for(lambda: other in scope(), what=f"{other} in the webhook scope")
+    kubectl("delete", "sb", "lonely", "-n", other)
+    wait_for(lambda: other not in scope() and NS in scope(), what=f"{other} out of the scope")
+
+
 def test_drift_is_repaired_and_restart_derives_the_same(stack: stacking.Paths, operator: Any,
                                                        kubectl: Any) -> None:
     def config() -> dict[str, Any]:
