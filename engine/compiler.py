@@ -15,9 +15,10 @@ from __future__ import annotations
 import gc
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pydantic import Field
 
@@ -50,6 +51,7 @@ from cloudtaser.engine.resources import (
     duration_seconds,
 )
 
+M = TypeVar("M", bound=Model)
 BUNDLE_VOLUME = "cloudtaser-bundle"
 AGENT_VOLUME = "cloudtaser-agent"
 TOKEN_VOLUME = "cloudtaser-token"
@@ -403,13 +405,18 @@ class IncrementalCompiler:
         # Derived caches, dropped whenever a policy or namespace changes.
         self._ns_policies: dict[str, list[EnforcementPolicy]] = {}
         self._effective: dict[tuple[str, ...], EffectivePolicy] = {}
-        for ns in state.namespaces:
+        namespaces = self._unique("Namespace", state.namespaces, lambda n: ("", n.metadata.name))
+        policies = self._unique("EnforcementPolicy", state.policies, lambda p: ("", p.metadata.name))
+        pods = self._unique("Pod", state.pods, _pod_key)
+        bindings = self._unique("SecretBinding", state.bindings,
+                                lambda b: (b.metadata.namespace or "default", b.metadata.name))
+        for ns in namespaces:
             self._namespace_labels[ns.metadata.name] = dict(ns.metadata.labels)
-        for policy in state.policies:
+        for policy in policies:
             self._policies[policy.metadata.name] = policy
-        for pod in state.pods:
+        for pod in pods:
             self._add_pod(pod)
-        for binding in state.bindings:
+        for binding in bindings:
             compiled = compile_binding(binding)
             self._bindings[compiled.ref] = compiled
             self._by_namespace[compiled.namespace].add(compiled.ref)
@@ -418,6 +425,22 @@ class IncrementalCompiler:
                 self._pods[key].bindings.add(compiled.ref)
         for entry in self._pods.values():
             self._replan(entry)
+
+    def _unique(self, kind: str, items: Sequence[M], identity: Callable[[M], tuple[str, str]]) -> list[M]:
+        """One object per identity. A cluster never holds two; files can. Which one is used
+        must not depend on input order: the smallest serialisation wins, and it is reported."""
+        chosen: dict[tuple[str, str], M] = {}
+        for item in items:
+            key = identity(item)
+            if key in chosen:
+                self._parse_problems.append(Problem(
+                    kind=kind, namespace=key[0] or None, name=key[1], path="metadata.name",
+                    message="defined more than once; one definition was used"))
+                if item.model_dump_json() < chosen[key].model_dump_json():
+                    chosen[key] = item
+            else:
+                chosen[key] = item
+        return [chosen[k] for k in sorted(chosen)]
 
     # --- changes ------------------------------------------------------------------------
 

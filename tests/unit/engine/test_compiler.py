@@ -180,3 +180,14 @@ def test_plan_pod_for_a_pod_under_admission_matches_compile() -> None:
     admitted = compiler.plan_pod(pod)
     full = compile_state(state(*docs, pod_doc(labels={"app": "app"})))
     assert admitted is not None and admitted == full.pods[0]
+
+
+def test_an_object_defined_twice_is_reported_and_the_choice_ignores_order() -> None:
+    """Found by the property test: files can define one binding twice (a cluster cannot)."""
+    one = binding_doc("a", selector={"matchLabels": {}})
+    two = binding_doc("a", selector={"matchLabels": {"app": "a"}})
+    forward = compile_state(state(one, two)).to_json()
+    assert forward == compile_state(state(two, one)).to_json()
+    plan = compile_state(state(one, two))
+    assert [(p.name, p.message) for p in plan.problems if p.path == "metadata.name"] == [
+        ("a", "defined more than once; one definition was used")]
