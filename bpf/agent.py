@@ -36,7 +36,7 @@ from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
 from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
-from cloudtaser.engine.plans import ProtectionFlag
+from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
 from cloudtaser.errors import PermanentError
 
 log = logging.getLogger("cloudtaser.bpf.agent")
@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="flags for every caller when --node is not given")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port (e.g. 9462)")
+    parser.add_argument("--settings", default=os.environ.get("CLOUDTASER_SETTINGS"),
+                        help="InjectorSettings JSON, the operator's (env CLOUDTASER_SETTINGS)")
     parser.add_argument("--node", default=None,
                         help="this node's name: take each caller's flags from its pod's policy, "
                              "compiled from the API server (in-cluster or $KUBECONFIG)")
@@ -393,7 +395,15 @@ def main(argv: list[str] | None = None) -> int:
     policies = None
     reporter = None
     if args.node:
-        policies = PodPolicies(kubernetes_lister(args.node))
+        settings = None
+        if args.settings:
+            try:
+                settings = InjectorSettings.model_validate_json(Path(args.settings).read_text())
+            except (OSError, ValueError) as e:
+                print(f"cloudtaser-bpf-agent: {args.settings}: {type(e).__name__}: {e}",
+                      file=sys.stderr)
+                return 1
+        policies = PodPolicies(kubernetes_lister(args.node), settings=settings)
         policies.refresh()
         reporter = EventReporter(policies, args.node)
         threading.Thread(target=_refresh_every, args=(policies, 30.0), daemon=True,

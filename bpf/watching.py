@@ -17,19 +17,21 @@ from typing import Any
 
 from cloudtaser.engine.compiler import ClusterState, compile_state
 from cloudtaser.engine.documents import parse_objects
-from cloudtaser.engine.plans import BpfEntry
+from cloudtaser.engine.plans import BpfEntry, InjectorSettings
 from cloudtaser.engine.resources import GROUP, VERSION
 
 log = logging.getLogger("cloudtaser.bpf.watching")
 Lister = Callable[[], dict[str, list[dict[str, Any]]]]
 
 
-def flags_by_pod(objects: dict[str, list[dict[str, Any]]]) -> dict[str, BpfEntry]:
+def flags_by_pod(objects: dict[str, list[dict[str, Any]]],
+                 settings: InjectorSettings | None = None) -> dict[str, BpfEntry]:
     """Pod UID -> BpfEntry, from raw objects by kind (pure: the engine does the work)."""
     parsed = parse_objects(objects)
     plan = compile_state(ClusterState(
         bindings=parsed.bindings, policies=parsed.policies, pods=parsed.pods,
         namespaces=parsed.namespaces, problems=parsed.problems,
+        settings=settings or InjectorSettings(),
     ))
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
@@ -67,8 +69,10 @@ class PodPolicies:
 
     MIN_RELIST_SECONDS = 1.0  # a burst of unknown callers costs one relist
 
-    def __init__(self, lister: Lister, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, lister: Lister, clock: Callable[[], float] = time.monotonic,
+                 settings: InjectorSettings | None = None) -> None:
         self._lister = lister
+        self._settings = settings  # the operator's, so both compile the same Plan
         self._entries: dict[str, BpfEntry] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -77,7 +81,7 @@ class PodPolicies:
 
     def refresh(self) -> None:
         self._last_list = self._clock()
-        entries = flags_by_pod(self._lister())
+        entries = flags_by_pod(self._lister(), self._settings)
         with self._lock:
             self._entries = entries
         log.info("%d protected pod(s) on this node", len(entries))

@@ -278,11 +278,13 @@ def test_agent_daemonset(default: list[dict[str, Any]]) -> None:
     assert args["--socket"] == "/run/cloudtaser/agent.sock"
     parse_flags(args["--flags"])  # the agent's own parser accepts it
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host == {"bpffs": "/sys/fs/bpf", "securityfs": "/sys/kernel/security",
                     "tracefs": "/sys/kernel/tracing", "btf": "/sys/kernel/btf",
                     "socket-dir": "/run/cloudtaser"}
     assert mounts["btf"]["readOnly"] is True
-    assert {m["mountPath"] for m in mounts.values()} == set(host.values())
+    assert {m["mountPath"] for m in mounts.values()} == set(host.values()) | {"/etc/cloudtaser/settings"}
+    assert {e["name"]: e.get("value") for e in container["env"]}["CLOUDTASER_SETTINGS"] == (
+        "/etc/cloudtaser/settings/injector.json")  # the operator's settings: one Plan
     confidential = one(render(*VARIANTS["confidential"]), "DaemonSet", "-agent")["spec"]["template"]["spec"]
     assert confidential["nodeSelector"] == {"confidential": "true"}
