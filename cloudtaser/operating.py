@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from cloudtaser.injector import serving
 log = logging.getLogger("cloudtaser.operator")
 DEBOUNCE = 0.2
 OPA_TIMEOUT = 2.0
+OPA_TTL = 60.0
 
 
 @dataclass
@@ -48,7 +50,9 @@ class Operator:
     holder: serving.Holder
     bodies: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {k: {} for k in ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")})
-    decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
+    # binding -> (spec digest, decision, when OPA answered): re-asked after OPA_TTL so a
+    # changed Rego policy reaches existing bindings without an edit.
+    decisions: dict[str, tuple[str, Decision, float]] = field(default_factory=dict)
     written: dict[str, str] = field(default_factory=dict)  # object -> digest of the last status
     announced: dict[str, str] = field(default_factory=dict)  # binding -> digest of its problems
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,7 +73,10 @@ class Operator:
 
     async def run(self) -> None:
         while True:
-            await self.changed.wait()
+            try:  # on every change, and at least every OPA_TTL (OPA's answers may change)
+                await asyncio.wait_for(self.changed.wait(), timeout=OPA_TTL)
+            except TimeoutError:
+                pass
             await asyncio.sleep(DEBOUNCE)
             self.changed.clear()
             try:
@@ -86,6 +93,7 @@ class Operator:
         snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
         parsed = parse_objects({kind: bodies.values() for kind, bodies in snapshot.items()})
         decisions = {b.ref: await asyncio.to_thread(self._decide, b) for b in parsed.bindings}
+        self.decisions = {ref: v for ref, v in self.decisions.items() if ref in decisions}
         state = ClusterState(
             bindings=[b for b in parsed.bindings if decisions[b.ref].allowed],
             policies=parsed.policies,
@@ -106,7 +114,8 @@ class Operator:
         body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         known = self.decisions.get(binding.ref)
-        if known and known[0] == digest:
+        now = time.monotonic()
+        if known and known[0] == digest and now - known[2] < OPA_TTL:
             return known[1]
         if self.opa_url is None:
             decision = Decision(True, [])
@@ -118,11 +127,13 @@ class Operator:
                 reasons = sorted(response.json().get("result") or [])
                 decision = Decision(not reasons, reasons)
             except (requests.RequestException, ValueError) as e:
-                # Fail closed for what OPA never saw: a new binding, or an edited spec. Only
-                # an unchanged spec keeps its decision (handled above, before asking).
+                # Fail closed for what OPA never saw: a new binding, or an edited spec. An
+                # unchanged spec keeps its last decision until OPA answers again.
+                if known and known[0] == digest:
+                    return known[1]
                 reason = f"OPA unreachable at {self.opa_url} ({type(e).__name__})"
                 return Decision(None, [reason])
-        self.decisions[binding.ref] = (digest, decision)
+        self.decisions[binding.ref] = (digest, decision, now)
         return decision
 
     # --- status ------------------------------------------------------------------------
