@@ -65,6 +65,18 @@ def pod_doc(
     return pod
 
 
+def json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON-like value (for tests that replace one field at a time)."""
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.extend(json_paths(value, (*prefix, key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.extend(json_paths(value, (*prefix, i)))
+    return out
+
+
 @pytest.fixture
 def docs() -> Any:
     class Docs:

@@ -17,7 +17,7 @@ from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import InjectorSettings
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.injector.admitting import admit
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.conftest import binding_doc, json_paths, pod_doc, policy_doc
 
 EXAMPLES = int(os.environ.get("CLOUDTASER_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
@@ -32,23 +32,12 @@ JSONISH = st.recursive(
 )
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out.extend(_paths(value, (*prefix, key)))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out.extend(_paths(value, (*prefix, i)))
-    return out
-
-
 @st.composite
 def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     """A valid document with up to three fields replaced by arbitrary JSON."""
     doc = json.loads(json.dumps(base))
     for _ in range(draw(st.integers(0, 3))):
-        paths = _paths(doc)[1:]
+        paths = json_paths(doc)[1:]
         if not paths:
             break
         path = draw(st.sampled_from(paths))

@@ -14,7 +14,7 @@ from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.plans import INJECTED_ANNOTATION, InjectorSettings
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.injector.admitting import admit
-from tests.conftest import binding_doc, pod_doc
+from tests.conftest import binding_doc, json_paths, pod_doc
 
 SETTINGS = InjectorSettings()
 COMPILER = IncrementalCompiler(ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))]))
@@ -111,20 +111,9 @@ def test_truncated_and_mutated_reviews_never_raise() -> None:
             assert "Traceback" not in json.dumps(answer)
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out.extend(_paths(value, (*prefix, key)))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out.extend(_paths(value, (*prefix, i)))
-    return out
-
-
 def test_any_field_of_any_type_never_raises() -> None:
     valid = review(pod_doc(labels={"app": "app"}))
-    for path in _paths(valid)[1:]:
+    for path in json_paths(valid)[1:]:
         for replacement in (None, 5, "x", [], {}, True):
             broken = json.loads(json.dumps(valid))
             node = broken
