@@ -176,9 +176,11 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     expected |= {(ar, "mutatingwebhookconfigurations", v, "") for v in ("create", "list", "watch")}
     assert got == expected
     agent = rules(one(default, "ClusterRole", "-agent"))
-    assert agent == {("", "pods", v, "") for v in ("get", "list", "watch")} | {
-        (ct, "enforcementpolicies", v, "") for v in ("get", "list", "watch")} | {
-        (ct, "enforcementpolicies/status", "patch", "")}
+    # the agent compiles pods, namespaces, policies and bindings; posts violation Events
+    assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
+        (ct, r, v, "") for r in ("enforcementpolicies", "secretbindings")
+        for v in ("get", "list", "watch")} | {
+        (ct, "enforcementpolicies/status", "patch", ""), ("", "events", "create", "")}
     cleanup = rules(one(default, "ClusterRole", "-cleanup"))
     assert cleanup == {(ar, "mutatingwebhookconfigurations", v, WEBHOOK_CONFIGURATION)
                        for v in ("get", "delete")}
