@@ -81,6 +81,24 @@ class Violation:
         )
 
 
+# readlink of /proc/PID/fd/N for a memfd ("/memfd:NAME (deleted)") and memfd_secret.
+SECRET_FILE_PREFIXES = ("/memfd:", "/secretmem")
+
+
+def secret_file_key(st: os.stat_result) -> layouts.FileKey:
+    """The ``protected_files`` key of a stat result: the kernel's dev_t, not st_dev's encoding."""
+    dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+    return layouts.FileKey(ino=st.st_ino, dev=dev)
+
+
+def parse_accessor(spec: str) -> tuple[str, int | None]:
+    """``/usr/bin/x`` -> (path, None); ``/usr/bin/x:1000`` -> (path, 1000)."""
+    path, sep, uid = spec.rpartition(":")
+    if sep and uid.isdigit():
+        return path, int(uid)
+    return spec, None
+
+
 def start_time_ticks(pid: int) -> int:
     """Field 22 of /proc/PID/stat: start time in clock ticks since boot."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -213,7 +231,60 @@ class Agent:
         start = start_time_ticks(pid)
         entry = layouts.ProtectedEntry(start_time=start, flags=self.flags if flags is None else flags)
         self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
+        if entry.flags & ProtectionFlag.FDS:
+            self._remember_secret_files(pid)
         return start
+
+    def _remember_secret_files(self, pid: int) -> None:
+        """Put the secret files (memfd, memfd_secret) ``pid`` already holds into the
+        ``protected_files`` map; the BPF side adds the ones it creates from now on."""
+        assert self.loaded is not None
+        files = self.loaded.map("protected_files")
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            return
+        for name in names:
+            try:
+                target = os.readlink(fd_dir / name)
+                if not target.startswith(SECRET_FILE_PREFIXES):
+                    continue
+                st = os.stat(fd_dir / name)
+            except OSError:
+                continue
+            files.update(secret_file_key(st), layouts.FileOwner(tgid=pid))
+
+    def allow(self, path: str | Path, uid: int | None = None) -> layouts.AllowedKey:
+        """Let the executable at ``path`` (as run by ``uid``, or by anyone) access protected
+        processes. Node-wide, not per pod; by inode, so a copy or a replaced file is not
+        allowed, and a rename of the same file still is."""
+        assert self.loaded is not None, "agent not started"
+        key = self._allowed_key(path, uid)
+        self.loaded.map("allowed").update(key, ctypes.c_uint32(1))
+        log.info("allowed accessor %s (uid %s)", path, "any" if uid is None else uid)
+        return key
+
+    def disallow(self, path: str | Path, uid: int | None = None) -> bool:
+        assert self.loaded is not None, "agent not started"
+        return self.loaded.map("allowed").delete(self._allowed_key(path, uid))
+
+    def allow_accessors(self, accessors: list[str]) -> None:
+        """Apply a policy's ``allowed_accessors`` ("exe" or "exe:uid"); a path that does not
+        exist on this node is skipped with a warning."""
+        for spec in accessors:
+            path, uid = parse_accessor(spec)
+            try:
+                self.allow(path, uid)
+            except OSError as e:
+                log.warning("allowed accessor %s not applied: %s", spec, e.strerror)
+
+    @staticmethod
+    def _allowed_key(path: str | Path, uid: int | None) -> layouts.AllowedKey:
+        st = os.stat(path)
+        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+        return layouts.AllowedKey(ino=st.st_ino, dev=dev,
+                                  uid=layouts.ALLOWED_ANY_UID if uid is None else uid)
 
     def reapply(self) -> None:
         """After a relist: rewrite the flags of registered processes whose pod's policy
@@ -303,6 +374,9 @@ class Agent:
                     return {"ok": False, "error": f"pod {pod} has no cloudtaser protection on "
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
+                # Node-wide: an accessor one pod's policy allows may access every protected
+                # process on this node (the map is not keyed by pod).
+                self.allow_accessors(entry.policy.allowed_accessors)
             start = self.protect(pid, flags)
             if pod is not None:
                 with self._registered_lock:

@@ -33,6 +33,38 @@ class Event(ctypes.Structure):
     ]
 
 
+class FileKey(ctypes.Structure):
+    """Key of the ``protected_files`` map: a secret file's inode."""
+
+    _fields_ = [
+        ("ino", ctypes.c_uint64),
+        ("dev", ctypes.c_uint32),  # kernel dev_t (major << 20 | minor), not st_dev's encoding
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class FileOwner(ctypes.Structure):
+    """Value of the ``protected_files`` map: the tgid of the protected process owning it."""
+
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+ALLOWED_ANY_UID = 0xFFFFFFFF
+
+
+class AllowedKey(ctypes.Structure):
+    """Key of the ``allowed`` map (value: u32 1): an accessor's executable, for one uid or any."""
+
+    _fields_ = [
+        ("ino", ctypes.c_uint64),
+        ("dev", ctypes.c_uint32),  # kernel dev_t (major << 20 | minor)
+        ("uid", ctypes.c_uint32),  # ALLOWED_ANY_UID for any uid
+    ]
+
+
 class EventKind(enum.IntEnum):
     ENVIRON = 1
     MEM = 2
@@ -40,6 +72,7 @@ class EventKind(enum.IntEnum):
     PROCESS_VM_READV = 4
     PROCESS_VM_WRITEV = 5
     PIDFD_GETFD = 6
+    FD = 7  # /proc/PID/fd/N or /proc/PID/map_files/... of a secret file
 
 
 class Action(enum.IntEnum):
@@ -51,4 +84,7 @@ class Action(enum.IntEnum):
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "protected_entry": ProtectedEntry,
     "event": Event,
+    "file_key": FileKey,
+    "file_owner": FileOwner,
+    "allowed_key": AllowedKey,
 }

@@ -148,7 +148,7 @@ class Map:
     name: str
     fd: int
 
-    def update(self, key: Key, value: ctypes.Structure, flags: int = BPF_ANY) -> None:
+    def update(self, key: Key, value: Key, flags: int = BPF_ANY) -> None:
         if lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags) != 0:
             raise _fail(f"update of map {self.name}")
 
@@ -252,7 +252,9 @@ def _programs(obj: int) -> Iterator[tuple[int, str]]:
 def load(
     path: Path,
     pin_dir: Path | None = DEFAULT_PIN_DIR,
-    pinned_maps: tuple[str, ...] = ("protected", "events", "ptrace_victims"),
+    pinned_maps: tuple[str, ...] = (
+        "protected", "events", "ptrace_victims", "protected_files", "allowed",
+    ),
 ) -> Loaded:
     """Open, load and attach every program of the object at ``path``.
 

@@ -37,6 +37,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define EV_PROCESS_VM_READV     4
 #define EV_PROCESS_VM_WRITEV    5
 #define EV_PIDFD_GETFD          6
+#define EV_FD                   7
 
 /* Actions. */
 #define ACT_AUDITED 0
@@ -88,8 +89,52 @@ struct {
 	__type(value, __u32);
 } ptrace_victims SEC(".maps");
 
+/* Files holding a protected process's secrets (memfd, memfd_secret), by inode: an open of the
+ * same inode by anyone but the owner is an open through /proc/PID/fd/N or
+ * /proc/PID/map_files/..., whatever path was used. Filled here when a process protected with
+ * PF_FDS creates one, and by the agent at registration for files created earlier. LRU: entries
+ * of processes that exited are simply evicted (an entry counts only while its owner is
+ * protected with a matching start time). */
+struct file_key {
+	__u64 ino;
+	__u32 dev;  /* kernel dev_t of the inode's superblock (MKDEV: major << 20 | minor) */
+	__u32 pad;
+};
+
+struct file_owner {
+	__u32 tgid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct file_key);
+	__type(value, struct file_owner);
+} protected_files SEC(".maps");
+
+/* Accessors allowed by policy, per node: the opener's executable (mm->exe_file) by inode, with
+ * the opener's uid or ALLOWED_ANY_UID. Written by the agent (Agent.allow). */
+#define ALLOWED_ANY_UID 0xffffffffu
+
+struct allowed_key {
+	__u64 ino;
+	__u32 dev;  /* kernel dev_t of the executable's superblock */
+	__u32 uid;  /* the opener's uid, or ALLOWED_ANY_UID */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct allowed_key);
+	__type(value, __u32);
+} allowed SEC(".maps");
+
 /* Anchors so the event struct is described in the object's BTF (checked by layouts tests). */
 struct event *unused_event_anchor __attribute__((unused));
+struct file_key *unused_file_key_anchor __attribute__((unused));
+struct file_owner *unused_file_owner_anchor __attribute__((unused));
+struct allowed_key *unused_allowed_key_anchor __attribute__((unused));
 
 /* Typeless kernel symbols: the `open` of /proc/PID/{environ,mem} (and task/TID/...). */
 extern const void environ_open __ksym;
@@ -139,6 +184,25 @@ static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, b
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* The current task runs an executable the allow-list names (for its uid or any uid). */
+static __always_inline bool current_is_allowed(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct allowed_key key = {};
+	struct inode *inode;
+
+	inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	if (!inode)
+		return false;
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key.uid = (__u32)bpf_get_current_uid_gid();
+	if (bpf_map_lookup_elem(&allowed, &key))
+		return true;
+	key.uid = ALLOWED_ANY_UID;
+	return bpf_map_lookup_elem(&allowed, &key) != NULL;
+}
+
 /* Decide on an access by the current task to `target` (a task of the protected process). */
 static __always_inline bool check_target(struct task_struct *target, __u32 needed, __u32 kind)
 {
@@ -156,6 +220,8 @@ static __always_inline bool check_target(struct task_struct *target, __u32 neede
 		return false;
 	flags = e->flags;
 	if (!(flags & needed))
+		return false;
+	if (current_is_allowed())
 		return false;
 	report(kind, tgid, flags, !(flags & PF_AUDIT_ONLY));
 	return true;
@@ -191,6 +257,39 @@ static __always_inline struct file *current_fd_file(int fd)
 	return file;
 }
 
+static __always_inline void file_key_of(struct file *file, struct file_key *key)
+{
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key->pad = 0;
+}
+
+/* The opened file is a protected process's secret file, opened by someone else. */
+static __always_inline void check_protected_file(struct file *file)
+{
+	struct file_key key = {};
+	struct file_owner *owner;
+	struct task_struct *target;
+	__u32 tgid;
+
+	file_key_of(file, &key);
+	owner = bpf_map_lookup_elem(&protected_files, &key);
+	if (!owner)
+		return;
+	tgid = owner->tgid;
+	if (tgid == bpf_get_current_pid_tgid() >> 32)
+		return; /* the owner itself (e.g. /proc/self/fd/N) */
+	if (!bpf_task_from_pid || !bpf_task_release)
+		return;
+	target = bpf_task_from_pid(tgid);
+	if (!target)
+		return;
+	check_target(target, PF_FDS, EV_FD);
+	bpf_task_release(target);
+}
+
 static __always_inline int check_opened_fd(long ret)
 {
 	struct file *file;
@@ -213,6 +312,7 @@ static __always_inline int check_opened_fd(long ret)
 		needed = PF_MEM;
 		kind = EV_MEM;
 	} else {
+		check_protected_file(file);
 		return 0;
 	}
 	inode = BPF_CORE_READ(file, f_inode);
@@ -222,6 +322,42 @@ static __always_inline int check_opened_fd(long ret)
 		return 0;
 	check_target(target, needed, kind);
 	return 0;
+}
+
+/* A process protected with PF_FDS created a secret file: remember its inode. */
+static __always_inline int remember_created_fd(long ret)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct protected_entry *e;
+	struct file_owner owner = {};
+	struct file_key key = {};
+	struct file *file;
+
+	if (ret < 0)
+		return 0;
+	e = lookup_protected(tgid, task_start_ticks(task->group_leader));
+	if (!e || !(e->flags & PF_FDS))
+		return 0;
+	file = current_fd_file((int)ret);
+	if (!file)
+		return 0;
+	file_key_of(file, &key);
+	owner.tgid = tgid;
+	bpf_map_update_elem(&protected_files, &key, &owner, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_memfd_create")
+int exit_memfd_create(struct trace_event_raw_sys_exit *ctx)
+{
+	return remember_created_fd(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_memfd_secret")
+int exit_memfd_secret(struct trace_event_raw_sys_exit *ctx)
+{
+	return remember_created_fd(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")

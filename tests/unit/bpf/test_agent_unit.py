@@ -86,3 +86,22 @@ def test_protocol_refusals(message: bytes, error: str | None, monkeypatch: pytes
 def test_layout_sizes() -> None:
     assert ctypes.sizeof(layouts.ProtectedEntry) == 16
     assert ctypes.sizeof(layouts.Event) == 56
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("/usr/bin/x", ("/usr/bin/x", None)),
+        ("/usr/bin/x:1000", ("/usr/bin/x", 1000)),
+        ("/opt/a:b/tool", ("/opt/a:b/tool", None)),
+    ],
+)
+def test_parse_accessor(spec: str, expected: tuple[str, int | None]) -> None:
+    assert agent.parse_accessor(spec) == expected
+
+
+def test_secret_file_key_uses_the_kernel_dev_encoding() -> None:
+    st = os.stat("/proc/self/exe")
+    key = agent.secret_file_key(st)
+    assert key.ino == st.st_ino
+    assert key.dev == (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
