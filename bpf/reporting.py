@@ -35,13 +35,15 @@ class EventReporter:
         self._policies = policies
         self._node = node
         self._api = core_api
-        self._queue: queue.Queue[Violation | None] = queue.Queue(maxsize=1000)
+        self._queue: queue.Queue[tuple[Violation, str | None] | None] = queue.Queue(maxsize=1000)
         self._thread = threading.Thread(target=self._run, name="agent-events-api", daemon=True)
         self._thread.start()
 
     def report(self, violation: Violation) -> None:
+        # The pod now, while the target surely lives (a short-lived child may be gone by the
+        # time the worker posts); reading /proc/PID/cgroup is cheap enough for the poll loop.
         try:
-            self._queue.put_nowait(violation)
+            self._queue.put_nowait((violation, pod_uid(violation.target_tgid)))
         except queue.Full:
             log.warning("event queue full: a violation was logged but not posted")
 
@@ -50,16 +52,15 @@ class EventReporter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while (violation := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             try:
-                self._post(violation)
+                self._post(*item)
             except Exception as e:  # the API server being away must not stop the agent
                 log.warning("event for a violation not posted: %s", type(e).__name__)
 
-    def _post(self, v: Violation) -> None:
+    def _post(self, v: Violation, uid: str | None) -> None:
         import kubernetes
 
-        uid = pod_uid(v.target_tgid)
         entry = self._policies.entry(uid) if uid else None
         if entry is None:
             log.warning("violation on pid %d, which is in no known pod", v.target_tgid)

@@ -288,7 +288,7 @@ def _attack_pod(pod_cgroup: Path, secret: str, stop_at: float, results: list[tup
                 pids = [int(p) for p in procs.read_text().split()]
             except OSError:
                 continue
-            for pid in pids:
+            for pid in sorted(pids):  # the app's main shell first (its pipeline children are short-lived)
                 try:  # the app's shell once the wrapper has exec'ed it: not the wrapper
                     # (same command line, before exec) nor the init container's install script
                     if (Path(f"/proc/{pid}/exe").resolve().name not in ("sh", "dash", "bash")
