@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -139,24 +140,31 @@ time.sleep(120)
 """
 
 
+V = TypeVar("V", bound=Victim)
+
+
+def launch(kind: type[V], script: str, *args: str) -> V:
+    """Run a victim ``script`` with a random secret in its environment; it prints one line of
+    ``key=value`` facts (addresses, fds) once it is ready."""
+    secret = "s3cr3t-" + secrets.token_hex(16)
+    proc = subprocess.Popen([sys.executable, "-c", script, *args],
+                            env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    victim = kind(proc, secret, dict(kv.split("=", 1) for kv in line.split()))
+    assert victim.info, f"victim failed to start (rc {proc.poll()})"
+    return victim
+
+
 @pytest.fixture
 def spawn_victim() -> Iterator[Callable[..., Victim]]:
     victims: list[Victim] = []
 
     def spawn(socket_path: Path | None, fork_child: bool = False) -> Victim:
-        secret = "s3cr3t-" + secrets.token_hex(16)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", VICTIM, "1" if socket_path else "0", str(socket_path or ""), "1" if fork_child else "0"],
-            env={**os.environ, "CT_SECRET": secret},
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        victim = Victim(proc, secret, dict(kv.split("=", 1) for kv in line.split()))
+        victim = launch(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
+                        "1" if fork_child else "0")
         victims.append(victim)
-        assert victim.info, f"victim failed to start (rc {proc.poll()})"
         return victim
 
     yield spawn

@@ -3,10 +3,6 @@ through /proc/PID/fd/N or /proc/PID/map_files/..., whatever path leads there."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +11,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, REPO, AgentRun, attack
+from .conftest import PROTECT_ALL, AgentRun, Victim, attack, launch
 
 pytestmark = pytest.mark.kernel
 
@@ -69,14 +65,7 @@ sys.stdout.buffer.write(m[: int(sys.argv[2])])
 """
 
 
-class FdVictim:
-    def __init__(self, proc: subprocess.Popen[str], secret: str, info: dict[str, str]) -> None:
-        self.proc, self.secret, self.info = proc, secret, info
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
+class FdVictim(Victim):
     def paths(self) -> dict[str, str]:
         return {
             "fd-early-memfd": f"/proc/{self.pid}/fd/{self.info['early']}",
@@ -96,16 +85,8 @@ def fd_victim() -> Iterator[Callable[[Path | None], FdVictim]]:
     victims: list[FdVictim] = []
 
     def spawn(socket_path: Path | None) -> FdVictim:
-        secret = "s3cr3t-" + secrets.token_hex(16)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", VICTIM, "1" if socket_path else "0", str(socket_path or "")],
-            env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE, text=True, cwd=REPO,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        v = FdVictim(proc, secret, dict(kv.split("=", 1) for kv in line.split()))
+        v = launch(FdVictim, VICTIM, "1" if socket_path else "0", str(socket_path or ""))
         victims.append(v)
-        assert v.info, f"victim failed to start (rc {proc.poll()})"
         return v
 
     yield spawn
