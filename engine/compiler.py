@@ -491,6 +491,18 @@ class IncrementalCompiler:
         self._ns_policies.pop(namespace.metadata.name, None)
         return self._replan_keys(set(self._ns_pods.get(namespace.metadata.name, ())))
 
+    def remove_namespace(self, name: str) -> list[PodPlan]:
+        """A namespace is gone: its labels no longer select policies."""
+        if self._namespace_labels.pop(name, None) is None:
+            return []
+        self._ns_policies.pop(name, None)
+        return self._replan_keys(set(self._ns_pods.get(name, ())))
+
+    def set_parse_problems(self, problems: Iterable[Problem]) -> None:
+        """Replace the problems of objects that failed to parse (the operator re-parses only
+        what changed, so it hands over the whole current list)."""
+        self._parse_problems = list(problems)
+
     def set_pod(self, pod: Pod) -> PodPlan | None:
         self.remove_pod(*_pod_key(pod))
         entry = self._add_pod(pod)

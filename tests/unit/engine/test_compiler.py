@@ -173,6 +173,32 @@ def test_incremental_updates_equal_a_full_compile() -> None:
         assert compiler.plan().to_json() == compile_state(state(*docs)).to_json()
 
 
+def test_namespace_pod_removal_and_parse_problems_equal_a_full_compile() -> None:
+    """What the operator does besides bindings: namespaces relabelled or gone, pods deleted,
+    and the parse problems of the objects that currently fail to parse."""
+    from cloudtaser.engine.plans import Problem
+
+    rng = random.Random(5)
+    docs = _random_docs(rng)
+    compiler = IncrementalCompiler(state(*docs))
+    relabelled = ns_doc("n1", tier="prod" if docs[0]["metadata"]["labels"]["tier"] == "dev" else "dev")
+    compiler.set_namespace(Namespace.model_validate(relabelled))
+    docs = [relabelled if d["kind"] == "Namespace" and d["metadata"]["name"] == "n1" else d for d in docs]
+    compiler.remove_namespace("n2")
+    docs = [d for d in docs if not (d["kind"] == "Namespace" and d["metadata"]["name"] == "n2")]
+    gone = next(d for d in docs if d["kind"] == "Pod")
+    compiler.remove_pod(gone["metadata"]["namespace"], gone["metadata"]["name"])
+    docs.remove(gone)
+    broken = Problem(kind="SecretBinding", namespace="n1", name="broken", path="spec.vault",
+                     message="field required")
+    compiler.set_parse_problems([broken])
+    full = state(*docs)
+    full.problems.append(broken)
+    assert compiler.plan().to_json() == compile_state(full).to_json()
+    compiler.set_parse_problems([])
+    assert compiler.plan().to_json() == compile_state(state(*docs)).to_json()
+
+
 def test_plan_pod_for_a_pod_under_admission_matches_compile() -> None:
     docs = [binding_doc("app"), policy_doc("base")]
     compiler = IncrementalCompiler(state(*docs))
