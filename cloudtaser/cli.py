@@ -446,9 +446,25 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
 @click.option("--port", default=8443, show_default=True)
 @click.option("--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181).")
 @click.option("--liveness", default=None, help="Health endpoint, e.g. http://0.0.0.0:8080/healthz.")
+@click.option("--leader-elect/--no-leader-elect", default=False, show_default=True,
+              help="Run leader election on a Lease so several replicas can run: all serve the "
+                   "webhook, only the leader writes statuses and the webhook configuration.")
+@click.option("--leader-namespace", default=None, metavar="NAMESPACE",
+              help="Namespace of the leader Lease (default: the settings' operatorNamespace).")
+@click.option("--identity", default=None, envvar="POD_NAME",
+              help="This replica's name in the election (env POD_NAME; default: the hostname).")
+@click.option("--image-pull-secrets/--no-image-pull-secrets", default=True, show_default=True,
+              help="Read a pod's imagePullSecrets (get by name) to resolve private images' "
+                   "ENTRYPOINT/CMD; off: such pods must set command.")
+@click.option("--registry-ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CA bundle for registries (default: the system roots).")
+@click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
+              help="Registry reached over plain http (tests, local mirrors). Repeatable.")
 def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
              webhook_service: str | None, settings_file: str | None, host: str,
-             port: int, opa_url: str | None, liveness: str | None) -> None:
+             port: int, opa_url: str | None, liveness: str | None, leader_elect: bool,
+             leader_namespace: str | None, identity: str | None, image_pull_secrets: bool,
+             registry_ca_file: str | None, insecure_registry: tuple[str, ...]) -> None:
     """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
     import base64
     import logging
@@ -483,6 +499,13 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
         except ValidationError as e:
             path, message = validation_problems(e)[0]
             raise click.ClickException(f"{settings_file}: {path}: {message}") from None
-    op = operating.Operator(client_config=client_config, opa_url=opa_url,
-                            holder=serving.Holder(settings=settings, resolver=Resolver()))
-    operating.run(op, host, port, tls_cert, tls_key, liveness)
+    holder = serving.Holder(
+        settings=settings, resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
+        pull_secrets=operating.read_pull_secrets if image_pull_secrets else None)
+    op = operating.Operator(client_config=client_config, opa_url=opa_url, holder=holder)
+    election = None
+    if leader_elect:
+        import socket
+
+        election = (leader_namespace or settings.operator_namespace, identity or socket.gethostname())
+    operating.run(op, host, port, tls_cert, tls_key, liveness, election)

@@ -12,10 +12,12 @@ derives the same statuses and configuration.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,9 @@ from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Plan, Problem
 from cloudtaser.engine.resources import GROUP, VERSION, SecretBinding
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
+from cloudtaser.errors import CloudtaserError
 from cloudtaser.injector import serving
+from cloudtaser.injector.resolving import RegistryCredential, credentials_from_dockerconfigjson
 
 log = logging.getLogger("cloudtaser.operator")
 DEBOUNCE = 0.2
@@ -44,19 +48,57 @@ class Decision:
 
 
 @dataclass
+class Parsed:
+    """One object as the compiler last saw it: its version, model or parse problems."""
+
+    version: str
+    model: Any | None
+    problems: list[Problem]
+
+
+KINDS = ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")
+
+
+def version_of(kind: str, body: dict[str, Any]) -> str:
+    """What must change for the compiler to look again. Our own status writes bump a CR's
+    resourceVersion but not its generation, so CRs are keyed on uid + generation (labels and
+    annotations of CRs do not affect the compile); pods and namespaces on resourceVersion."""
+    meta = body.get("metadata", {})
+    if kind in ("SecretBinding", "EnforcementPolicy"):
+        return f"{meta.get('uid')}/{meta.get('generation')}"
+    return str(meta.get("resourceVersion") or hashlib.sha256(
+        json.dumps(body, sort_keys=True, default=str).encode()).hexdigest())
+
+
+def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Drop what the compiler never reads from a pod (status, managedFields): the operator
+    holds every pod of the cluster, so this is most of its memory."""
+    if kind != "Pod":
+        return body
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return {"metadata": meta, "spec": body.get("spec", {})}
+
+
+@dataclass
 class Operator:
     client_config: dict[str, Any]
     opa_url: str | None
     holder: serving.Holder
-    bodies: dict[str, dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: {k: {} for k in ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")})
-    # binding -> (spec digest, decision, when OPA answered): re-asked after OPA_TTL so a
+    bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    # (kind, namespace/name) -> the parse of the body version the compiler was last given.
+    parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
+    # (kind, namespace/name) -> version the compiler holds (bindings: only allowed ones).
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    # binding -> (spec version, decision, when OPA answered): re-asked after OPA_TTL so a
     # changed Rego policy reaches existing bindings without an edit.
     decisions: dict[str, tuple[str, Decision, float]] = field(default_factory=dict)
     written: dict[str, str] = field(default_factory=dict)  # object -> digest of the last status
     announced: dict[str, str] = field(default_factory=dict)  # binding -> digest of its problems
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: bool = False
+    listed: bool = False  # the initial lists of every kind are in self.bodies
+    ready: bool = False  # ... and were compiled: the webhook answers from a complete state
+    leading: bool = True  # only the leader writes statuses and the webhook configuration
+    tombstones: set[tuple[str, str]] | None = None  # deletions seen while listing
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -65,13 +107,44 @@ class Operator:
         key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
         if event_type == "DELETED":
             self.bodies[kind].pop(key, None)
+            if self.tombstones is not None:
+                self.tombstones.add((kind, key))
         else:
-            self.bodies[kind][key] = body
+            self.bodies[kind][key] = trimmed(kind, body)
         self.changed.set()
+
+    async def list_all(self) -> None:
+        """The initial state, listed before the first compile so that readiness means "every
+        binding and policy that existed at start is compiled". kopf's watch events keep the
+        bodies current; what they delivered (or deleted) meanwhile wins over the list."""
+        self.tombstones = set()
+        listed = await asyncio.to_thread(_list_all)
+        for kind, items in listed.items():
+            for body in items:
+                meta = body.get("metadata", {})
+                key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
+                if (kind, key) not in self.tombstones:
+                    self.bodies[kind].setdefault(key, trimmed(kind, body))
+        self.tombstones = None
+        self.listed = True
+        self.changed.set()
+
+    def lead(self, leading: bool) -> None:
+        """Leader election moved (called on the event loop)."""
+        self.leading = leading
+        if leading:  # another replica may have written since: write everything once
+            self.written.clear()
+            self.changed.set()
 
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        while not self.listed:
+            try:
+                await self.list_all()
+            except Exception as e:  # the API server away (urllib3 errors, HTTP 5xx): retry
+                log.warning("initial list failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(2)
         while True:
             try:  # on every change, and at least every OPA_TTL (OPA's answers may change)
                 await asyncio.wait_for(self.changed.wait(), timeout=OPA_TTL)
@@ -87,32 +160,87 @@ class Operator:
                 await asyncio.sleep(1)
                 self.changed.set()
 
+    def _parse(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Parse what is new or changed since the last reconcile; forget what is gone."""
+        seen = set()
+        for kind, bodies in snapshot.items():
+            for key, body in bodies.items():
+                seen.add((kind, key))
+                version = version_of(kind, body)
+                known = self.parsed.get((kind, key))
+                if known is not None and known.version == version:
+                    continue
+                out = parse_objects({kind: [body]})
+                models = out.bindings or out.policies or out.pods or out.namespaces
+                self.parsed[(kind, key)] = Parsed(version, models[0] if models else None, out.problems)
+        for gone in set(self.parsed) - seen:
+            del self.parsed[gone]
+
+    def _models(self, kind: str) -> dict[str, tuple[str, Any]]:
+        return {key: (p.version, p.model) for (k, key), p in self.parsed.items()
+                if k == kind and p.model is not None}
+
+    def _update(self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Any]]) -> None:
+        """Hand the compiler what changed of one kind since the last reconcile."""
+        have = {key: v for (k, key), v in self.applied.items() if k == kind}
+        for key in sorted(set(have) - set(wanted)):
+            namespace, name = key.split("/", 1)
+            if kind == "SecretBinding":
+                compiler.remove_binding(key)
+            elif kind == "EnforcementPolicy":
+                compiler.remove_policy(name)
+            elif kind == "Pod":
+                compiler.remove_pod(namespace, name)
+            else:
+                compiler.remove_namespace(name)
+            del self.applied[(kind, key)]
+        for key in sorted(wanted):
+            version, model = wanted[key]
+            if have.get(key) == version:
+                continue
+            if kind == "SecretBinding":
+                compiler.set_binding(model)
+            elif kind == "EnforcementPolicy":
+                compiler.set_policy(model)
+            elif kind == "Pod":
+                compiler.set_pod(model)
+            else:
+                compiler.set_namespace(model)
+            self.applied[(kind, key)] = version
+
     async def reconcile(self) -> None:
         # A snapshot: kopf handlers keep updating self.bodies on the loop while the status
         # writes below run in a thread.
         snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
-        parsed = parse_objects({kind: bodies.values() for kind, bodies in snapshot.items()})
-        decisions = {b.ref: await asyncio.to_thread(self._decide, b) for b in parsed.bindings}
+        self._parse(snapshot)
+        bindings = self._models("SecretBinding")
+        decisions = await asyncio.to_thread(
+            lambda: {m.ref: self._decide(m, v) for v, m in bindings.values()})
         self.decisions = {ref: v for ref, v in self.decisions.items() if ref in decisions}
-        state = ClusterState(
-            bindings=[b for b in parsed.bindings if decisions[b.ref].allowed],
-            policies=parsed.policies,
-            pods=parsed.pods,
-            namespaces=parsed.namespaces,
-            problems=parsed.problems,
-            settings=self.holder.settings,
-        )
-        compiler = IncrementalCompiler(state)
-        plan = compiler.plan()
+        allowed = {key: (f"{v}/{decisions[m.ref].allowed}", m) for key, (v, m) in bindings.items()
+                   if decisions[m.ref].allowed}
+        problems = [p for parsed in self.parsed.values() for p in parsed.problems]
+        compiler = self.holder.compiler
+        # Incremental on the event loop thread, which is also where the webhook reads the
+        # compiler (serving.py), so no admission ever sees a half-applied change.
+        if compiler is None:
+            compiler = IncrementalCompiler(ClusterState(settings=self.holder.settings))
+        for kind, wanted in (("Namespace", self._models("Namespace")),
+                             ("EnforcementPolicy", self._models("EnforcementPolicy")),
+                             ("SecretBinding", allowed), ("Pod", self._models("Pod"))):
+            self._update(compiler, kind, wanted)
+        compiler.set_parse_problems(problems)
         self.holder.compiler = compiler
+        plan = compiler.plan()
+        if not self.leading:
+            return
         await asyncio.to_thread(self._write_statuses, plan, decisions, snapshot)
         await asyncio.to_thread(self._apply_webhook, plan)
 
     # --- OPA ---------------------------------------------------------------------------
 
-    def _decide(self, binding: SecretBinding) -> Decision:
-        body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    def _decide(self, binding: SecretBinding, digest: str) -> Decision:
+        """``digest``: the binding's spec version (uid/generation)."""
         known = self.decisions.get(binding.ref)
         now = time.monotonic()
         if known and known[0] == digest and now - known[2] < OPA_TTL:
@@ -120,6 +248,7 @@ class Operator:
         if self.opa_url is None:
             decision = Decision(True, [])
         else:
+            body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
             try:
                 response = requests.post(f"{self.opa_url}/v1/data/cloudtaser/binding/deny",
                                          json={"input": body}, timeout=OPA_TIMEOUT)
@@ -239,6 +368,51 @@ class Operator:
         log.info("webhook configuration updated (namespaces: %s)", plan.webhook.namespaces)
 
 
+PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson",
+                    "kubernetes.io/dockercfg": ".dockercfg"}
+
+
+def read_pull_secrets(namespace: str, names: list[str]) -> list[RegistryCredential]:
+    """The registry credentials in a pod's imagePullSecrets, read by name when a registry
+    lookup needs them (``get`` only: no list or watch of Secrets) and never kept: they live
+    for one resolve. A missing, forbidden or malformed Secret is skipped with a warning that
+    names it, as the kubelet would fail to pull with it; nothing of its content is logged."""
+    api = kubernetes.client.CoreV1Api()
+    found: list[RegistryCredential] = []
+    for name in names:
+        try:
+            secret = api.read_namespaced_secret(name, namespace)
+        except kubernetes.client.ApiException as e:
+            log.warning("imagePullSecret %s/%s not read: HTTP %s", namespace, name, e.status)
+            continue
+        key = PULL_SECRET_KEYS.get(secret.type or "")
+        data = secret.data or {}
+        if key is None or key not in data:
+            log.warning("imagePullSecret %s/%s: type %s has no registry credentials", namespace,
+                        name, secret.type)
+            continue
+        try:
+            found += credentials_from_dockerconfigjson(base64.b64decode(data[key]))
+        except (CloudtaserError, ValueError) as e:
+            log.warning("imagePullSecret %s/%s: %s", namespace, name,
+                        e if isinstance(e, CloudtaserError) else "data is not base64")
+    return found
+
+
+def _list_all() -> dict[str, list[dict[str, Any]]]:
+    custom = kubernetes.client.CustomObjectsApi()
+    core = kubernetes.client.CoreV1Api()
+    client = kubernetes.client.ApiClient()
+    bindings: Any = custom.list_cluster_custom_object(GROUP, VERSION, "secretbindings")
+    policies: Any = custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")
+    return {
+        "SecretBinding": bindings["items"],
+        "EnforcementPolicy": policies["items"],
+        "Pod": client.sanitize_for_serialization(core.list_pod_for_all_namespaces().items),
+        "Namespace": client.sanitize_for_serialization(core.list_namespace().items),
+    }
+
+
 def _same_webhooks(have: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Compare what we set; the API server adds defaults we do not manage."""
     def pick(config: dict[str, Any]) -> Any:
@@ -305,7 +479,34 @@ def _binding_status(body: dict[str, Any], problems: list[Problem], summary: Any,
     }
 
 
-def registry(op: Operator, host: str, port: int, cert: str, key: str) -> kopf.OperatorRegistry:
+LEASE = "cloudtaser-operator"
+
+
+def elect(op: Operator, loop: asyncio.AbstractEventLoop, namespace: str, identity: str) -> None:
+    """Leader election on a coordination.k8s.io Lease (runs in a daemon thread). Every replica
+    watches, compiles and serves the webhook; only the leader writes statuses, Events and the
+    webhook configuration. Losing the lease stops the writes at once and re-enters the
+    election."""
+    from kubernetes.leaderelection import electionconfig, leaderelection
+    from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+    logging.getLogger("leaderelection").setLevel(logging.WARNING)  # a line per retry otherwise
+    while True:
+        config = electionconfig.Config(
+            LeaseLock(LEASE, namespace, identity), lease_duration=15, renew_deadline=10,
+            retry_period=2,
+            onstarted_leading=lambda: loop.call_soon_threadsafe(op.lead, True),
+            onstopped_leading=lambda: loop.call_soon_threadsafe(op.lead, False))
+        try:
+            leaderelection.LeaderElection(config).run()  # returns when the lease is lost
+        except Exception as e:  # the API server away: a follower until it is back
+            loop.call_soon_threadsafe(op.lead, False)
+            log.warning("leader election: %s; retrying", type(e).__name__)
+        time.sleep(2)
+
+
+def registry(op: Operator, host: str, port: int, cert: str, key: str,
+             election: tuple[str, str] | None = None) -> kopf.OperatorRegistry:
     """kopf handlers bound to one Operator (no module-level decorators: testable, explicit)."""
     reg = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
@@ -320,6 +521,10 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str) -> kopf.Op
             kubernetes.config.load_kube_config()
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
+        if election is not None:
+            op.leading = False
+            threading.Thread(target=elect, args=(op, asyncio.get_running_loop(), *election),
+                             name="leader-election", daemon=True).start()
 
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> Any:
@@ -351,7 +556,9 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str) -> kopf.Op
     return reg
 
 
-def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str | None) -> None:
-    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key), clusterwide=True,
+def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str | None,
+        election: tuple[str, str] | None = None) -> None:
+    """``election``: (namespace, identity) to run leader election with, or None (one replica)."""
+    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key, election), clusterwide=True,
                               standalone=True, liveness_endpoint=liveness))
 

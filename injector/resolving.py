@@ -494,6 +494,16 @@ class Resolver:
         self._entrypoints.clear()
         self._tags.clear()
 
+    def cached(self, image: str) -> ImageEntrypoint | None:
+        """The cached answer for ``image``, or None; never any I/O (safe on an event loop).
+        Raises PermanentResolveError for a reference that cannot be parsed."""
+        ref = parse_reference(image)
+        digest = ref.digest or self._tags.get((ref.registry, ref.repository, ref.reference))
+        if digest is None:
+            return None
+        found = self._entrypoints.get((ref.registry, ref.repository, digest))
+        return None if found is None else found.model_copy(deep=True)
+
     def resolve(self, image: str, credentials: list[RegistryCredential] | None = None) -> ImageEntrypoint:
         """ENTRYPOINT and CMD of ``image`` (cached; see the module docstring).
 

@@ -270,3 +270,81 @@ def test_pod_without_command_gets_wrapper_entrypoint_and_cmd(
     # without a resolved entrypoint the pod is refused, never started unwrapped
     refused = pod_patch(pod, plan, settings, entrypoints={})
     assert refused.operations == [] and "set spec.containers[].command" in refused.problems[0].message
+
+
+def test_webhook_reads_the_pods_image_pull_secret(
+    registry: Registry, image: tuple[str, str], stack: Any, kubectl: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's webhook server (serving.application with operating.read_pull_secrets)
+    over HTTPS: a private image resolves only with the pod's imagePullSecrets, read from the
+    real API server by name; without them the pod is denied with a message that says to set
+    command; the credential appears in no answer."""
+    import asyncio
+    import base64
+
+    import kubernetes
+    import yaml
+
+    from cloudtaser import operating
+    from cloudtaser.certificates import CertificateAuthority
+    from cloudtaser.injector import serving
+
+    if registry.auth is None:
+        pytest.skip("htpasswd (apache2-utils) is not installed; auth is covered by the unit tests")
+    user, password = registry.auth
+    namespace = "registry-e2e"
+    secret_name = f"pull-{secrets.token_hex(3)}"
+    config = json.dumps({"auths": {f"http://{registry.host}": {"username": user, "password": password}}})
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+         "metadata": {"name": secret_name, "namespace": namespace},
+         "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}},
+    ]))
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
+    kubernetes.config.load_kube_config(config_file=str(stack.kubeconfig))
+    compiler = IncrementalCompiler(ClusterState(
+        bindings=[SecretBinding.model_validate(binding_doc("app", namespace))]))
+    holder = serving.Holder(compiler=compiler, resolver=Resolver(insecure=[registry.host]),
+                            pull_secrets=operating.read_pull_secrets)
+    pair = CertificateAuthority(stack.pki).issue("registry-e2e-webhook", "webhook", server=True,
+                                                 hosts=("127.0.0.1",))
+    port = free_port()
+
+    def review(pull_secrets: list[str]) -> dict[str, Any]:
+        pod = pod_doc(f"private-{secrets.token_hex(3)}", namespace, labels={"app": "app"},
+                      containers=[{"name": "app", "image": image[0]}])
+        pod["spec"]["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
+        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": secrets.token_hex(8), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE", "namespace": namespace, "object": pod}}
+
+    async def run() -> list[tuple[int, str]]:
+        runner = await serving.start(holder, "127.0.0.1", port, str(pair.cert), str(pair.key))
+        try:
+            answers = []
+            for refs in ([], ["missing-secret"], [secret_name]):
+                answer = await asyncio.to_thread(
+                    requests.post, f"https://127.0.0.1:{port}/mutate-v1-pod", json=review(refs),
+                    verify=str(stack.ca), timeout=30)
+                answers.append((answer.status_code, answer.text))
+            return answers
+        finally:
+            await runner.cleanup()
+
+    without, missing, with_secret = asyncio.run(run())
+    for status, text in (without, missing):
+        response = json.loads(text)["response"]
+        assert status == 200 and response["allowed"] is False, text
+        assert "spec.containers[0]" in response["status"]["message"], text
+        assert "set command" in response["status"]["message"], text
+    status, text = with_secret
+    response = json.loads(text)["response"]
+    assert status == 200 and response["allowed"] is True and response["patchType"] == "JSONPatch", text
+    patch = json.loads(base64.b64decode(response["patch"]))
+    command = next(op["value"] for op in patch if op["path"] == "/spec/containers/0/command")
+    assert command[-1] == "/docker-entrypoint.sh", command
+    for _, text in (without, missing, with_secret):
+        assert password not in text and base64.b64encode(password.encode()).decode() not in text
+    kubectl("delete", "secret", secret_name, "-n", namespace)
