@@ -27,15 +27,15 @@ PORT = 18444
 NS = "operator-e2e"
 
 
-def start_operator(stack: stacking.Paths) -> subprocess.Popen[str]:
+def start_operator(stack: stacking.Paths, *extra: str, port: int = PORT) -> subprocess.Popen[str]:
     pair = CertificateAuthority(stack.pki).issue("operator", "cloudtaser-operator", server=True,
                                                  hosts=("127.0.0.1",))
     exe = Path(sys.executable).parent / "cloudtaser"
     env = stacking.environment(stack)
     return subprocess.Popen(
         [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
-         "--ca-file", str(stack.ca), "--port", str(PORT),
-         "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}"],
+         "--ca-file", str(stack.ca), "--port", str(port),
+         "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}", *extra],
         env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
 

@@ -110,7 +110,7 @@ def test_every_object_is_valid_kubernetes(variant: str) -> None:
 @pytest.mark.parametrize(("values", "message"), [
     (["--set", "mode=block"], "at '/mode': value must be one of 'enforce', 'audit'"),
     (["--set", "operator.replicas=two"], "at '/operator/replicas': got string, want integer"),
-    (["--set", "operator.replicas=2"], "at '/operator/replicas': maximum: got 2, want 1"),
+    (["--set", "operator.replicas=0"], "at '/operator/replicas': minimum: got 0, want 1"),
     (["--set", "webhook.failurePolicy=Ignore"], "at '/webhook/failurePolicy': value must be 'Fail'"),
     (["--set", "webhook.tls.mode=vault"], "at '/webhook/tls/mode': value must be one of"),
     (["--set", "webhook.tls.mode=secret"], "at '/webhook/tls/secretName': minLength: got 0, want 1"),
@@ -174,7 +174,13 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     expected |= {(ar, "mutatingwebhookconfigurations", v, WEBHOOK_CONFIGURATION)
                  for v in ("get", "update", "patch", "delete")}
     expected |= {(ar, "mutatingwebhookconfigurations", v, "") for v in ("create", "list", "watch")}
+    expected |= {("", "secrets", "get", "")}  # imagePullSecrets, by name
     assert got == expected
+    private = rules(one(render("--set", "operator.readImagePullSecrets=false"), "ClusterRole", "-operator"))
+    assert private == expected - {("", "secrets", "get", "")}
+    leader = rules(one(default, "Role", "-operator-leader"))
+    assert leader == {("coordination.k8s.io", "leases", v, "cloudtaser-operator") for v in ("get", "update")} | {
+        ("coordination.k8s.io", "leases", "create", "")}
     agent = rules(one(default, "ClusterRole", "-agent"))
     # the agent compiles pods, namespaces, policies and bindings; posts violation Events
     assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
@@ -214,7 +220,7 @@ def test_settings_match_the_engine(default: list[dict[str, Any]]) -> None:
 
 def test_operator_deployment(default: list[dict[str, Any]]) -> None:
     deployment = one(default, "Deployment", "-operator")
-    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["replicas"] == 2
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "ghcr.io/cloudtaser/operator:0.1.0"
@@ -222,7 +228,12 @@ def test_operator_deployment(default: list[dict[str, Any]]) -> None:
     known = {opt for param in operator_command.params for opt in param.opts}
     flags = {arg.split("=", 1)[0] for arg in container["args"]}
     assert flags <= known, flags - known
-    args = dict(arg.split("=", 1) for arg in container["args"])
+    args = dict((arg.split("=", 1) + [""])[:2] for arg in container["args"])
+    assert "--leader-elect" in args and args["--leader-namespace"] == NAMESPACE
+    assert {e["name"] for e in container["env"]} >= {"POD_NAME"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "webhook", "scheme": "HTTPS"}
+    private = one(render("--set", "operator.readImagePullSecrets=false"), "Deployment", "-operator")
+    assert "--no-image-pull-secrets" in private["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args["--webhook-url"] == f"https://ct-cloudtaser-operator.{NAMESPACE}.svc:443/mutate-v1-pod"
     assert args["--opa-url"] == "http://127.0.0.1:8181"
     assert args["--port"] == str(container["ports"][0]["containerPort"])

@@ -1,0 +1,83 @@
+"""Two operator replicas with leader election on a Lease: both compile and serve the webhook
+(ready only after the initial lists are compiled), only the leader writes statuses, and the
+follower takes over when the leader stops renewing.
+
+Its own module: test_operator's replica runs without election and would write statuses too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from cloudtaser import stacking
+from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
+from tests.conftest import binding_doc
+from tests.e2e.test_operator import conditions, start_operator, stop
+from tests.harness.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+NS = "operator-ha-e2e"
+PORTS = {"replica-a": 18445, "replica-b": 18446}
+
+
+@pytest.fixture
+def replicas(stack: stacking.Paths, kubectl: Any) -> Iterator[dict[str, Any]]:
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+    kubectl("delete", "lease", "cloudtaser-operator", "-n", NS, "--ignore-not-found")
+    running = {name: start_operator(stack, "--leader-elect", "--leader-namespace", NS,
+                                    "--identity", name, port=port)
+               for name, port in PORTS.items()}
+    try:
+        yield running
+    finally:
+        errors = {name: stop(process) for name, process in running.items()}
+        kubectl("delete", "sb", "--all", "-n", NS, "--wait=false")
+        kubectl("delete", "lease", "cloudtaser-operator", "-n", NS, "--ignore-not-found")
+        kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
+        for name, err in errors.items():
+            assert "Traceback" not in err, f"{name}: {err[-3000:]}"
+
+
+def status(kubectl: Any, name: str) -> dict[str, Any]:
+    body = json.loads(kubectl("get", "sb", name, "-n", NS, "-o", "json"))
+    found: dict[str, Any] = body.get("status") or {}
+    return found
+
+
+def test_only_the_leader_writes_and_the_follower_takes_over(
+        replicas: dict[str, Any], kubectl: Any, stack: stacking.Paths) -> None:
+    for port in PORTS.values():  # every replica serves, once its initial compile is done
+        wait_for(lambda port=port: requests.get(f"https://127.0.0.1:{port}/readyz", verify=str(stack.ca),
+                                                timeout=2).status_code == 200, what=f"ready on {port}")
+    leader = wait_for(lambda: json.loads(kubectl("get", "lease", "cloudtaser-operator", "-n", NS,
+                                                 "-o", "json"))["spec"].get("holderIdentity"),
+                      what="a leader")
+    assert leader in PORTS
+    follower = next(name for name in PORTS if name != leader)
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("first", NS)))
+    wait_for(lambda: conditions({"status": status(kubectl, "first")}).get("Ready") == ("True", "Ready"),
+             what="the leader writes first's status")
+
+    # The leader stops (not dead: its lease stays valid until it expires). The follower has
+    # compiled the new binding (it serves the webhook) but must not write its status.
+    os.kill(replicas[leader].pid, signal.SIGSTOP)
+    try:
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("second", NS)))
+        time.sleep(4)  # well inside the 15 s lease the stopped leader still holds
+        assert status(kubectl, "second") == {}, "the follower wrote a status while not leading"
+        wait_for(lambda: json.loads(kubectl("get", "lease", "cloudtaser-operator", "-n", NS, "-o",
+                                            "json"))["spec"]["holderIdentity"] == follower,
+                 timeout=45, what=f"{follower} takes the lease")
+        wait_for(lambda: conditions({"status": status(kubectl, "second")}).get("Ready") == ("True", "Ready"),
+                 what="the new leader writes second's status")
+    finally:
+        os.kill(replicas[leader].pid, signal.SIGCONT)
