@@ -72,7 +72,7 @@ class PodPolicies:
     def __init__(self, lister: Lister, clock: Callable[[], float] = time.monotonic,
                  settings: InjectorSettings | None = None) -> None:
         self._lister = lister
-        self._settings = settings  # the operator's, so both compile the same Plan
+        self.settings = settings  # the operator's, so both compile the same Plan
         self._entries: dict[str, BpfEntry] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -81,12 +81,17 @@ class PodPolicies:
 
     def refresh(self) -> None:
         self._last_list = self._clock()
-        entries = flags_by_pod(self._lister(), self._settings)
+        entries = flags_by_pod(self._lister(), self.settings)
         with self._lock:
             self._entries = entries
         log.info("%d protected pod(s) on this node", len(entries))
         for listener in self.listeners:
             listener()
+
+    def snapshot(self) -> list[BpfEntry]:
+        """Every protected pod on this node, as last listed."""
+        with self._lock:
+            return list(self._entries.values())
 
     def known(self, uid: str) -> BpfEntry | None:
         """The cached entry, without relisting."""

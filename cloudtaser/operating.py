@@ -26,6 +26,7 @@ import kopf
 import kubernetes
 import requests
 
+from cloudtaser.bpf import leasing
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Plan, Problem
@@ -39,6 +40,7 @@ log = logging.getLogger("cloudtaser.operator")
 DEBOUNCE = 0.2
 OPA_TIMEOUT = 2.0
 OPA_TTL = 60.0
+REPORT_PERIOD = 10.0
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Operator:
     ready: bool = False  # ... and were compiled: the webhook answers from a complete state
     leading: bool = True  # only the leader writes statuses and the webhook configuration
     tombstones: set[tuple[str, str]] | None = None  # deletions seen while listing
+    # policy -> (nodes enforcing, violations), from the agents' node reports (bpf/leasing.py)
+    reports: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -159,6 +163,22 @@ class Operator:
                 log.exception("reconcile failed")
                 await asyncio.sleep(1)
                 self.changed.set()
+
+    async def watch_reports(self) -> None:
+        """Poll the agents' node reports (Leases in the operator's namespace); a change in
+        what they say (not a mere renewal) triggers a reconcile, which writes the policies'
+        nodesEnforcing and violations."""
+        namespace = self.holder.settings.operator_namespace
+        while True:
+            try:
+                leases = await asyncio.to_thread(_list_reports, namespace)
+                reports = aggregate_reports(leases, datetime.datetime.now(datetime.timezone.utc))
+                if reports != self.reports:
+                    self.reports = reports
+                    self.changed.set()
+            except Exception as e:  # the API server away: keep the last known figures
+                log.warning("node reports not read: %s", type(e).__name__)
+            await asyncio.sleep(REPORT_PERIOD)
 
     def _parse(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Parse what is new or changed since the last reconcile; forget what is gone."""
@@ -289,9 +309,8 @@ class Operator:
             status = {
                 "observedGeneration": body.get("metadata", {}).get("generation"),
                 "matchedPods": matched.get(name, 0),
-                # Agents report these (the bpf agent issue); keep what they wrote.
-                "nodesEnforcing": old.get("nodesEnforcing", 0),
-                "violations": old.get("violations", 0),
+                "nodesEnforcing": self.reports.get(name, (0, 0))[0],
+                "violations": self.reports.get(name, (0, 0))[1],
                 "problems": [_problem(p) for p in mine],
                 "conditions": _conditions(old, [("Compiled", not any(
                     p.severity == "error" for p in mine), "Compiled", "Invalid",
@@ -397,6 +416,28 @@ def read_pull_secrets(namespace: str, names: list[str]) -> list[RegistryCredenti
             log.warning("imagePullSecret %s/%s: %s", namespace, name,
                         e if isinstance(e, CloudtaserError) else "data is not base64")
     return found
+
+
+def _list_reports(namespace: str) -> list[dict[str, Any]]:
+    leases = kubernetes.client.CoordinationV1Api().list_namespaced_lease(
+        namespace, label_selector=leasing.SELECTOR)
+    found: list[dict[str, Any]] = kubernetes.client.ApiClient().sanitize_for_serialization(leases.items)
+    return found
+
+
+def aggregate_reports(leases: list[dict[str, Any]], now: datetime.datetime) -> dict[str, tuple[int, int]]:
+    """policy -> (nodes whose live agent protects a pod under it, violations on all nodes).
+    Violations count from expired reports too: they happened."""
+    nodes: dict[str, int] = {}
+    violations: dict[str, int] = {}
+    for lease in leases:
+        policies, counts = leasing.reported(lease)
+        if leasing.fresh(lease, now):
+            for name in set(policies):
+                nodes[name] = nodes.get(name, 0) + 1
+        for name, count in counts.items():
+            violations[name] = violations.get(name, 0) + count
+    return {name: (nodes.get(name, 0), violations.get(name, 0)) for name in sorted({*nodes, *violations})}
 
 
 def _list_all() -> dict[str, list[dict[str, Any]]]:
@@ -521,6 +562,7 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
             kubernetes.config.load_kube_config()
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
+        tasks.append(asyncio.create_task(op.watch_reports()))
         if election is not None:
             op.leading = False
             threading.Thread(target=elect, args=(op, asyncio.get_running_loop(), *election),

@@ -169,3 +169,47 @@ def test_drift_is_repaired_and_restart_derives_the_same(stack: stacking.Paths, o
         assert config()["webhooks"] == before
     finally:
         stop(restarted)
+
+
+def test_node_reports_become_policy_nodes_and_violations(
+        operator: Any, kubectl: Any, stack: stacking.Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent's node report (bpf/leasing.NodeReport, the Lease the agent keeps) is what the
+    operator writes into each EnforcementPolicy's nodesEnforcing and violations."""
+    from cloudtaser.bpf.leasing import NodeReport, lease_name
+    from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
+
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("reported", NS)))
+    node = f"report-node-{secrets.token_hex(3)}"
+    pod = pod_doc(f"reported-{secrets.token_hex(3)}", NS, labels={"app": "reported"}, injected=True)
+    pod["spec"]["nodeName"] = node
+    pod["spec"]["serviceAccountName"] = "app"
+    kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
+    policies = PodPolicies(kubernetes_lister(node))
+    policies.refresh()
+    entries = policies.snapshot()
+    assert len(entries) == 1 and entries[0].policy.policies, entries
+    names = entries[0].policy.policies
+
+    def policy_status() -> dict[str, dict[str, Any]]:
+        return {n: json.loads(kubectl("get", "ctep", n, "-o", "json")).get("status", {}) for n in names}
+
+    before = policy_status()
+    report = NodeReport(policies, node, "cloudtaser-system", "tracepoint")
+    report.start()
+    try:
+        for _ in range(3):
+            report.record(entries[0].uid)
+        wait_for(lambda: all(s.get("nodesEnforcing", 0) >= before[n].get("nodesEnforcing", 0) + 1
+                             and s.get("violations", 0) == before[n].get("violations", 0) + 3
+                             for n, s in policy_status().items()),
+                 timeout=45, what="nodes enforcing +1 and violations +3 on the pod's policies")
+        header = kubectl("get", "ctep", names[0]).splitlines()
+        assert header[0].split()[:4] == ["NAME", "MODE", "NODES", "VIOLATIONS"]
+    finally:
+        report.close()
+        kubectl("delete", "lease", lease_name(node), "-n", "cloudtaser-system", "--ignore-not-found")
+        kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
+    wait_for(lambda: all(s.get("violations", 0) == before[n].get("violations", 0)
+                         for n, s in policy_status().items()),
+             timeout=45, what="the report gone, its counts gone")

@@ -180,13 +180,14 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     assert private == expected - {("", "secrets", "get", "")}
     leader = rules(one(default, "Role", "-operator-leader"))
     assert leader == {("coordination.k8s.io", "leases", v, "cloudtaser-operator") for v in ("get", "update")} | {
-        ("coordination.k8s.io", "leases", "create", "")}
+        ("coordination.k8s.io", "leases", v, "") for v in ("create", "list")}
+    reports = rules(one(default, "Role", "-agent-report"))
+    assert reports == {("coordination.k8s.io", "leases", v, "") for v in ("get", "create", "update")}
     agent = rules(one(default, "ClusterRole", "-agent"))
     # the agent compiles pods, namespaces, policies and bindings; posts violation Events
     assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
         (ct, r, v, "") for r in ("enforcementpolicies", "secretbindings")
-        for v in ("get", "list", "watch")} | {
-        (ct, "enforcementpolicies/status", "patch", ""), ("", "events", "create", "")}
+        for v in ("get", "list", "watch")} | {("", "events", "create", "")}
     cleanup = rules(one(default, "ClusterRole", "-cleanup"))
     assert cleanup == {(ar, "mutatingwebhookconfigurations", v, WEBHOOK_CONFIGURATION)
                        for v in ("get", "delete")}
