@@ -302,6 +302,7 @@ class Operator:
             self._patch(api, "secretbindings", namespace, name, body, status)
             self._announce(ref, body, mine, decision)
         matched = {p.policy: p.matched_pods for p in plan.policies}
+        constrained = {p.policy: p.constrained_pods for p in plan.policies}
         for key, body in snapshot["EnforcementPolicy"].items():
             name = key.split("/", 1)[1]
             mine = [p for p in plan.problems if p.kind == "EnforcementPolicy" and p.name == name]
@@ -311,6 +312,7 @@ class Operator:
                 "matchedPods": matched.get(name, 0),
                 "nodesEnforcing": self.reports.get(name, (0, 0))[0],
                 "violations": self.reports.get(name, (0, 0))[1],
+                "constrainedPods": constrained.get(name, [])[:100],
                 "problems": [_problem(p) for p in mine],
                 "conditions": _conditions(old, [("Compiled", not any(
                     p.severity == "error" for p in mine), "Compiled", "Invalid",

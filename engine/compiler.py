@@ -541,6 +541,7 @@ class IncrementalCompiler:
         pods: list[PodPlan] = []
         bpf: list[BpfEntry] = []
         policy_pods: dict[str, int] = defaultdict(int)
+        constrained: dict[str, list[str]] = defaultdict(list)
         for key in sorted(self._pods):
             entry = self._pods[key]
             pod_injected = is_injected(entry.pod)
@@ -554,6 +555,9 @@ class IncrementalCompiler:
             add(entry.plan.problems)
             for name in entry.plan.policy.policies:
                 policy_pods[name] += 1
+                policy = self._policies.get(name)
+                if policy is not None and policy.spec.require_confidential_node:
+                    constrained[name].append(f"{entry.namespace}/{entry.pod.metadata.name}")
             if pod_injected:
                 bpf.append(
                     BpfEntry(
@@ -617,7 +621,8 @@ class IncrementalCompiler:
             webhook=self._webhook_scope(),
             bindings=summaries,
             policies=[
-                PolicySummary(policy=name, matched_pods=policy_pods[name])
+                PolicySummary(policy=name, matched_pods=policy_pods[name],
+                              constrained_pods=constrained[name])
                 for name in sorted(self._policies)
             ],
             problems=[problems[k] for k in sorted(problems)],

@@ -227,6 +227,9 @@ class PolicySummary(Model):
 
     policy: str
     matched_pods: int
+    constrained_pods: list[str] = Field(
+        default_factory=list,
+        description="namespace/name of the pods this policy pins to confidential nodes.")
 
 
 class Plan(Model):

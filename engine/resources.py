@@ -457,6 +457,11 @@ class EnforcementPolicyStatus(ResourceStatus):
         default=0, ge=0, description="Nodes whose agent enforces this policy."
     )
     violations: int = Field(default=0, ge=0, description="Violations reported by the agents.")
+    constrained_pods: list[str] = Field(
+        default_factory=list,
+        description="Pods this policy pins to confidential nodes (requireConfidentialNode), "
+        "namespace/name, sorted; at most 100 are listed.",
+    )
 
 
 class EnforcementPolicy(Model):

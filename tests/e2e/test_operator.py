@@ -213,3 +213,29 @@ def test_node_reports_become_policy_nodes_and_violations(
     wait_for(lambda: all(s.get("violations", 0) == before[n].get("violations", 0)
                          for n, s in policy_status().items()),
              timeout=45, what="the report gone, its counts gone")
+
+
+def test_confidential_policy_pins_the_pod_and_says_so(operator: Any, kubectl: Any) -> None:
+    """A policy requiring a confidential node: the operator's webhook adds the node selector,
+    and the policy's status lists the pod it constrains."""
+    name = f"e2e-confidential-{secrets.token_hex(3)}"
+    policy = {"apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
+              "metadata": {"name": name},
+              "spec": {"mode": "enforce", "requireConfidentialNode": True,
+                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                       "podSelector": {"matchLabels": {"app": "conf"}}}}
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        policy, binding_doc("conf", NS, selector={"matchLabels": {"app": "conf"}})]))
+    pod = pod_doc(f"conf-{secrets.token_hex(3)}", NS, labels={"app": "conf"})
+    pod["spec"]["serviceAccountName"] = "app"
+    try:
+        wait_for(lambda: conditions(sb(kubectl, "conf")).get("Ready") == ("True", "Ready"), what="conf Ready")
+        time.sleep(1)  # the policy in the operator's compile too
+        kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
+        stored = json.loads(kubectl("get", "pod", pod["metadata"]["name"], "-n", NS, "-o", "json"))
+        assert stored["spec"]["nodeSelector"] == {"cloudtaser.io/confidential-node": "true"}
+        wait_for(lambda: json.loads(kubectl("get", "ctep", name, "-o", "json")).get("status", {}).get(
+            "constrainedPods") == [f"{NS}/{pod['metadata']['name']}"], what="constrainedPods lists the pod")
+    finally:
+        kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false", "--ignore-not-found")
+        kubectl("delete", "ctep", name)
