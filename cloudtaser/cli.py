@@ -502,7 +502,8 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
     holder = serving.Holder(
         settings=settings, resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
         pull_secrets=operating.read_pull_secrets if image_pull_secrets else None)
-    op = operating.Operator(client_config=client_config, opa_url=opa_url, holder=holder)
+    op = operating.Operator(client_config=client_config, opa_url=opa_url, holder=holder,
+                            ca_file=ca_file)
     election = None
     if leader_elect:
         import socket

@@ -17,9 +17,11 @@ import datetime
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -41,6 +43,7 @@ DEBOUNCE = 0.2
 OPA_TIMEOUT = 2.0
 OPA_TTL = 60.0
 REPORT_PERIOD = 10.0
+CERT_POLL = 5.0
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Operator:
     client_config: dict[str, Any]
     opa_url: str | None
     holder: serving.Holder
+    ca_file: str | None = None  # the caBundle's source, re-read when it rotates
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {k: {} for k in KINDS})
     # (kind, namespace/name) -> the parse of the body version the compiler was last given.
     parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
@@ -163,6 +167,35 @@ class Operator:
                 log.exception("reconcile failed")
                 await asyncio.sleep(1)
                 self.changed.set()
+
+    async def watch_certificates(self, cert: str, key: str, ca_file: str) -> None:
+        """Serve a rotated certificate without a restart: cert-manager renewing the Secret, or
+        `helm upgrade` generating a new one, changes the mounted files; the new pair is loaded
+        into the serving context (new connections get it) and the new CA becomes the webhook's
+        caBundle. A half-written pair (key not matching) is retried on the next poll."""
+        paths = [Path(cert), Path(key), Path(ca_file)]
+
+        def stamp() -> list[tuple[int, int]]:
+            return [(p.stat().st_mtime_ns, p.stat().st_size) for p in paths]
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(CERT_POLL)
+            try:
+                now = stamp()
+                if now == last:
+                    continue
+                if self.holder.tls is not None:
+                    self.holder.tls.load_cert_chain(cert, key)
+                ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+            except (OSError, ssl.SSLError) as e:
+                log.warning("rotated certificate not loaded yet: %s", type(e).__name__)
+                continue
+            last = now
+            if self.client_config.get("caBundle") != ca:
+                self.client_config = {**self.client_config, "caBundle": ca}
+                self.changed.set()
+            log.info("serving certificate reloaded from %s", cert)
 
     async def watch_reports(self) -> None:
         """Poll the agents' node reports (Leases in the operator's namespace); a change in
@@ -255,7 +288,9 @@ class Operator:
         if not self.leading:
             return
         await asyncio.to_thread(self._write_statuses, plan, decisions, snapshot)
-        await asyncio.to_thread(self._apply_webhook, plan)
+        if not await asyncio.to_thread(self._apply_webhook, plan):
+            await asyncio.sleep(0.5)
+            self.changed.set()
 
     # --- OPA ---------------------------------------------------------------------------
 
@@ -369,24 +404,33 @@ class Operator:
 
     # --- webhook configuration -----------------------------------------------------------
 
-    def _apply_webhook(self, plan: Plan) -> None:
+    def _apply_webhook(self, plan: Plan) -> bool:
+        """Make the configuration equal to the Plan's; False: someone else wrote it between
+        our read and write (409), so the caller re-derives it on the next round."""
         api = kubernetes.client.AdmissionregistrationV1Api()
         wanted = webhook_configuration(plan, self.client_config)
         try:
-            current = api.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+            try:
+                current = api.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+            except kubernetes.client.ApiException as e:
+                if e.status != 404:
+                    raise
+                api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]  # dicts serialise as is
+                log.info("webhook configuration created (namespaces: %s)", plan.webhook.namespaces)
+                return True
+            client = kubernetes.client.ApiClient()
+            have = client.sanitize_for_serialization(current)
+            if _same_webhooks(have, wanted):
+                return True
+            wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
+            api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
         except kubernetes.client.ApiException as e:
-            if e.status != 404:
+            if e.status != 409:  # 409: created or changed meanwhile
                 raise
-            api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]  # dicts serialise as is
-            log.info("webhook configuration created (namespaces: %s)", plan.webhook.namespaces)
-            return
-        client = kubernetes.client.ApiClient()
-        have = client.sanitize_for_serialization(current)
-        if _same_webhooks(have, wanted):
-            return
-        wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
-        api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
+            log.info("webhook configuration changed while we wrote it; deriving it again")
+            return False
         log.info("webhook configuration updated (namespaces: %s)", plan.webhook.namespaces)
+        return True
 
 
 PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson",
@@ -565,6 +609,8 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
         tasks.append(asyncio.create_task(op.watch_reports()))
+        if op.ca_file is not None:
+            tasks.append(asyncio.create_task(op.watch_certificates(cert, key, op.ca_file)))
         if election is not None:
             op.leading = False
             threading.Thread(target=elect, args=(op, asyncio.get_running_loop(), *election),

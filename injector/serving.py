@@ -38,6 +38,9 @@ class Holder:
     # Reads ENTRYPOINT/CMD from the registry for containers without a command.
     resolver: Resolver | None = None
     pull_secrets: PullSecretReader | None = None
+    # The serving context: load_cert_chain on it again serves a rotated certificate to every
+    # new connection without a restart (operating.Operator.watch_certificates).
+    tls: ssl.SSLContext | None = None
 
 
 class _NotCached(ResolveError):
@@ -127,7 +130,8 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 async def start(holder: Holder, host: str, port: int, cert: str, key: str) -> web.AppRunner:
+    holder.tls = tls_context(cert, key)
     runner = web.AppRunner(application(holder), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=tls_context(cert, key)).start()
+    await web.TCPSite(runner, host, port, ssl_context=holder.tls).start()
     return runner

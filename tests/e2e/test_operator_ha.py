@@ -1,6 +1,6 @@
 """Two operator replicas with leader election on a Lease: both compile and serve the webhook
 (ready only after the initial lists are compiled), only the leader writes statuses, and the
-follower takes over when the leader stops renewing.
+follower takes over when the leader stops renewing. And a rotated serving certificate.
 
 Its own module: test_operator's replica runs without election and would write statuses too."""
 
@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +58,8 @@ def test_only_the_leader_writes_and_the_follower_takes_over(
         replicas: dict[str, Any], kubectl: Any, stack: stacking.Paths) -> None:
     for port in PORTS.values():  # every replica serves, once its initial compile is done
         wait_for(lambda port=port: requests.get(f"https://127.0.0.1:{port}/readyz", verify=str(stack.ca),
-                                                timeout=2).status_code == 200, what=f"ready on {port}")
+                                                timeout=10).status_code == 200, timeout=60,
+                 what=f"ready on {port}")
     leader = wait_for(lambda: json.loads(kubectl("get", "lease", "cloudtaser-operator", "-n", NS,
                                                  "-o", "json"))["spec"].get("holderIdentity"),
                       what="a leader")
@@ -81,3 +83,56 @@ def test_only_the_leader_writes_and_the_follower_takes_over(
                  what="the new leader writes second's status")
     finally:
         os.kill(replicas[leader].pid, signal.SIGCONT)
+
+
+def test_rotated_certificate_is_served_and_becomes_the_ca_bundle(
+        stack: stacking.Paths, kubectl: Any, tmp_path: Path) -> None:
+    """cert-manager renewing the serving Secret (or `helm upgrade` generating a new one) swaps
+    the mounted files: the running operator serves the new certificate and writes the new CA
+    into the webhook's caBundle, without a restart."""
+    import base64
+    import shutil
+    import subprocess
+    import sys
+
+    from cloudtaser.certificates import CertificateAuthority
+
+    tls = tmp_path / "tls"
+    tls.mkdir()
+
+    def install(generation: str) -> Path:
+        ca = CertificateAuthority(tmp_path / generation, common_name=f"webhook CA {generation}")
+        pair = ca.issue("serving", "cloudtaser-operator", server=True, hosts=("127.0.0.1",))
+        for source, name in ((pair.cert, "tls.crt"), (pair.key, "tls.key"), (ca.pair.cert, "ca.crt")):
+            shutil.copy(source, tls / f".{name}")
+            os.replace(tls / f".{name}", tls / name)  # each file atomically, as kubelet swaps
+        return ca.pair.cert
+
+    def bundle() -> str:
+        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "json"))
+        value: str = hook["webhooks"][0]["clientConfig"]["caBundle"]
+        return value
+
+    first = install("one")
+    port = 18447
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "cloudtaser"), "operator", "--tls-cert", str(tls / "tls.crt"),
+         "--tls-key", str(tls / "tls.key"), "--ca-file", str(tls / "ca.crt"), "--port", str(port)],
+        env={**os.environ, **stacking.environment(stack)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    url = f"https://127.0.0.1:{port}/readyz"
+    try:
+        wait_for(lambda: requests.get(url, verify=str(first), timeout=10).status_code == 200,
+                 timeout=60, what="ready")
+        wait_for(lambda: bundle() == base64.b64encode(first.read_bytes()).decode(), what="first caBundle")
+        second = install("two")
+        wait_for(lambda: bundle() == base64.b64encode(second.read_bytes()).decode(),
+                 what="the rotated CA in the caBundle")
+        assert requests.get(url, verify=str(second), timeout=2).status_code == 200
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, verify=str(first), timeout=2)
+    finally:
+        err = stop(process)
+        kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
+    assert "Traceback" not in err, err[-3000:]
+    assert "serving certificate reloaded" in err
