@@ -27,6 +27,7 @@ from typing import Any
 import kopf
 import kubernetes
 import requests
+import urllib3
 
 from cloudtaser.bpf import leasing
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
@@ -163,7 +164,14 @@ class Operator:
             try:
                 await self.reconcile()
                 self.ready = True
-            except Exception:  # keep serving the last good compile; retry on the next change
+            except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as e:
+                # The API server away or restarting: one line, keep serving the last good
+                # compile, retry.
+                log.warning("reconcile failed: %s%s; retrying", type(e).__name__,
+                            f" (HTTP {e.status})" if isinstance(e, kubernetes.client.ApiException) else "")
+                await asyncio.sleep(1)
+                self.changed.set()
+            except Exception:  # a bug: the traceback, and retry on the next change
                 log.exception("reconcile failed")
                 await asyncio.sleep(1)
                 self.changed.set()

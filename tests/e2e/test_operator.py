@@ -148,29 +148,6 @@ def test_deleting_a_binding_takes_its_namespace_out_of_scope(operator: Any, kube
     wait_for(lambda: other not in scope() and NS in scope(), what=f"{other} out of the scope")
 
 
-def test_drift_is_repaired_and_restart_derives_the_same(stack: stacking.Paths, operator: Any,
-                                                       kubectl: Any) -> None:
-    def config() -> dict[str, Any]:
-        found: dict[str, Any] = json.loads(kubectl("get", "mutatingwebhookconfiguration",
-                                                   WEBHOOK_CONFIGURATION, "-o", "json"))
-        return found
-
-    before = wait_for(config, what="webhook")["webhooks"]
-    kubectl("patch", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--type=json", "-p",
-            json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]))
-    wait_for(lambda: config()["webhooks"][0]["failurePolicy"] == "Fail", what="drift repaired")
-    statuses = {n: sb(kubectl, n)["status"] for n in ("shop", "preload", "alpha", "beta")}
-    stop(operator)
-    restarted = start_operator(stack)
-    try:
-        time.sleep(3)
-        wait_for(lambda: all(sb(kubectl, n)["status"] == statuses[n] for n in statuses),
-                 what="identical statuses after restart")
-        assert config()["webhooks"] == before
-    finally:
-        stop(restarted)
-
-
 def test_node_reports_become_policy_nodes_and_violations(
         operator: Any, kubectl: Any, stack: stacking.Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     """An agent's node report (bpf/leasing.NodeReport, the Lease the agent keeps) is what the
@@ -239,3 +216,27 @@ def test_confidential_policy_pins_the_pod_and_says_so(operator: Any, kubectl: An
     finally:
         kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false", "--ignore-not-found")
         kubectl("delete", "ctep", name)
+
+
+# Last: it stops the module's operator.
+def test_drift_is_repaired_and_restart_derives_the_same(stack: stacking.Paths, operator: Any,
+                                                       kubectl: Any) -> None:
+    def config() -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(kubectl("get", "mutatingwebhookconfiguration",
+                                                   WEBHOOK_CONFIGURATION, "-o", "json"))
+        return found
+
+    before = wait_for(config, what="webhook")["webhooks"]
+    kubectl("patch", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]))
+    wait_for(lambda: config()["webhooks"][0]["failurePolicy"] == "Fail", what="drift repaired")
+    statuses = {n: sb(kubectl, n)["status"] for n in ("shop", "preload", "alpha", "beta")}
+    stop(operator)
+    restarted = start_operator(stack)
+    try:
+        time.sleep(3)
+        wait_for(lambda: all(sb(kubectl, n)["status"] == statuses[n] for n in statuses),
+                 what="identical statuses after restart")
+        assert config()["webhooks"] == before
+    finally:
+        stop(restarted)
