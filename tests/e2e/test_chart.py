@@ -122,7 +122,7 @@ def exists(kubectl: Any, obj: dict[str, Any]) -> bool:
 def test_install_creates_every_object(installed: list[dict[str, Any]], kubectl: Any) -> None:
     kinds = {o["kind"] for o in installed}
     assert kinds == {"ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
-                     "Service", "DaemonSet", "Deployment", "PodDisruptionBudget"}
+                     "Role", "RoleBinding", "Service", "DaemonSet", "Deployment", "PodDisruptionBudget"}
     for obj in installed:
         assert exists(kubectl, obj), f"{obj['kind']}/{obj['metadata']['name']} missing"
     for crd in ("secretbindings.cloudtaser.io", "enforcementpolicies.cloudtaser.io"):
@@ -141,7 +141,9 @@ def test_install_creates_every_object(installed: list[dict[str, Any]], kubectl: 
     ("create", "pods", False),
     ("list", "namespaces", True),
     ("create", "events", True),
-    ("get", "secrets", False),
+    ("get", "secrets", True),  # imagePullSecrets, by name (operator.readImagePullSecrets)
+    ("list", "secrets", False),
+    ("watch", "secrets", False),
     ("create", "mutatingwebhookconfigurations", True),
     ("update", f"mutatingwebhookconfigurations/{WEBHOOK_CONFIGURATION}", True),
     ("delete", f"mutatingwebhookconfigurations/{WEBHOOK_CONFIGURATION}", True),
