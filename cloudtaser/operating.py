@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import kopf
@@ -42,7 +43,9 @@ from cloudtaser.injector.resolving import RegistryCredential, credentials_from_d
 log = logging.getLogger("cloudtaser.operator")
 DEBOUNCE = 0.2
 OPA_TIMEOUT = 2.0
+OPA_PACKAGE = "cloudtaser.binding"  # policies/binding.rego: package cloudtaser.binding, rule deny
 OPA_TTL = 60.0
+ERROR_BACKOFFS = (0.5, 1.0, 1.0, 2.0, 2.0) + (3.0,) * 100  # kopf's API retries (seconds)
 REPORT_PERIOD = 10.0
 CERT_POLL = 5.0
 
@@ -91,6 +94,7 @@ class Operator:
     opa_url: str | None
     holder: serving.Holder
     ca_file: str | None = None  # the caBundle's source, re-read when it rotates
+    opa: Any = None  # opa_client.opa.OpaClient, made on first use
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {k: {} for k in KINDS})
     # (kind, namespace/name) -> the parse of the body version the compiler was last given.
     parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
@@ -302,6 +306,18 @@ class Operator:
 
     # --- OPA ---------------------------------------------------------------------------
 
+    def _opa(self) -> Any:
+        """The OPA client (opa-python-client), made once; no retries of its own: a binding
+        OPA cannot answer keeps its last decision and is asked again on the next round."""
+        if self.opa is None:
+            from opa_client.opa import OpaClient
+
+            url = urlsplit(self.opa_url or "")
+            https = url.scheme == "https"
+            self.opa = OpaClient(host=url.hostname or "localhost", port=url.port or (443 if https else 8181),
+                                 ssl=https, timeout=OPA_TIMEOUT, retries=0)
+        return self.opa
+
     def _decide(self, binding: SecretBinding, digest: str) -> Decision:
         """``digest``: the binding's spec version (uid/generation)."""
         known = self.decisions.get(binding.ref)
@@ -313,12 +329,10 @@ class Operator:
         else:
             body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
             try:
-                response = requests.post(f"{self.opa_url}/v1/data/cloudtaser/binding/deny",
-                                         json={"input": body}, timeout=OPA_TIMEOUT)
-                response.raise_for_status()
-                reasons = sorted(response.json().get("result") or [])
+                answer = self._opa().query_rule(body, OPA_PACKAGE, "deny")
+                reasons = sorted(answer.get("result") or [])
                 decision = Decision(not reasons, reasons)
-            except (requests.RequestException, ValueError) as e:
+            except (requests.RequestException, ValueError, AttributeError) as e:
                 # Fail closed for what OPA never saw: a new binding, or an edited spec. An
                 # unchanged spec keeps its last decision until OPA answers again.
                 if known and known[0] == digest:
@@ -610,6 +624,11 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False
         settings.watching.server_timeout = 300
+        # kopf's default backoffs (1, 1, 2, ... 21 s, then giving up) leave a watch asleep for
+        # up to 21 s after a restarted API server answers again — its CRD endpoints say 503/429
+        # for a while after it starts — so convergence took 80-90 s. Retry at most every 3 s,
+        # for about 5 minutes, before kopf escalates.
+        settings.networking.error_backoffs = ERROR_BACKOFFS
         try:  # in a pod: the service account; elsewhere: $KUBECONFIG
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:

@@ -136,3 +136,25 @@ def test_rotated_certificate_is_served_and_becomes_the_ca_bundle(
         kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
     assert "Traceback" not in err, err[-3000:]
     assert "serving certificate reloaded" in err
+
+
+def test_opa_unreachable_fails_closed_for_a_new_binding(stack: stacking.Paths, kubectl: Any) -> None:
+    """OPA away: a binding it never judged is not compiled into the webhook scope, and its
+    conditions say why (PolicyAllowed=Unknown, OPAUnavailable)."""
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+    process = start_operator(stack, "--opa-url", "http://127.0.0.1:1", port=18449)
+    try:
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("unjudged", NS)))
+        wait_for(lambda: conditions({"status": status(kubectl, "unjudged")}).get("PolicyAllowed")
+                 == ("Unknown", "OPAUnavailable"), what="PolicyAllowed=Unknown")
+        found = {c["type"]: c for c in status(kubectl, "unjudged")["conditions"]}
+        assert "OPA unreachable at http://127.0.0.1:1" in found["PolicyAllowed"]["message"]
+        assert found["Ready"]["status"] == "False"
+        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "json"))
+        assert NS not in hook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0].get("values", [])
+    finally:
+        err = stop(process)
+        kubectl("delete", "sb", "unjudged", "-n", NS, "--ignore-not-found")
+        kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
+    assert "Traceback" not in err, err[-3000:]
