@@ -1,9 +1,9 @@
-"""The node agent (tracepoint backend): registration socket, kernel maps, violation log.
+"""The node agent (BPF LSM or tracepoint backend): registration socket, kernel maps, violation log.
 
 Registration protocol v1 (client: cloudtaser.wrapper.registering): one JSON line
 ``{"op": "register", "version": 1}``; the caller's PID comes from SO_PEERCRED, never from the
 message, so a process can register only itself; the answer is one JSON line
-``{"ok": true, "backend": "tracepoint"}`` or ``{"ok": false, "error": "..."}``.
+``{"ok": true, "backend": "lsm" | "tracepoint"}`` or ``{"ok": false, "error": "..."}``.
 
 The agent writes (tgid -> start time, flags) into the pinned ``protected`` map; the BPF side
 protects forked children and removes entries on exit. The flags come from the constructor for
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import enum
 import json
 import logging
 import os
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import prometheus_client
 
-from cloudtaser.bpf import layouts
+from cloudtaser.bpf import layouts, scanning
 from cloudtaser.bpf.cgroups import pod_uid
-from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, Loaded, RingBuffer, load
+from cloudtaser.bpf.leasing import NodeReport
+from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, LSM, TRACEPOINT, Loaded, RingBuffer, load_backend
 from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
@@ -41,11 +43,12 @@ from cloudtaser.errors import PermanentError
 
 log = logging.getLogger("cloudtaser.bpf.agent")
 
-BACKEND = "tracepoint"
+BACKEND = TRACEPOINT  # until start() has probed the node
 SO_PEERPIDFD = 77  # Linux >= 6.5; absent from Python 3.11's socket module
 DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
 DEFAULT_FLAGS = (
     ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.PIDFD_GETFD
+    | ProtectionFlag.CORE_DUMP
 )
 KNOWN_FLAGS = int(sum(ProtectionFlag))
 MAX_MESSAGE = 4096
@@ -71,7 +74,7 @@ class Violation:
             kind = f"unknown-{ev.kind}"
         return cls(
             kind=kind,
-            action="killed" if ev.action == layouts.Action.KILLED else "audited",
+            action=_name(layouts.Action, ev.action),
             target_tgid=ev.target_tgid,
             opener_tgid=ev.opener_tgid,
             opener_pid=ev.opener_pid,
@@ -79,6 +82,14 @@ class Violation:
             opener_comm=ev.comm.decode(errors="replace"),
             flags=ev.flags,
         )
+
+
+def _name(kind: type[enum.IntEnum], value: int) -> str:
+    """``kind(value)``'s name in lower case, or ``unknown-VALUE``."""
+    try:
+        return kind(value).name.lower()
+    except ValueError:
+        return f"unknown-{value}"
 
 
 # readlink of /proc/PID/fd/N for a memfd ("/memfd:NAME (deleted)") and memfd_secret.
@@ -144,6 +155,7 @@ class Agent:
         pin_dir: Path = DEFAULT_PIN_DIR,
         on_violation: Callable[[Violation], None] | None = None,
         pod_policies: PodPolicies | None = None,
+        backend: str = "auto",
     ) -> None:
         """With ``pod_policies``, each caller's flags come from its pod's compiled policy
         (PID -> cgroup -> pod UID -> BpfEntry) and a caller in no protected pod is refused;
@@ -156,6 +168,9 @@ class Agent:
         self.pin_dir = pin_dir
         self.on_violation = on_violation
         self.pod_policies = pod_policies
+        self.requested_backend = backend  # auto | lsm | tracepoint
+        self.backend = BACKEND  # what start() chose (loading.load_backend)
+        self.backend_reason = ""
         self.metrics = Metrics()
         self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
         self._registered_lock = threading.Lock()
@@ -167,17 +182,20 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.load_seconds = 0.0
+        self.last_scan_seconds = 0.0  # the fd scan of the latest registration
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         path = self.object_path or default_object()
         t0 = time.monotonic()
-        self.loaded = load(path, pin_dir=self.pin_dir)
+        self.loaded, self.backend_reason = load_backend(path, self.pin_dir, self.requested_backend)
+        self.backend = self.loaded.backend
         self.load_seconds = time.monotonic() - t0
         log.info(
-            "loaded %d programs from %s in %.3f s (backend %s, maps pinned in %s)",
-            len(self.loaded.programs), path, self.load_seconds, BACKEND, self.pin_dir,
+            "loaded %d programs from %s in %.3f s (backend %s: %s; maps pinned in %s)",
+            len(self.loaded.programs), path, self.load_seconds, self.backend,
+            self.backend_reason, self.pin_dir,
         )
         self._ring = self.loaded.ring_buffer("events", self._on_record)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,8 +408,9 @@ class Agent:
                 except ProcessLookupError:
                     self.loaded.map("protected").delete(ctypes.c_uint32(pid))
                     return {"ok": False, "error": "caller exited during registration"}
+            self._deal_with_early_fds(pid, flags)
             log.info("registered pid %d (uid %d, start %d, flags %#x)", pid, uid, start, flags)
-            return {"ok": True, "backend": BACKEND}
+            return {"ok": True, "backend": self.backend}
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -413,8 +432,56 @@ class Agent:
                 return
             ring.poll(200)
 
+    def _deal_with_early_fds(self, pid: int, flags: int) -> None:
+        """Fds on ``pid``'s environ/mem that other processes opened before its entry was
+        written (the kernel side checks opens, not reads): their holders are killed unless
+        the entry is audit-only, and reported either way (bpf/scanning.py). Not with the LSM
+        backend: its file_permission hook denies (or audits) every read through such an fd."""
+        if self.backend == LSM:
+            return
+        wanted = {"environ": ProtectionFlag.ENVIRON, "mem": ProtectionFlag.MEM}
+        t0 = time.monotonic()
+        holders = [h for h in scanning.find_holders(pid) if flags & wanted[h.vector]]
+        self.last_scan_seconds = time.monotonic() - t0
+        kill = not flags & ProtectionFlag.AUDIT_ONLY
+        for h in holders:
+            comm, uid = scanning.comm_and_uid(h.pid)
+            if self._runs_allowed_exe(h.pid, uid):
+                continue
+            if kill:
+                try:
+                    pidfd = os.pidfd_open(h.pid)
+                except OSError:
+                    continue  # gone already
+                try:
+                    if not scanning.still_holds(h):
+                        continue
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                finally:
+                    os.close(pidfd)
+            self._violation(Violation(
+                kind=h.vector, action="killed" if kill else "audited", target_tgid=pid,
+                opener_tgid=h.pid, opener_pid=h.pid, opener_uid=uid, opener_comm=comm,
+                flags=flags))
+
+    def _runs_allowed_exe(self, pid: int, uid: int) -> bool:
+        assert self.loaded is not None
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+        allowed = self.loaded.map("allowed")
+        value = ctypes.c_uint32()
+        return any(allowed.lookup(layouts.AllowedKey(ino=st.st_ino, dev=dev, uid=u), value)
+                   for u in (uid, layouts.ALLOWED_ANY_UID))
+
     def _on_record(self, data: bytes) -> None:
-        v = Violation.from_record(data)
+        self._violation(Violation.from_record(data))
+
+    def _violation(self, v: Violation) -> None:
         log.warning(
             "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r): %s",
             v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm, v.action,
@@ -453,8 +520,12 @@ def _refresh_every(policies: PodPolicies, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cloudtaser-bpf-agent", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
-    parser.add_argument("--object", type=Path, default=None, help="protect.bpf.o (default: build it)")
+    # The agent image sets CLOUDTASER_BPF_OBJECT to the object it carries (scripts/images/).
+    parser.add_argument("--object", type=Path, default=os.environ.get("CLOUDTASER_BPF_OBJECT") or None,
+                        help="protect.bpf.o (default: $CLOUDTASER_BPF_OBJECT, else build it)")
     parser.add_argument("--pin-dir", type=Path, default=DEFAULT_PIN_DIR)
+    parser.add_argument("--backend", choices=("auto", LSM, TRACEPOINT), default="auto",
+                        help="auto: BPF LSM where its programs load here, else tracepoints")
     parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS),
                         help="flags for every caller when --node is not given")
     parser.add_argument("--metrics-port", type=int, default=None,
@@ -482,8 +553,17 @@ def main(argv: list[str] | None = None) -> int:
         reporter = EventReporter(policies, args.node)
         threading.Thread(target=_refresh_every, args=(policies, 30.0), daemon=True,
                          name="agent-relist").start()
+    node_reports: list[NodeReport] = []  # needs the backend: made once the agent is loaded
+
+    def on_violation(v: Violation) -> None:
+        if reporter is not None:
+            reporter.report(v)
+        for report in node_reports:
+            report.record(pod_uid(v.target_tgid))
+
     agent = Agent(args.socket, args.object, args.flags, args.pin_dir,
-                  on_violation=reporter.report if reporter else None, pod_policies=policies)
+                  on_violation=on_violation if reporter else None, pod_policies=policies,
+                  backend=args.backend)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -494,9 +574,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, registry=agent.metrics.registry)
+    if policies is not None:  # the operator's namespace: where it reads node reports
+        namespace = (policies.settings or InjectorSettings()).operator_namespace
+        backend = agent.loaded.backend if agent.loaded is not None else BACKEND
+        node_reports.append(NodeReport(policies, args.node, namespace, backend))
+        node_reports[0].start()
     print(f"ready: {args.socket}", flush=True)
     done.wait()
     agent.stop()
+    for report in node_reports:
+        report.close()
     if reporter is not None:
         reporter.close()
     return 0

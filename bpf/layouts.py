@@ -73,11 +73,13 @@ class EventKind(enum.IntEnum):
     PROCESS_VM_WRITEV = 5
     PIDFD_GETFD = 6
     FD = 7  # /proc/PID/fd/N or /proc/PID/map_files/... of a secret file
+    COREDUMP = 8  # a core-dumping signal reached a protected process (no dump taken)
 
 
 class Action(enum.IntEnum):
     AUDITED = 0
     KILLED = 1
+    DENIED = 2  # LSM backend: the call failed with EPERM, the offender lives
 
 
 # C struct name -> its mirror; the layout test walks this.

@@ -8,6 +8,7 @@ polling with a Python callback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -21,6 +22,17 @@ from cloudtaser.errors import PermanentError
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/cloudtaser")
 BPFFS = Path("/sys/fs/bpf")
 BPF_FS_MAGIC = 0xCAFE4A11
+
+TRACEPOINT = "tracepoint"
+LSM = "lsm"
+LSM_LIST = Path("/sys/kernel/security/lsm")
+# Programs of protect.bpf.c that enforce by killing from syscall tracepoints: attached only by
+# the tracepoint backend. Programs in "lsm/" sections are the LSM backend's; all others (fork,
+# exit, memfd creation, core dumps) run with either. tests/unit/bpf checks the names exist.
+TRACEPOINT_ONLY = frozenset({
+    "exit_openat", "exit_openat2", "exit_open", "enter_ptrace", "exit_ptrace",
+    "enter_process_vm_readv", "enter_process_vm_writev", "enter_pidfd_getfd",
+})
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -55,6 +67,9 @@ def _lib() -> ctypes.CDLL:
         "bpf_object__next_map": (vp, [vp, vp]),
         "bpf_object__find_map_by_name": (vp, [vp, cp]),
         "bpf_program__name": (cp, [vp]),
+        "bpf_program__section_name": (cp, [vp]),
+        "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
+        "bpf_program__autoload": (ctypes.c_bool, [vp]),
         "bpf_program__attach": (vp, [vp]),
         "bpf_map__name": (cp, [vp]),
         "bpf_map__fd": (ci, [vp]),
@@ -71,6 +86,7 @@ def _lib() -> ctypes.CDLL:
         "ring_buffer__poll": (ci, [vp, ci]),
         "ring_buffer__free": (None, [vp]),
         "libbpf_get_error": (ctypes.c_long, [vp]),
+        "libbpf_set_print": (vp, [vp]),
     }
     for fname, (res, args) in sigs.items():
         fn = getattr(lib, fname)
@@ -152,7 +168,7 @@ class Map:
         if lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags) != 0:
             raise _fail(f"update of map {self.name}")
 
-    def lookup(self, key: Key, value: ctypes.Structure) -> bool:
+    def lookup(self, key: Key, value: Key) -> bool:
         """Fill ``value``; False when the key is absent."""
         if lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0:
             return True
@@ -189,6 +205,7 @@ class Loaded:
     programs: list[str]
     links: list[int] = field(default_factory=list)
     rings: list[tuple[int, object]] = field(default_factory=list)
+    backend: str = TRACEPOINT
 
     def map(self, name: str) -> Map:
         m = lib().bpf_object__find_map_by_name(self.obj, name.encode())
@@ -255,14 +272,18 @@ def load(
     pinned_maps: tuple[str, ...] = (
         "protected", "events", "ptrace_victims", "protected_files", "allowed",
     ),
+    backend: str = TRACEPOINT,
 ) -> Loaded:
-    """Open, load and attach every program of the object at ``path``.
+    """Open, load and attach the programs of ``backend`` in the object at ``path``.
 
     With ``pin_dir``: the named maps are pinned under ``pin_dir/maps`` (an existing pin of the
     same definition is reused, keeping its entries) and each program's link under
     ``pin_dir/links``, replacing the links of an earlier run only after the new ones are
-    attached, so there is no unprotected gap.
+    attached, so there is no unprotected gap (links of programs this backend does not use,
+    e.g. after a switch of backend, are unpinned last).
     """
+    if backend not in (LSM, TRACEPOINT):
+        raise BpfError(f"unknown backend {backend!r} (expected {LSM} or {TRACEPOINT})")
     check_kallsyms()
     if not path.is_file():
         raise BpfError(f"BPF object not found: {path} (build it with scripts/build-bpf)")
@@ -270,8 +291,13 @@ def load(
     obj = lb.bpf_object__open_file(str(path).encode(), None)
     if not obj:
         raise _fail(f"open of BPF object {path}")
-    loaded = Loaded(obj=obj, pin_dir=pin_dir, programs=[])
+    loaded = Loaded(obj=obj, pin_dir=pin_dir, programs=[], backend=backend)
     try:
+        for prog, name in _programs(obj):
+            is_lsm = lb.bpf_program__section_name(prog).decode().startswith("lsm/")
+            wanted = (name not in TRACEPOINT_ONLY) if backend == LSM else not is_lsm
+            if not wanted:
+                lb.bpf_program__set_autoload(prog, False)
         if pin_dir is not None:
             ensure_bpffs()
             (pin_dir / "maps").mkdir(parents=True, exist_ok=True)
@@ -284,12 +310,11 @@ def load(
                     raise _fail(f"pin path for map {name}")
         rc = lb.bpf_object__load(obj)
         if rc != 0:
-            raise _fail(
-                f"load of {path} (verifier or pinned-map mismatch; "
-                f"remove {pin_dir}/maps after an incompatible upgrade)",
-                rc,
-            )
+            hint = f"; remove {pin_dir}/maps after an incompatible upgrade" if pin_dir else ""
+            raise _fail(f"load of {path} ({backend} backend: verifier or pinned-map mismatch{hint})", rc)
         for prog, name in _programs(obj):
+            if not lb.bpf_program__autoload(prog):
+                continue
             link = lb.bpf_program__attach(prog)
             if not link or lb.libbpf_get_error(link):
                 raise _fail(f"attach of program {name}")
@@ -303,10 +328,54 @@ def load(
                 rc = lb.bpf_link__pin(link, str(pin).encode())
                 if rc != 0:
                     raise _fail(f"pin of link {name}", rc)
+            for pin in (pin_dir / "links").iterdir():
+                if pin.name not in loaded.programs:
+                    pin.unlink()  # the other backend's program, from an earlier run
     except BaseException:
         loaded.close()
         raise
     return loaded
+
+
+def bpf_lsm_listed(lsm_list: Path = LSM_LIST) -> tuple[bool, str]:
+    """Whether ``bpf`` is among the kernel's active LSMs, with what was read."""
+    try:
+        active = lsm_list.read_text().strip()
+    except OSError as e:
+        return False, f"cannot read {lsm_list}: {e.strerror} (securityfs not mounted?)"
+    if "bpf" in active.split(","):
+        return True, f"active LSMs: {active}"
+    return False, f"bpf is not among the active LSMs ({active}); boot with lsm=...,bpf"
+
+
+@contextlib.contextmanager
+def quiet_libbpf() -> Iterator[None]:
+    """Silence libbpf's messages (its verifier logs on stderr) for an expected failure."""
+    old = lib().libbpf_set_print(None)
+    try:
+        yield
+    finally:
+        lib().libbpf_set_print(old)
+
+
+def load_backend(
+    path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = "auto"
+) -> tuple[Loaded, str]:
+    """Load ``path`` with ``backend``: "lsm", "tracepoint", or "auto" — LSM when ``bpf`` is an
+    active LSM and the LSM programs load and attach here, else tracepoint. Returns the loaded
+    object (``.backend`` says which) and the reason for that choice."""
+    if backend != "auto":
+        return load(path, pin_dir, backend=backend), f"{backend} backend requested"
+    listed, detail = bpf_lsm_listed()
+    if not listed:
+        return load(path, pin_dir, backend=TRACEPOINT), detail
+    try:
+        with quiet_libbpf():  # a refusal is an answer here; --backend lsm shows libbpf's log
+            loaded = load(path, pin_dir, backend=LSM)
+        return loaded, f"BPF LSM programs load and attach ({detail})"
+    except BpfError as e:
+        reason = f"BPF LSM programs do not load here ({e}); {detail}"
+    return load(path, pin_dir, backend=TRACEPOINT), reason
 
 
 def unpin(pin_dir: Path = DEFAULT_PIN_DIR) -> None:

@@ -38,16 +38,21 @@ char LICENSE[] SEC("license") = "GPL";
 #define EV_PROCESS_VM_WRITEV    5
 #define EV_PIDFD_GETFD          6
 #define EV_FD                   7
+#define EV_COREDUMP             8
 
 /* Actions. */
 #define ACT_AUDITED 0
 #define ACT_KILLED  1
+#define ACT_DENIED  2 /* LSM backend: the call failed with EPERM, the offender lives */
 
 #define SIGKILL 9
 #define SIGCONT 18
 #define PTRACE_ATTACH 16
 #define PTRACE_SEIZE 0x4206
 #define PID_FS_MAGIC 0x50494446
+#define TMPFS_MAGIC 0x01021994      /* memfd_create (shmem) */
+#define HUGETLBFS_MAGIC 0x958458f6  /* memfd_create(MFD_HUGETLB) */
+#define SECRETMEM_MAGIC 0x5345434d  /* memfd_secret */
 #define USER_HZ_NS 10000000ULL /* NSEC_PER_SEC / USER_HZ(100) */
 
 struct protected_entry {
@@ -143,6 +148,7 @@ extern const void mem_open __ksym;
 extern struct task_struct *bpf_task_from_vpid(s32 vpid) __ksym __weak;
 extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym __weak;
 extern void bpf_task_release(struct task_struct *p) __ksym __weak;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 extern int bpf_send_signal_task(struct task_struct *task, int sig, enum pid_type type,
 				__u64 value) __ksym __weak;
 
@@ -161,19 +167,18 @@ static __always_inline struct protected_entry *lookup_protected(__u32 tgid, __u6
 	return e;
 }
 
-static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, bool kill)
+/* Put an event on the ring buffer: the current task did `kind` to `target_tgid`. */
+static __always_inline void emit(__u32 kind, __u32 target_tgid, __u32 flags, __u32 action)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct event *ev;
 
-	if (kill)
-		bpf_send_signal(SIGKILL);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev)
 		return;
 	ev->timestamp_ns = bpf_ktime_get_ns();
 	ev->kind = kind;
-	ev->action = kill ? ACT_KILLED : ACT_AUDITED;
+	ev->action = action;
 	ev->flags = flags;
 	ev->target_tgid = target_tgid;
 	ev->opener_tgid = id >> 32;
@@ -182,6 +187,13 @@ static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, b
 	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, bool kill)
+{
+	if (kill)
+		bpf_send_signal(SIGKILL);
+	emit(kind, target_tgid, flags, kill ? ACT_KILLED : ACT_AUDITED);
 }
 
 /* The current task runs an executable the allow-list names (for its uid or any uid). */
@@ -203,27 +215,38 @@ static __always_inline bool current_is_allowed(void)
 	return bpf_map_lookup_elem(&allowed, &key) != NULL;
 }
 
-/* Decide on an access by the current task to `target` (a task of the protected process). */
-static __always_inline bool check_target(struct task_struct *target, __u32 needed, __u32 kind)
+/* `e` if it protects against `needed` and the current task is not an allowed accessor. */
+static __always_inline struct protected_entry *guarded(struct protected_entry *e, __u32 needed)
+{
+	if (!e || !(e->flags & needed) || current_is_allowed())
+		return NULL;
+	return e;
+}
+
+/* The entry that makes an access by the current task to `target` (a task of the protected
+ * process) a violation, or NULL. Both backends decide with this. */
+static __always_inline struct protected_entry *offended(struct task_struct *target, __u32 needed)
 {
 	__u32 tgid = BPF_CORE_READ(target, tgid);
 	__u32 self = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *leader;
-	struct protected_entry *e;
-	__u32 flags;
 
 	if (tgid == self)
-		return false; /* a process may read itself */
+		return NULL; /* a process may read itself */
 	leader = BPF_CORE_READ(target, group_leader);
-	e = lookup_protected(tgid, task_start_ticks(leader));
+	return guarded(lookup_protected(tgid, task_start_ticks(leader)), needed);
+}
+
+/* Decide on an access by the current task to `target` (a task of the protected process). */
+static __always_inline bool check_target(struct task_struct *target, __u32 needed, __u32 kind)
+{
+	struct protected_entry *e = offended(target, needed);
+	__u32 flags;
+
 	if (!e)
 		return false;
 	flags = e->flags;
-	if (!(flags & needed))
-		return false;
-	if (current_is_allowed())
-		return false;
-	report(kind, tgid, flags, !(flags & PF_AUDIT_ONLY));
+	report(kind, BPF_CORE_READ(target, tgid), flags, !(flags & PF_AUDIT_ONLY));
 	return true;
 }
 
@@ -240,19 +263,22 @@ static __always_inline struct task_struct *pid_task_of(struct pid *pid)
 	return (struct task_struct *)((void *)first - bpf_core_field_offset(struct task_struct, pid_links));
 }
 
+/* Plain (fault-guarded) loads through the task's BTF pointer, not a helper call per field:
+ * this runs on every open of the node (benchmarks/kernel.py). */
 static __always_inline struct file *current_fd_file(int fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	struct fdtable *fdt;
 	struct file **fds;
 	struct file *file = NULL;
-	unsigned int max;
 
-	if (fd < 0)
+	if (fd < 0 || !files)
 		return NULL;
-	max = BPF_CORE_READ(task, files, fdt, max_fds);
-	if ((unsigned int)fd >= max)
+	fdt = files->fdt;
+	if (!fdt || (unsigned int)fd >= fdt->max_fds)
 		return NULL;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
+	fds = fdt->fd;
 	bpf_core_read(&file, sizeof(file), &fds[fd]);
 	return file;
 }
@@ -296,6 +322,8 @@ static __always_inline int check_opened_fd(long ret)
 	struct inode *inode;
 	struct proc_inode *pi;
 	struct task_struct *target;
+	struct file *f;
+	unsigned long magic;
 	void *open;
 	__u32 needed, kind;
 
@@ -304,7 +332,19 @@ static __always_inline int check_opened_fd(long ret)
 	file = current_fd_file((int)ret);
 	if (!file)
 		return 0;
-	open = BPF_CORE_READ(file, f_op, open);
+	if (bpf_rdonly_cast) {
+		/* The hot path, for every open of the node: plain loads (6.2+), and the map lookup
+		 * only for files that can be secret files at all. */
+		f = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
+		open = f->f_op->open;
+		if (open != &environ_open && open != &mem_open) {
+			magic = f->f_inode->i_sb->s_magic;
+			if (magic != TMPFS_MAGIC && magic != HUGETLBFS_MAGIC && magic != SECRETMEM_MAGIC)
+				return 0;
+		}
+	} else {
+		open = BPF_CORE_READ(file, f_op, open);
+	}
 	if (open == &environ_open) {
 		needed = PF_ENVIRON;
 		kind = EV_ENVIRON;
@@ -400,6 +440,7 @@ int enter_ptrace(struct trace_event_raw_sys_enter *ctx)
 	long request = ctx->args[0];
 	s32 vpid = (s32)ctx->args[1];
 	struct task_struct *target;
+	struct protected_entry *e;
 	__u32 tid, tgid;
 
 	if (request != PTRACE_ATTACH && request != PTRACE_SEIZE)
@@ -415,6 +456,9 @@ int enter_ptrace(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	tgid = target->tgid;
 	bpf_task_release(target);
+	e = bpf_map_lookup_elem(&protected, &tgid);
+	if (e && (e->flags & PF_AUDIT_ONLY))
+		return 0; /* audit: the tracer lives and waits for that SIGSTOP (gdb would hang) */
 	tid = (__u32)bpf_get_current_pid_tgid();
 	bpf_map_update_elem(&ptrace_victims, &tid, &tgid, BPF_ANY);
 	return 0;
@@ -496,14 +540,245 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+/* The tracepoint's group_dead argument is recent (6.1 has only the task); do_exit() has
+ * already decremented signal->live when it fires, so the last thread sees 0 on every kernel. */
 SEC("tp_btf/sched_process_exit")
-int BPF_PROG(on_exit, struct task_struct *task, bool group_dead)
+int BPF_PROG(on_exit, struct task_struct *task)
 {
 	__u32 tgid = task->tgid;
 
-	if (!group_dead)
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
 	if (lookup_protected(tgid, task_start_ticks(task->group_leader)))
 		bpf_map_delete_elem(&protected, &tgid);
 	return 0;
+}
+
+/* Signals whose default action dumps core (the kernel's SIG_KERNEL_COREDUMP_MASK). */
+#define COREDUMP_SIGNALS ((1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 7) | (1u << 8) | \
+			  (1u << 11) | (1u << 24) | (1u << 25) | (1u << 31))
+
+/*
+ * Core dumps. get_signal() fires signal_deliver for a dequeued signal just before acting on it;
+ * a core-dumping signal with the default action then goes to do_coredump(), whose
+ * coredump_wait() -> zap_threads() gives up (no dump, no core_pattern pipe helper started)
+ * when the group already has SIGNAL_GROUP_EXIT set. A SIGKILL sent here sets it: with the
+ * siglock held (irqs off) bpf_send_signal queues it as irq_work, which runs as soon as
+ * get_signal() drops the lock, before do_coredump(). The process was dying anyway; it dies of
+ * SIGKILL instead, without a dump. RLIMIT_CORE=0 alone does not help: a piped core_pattern
+ * ignores it, and the app may raise it again. The offender is the sender of a kill() (si_pid,
+ * in the victim's pid namespace), or the process itself for a fault.
+ */
+SEC("tp_btf/signal_deliver")
+int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct task_struct *sender = NULL;
+	struct protected_entry *e;
+	struct event *ev;
+	__u32 flags;
+	bool kill;
+
+	if (sig <= 0 || sig >= 32 || !(COREDUMP_SIGNALS & (1u << sig)))
+		return 0;
+	if (BPF_CORE_READ(ka, sa.sa_handler))
+		return 0; /* handled or ignored: no dump */
+	e = lookup_protected(tgid, task_start_ticks(task->group_leader));
+	if (!e || !(e->flags & PF_CORE_DUMP))
+		return 0;
+	flags = e->flags;
+	kill = !(flags & PF_AUDIT_ONLY);
+	if (kill)
+		bpf_send_signal(SIGKILL);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev)
+		return 0;
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->kind = EV_COREDUMP;
+	ev->action = kill ? ACT_KILLED : ACT_AUDITED;
+	ev->flags = flags;
+	ev->target_tgid = tgid;
+	ev->opener_tgid = tgid;
+	ev->opener_pid = (__u32)id;
+	ev->opener_uid = (__u32)bpf_get_current_uid_gid();
+	ev->pad = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	if (info && BPF_CORE_READ(info, si_code) <= 0 && bpf_task_from_vpid && bpf_task_release) {
+		/* SI_USER, SI_QUEUE, SI_TKILL...: sent by a process, whose pid is in our namespace */
+		sender = bpf_task_from_vpid(BPF_CORE_READ(info, _sifields._kill._pid));
+		if (sender) {
+			ev->opener_tgid = sender->tgid;
+			ev->opener_pid = sender->pid;
+			ev->opener_uid = BPF_CORE_READ(sender, real_cred, uid.val);
+			bpf_probe_read_kernel_str(ev->comm, sizeof(ev->comm), sender->comm);
+			bpf_task_release(sender);
+		}
+	} else if (info && BPF_CORE_READ(info, si_code) <= 0) {
+		/* No bpf_task_from_vpid (6.1): the siginfo's pid and uid, as the victim sees them;
+		 * the sender's comm is unknown. */
+		ev->opener_tgid = ev->opener_pid = BPF_CORE_READ(info, _sifields._kill._pid);
+		ev->opener_uid = BPF_CORE_READ(info, _sifields._kill._uid);
+		ev->comm[0] = '?';
+		ev->comm[1] = 0;
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/*
+ * BPF LSM backend. The same maps and events; the offending call fails with -EPERM and the
+ * offender lives (PF_KILL: it is also killed); audit-only entries log and allow. The loader
+ * attaches these instead of the tracepoint programs that kill (loading.TRACEPOINT_ONLY) when
+ * BPF LSM programs load on the node; the fork, exit, memfd and core-dump programs run with
+ * either backend.
+ */
+#define EPERM 1
+/* x86_64 numbers of the syscalls whose access check is ptrace_access_check. */
+#define NR_PTRACE              101
+#define NR_PROCESS_VM_READV    310
+#define NR_PROCESS_VM_WRITEV   311
+#define NR_PIDFD_GETFD         438
+
+/* 0 (allow) or -EPERM for the violation `e` (NULL: none) of `target_tgid`, reported. */
+static __always_inline int lsm_verdict(struct protected_entry *e, __u32 target_tgid, __u32 kind)
+{
+	__u32 flags;
+
+	if (!e)
+		return 0;
+	flags = e->flags;
+	if (flags & PF_AUDIT_ONLY) {
+		emit(kind, target_tgid, flags, ACT_AUDITED);
+		return 0;
+	}
+	if (flags & PF_KILL) {
+		bpf_send_signal(SIGKILL);
+		emit(kind, target_tgid, flags, ACT_KILLED);
+	} else {
+		emit(kind, target_tgid, flags, ACT_DENIED);
+	}
+	return -EPERM;
+}
+
+/* /proc/PID/{environ,mem} (and task/TID/...): the target is the proc inode's pid, however the
+ * path was spelled. 1 when `file` is neither. */
+static __always_inline int lsm_check_proc_file(struct file *file)
+{
+	void *open = BPF_CORE_READ(file, f_op, open);
+	struct task_struct *target;
+	struct proc_inode *pi;
+	__u32 needed, kind;
+
+	if (open == &environ_open) {
+		needed = PF_ENVIRON;
+		kind = EV_ENVIRON;
+	} else if (open == &mem_open) {
+		needed = PF_MEM;
+		kind = EV_MEM;
+	} else {
+		return 1;
+	}
+	pi = container_of(BPF_CORE_READ(file, f_inode), struct proc_inode, vfs_inode);
+	target = pid_task_of(BPF_CORE_READ(pi, pid));
+	if (!target)
+		return 0;
+	return lsm_verdict(offended(target, needed), BPF_CORE_READ(target, tgid), kind);
+}
+
+/* A protected process's secret file (memfd, memfd_secret) opened by another process: through
+ * /proc/PID/fd/N or /proc/PID/map_files/..., since those open the file itself. */
+static __always_inline int lsm_check_secret_file(struct file *file)
+{
+	struct file_key key = {};
+	struct file_owner *owner;
+	struct task_struct *target;
+	struct protected_entry *e;
+	__u32 tgid;
+
+	file_key_of(file, &key);
+	owner = bpf_map_lookup_elem(&protected_files, &key);
+	if (!owner)
+		return 0;
+	tgid = owner->tgid;
+	if (tgid == bpf_get_current_pid_tgid() >> 32)
+		return 0;
+	if (bpf_task_from_pid && bpf_task_release) {
+		target = bpf_task_from_pid(tgid);
+		if (!target)
+			return 0;
+		e = offended(target, PF_FDS);
+		bpf_task_release(target);
+	} else {
+		/* Before 6.2 (no bpf_task_from_pid): the entry alone; the exit hook removes it when
+		 * the owner exits. */
+		e = guarded(bpf_map_lookup_elem(&protected, &tgid), PF_FDS);
+	}
+	return lsm_verdict(e, tgid, EV_FD);
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(lsm_file_open, struct file *file, int ret)
+{
+	int verdict;
+
+	if (ret)
+		return ret;
+	verdict = lsm_check_proc_file(file);
+	if (verdict != 1)
+		return verdict;
+	return lsm_check_secret_file(file);
+}
+
+/* Reads and writes through /proc/PID/{environ,mem} fds opened before the process was
+ * registered (file_open saw no protected target then). */
+SEC("lsm/file_permission")
+int BPF_PROG(lsm_file_permission, struct file *file, int mask, int ret)
+{
+	int verdict;
+
+	if (ret)
+		return ret;
+	verdict = lsm_check_proc_file(file);
+	return verdict == 1 ? 0 : verdict;
+}
+
+/* ptrace attach/seize, process_vm_readv/writev (via mm_access) and pidfd_getfd all ask
+ * ptrace_may_access(), which ends in this hook; the syscall being served tells which vector
+ * it is. Other callers of ptrace_may_access (/proc/PID/stat fields, fd links, kcmp...) are
+ * not vectors here: environ and mem opens are decided in file_open, fds by their inode. */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(lsm_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct pt_regs *regs;
+	__u32 needed, kind;
+	long nr;
+
+	if (ret)
+		return ret;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	nr = BPF_CORE_READ(regs, orig_ax);
+	switch (nr) {
+	case NR_PTRACE:
+		needed = PF_PTRACE;
+		kind = EV_PTRACE;
+		break;
+	case NR_PROCESS_VM_READV:
+		needed = PF_MEM;
+		kind = EV_PROCESS_VM_READV;
+		break;
+	case NR_PROCESS_VM_WRITEV:
+		needed = PF_MEM;
+		kind = EV_PROCESS_VM_WRITEV;
+		break;
+	case NR_PIDFD_GETFD:
+		needed = PF_PIDFD_GETFD;
+		kind = EV_PIDFD_GETFD;
+		break;
+	default:
+		return 0;
+	}
+	return lsm_verdict(offended(child, needed), BPF_CORE_READ(child, tgid), kind);
 }

@@ -107,6 +107,38 @@ def probe_bpf_lsm() -> Check:
                  "boot with lsm=...,bpf to deny instead")
 
 
+def probe_agent_backend() -> Check:
+    """The backend the node agent would choose here: its LSM programs are test-loaded and
+    attached (unpinned, with empty maps, detached at once), as the agent does at start."""
+    from cloudtaser.bpf import loading
+    from cloudtaser.bpf.agent import default_object
+    from cloudtaser.errors import PermanentError
+
+    name = "agent-backend"
+    _lsm_list()  # mounts securityfs when missing (root)
+    listed, detail = loading.bpf_lsm_listed()
+    if not listed:
+        return Check(name, "warn", f"tracepoint: {detail}",
+                     "offenders are killed (SIGKILL) rather than denied; io_uring reads are not "
+                     "seen by syscall tracepoints")
+    if os.geteuid() != 0:
+        return Check(name, "warn", f"not tested: {detail}, but loading BPF needs root",
+                     "run doctor as root to see whether the LSM programs load")
+    try:
+        env = os.environ.get("CLOUDTASER_BPF_OBJECT")
+        loaded, reason = loading.load_backend(Path(env) if env else default_object(), pin_dir=None)
+    except PermanentError as e:
+        return Check(name, "warn", f"not tested: {e}", "the agent probes again at start")
+    backend = loaded.backend
+    loaded.close()
+    if backend == loading.LSM:
+        return Check(name, "ok", f"lsm: {reason}",
+                     "an offending call fails with EPERM and the offender lives")
+    return Check(name, "warn", f"tracepoint: {reason}",
+                 "offenders are killed (SIGKILL) rather than denied; io_uring reads are not "
+                 "seen by syscall tracepoints")
+
+
 def probe_btf() -> Check:
     btf = Path("/sys/kernel/btf/vmlinux")
     if btf.exists():
@@ -214,6 +246,7 @@ def probe_io_uring() -> Check:
 PROBES: list[Callable[[], Check]] = [
     probe_memfd_secret,
     probe_bpf_lsm,
+    probe_agent_backend,
     probe_btf,
     probe_memlock,
     probe_ipc_lock,

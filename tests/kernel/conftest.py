@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from cloudtaser.bpf.agent import Agent, Violation
-from cloudtaser.bpf.loading import BpfError, check_kallsyms, ensure_bpffs, unpin
+from cloudtaser.bpf.loading import LSM, BpfError, check_kallsyms, ensure_bpffs, unpin
 from cloudtaser.engine.plans import ProtectionFlag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def _skip_reason() -> str | None:
     ):
         return "kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS) or tracefs is not mounted"
     for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
-        if shutil.which(tool) is None:
+        if shutil.which(tool) is None and not os.environ.get("CLOUDTASER_BPF_OBJECT"):
             return f"{tool} not installed (Debian package {package})"
     try:
         check_kallsyms()
@@ -51,6 +51,9 @@ def bpf_object() -> Path:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    prebuilt = os.environ.get("CLOUDTASER_BPF_OBJECT")  # the KVM guest: built on the host
+    if prebuilt:
+        return Path(prebuilt)
     out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -66,7 +69,21 @@ class AgentRun:
     def start(self, flags: int = PROTECT_ALL) -> Agent:
         self.agent = Agent(self.socket_path, self.bpf_object, flags, self.pin_dir, self.violations.append)
         self.agent.start()
+        # The KVM guest (scripts/run-guest-tests) must really run the LSM backend.
+        expected = os.environ.get("CLOUDTASER_EXPECT_BACKEND")
+        assert expected in (None, self.agent.backend), (
+            f"backend {self.agent.backend}, expected {expected}: {self.agent.backend_reason}")
         return self.agent
+
+    @property
+    def backend(self) -> str:
+        assert self.agent is not None, "agent not started"
+        return self.agent.backend
+
+    @property
+    def blocked(self) -> str:
+        """The action an enforced violation reports: denied (LSM) or killed (tracepoint)."""
+        return "denied" if self.backend == LSM else "killed"
 
     def stop(self) -> None:
         if self.agent is not None:
@@ -185,9 +202,29 @@ def spawn_victim() -> Iterator[Callable[..., Victim]]:
 class Attack:
     returncode: int
     stdout: bytes
+    stderr: bytes = b""
 
 
 def attack(code: str, *args: str, cwd: str | None = None) -> Attack:
-    """Run ``code`` as a separate root process; it writes what it read to stdout."""
+    """Run ``code`` as a separate root process; it writes what it read to stdout (a failed
+    call raises OSError: exit status 1, the errno on stderr)."""
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=20, cwd=cwd)
-    return Attack(r.returncode, r.stdout)
+    return Attack(r.returncode, r.stdout, r.stderr)
+
+
+def assert_blocked(result: Attack | subprocess.CompletedProcess[bytes], backend: str,
+                   victim: Victim | None = None) -> None:
+    """The attacker read nothing. LSM backend: its call failed with EPERM and it lived on
+    (it exits 1 from the uncaught PermissionError/OSError); tracepoint backend: SIGKILL before
+    the call returned (-9). The victim is unaffected."""
+    assert result.stdout == b"", f"the attacker read something: {result}"
+    if backend == LSM:
+        assert result.returncode == 1 and b"[Errno 1] Operation not permitted" in result.stderr, (
+            f"attacker not denied with EPERM: {result}")
+    else:
+        assert result.returncode == -9, f"attacker not killed: {result}"
+    if victim is not None:
+        assert victim.secret.encode() not in result.stderr
+        time.sleep(0.1)
+        assert victim.alive(), "the protected process was affected"
+        assert victim.state() in ("S", "R"), f"victim left in state {victim.state()}"

@@ -1,0 +1,80 @@
+"""Which programs each backend attaches, and how the agent reads the LSM list."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cloudtaser.bpf import loading
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def sections() -> dict[str, str]:
+    """Program name -> ELF section of the compiled protect.bpf.o (opened, not loaded)."""
+    for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian package {package})")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("no kernel BTF at /sys/kernel/btf/vmlinux (needed to generate vmlinux.h)")
+    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
+    lib = loading.lib()
+    obj = lib.bpf_object__open_file(out.stdout.split()[-1].encode(), None)
+    assert obj
+    try:
+        found = {}
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            found[lib.bpf_program__name(prog).decode()] = lib.bpf_program__section_name(prog).decode()
+            prog = lib.bpf_object__next_program(obj, prog)
+        return found
+    finally:
+        lib.bpf_object__close(obj)
+
+
+def test_tracepoint_only_programs_exist(sections: dict[str, str]) -> None:
+    """A renamed program would silently run under the LSM backend too (killing as well)."""
+    assert loading.TRACEPOINT_ONLY <= sections.keys()
+    assert all(sections[n].startswith("tracepoint/") for n in loading.TRACEPOINT_ONLY)
+
+
+def test_lsm_programs_cover_every_vector(sections: dict[str, str]) -> None:
+    lsm = {s for s in sections.values() if s.startswith("lsm/")}
+    assert lsm == {"lsm/file_open", "lsm/file_permission", "lsm/ptrace_access_check"}
+
+
+def test_shared_programs_run_with_both_backends(sections: dict[str, str]) -> None:
+    shared = {n for n, s in sections.items()
+              if not s.startswith("lsm/") and n not in loading.TRACEPOINT_ONLY}
+    # fork inheritance, exit cleanup, secret-file recording, core dumps
+    assert {"on_fork", "on_exit", "exit_memfd_create", "exit_memfd_secret"} <= shared
+
+
+@pytest.mark.parametrize(("text", "listed"), [
+    ("lockdown,capability,landlock,yama,apparmor,bpf\n", True),
+    ("capability,bpf", True),
+    ("lockdown,capability,landlock,yama,apparmor", False),
+    ("lockdown,capability,bpfx", False),
+])
+def test_bpf_lsm_listed(tmp_path: Path, text: str, listed: bool) -> None:
+    path = tmp_path / "lsm"
+    path.write_text(text)
+    ok, detail = loading.bpf_lsm_listed(path)
+    assert ok is listed
+    assert text.strip() in detail
+    if not listed:
+        assert "lsm=...,bpf" in detail
+
+
+def test_unreadable_lsm_list_names_the_file(tmp_path: Path) -> None:
+    ok, detail = loading.bpf_lsm_listed(tmp_path / "missing")
+    assert not ok and str(tmp_path / "missing") in detail
+
+
+def test_unknown_backend_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(loading.BpfError, match="unknown backend 'kprobe'"):
+        loading.load(tmp_path / "x.o", pin_dir=None, backend="kprobe")
