@@ -59,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -332,8 +333,15 @@ static inline void ensure_init(void)
         init_once();
 }
 
+/* Also: the app is not dumpable. The wrapper made itself non-dumpable, but execve resets that
+ * (the app's image is readable), and a core dump would hold every copy of a secret; the node
+ * agent kills a protected process about to dump, this covers the apps this library is loaded
+ * into even without an agent. */
 __attribute__((constructor)) static void cloudtaser_interposer_init(void)
 {
+    int saved = errno;
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    errno = saved;
     ensure_init();
 }
 

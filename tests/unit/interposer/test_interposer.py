@@ -464,3 +464,15 @@ def test_library_needs_only_old_glibc_symbol_versions(library: Path) -> None:
     versions = {tuple(int(part) for part in v.split(".")) for v in
                 re.findall(r"\(GLIBC_([0-9.]+)\)", symbols)}
     assert versions and max(versions) <= (2, 17), sorted(versions)
+
+
+def test_the_app_is_not_dumpable(served: Served) -> None:
+    """execve makes the app dumpable again; the interposer's constructor undoes that (so a
+    core dump, and ptrace by the same uid, need the privileges a non-dumpable process needs)."""
+    served.file(secret_path(), secret_value())
+    check = "import ctypes; print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"  # PR_GET_DUMPABLE
+    result = served.run([sys.executable, "-c", check])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"0\n"
+    plain = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=TIMEOUT, check=True)
+    assert plain.stdout == b"1\n"  # control: without the library
