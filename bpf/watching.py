@@ -1,7 +1,7 @@
 """The protection flags of each pod on this node, derived by the engine from the cluster.
 
-The agent lists the SecretBindings, EnforcementPolicies and Namespaces of the cluster and the
-pods bound to its node, compiles them with the same engine the operator and the webhook use,
+The agent lists the pods bound to its node, the SecretBindings and Namespaces of the namespaces
+those pods are in, and the EnforcementPolicies, compiles them with the same engine the operator and the webhook use,
 and keeps each injected pod's EffectivePolicy flags by pod UID. A registration whose pod is not
 known yet triggers one relist (the pod may have been bound a moment ago); a process in no
 known pod is refused, so the wrapper does not start the app unprotected.
@@ -54,11 +54,25 @@ def kubernetes_lister(node: str) -> Lister:
         return found
 
     def list_all() -> dict[str, list[dict[str, Any]]]:
+        # Only what this node's pods can be selected by: the bindings and namespaces of the
+        # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere; the
+        # agent's memory must not grow with them). Policies are cluster-wide and few.
+        pods = items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}"))
+        namespaces = sorted({p.get("metadata", {}).get("namespace") or "default" for p in pods})
+        bindings: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            bindings += items(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "secretbindings"))
+            try:
+                found.append(serialize(core.read_namespace(namespace)))
+            except kubernetes.client.ApiException as e:
+                if e.status != 404:  # deleted meanwhile: its pods are going too
+                    raise
         return {
-            "SecretBinding": items(custom.list_cluster_custom_object(GROUP, VERSION, "secretbindings")),
+            "SecretBinding": bindings,
             "EnforcementPolicy": items(custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")),
-            "Namespace": items(core.list_namespace()),
-            "Pod": items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")),
+            "Namespace": found,
+            "Pod": pods,
         }
 
     return list_all

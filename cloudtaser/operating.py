@@ -79,13 +79,30 @@ def version_of(kind: str, body: dict[str, Any]) -> str:
         json.dumps(body, sort_keys=True, default=str).encode()).hexdigest())
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Drop what the compiler never reads from a pod (status, managedFields): the operator
-    holds every pod of the cluster, so this is most of its memory."""
-    if kind != "Pod":
-        return body
+    """Drop what the compiler never reads (managedFields, kubectl's last-applied copy of the
+    whole object, a pod's status): the operator holds every binding and pod of the cluster."""
     meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return {"metadata": meta, "spec": body.get("spec", {})}
+    if LAST_APPLIED in meta.get("annotations", {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
+    out = {**body, "metadata": meta}
+    if kind == "Pod":
+        out.pop("status", None)
+    return out
+
+
+def slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of a body once it is parsed (the model lives in the compiler): the
+    identity its version and status writes need, and the old conditions."""
+    meta = body.get("metadata", {})
+    out: dict[str, Any] = {"metadata": {k: meta[k] for k in (
+        "name", "namespace", "uid", "generation", "resourceVersion") if k in meta}, "slim": True}
+    if "status" in body:
+        out["status"] = body["status"]
+    return out
 
 
 @dataclass
@@ -278,6 +295,10 @@ class Operator:
         # writes below run in a thread.
         snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
         self._parse(snapshot)
+        for kind, bodies in snapshot.items():  # parsed: keep only what statuses need
+            for key, body in bodies.items():
+                if "slim" not in body and self.bodies[kind].get(key) is body:
+                    self.bodies[kind][key] = slim(body)
         bindings = self._models("SecretBinding")
         decisions = await asyncio.to_thread(
             lambda: {m.ref: self._decide(m, v) for v, m in bindings.values()})
