@@ -312,28 +312,42 @@ def up(p: Paths, log: Callable[[str], None]) -> None:
             log(f"{component.name}: already running (pid {pid})")
 
 
+def component(name: str) -> Component:
+    """The component called ``name``; StackError naming the known ones otherwise."""
+    for c in COMPONENTS:
+        if c.name == name:
+            return c
+    raise StackError(f"no stack component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
+
+
+def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: float = 15.0) -> None:
+    """Stop one component by its PID file (SIGTERM, SIGKILL after ``timeout``); ``up``
+    starts it again. Fault tests use this to take one piece away for a moment."""
+    pid = running_pid(p, component)
+    pidfile = p.pidfile(component.name)
+    if pid is None:
+        if pidfile.exists():
+            pidfile.unlink()
+            log(f"{component.name}: stale PID file removed (process not ours or gone)")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running_pid(p, component) is not None:
+        time.sleep(0.1)
+    if running_pid(p, component) is not None:
+        os.killpg(pid, signal.SIGKILL)
+        log(f"{component.name}: killed (pid {pid}) after {timeout:.0f}s")
+    else:
+        log(f"{component.name}: stopped (pid {pid})")
+    pidfile.unlink(missing_ok=True)
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait(timeout=timeout)
+
+
 def down(p: Paths, log: Callable[[str], None], timeout: float = 15.0) -> None:
-    for component in reversed(COMPONENTS):
-        pid = running_pid(p, component)
-        pidfile = p.pidfile(component.name)
-        if pid is None:
-            if pidfile.exists():
-                pidfile.unlink()
-                log(f"{component.name}: stale PID file removed (process not ours or gone)")
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and running_pid(p, component) is not None:
-            time.sleep(0.1)
-        if running_pid(p, component) is not None:
-            os.killpg(pid, signal.SIGKILL)
-            log(f"{component.name}: killed (pid {pid}) after {timeout:.0f}s")
-        else:
-            log(f"{component.name}: stopped (pid {pid})")
-        pidfile.unlink(missing_ok=True)
-        child = _CHILDREN.pop(pid, None)
-        if child is not None:
-            child.wait(timeout=timeout)
+    for c in reversed(COMPONENTS):
+        stop(p, c, log, timeout)
 
 
 def status(p: Paths) -> list[dict[str, str]]:

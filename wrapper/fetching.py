@@ -3,14 +3,19 @@
 All or nothing: the first permanent failure (TLS, 403, missing path or key) aborts the whole
 fetch with one line naming the binding, the path and the reason; transient failures
 (connection refused, timeouts, 5xx, sealed) are retried with exponential backoff and jitter
-until the deadline. Messages never carry a value: hvac's exceptions can include response
-bodies, so only their class and HTTP status are used.
+until the deadline. The deadline bounds the whole fetch, not only the retries: a server that
+answers, but too slowly (a byte every few seconds never trips a socket timeout), is given up
+on when it passes (SIGALRM on the main thread). Messages never carry a value: hvac's
+exceptions can include response bodies, so only their class and HTTP status are used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import ssl
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,13 @@ class TransientFetchError(TemporaryError):
     """Worth another try (until the deadline)."""
 
 
+class _DeadlineReached(TimeoutError):  # noqa: N818 - internal signal, never leaves fetch_all
+    """Raised by the SIGALRM handler when the total deadline passes mid-request or mid-wait.
+    A TimeoutError (an OSError) so that the socket and TLS layers clean up after it as after
+    any socket timeout (the ssl module closes a socket whose handshake raised an OSError);
+    they may translate it on the way up, so fetch_all goes by ``Fetched.expired``."""
+
+
 ValueKey = tuple[str, str, str, str]  # (binding, mount, path, key)
 
 
@@ -44,6 +56,10 @@ class Fetched:
 
     values: dict[ValueKey, bytearray] = field(default_factory=dict)
     attempts: int = 0
+    in_flight: str | None = None  # the request under way ("binding ...: path"), for messages
+    last_error: str | None = None  # the last transient failure's line
+    expired: bool = False  # the total deadline passed
+    expired_in: str | None = None  # ... while this request was under way
 
 
 def _readable(path: str | None, what: str, source: WrapperSource) -> str | None:
@@ -117,16 +133,22 @@ class _ServerNameAdapter(requests.adapters.HTTPAdapter):
 def _fetch_source(source: WrapperSource, jwt: str, out: Fetched) -> None:
     where = f"binding {source.binding}: login to {source.address} (role {source.role})"
     client = _client(source)
+    out.in_flight = where
     try:
         client.auth.kubernetes.login(source.role, jwt, mount_point=source.auth_mount)
+    except _DeadlineReached:
+        raise
     except Exception as e:  # translated below; nothing else escapes
         raise _classify(e, where) from None
     for secret in source.secrets:
         where = f"binding {source.binding}: {secret.mount}/{secret.path}"
+        out.in_flight = where
         try:
             response = client.secrets.kv.v2.read_secret_version(
                 secret.path, mount_point=secret.mount, raise_on_deleted_version=True
             )
+        except _DeadlineReached:
+            raise
         except Exception as e:
             raise _classify(e, where) from None
         data = response.get("data", {}).get("data") or {}
@@ -144,32 +166,76 @@ def _fetch_source(source: WrapperSource, jwt: str, out: Fetched) -> None:
         del data, response
 
 
+@contextlib.contextmanager
+def _hard_deadline(seconds: float, out: Fetched) -> Iterator[None]:
+    """Raise _DeadlineReached in the main thread once ``seconds`` have passed (a blocked
+    socket read is interrupted: Python runs the handler when the syscall returns EINTR).
+    Elsewhere than the main thread only the retry budget and socket timeouts bound the time."""
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        out.expired, out.expired_in = True, out.in_flight
+        raise _DeadlineReached
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def fetch_all(
     config: WrapperConfig, jwt: str, deadline: float, log: Callable[[str], None]
 ) -> Fetched:
-    """Every secret of every source, or FetchError/TransientFetchError with one line."""
+    """Every secret of every source, or FetchError/TransientFetchError with one line, within
+    ``deadline`` seconds in total."""
     out = Fetched()
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        out.last_error = str(error) if error else "error"
+        log(f"retrying after {out.last_error}")
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type(TransientFetchError),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
-        stop=tenacity.stop_after_delay(deadline),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
+        # No wait that would end past the deadline: give up instead of sleeping into it.
+        stop=tenacity.stop_before_delay(deadline),
         reraise=True,
-        before_sleep=lambda state: log(
-            f"retrying after {state.outcome.exception() if state.outcome else 'error'}"
-        ),
+        before_sleep=before_sleep,
     )
     def attempt() -> None:
         out.attempts += 1
         for value in out.values.values():  # a failed attempt's partial results
             wipe(value)
         out.values.clear()
-        for source in config.sources:
-            _fetch_source(source, jwt, out)
+        try:
+            for source in config.sources:
+                _fetch_source(source, jwt, out)
+        except CloudtaserError:
+            out.in_flight = None  # answered (with an error): a later expiry is the retries'
+            raise
+        out.in_flight = None
 
     try:
-        attempt()
-    except TransientFetchError as e:
-        raise TransientFetchError(f"{e} — gave up after {out.attempts} attempts "
-                                  f"within {deadline:.0f}s") from None
+        with _hard_deadline(deadline, out):
+            attempt()
+    except (CloudtaserError, _DeadlineReached) as e:
+        if not out.expired:
+            if isinstance(e, TransientFetchError):
+                raise TransientFetchError(f"{e} — gave up after {out.attempts} attempts "
+                                          f"within {deadline:.0f}s") from None
+            raise
+        for value in out.values.values():
+            wipe(value)
+        out.values.clear()
+        if out.expired_in is not None:
+            reason = f"{out.expired_in}: no complete answer within the {deadline:.0f}s deadline (too slow)"
+        else:
+            reason = f"{out.last_error or 'unreachable'} — deadline of {deadline:.0f}s reached"
+        raise TransientFetchError(f"{reason} after {out.attempts} attempt(s)") from None
     return out
