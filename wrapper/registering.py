@@ -10,13 +10,17 @@ instruction.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
+import time
 from dataclasses import dataclass
+
+import tenacity
 
 from cloudtaser.errors import PermanentError
 
-TIMEOUT = 5.0
+TIMEOUT = 30.0  # a node starting hundreds of pods at once keeps its agent busy for seconds
 
 
 class AgentUnavailable(PermanentError):
@@ -32,13 +36,33 @@ class Registration:
     backend: str
 
 
-def register(path: str) -> Registration:
+def _busy(error: BaseException) -> bool:
+    """The agent's accept queue is full (a burst of pods starting): EAGAIN on a unix-socket
+    connect. Worth retrying; an absent agent (ENOENT, ECONNREFUSED) is not."""
+    return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def _exchange(path: str, deadline: float) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        sock.connect(path)
+        sock.sendall(json.dumps({"op": "register", "version": 1}).encode() + b"\n")
+        reply: bytes = sock.makefile("rb").readline(4096)
+        return reply
+
+
+def register(path: str, timeout: float = TIMEOUT) -> Registration:
+    """Register this process; ``timeout`` bounds the whole exchange, retries included (a busy
+    agent is retried with jittered backoff until then)."""
+    deadline = time.monotonic() + timeout
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_busy),
+        wait=tenacity.wait_random_exponential(multiplier=0.02, max=1.0),
+        stop=tenacity.stop_before_delay(timeout),
+        reraise=True,
+    )
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(TIMEOUT)
-            sock.connect(path)
-            sock.sendall(json.dumps({"op": "register", "version": 1}).encode() + b"\n")
-            reply = sock.makefile("rb").readline(4096)
+        reply = retrying(_exchange, path, deadline)
     except OSError as e:
         raise AgentUnavailable(f"node agent not reachable at {path}: {e.strerror or e}") from None
     try:

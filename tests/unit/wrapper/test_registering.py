@@ -51,3 +51,51 @@ def test_refusal_and_absence_are_distinct_errors(tmp_path: Path) -> None:
     thread.join()
     with pytest.raises(registering.AgentUnavailable, match="not reachable at"):
         registering.register(str(tmp_path / "absent.sock"))
+
+
+def test_a_busy_agent_is_retried_until_it_accepts(tmp_path: Path) -> None:
+    """A burst of pods fills the agent's accept queue: connect() then fails with EAGAIN at
+    once. The wrapper retries until its timeout instead of calling the agent absent."""
+    import errno
+    import time
+
+    path = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(0)
+    fillers = []
+    for _ in range(8):  # fill the queue; a timeout-mode connect past it gets EAGAIN
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(path))
+        except BlockingIOError:
+            filler.close()
+            break
+        fillers.append(filler)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    with pytest.raises(OSError) as busy:
+        probe.connect(str(path))
+    probe.close()
+    assert busy.value.errno == errno.EAGAIN  # the condition the load benchmark hit
+
+    def drain_then_answer() -> None:
+        time.sleep(0.5)
+        with server:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    line = conn.makefile("rb").readline()
+                    if line:  # the fillers send nothing
+                        conn.sendall(b'{"ok": true, "backend": "tracepoint"}\n')
+                        return
+
+    thread = threading.Thread(target=drain_then_answer)
+    thread.start()
+    try:
+        for filler in fillers:
+            filler.close()  # closed before accept: the agent reads EOF from them
+        assert registering.register(str(path), timeout=10).backend == "tracepoint"
+    finally:
+        thread.join(timeout=10)
