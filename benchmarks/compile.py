@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from cloudtaser.rendering import table
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_state
-from cloudtaser.engine.kube import Namespace, Pod
-from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.figures import add_json_flag, emit  # noqa: E402
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_state  # noqa: E402
+from cloudtaser.engine.kube import Namespace, Pod  # noqa: E402
+from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding  # noqa: E402
 
 PER_NAMESPACE = 100
 TEAMS = 20
@@ -96,6 +101,7 @@ def best(fn: Any, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
+    add_json_flag(parser)
     args = parser.parse_args()
     small, large = cluster(1_000), cluster(10_000)
     t_small = best(lambda: compile_state(small), args.repeat)
@@ -123,7 +129,7 @@ def main() -> None:
         ("incremental recompile, p99", "-", f"{p99_ms:.3f} ms", "-"),
         ("ratio 10k / 1k", "<= 11", f"{ratio:.2f}", f"{ratio / 11:.2f} of target"),
     ]
-    print(table(["figure", "target", "measured", "ratio"], rows), end="")
+    emit("compile", rows, args.json)
 
 
 if __name__ == "__main__":

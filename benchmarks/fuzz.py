@@ -16,12 +16,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cloudtaser.rendering import table  # noqa: E402
+from benchmarks.figures import add_json_flag, emit  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
+    add_json_flag(parser)
     args = parser.parse_args()
     start = time.monotonic()
     proc = subprocess.run(
@@ -36,9 +37,10 @@ def main() -> None:
         ("webhook: random/truncated AdmissionReviews, 200 or 400, never raises",
          f">= {args.examples} cases", verdict, "-"),
     ]
-    print(table(["figure", "target", "measured", "time"], rows), end="")
+    notes = [proc.stdout[-4000:]] if proc.returncode != 0 else []
+    emit("fuzz", rows, args.json, notes, failed=proc.returncode != 0,
+         headers=["figure", "target", "measured", "time"])
     if proc.returncode != 0:
-        print(proc.stdout[-4000:])
         sys.exit(1)
 
 

@@ -26,13 +26,13 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.figures import add_json_flag, emit  # noqa: E402
 from cloudtaser.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler  # noqa: E402
 from cloudtaser.engine.plans import InjectorSettings  # noqa: E402
 from cloudtaser.engine.resources import SecretBinding  # noqa: E402
 from cloudtaser.injector import serving  # noqa: E402
 from cloudtaser.injector.admitting import admit  # noqa: E402
-from cloudtaser.rendering import table  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402
 
 PORT = 18450
@@ -87,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=float, default=200)
+    add_json_flag(parser)
     args = parser.parse_args()
     bindings = [SecretBinding.model_validate(binding_doc(f"app-{i}", "bench")) for i in range(1000)]
     compiler = IncrementalCompiler(ClusterState(bindings=bindings))
@@ -115,7 +116,7 @@ def main() -> None:
          f"{https_p99:.2f} ms", f"{https_p99 / 10:.2f} of target"),
         ("HTTPS requests / errors", "0 errors", f"{len(latencies)} / {errors}", "-"),
     ]
-    print(table(["figure", "target", "measured", "ratio"], rows), end="")
+    emit("webhook", rows, args.json, failed=errors > 0)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.figures import add_json_flag, emit  # noqa: E402
 from cloudtaser import provisioning, stacking  # noqa: E402
-from cloudtaser.rendering import table  # noqa: E402
 from tests.e2e.conftest import compiled_config  # noqa: E402
 
 
@@ -45,6 +45,7 @@ def bundle_size() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
+    add_json_flag(parser)
     args = parser.parse_args()
     subprocess.run([str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
                    check=True, capture_output=True)
@@ -78,7 +79,7 @@ def main() -> None:
         (f"wrapper start -> app exec, p95 of {args.runs}", "-", f"{p95:.0f} ms", "-"),
         ("frozen bundle size", "-", bundle_size(), "-"),
     ]
-    print(table(["figure", "target", "measured", "ratio"], rows), end="")
+    emit("wrapper", rows, args.json)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,15 @@ import os
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from cloudtaser.rendering import table
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.figures import add_json_flag, emit  # noqa: E402
 INTERPOSER_DIR = REPO / "wrapper" / "interposer"
 LIBRARY = INTERPOSER_DIR / "build" / "libcloudtaser_interposer.so"
 SYS_MEMFD_SECRET = 447
@@ -83,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=200_000, help="loop iterations per run")
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure (median is kept)")
+    add_json_flag(parser)
     args = parser.parse_args()
 
     subprocess.run(["make", "-s", "-C", str(INTERPOSER_DIR)], check=True)
@@ -131,8 +134,8 @@ def main() -> None:
         for fd in fds:
             os.close(fd)
 
-    print(f"{n} iterations per run (secret-path row: {max(n // 4, 1)}), {rep} runs per figure; "
-          f"{len(SECRET_PATHS)} file entries in {kind} fds; ns per iteration")
+    preamble = (f"{n} iterations per run (secret-path row: {max(n // 4, 1)}), {rep} runs per "
+                f"figure; {len(SECRET_PATHS)} file entries in {kind} fds; ns per iteration")
     rows = []
     for name, targeted, (without, with_) in figures:
         overhead = (with_ / without - 1) * 100
@@ -140,11 +143,16 @@ def main() -> None:
         ratio = f"{max(overhead, 0) / TARGET_PERCENT:.2f} of target" if targeted else "-"
         measured = f"{without:.0f} -> {with_:.0f} ns ({overhead:+.1f} %)"
         rows.append((name, target, measured, ratio))
-    print(table(["figure", "target", "measured (without -> with)", "ratio"], rows), end="")
-    print(f"pass-through check alone, in-process, no syscall (median of {rep}): "
-          f"ordinary file {filter_ns[0]:.1f} ns, a secret's file name elsewhere "
-          f"{filter_ns[1]:.1f} ns, relative path with a secret's file name {filter_ns[2]:.1f} ns "
-          "(getcwd)")
+    footer = (f"pass-through check alone, in-process, no syscall (median of {rep}): "
+              f"ordinary file {filter_ns[0]:.1f} ns, a secret's file name elsewhere "
+              f"{filter_ns[1]:.1f} ns, relative path with a secret's file name {filter_ns[2]:.1f} ns "
+              "(getcwd)")
+    if args.json:
+        emit("interposer", rows, True, [preamble, footer])
+        return
+    print(preamble)
+    emit("interposer", rows, False, [footer],
+         headers=["figure", "target", "measured (without -> with)", "ratio"])
 
 
 if __name__ == "__main__":
