@@ -5,9 +5,11 @@ Registration protocol v1 (client: cloudtaser.wrapper.registering): one JSON line
 message, so a process can register only itself; the answer is one JSON line
 ``{"ok": true, "backend": "lsm" | "tracepoint"}`` or ``{"ok": false, "error": "..."}``.
 
-The agent writes (tgid -> start time, flags) into the pinned ``protected`` map; the BPF side
-protects forked children and removes entries on exit. The flags come from the constructor for
-now; deriving them per pod (PID -> cgroup -> pod -> the engine's BpfEntry) is the next step.
+The agent writes (tgid -> start time, flags, allow-list id) into the pinned ``protected`` map
+and each distinct accessor allow-list of its node's pods, under its own id, into ``accessors``;
+the BPF side protects forked children (with the parent's flags and list) and removes entries on
+exit. With pod policies the flags and list come from each caller's pod (PID -> cgroup -> pod ->
+the engine's BpfEntry); without, from the constructor and Agent.allow.
 Violations arrive on the ring buffer and are logged (they never carry secret data).
 """
 
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,8 @@ DEFAULT_FLAGS = (
 )
 KNOWN_FLAGS = int(sum(ProtectionFlag))
 MAX_MESSAGE = 4096
+NO_ACCESSORS = 0  # allow-list id of a policy that allows nobody: no map lookup at all
+DEFAULT_LIST = 1  # allow-list of processes registered without pod policies (Agent.allow)
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,12 @@ class Violation:
     opener_uid: int
     opener_comm: str
     flags: int
+    opener_exe: str = ""  # basename of the offender's executable, recorded by the kernel side
 
     @classmethod
     def from_record(cls, data: bytes) -> Violation:
-        ev = layouts.Event.from_buffer_copy(data[: ctypes.sizeof(layouts.Event)])
+        size = ctypes.sizeof(layouts.Event)
+        ev = layouts.Event.from_buffer_copy(data[:size].ljust(size, b"\0"))
         try:
             kind = layouts.EventKind(ev.kind).name.lower()
         except ValueError:
@@ -81,6 +87,7 @@ class Violation:
             opener_uid=ev.opener_uid,
             opener_comm=ev.comm.decode(errors="replace"),
             flags=ev.flags,
+            opener_exe=ev.exe.decode(errors="replace"),
         )
 
 
@@ -108,6 +115,15 @@ def parse_accessor(spec: str) -> tuple[str, int | None]:
     if sep and uid.isdigit():
         return path, int(uid)
     return spec, None
+
+
+def exe_basename(pid: int) -> str:
+    """The basename of ``pid``'s executable, as the kernel side reports it ("" if unknown)."""
+    try:
+        target = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+    return os.path.basename(target.removesuffix(" (deleted)"))
 
 
 def start_time_ticks(pid: int) -> int:
@@ -174,6 +190,12 @@ class Agent:
         self.metrics = Metrics()
         self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
         self._registered_lock = threading.Lock()
+        # Accessor allow-lists: the specs of each distinct list -> its id, and the keys written
+        # under each id. The lock spans list writes, entry writes and collect_lists().
+        self._lists: dict[frozenset[str], int] = {}
+        self._list_keys: dict[int, set[tuple[int, int, int]]] = {}
+        self._lists_lock = threading.RLock()
+        self._next_list = DEFAULT_LIST + 1
         if pod_policies is not None:
             pod_policies.listeners.append(self.reapply)
         self.loaded: Loaded | None = None
@@ -197,6 +219,7 @@ class Agent:
             len(self.loaded.programs), path, self.load_seconds, self.backend,
             self.backend_reason, self.pin_dir,
         )
+        self._adopt_lists()
         self._ring = self.loaded.ring_buffer("events", self._on_record)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_path.is_socket():
@@ -204,7 +227,7 @@ class Agent:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(self.socket_path))
         os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not from access
-        server.listen(64)
+        server.listen(socket.SOMAXCONN)  # bursts of pods starting at once (capped by net.core.somaxconn)
         server.settimeout(0.2)
         self._server = server
         self._stop.clear()
@@ -243,11 +266,13 @@ class Agent:
 
     # -- maps -------------------------------------------------------------------------------
 
-    def protect(self, pid: int, flags: int | None = None) -> int:
-        """Write the entry for process ``pid`` (a tgid); returns its start time."""
+    def protect(self, pid: int, flags: int | None = None, accessors: int = DEFAULT_LIST) -> int:
+        """Write the entry for process ``pid`` (a tgid), with allow-list ``accessors`` (an id from
+        accessor_list); returns its start time."""
         assert self.loaded is not None, "agent not started"
         start = start_time_ticks(pid)
-        entry = layouts.ProtectedEntry(start_time=start, flags=self.flags if flags is None else flags)
+        entry = layouts.ProtectedEntry(start_time=start, flags=self.flags if flags is None else flags,
+                                       accessors=accessors)
         self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
         if entry.flags & ProtectionFlag.FDS:
             self._remember_secret_files(pid)
@@ -273,41 +298,109 @@ class Agent:
                 continue
             files.update(secret_file_key(st), layouts.FileOwner(tgid=pid))
 
-    def allow(self, path: str | Path, uid: int | None = None) -> layouts.AllowedKey:
-        """Let the executable at ``path`` (as run by ``uid``, or by anyone) access protected
-        processes. Node-wide, not per pod; by inode, so a copy or a replaced file is not
-        allowed, and a rename of the same file still is."""
+    def allow(self, path: str | Path, uid: int | None = None,
+              list_id: int = DEFAULT_LIST) -> layouts.AccessorKey:
+        """Let the executable at ``path`` (as run by ``uid``, or by anyone) access the processes
+        protected with allow-list ``list_id`` (default: the list of processes registered without
+        pod policies). By inode, so a copy or a replaced file is not allowed, and a rename of
+        the same file still is."""
         assert self.loaded is not None, "agent not started"
-        key = self._allowed_key(path, uid)
-        self.loaded.map("allowed").update(key, ctypes.c_uint32(1))
-        log.info("allowed accessor %s (uid %s)", path, "any" if uid is None else uid)
-        return key
+        ident = self._accessor_ident(path, uid)
+        with self._lists_lock:
+            self.loaded.map("accessors").update(_accessor_key(ident, list_id), ctypes.c_uint32(1))
+            self._list_keys.setdefault(list_id, set()).add(ident)
+        log.info("allowed accessor %s (uid %s) on list %d", path, "any" if uid is None else uid,
+                 list_id)
+        return _accessor_key(ident, list_id)
 
-    def disallow(self, path: str | Path, uid: int | None = None) -> bool:
+    def disallow(self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST) -> bool:
         assert self.loaded is not None, "agent not started"
-        return self.loaded.map("allowed").delete(self._allowed_key(path, uid))
+        ident = self._accessor_ident(path, uid)
+        with self._lists_lock:
+            self._list_keys.get(list_id, set()).discard(ident)
+            return self.loaded.map("accessors").delete(_accessor_key(ident, list_id))
 
-    def allow_accessors(self, accessors: list[str]) -> None:
-        """Apply a policy's ``allowed_accessors`` ("exe" or "exe:uid"); a path that does not
-        exist on this node is skipped with a warning."""
-        for spec in accessors:
+    def accessor_list(self, accessors: Iterable[str]) -> int:
+        """The id of the allow-list ``accessors`` (a policy's "exe" or "exe:uid" entries), its
+        executables (re)written into the ``accessors`` map under that id; NO_ACCESSORS when it
+        is empty. Each distinct list among the pods of this node has its own id, so an
+        executable one pod's policy allows reaches no other pod's processes. A path that does
+        not exist on this node is skipped with a warning; paths are resolved to inodes again
+        on every call (registration, relist)."""
+        assert self.loaded is not None, "agent not started"
+        specs = frozenset(accessors)
+        if not specs:
+            return NO_ACCESSORS
+        wanted: set[tuple[int, int, int]] = set()
+        for spec in sorted(specs):
             path, uid = parse_accessor(spec)
             try:
-                self.allow(path, uid)
+                wanted.add(self._accessor_ident(path, uid))
             except OSError as e:
                 log.warning("allowed accessor %s not applied: %s", spec, e.strerror)
+        accessors_map = self.loaded.map("accessors")
+        with self._lists_lock:
+            list_id = self._lists.get(specs)
+            if list_id is None:
+                list_id = self._next_list
+                self._next_list += 1
+                self._lists[specs] = list_id
+                log.info("allow-list %d: %s", list_id, ", ".join(sorted(specs)))
+            written = self._list_keys.setdefault(list_id, set())
+            for ident in wanted - written:
+                accessors_map.update(_accessor_key(ident, list_id), ctypes.c_uint32(1))
+            for ident in written - wanted:
+                accessors_map.delete(_accessor_key(ident, list_id))
+            self._list_keys[list_id] = wanted
+        return list_id
+
+    def _adopt_lists(self) -> None:
+        """After (re)start: new ids above every id the pinned maps hold (an earlier agent's
+        lists stay with the processes that use them), and the unused ones removed."""
+        assert self.loaded is not None
+        with self._lists_lock:
+            used = set(self._list_ids_in_use())
+            used.update(k.list for k in self.loaded.map("accessors").keys(layouts.AccessorKey))
+            self._next_list = max(used | {DEFAULT_LIST}) + 1
+            self.collect_lists()
+
+    def _list_ids_in_use(self) -> Iterator[int]:
+        assert self.loaded is not None
+        protected = self.loaded.map("protected")
+        value = layouts.ProtectedEntry()
+        for tgid in list(protected.keys_u32()):
+            if protected.lookup(ctypes.c_uint32(tgid), value):
+                yield value.accessors
+
+    def collect_lists(self) -> int:
+        """Remove the allow-lists no protected process uses any more (forked children keep
+        theirs); the default list stays. Returns how many map entries were removed."""
+        assert self.loaded is not None
+        accessors_map = self.loaded.map("accessors")
+        removed = 0
+        with self._lists_lock:
+            keep = set(self._list_ids_in_use()) | {DEFAULT_LIST}
+            for key in list(accessors_map.keys(layouts.AccessorKey)):
+                if key.list not in keep and accessors_map.delete(key):
+                    removed += 1
+            for specs, list_id in list(self._lists.items()):
+                if list_id not in keep:
+                    del self._lists[specs]
+                    self._list_keys.pop(list_id, None)
+        return removed
 
     @staticmethod
-    def _allowed_key(path: str | Path, uid: int | None) -> layouts.AllowedKey:
+    def _accessor_ident(path: str | Path, uid: int | None) -> tuple[int, int, int]:
+        """(inode, kernel dev_t, uid or ALLOWED_ANY_UID) of an accessor."""
         st = os.stat(path)
         dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
-        return layouts.AllowedKey(ino=st.st_ino, dev=dev,
-                                  uid=layouts.ALLOWED_ANY_UID if uid is None else uid)
+        return st.st_ino, dev, layouts.ALLOWED_ANY_UID if uid is None else uid
 
     def reapply(self) -> None:
-        """After a relist: rewrite the flags of registered processes whose pod's policy
-        changed (audit -> enforce, protections, kill). Processes that exited are forgotten;
-        forked children keep the flags they inherited until they register themselves."""
+        """After a relist: rewrite the flags and allow-lists of registered processes whose
+        pod's policy changed (audit -> enforce, protections, kill, accessors), then remove the
+        lists nobody uses. Processes that exited are forgotten; forked children keep the flags
+        and list they inherited until they register themselves."""
         if self.loaded is None or self.pod_policies is None:
             return
         with self._registered_lock:
@@ -324,10 +417,14 @@ class Agent:
                     self._registered.pop(pid, None)
                 continue
             assert current is not None
-            if current.flags != entry.policy.flags:
-                self.protect(pid, entry.policy.flags)
-                log.info("pid %d: flags %#x -> %#x (its pod's policy changed)", pid,
-                         current.flags, entry.policy.flags)
+            with self._lists_lock:
+                list_id = self.accessor_list(entry.policy.allowed_accessors)
+                if current.flags != entry.policy.flags or current.accessors != list_id:
+                    self.protect(pid, entry.policy.flags, list_id)
+                    log.info("pid %d: flags %#x -> %#x, allow-list %d -> %d (its pod's policy "
+                             "changed)", pid, current.flags, entry.policy.flags, current.accessors,
+                             list_id)
+        self.collect_lists()
 
     def entry(self, pid: int) -> layouts.ProtectedEntry | None:
         assert self.loaded is not None, "agent not started"
@@ -382,6 +479,8 @@ class Agent:
                 return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
             assert self.loaded is not None
             flags = self.flags
+            list_id = DEFAULT_LIST
+            allowed: list[str] | None = None  # the pod's accessors (pod-policy mode)
             pod: str | None = None
             if self.pod_policies is not None:
                 pod = pod_uid(pid)
@@ -392,10 +491,11 @@ class Agent:
                     return {"ok": False, "error": f"pod {pod} has no cloudtaser protection on "
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
-                # Node-wide: an accessor one pod's policy allows may access every protected
-                # process on this node (the map is not keyed by pod).
-                self.allow_accessors(entry.policy.allowed_accessors)
-            start = self.protect(pid, flags)
+                allowed = entry.policy.allowed_accessors
+            with self._lists_lock:  # no collect_lists() between the list and the entry
+                if allowed is not None:
+                    list_id = self.accessor_list(allowed)
+                start = self.protect(pid, flags, list_id)
             if pod is not None:
                 with self._registered_lock:
                     self._registered[pid] = pod
@@ -408,8 +508,9 @@ class Agent:
                 except ProcessLookupError:
                     self.loaded.map("protected").delete(ctypes.c_uint32(pid))
                     return {"ok": False, "error": "caller exited during registration"}
-            self._deal_with_early_fds(pid, flags)
-            log.info("registered pid %d (uid %d, start %d, flags %#x)", pid, uid, start, flags)
+            self._deal_with_early_fds(pid, flags, list_id)
+            log.info("registered pid %d (uid %d, start %d, flags %#x, allow-list %d)", pid, uid,
+                     start, flags, list_id)
             return {"ok": True, "backend": self.backend}
         finally:
             if pidfd is not None:
@@ -432,7 +533,7 @@ class Agent:
                 return
             ring.poll(200)
 
-    def _deal_with_early_fds(self, pid: int, flags: int) -> None:
+    def _deal_with_early_fds(self, pid: int, flags: int, list_id: int = DEFAULT_LIST) -> None:
         """Fds on ``pid``'s environ/mem that other processes opened before its entry was
         written (the kernel side checks opens, not reads): their holders are killed unless
         the entry is audit-only, and reported either way (bpf/scanning.py). Not with the LSM
@@ -446,7 +547,7 @@ class Agent:
         kill = not flags & ProtectionFlag.AUDIT_ONLY
         for h in holders:
             comm, uid = scanning.comm_and_uid(h.pid)
-            if self._runs_allowed_exe(h.pid, uid):
+            if self._runs_allowed_exe(h.pid, uid, list_id):
                 continue
             if kill:
                 try:
@@ -464,18 +565,21 @@ class Agent:
             self._violation(Violation(
                 kind=h.vector, action="killed" if kill else "audited", target_tgid=pid,
                 opener_tgid=h.pid, opener_pid=h.pid, opener_uid=uid, opener_comm=comm,
-                flags=flags))
+                flags=flags, opener_exe=exe_basename(h.pid)))
 
-    def _runs_allowed_exe(self, pid: int, uid: int) -> bool:
+    def _runs_allowed_exe(self, pid: int, uid: int, list_id: int) -> bool:
+        """``pid`` runs an executable allow-list ``list_id`` allows (as the BPF side decides)."""
         assert self.loaded is not None
+        if list_id == NO_ACCESSORS:
+            return False
         try:
             st = os.stat(f"/proc/{pid}/exe")
         except OSError:
             return False
         dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
-        allowed = self.loaded.map("allowed")
+        accessors_map = self.loaded.map("accessors")
         value = ctypes.c_uint32()
-        return any(allowed.lookup(layouts.AllowedKey(ino=st.st_ino, dev=dev, uid=u), value)
+        return any(accessors_map.lookup(_accessor_key((st.st_ino, dev, u), list_id), value)
                    for u in (uid, layouts.ALLOWED_ANY_UID))
 
     def _on_record(self, data: bytes) -> None:
@@ -483,12 +587,18 @@ class Agent:
 
     def _violation(self, v: Violation) -> None:
         log.warning(
-            "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r): %s",
-            v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm, v.action,
+            "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r, exe %r): %s",
+            v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm,
+            v.opener_exe, v.action,
         )
         self.metrics.violations.labels(vector=v.kind, action=v.action).inc()
         if self.on_violation is not None:
             self.on_violation(v)
+
+
+def _accessor_key(ident: tuple[int, int, int], list_id: int) -> layouts.AccessorKey:
+    ino, dev, uid = ident
+    return layouts.AccessorKey(ino=ino, dev=dev, uid=uid, list=list_id)
 
 
 def parse_flags(text: str) -> int:

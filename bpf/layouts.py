@@ -12,7 +12,7 @@ class ProtectedEntry(ctypes.Structure):
     _fields_ = [
         ("start_time", ctypes.c_uint64),  # clock ticks since boot, /proc/PID/stat field 22
         ("flags", ctypes.c_uint32),  # ProtectionFlag bits
-        ("pad", ctypes.c_uint32),
+        ("accessors", ctypes.c_uint32),  # id of its allow-list in the ``accessors`` map; 0: none
     ]
 
 
@@ -30,6 +30,7 @@ class Event(ctypes.Structure):
         ("opener_uid", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * 16),
+        ("exe", ctypes.c_char * 64),  # basename of the opener's executable (mm->exe_file)
     ]
 
 
@@ -55,13 +56,16 @@ class FileOwner(ctypes.Structure):
 ALLOWED_ANY_UID = 0xFFFFFFFF
 
 
-class AllowedKey(ctypes.Structure):
-    """Key of the ``allowed`` map (value: u32 1): an accessor's executable, for one uid or any."""
+class AccessorKey(ctypes.Structure):
+    """Key of the ``accessors`` map (value: u32 1): an executable allow-list ``list`` allows,
+    for one uid or any."""
 
     _fields_ = [
         ("ino", ctypes.c_uint64),
         ("dev", ctypes.c_uint32),  # kernel dev_t (major << 20 | minor)
         ("uid", ctypes.c_uint32),  # ALLOWED_ANY_UID for any uid
+        ("list", ctypes.c_uint32),  # the allow-list's id (ProtectedEntry.accessors), never 0
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -88,5 +92,5 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "event": Event,
     "file_key": FileKey,
     "file_owner": FileOwner,
-    "allowed_key": AllowedKey,
+    "accessor_key": AccessorKey,
 }

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cloudtaser.errors import PermanentError
 
@@ -43,6 +44,7 @@ SampleFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctyp
 
 
 Key = ctypes.c_uint32 | ctypes.Structure
+K = TypeVar("K", bound=ctypes.Structure)
 
 
 class BpfError(PermanentError):
@@ -183,6 +185,17 @@ class Map:
             return False
         raise _fail(f"delete from map {self.name}")
 
+    def keys(self, key_type: type[K]) -> Iterator[K]:
+        """Every key, as a fresh ``key_type`` (a ctypes struct of the map's key size)."""
+        prev: K | None = None
+        while True:
+            nxt = key_type()
+            if lib().bpf_map_get_next_key(self.fd, None if prev is None else ctypes.byref(prev),
+                                          ctypes.byref(nxt)) != 0:
+                return
+            yield nxt
+            prev = nxt
+
     def keys_u32(self) -> Iterator[int]:
         prev = ctypes.c_uint32()
         nxt = ctypes.c_uint32()
@@ -270,7 +283,7 @@ def load(
     path: Path,
     pin_dir: Path | None = DEFAULT_PIN_DIR,
     pinned_maps: tuple[str, ...] = (
-        "protected", "events", "ptrace_victims", "protected_files", "allowed",
+        "protected", "events", "ptrace_victims", "protected_files", "accessors",
     ),
     backend: str = TRACEPOINT,
 ) -> Loaded:
@@ -331,6 +344,9 @@ def load(
             for pin in (pin_dir / "links").iterdir():
                 if pin.name not in loaded.programs:
                     pin.unlink()  # the other backend's program, from an earlier run
+            for pin in (pin_dir / "maps").iterdir():
+                if pin.name not in pinned_maps:
+                    pin.unlink()  # an earlier version's map (e.g. the node-wide "allowed")
     except BaseException:
         loaded.close()
         raise

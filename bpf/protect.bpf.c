@@ -2,8 +2,9 @@
 /*
  * cloudtaser tracepoint backend: protects registered processes from being read by others.
  *
- * Policy reaches this program only through maps: `protected` (tgid -> start time + flags),
- * written by the node agent on registration and by the fork hook below. Violations are
+ * Policy reaches this program only through maps: `protected` (tgid -> start time, flags and
+ * the id of the pod's accessor allow-list), written by the node agent on registration and by
+ * the fork hook below; `accessors` ((list id, executable, uid) -> 1), written by the agent. Violations are
  * reported on the `events` ring buffer and, unless the entry is audit-only, the offender is
  * killed with bpf_send_signal(SIGKILL): tracepoints cannot deny a syscall, but a pending
  * SIGKILL makes the kernel's remote reads (environ, mem, process_vm_*) bail out and the
@@ -58,7 +59,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct protected_entry {
 	__u64 start_time; /* clock ticks since boot, as /proc/PID/stat field 22 */
 	__u32 flags;      /* ProtectionFlag bits */
-	__u32 pad;
+	__u32 accessors;  /* id of this process's allow-list in `accessors`; 0: nobody allowed */
 };
 
 struct event {
@@ -72,6 +73,7 @@ struct event {
 	__u32 opener_uid;
 	__u32 pad;
 	char comm[16];       /* the opener's comm */
+	char exe[64];        /* the basename of the opener's executable (mm->exe_file), "" if none */
 };
 
 struct {
@@ -118,28 +120,32 @@ struct {
 	__type(value, struct file_owner);
 } protected_files SEC(".maps");
 
-/* Accessors allowed by policy, per node: the opener's executable (mm->exe_file) by inode, with
- * the opener's uid or ALLOWED_ANY_UID. Written by the agent (Agent.allow). */
+/* Accessors allowed by policy, per allow-list: the agent gives each distinct list among the
+ * pods of its node an id (protected_entry.accessors, inherited on fork) and writes the list's
+ * executables (mm->exe_file) by inode, with the opener's uid or ALLOWED_ANY_UID, under that id
+ * (Agent.accessor_list). An executable one pod allows is not allowed on another pod's process. */
 #define ALLOWED_ANY_UID 0xffffffffu
 
-struct allowed_key {
+struct accessor_key {
 	__u64 ino;
-	__u32 dev;  /* kernel dev_t of the executable's superblock */
-	__u32 uid;  /* the opener's uid, or ALLOWED_ANY_UID */
+	__u32 dev;   /* kernel dev_t of the executable's superblock */
+	__u32 uid;   /* the opener's uid, or ALLOWED_ANY_UID */
+	__u32 list;  /* the allow-list's id (protected_entry.accessors), never 0 */
+	__u32 pad;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct allowed_key);
+	__uint(max_entries, 4096);
+	__type(key, struct accessor_key);
 	__type(value, __u32);
-} allowed SEC(".maps");
+} accessors SEC(".maps");
 
 /* Anchors so the event struct is described in the object's BTF (checked by layouts tests). */
 struct event *unused_event_anchor __attribute__((unused));
 struct file_key *unused_file_key_anchor __attribute__((unused));
 struct file_owner *unused_file_owner_anchor __attribute__((unused));
-struct allowed_key *unused_allowed_key_anchor __attribute__((unused));
+struct accessor_key *unused_accessor_key_anchor __attribute__((unused));
 
 /* Typeless kernel symbols: the `open` of /proc/PID/{environ,mem} (and task/TID/...). */
 extern const void environ_open __ksym;
@@ -167,6 +173,16 @@ static __always_inline struct protected_entry *lookup_protected(__u32 tgid, __u6
 	return e;
 }
 
+/* The basename of `task`'s executable into `buf` ("" for a kernel thread or on a fault). */
+static __always_inline void exe_name(struct task_struct *task, char *buf, __u32 size)
+{
+	const unsigned char *name = BPF_CORE_READ(task, mm, exe_file, f_path.dentry, d_name.name);
+
+	buf[0] = 0;
+	if (name)
+		bpf_probe_read_kernel_str(buf, size, name);
+}
+
 /* Put an event on the ring buffer: the current task did `kind` to `target_tgid`. */
 static __always_inline void emit(__u32 kind, __u32 target_tgid, __u32 flags, __u32 action)
 {
@@ -186,6 +202,7 @@ static __always_inline void emit(__u32 kind, __u32 target_tgid, __u32 flags, __u
 	ev->opener_uid = (__u32)bpf_get_current_uid_gid();
 	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	exe_name((struct task_struct *)bpf_get_current_task_btf(), ev->exe, sizeof(ev->exe));
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -196,29 +213,33 @@ static __always_inline void report(__u32 kind, __u32 target_tgid, __u32 flags, b
 	emit(kind, target_tgid, flags, kill ? ACT_KILLED : ACT_AUDITED);
 }
 
-/* The current task runs an executable the allow-list names (for its uid or any uid). */
-static __always_inline bool current_is_allowed(void)
+/* The current task runs an executable allow-list `list` names (for its uid or any uid). Runs
+ * only for accesses to a protected process, never on the hot path of unprotected ones. */
+static __always_inline bool current_is_allowed(__u32 list)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	struct allowed_key key = {};
+	struct accessor_key key = {};
 	struct inode *inode;
 
+	if (!list)
+		return false; /* the protected process's policy allows nobody */
+	key.list = list;
 	inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
 	if (!inode)
 		return false;
 	key.ino = BPF_CORE_READ(inode, i_ino);
 	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	key.uid = (__u32)bpf_get_current_uid_gid();
-	if (bpf_map_lookup_elem(&allowed, &key))
+	if (bpf_map_lookup_elem(&accessors, &key))
 		return true;
 	key.uid = ALLOWED_ANY_UID;
-	return bpf_map_lookup_elem(&allowed, &key) != NULL;
+	return bpf_map_lookup_elem(&accessors, &key) != NULL;
 }
 
 /* `e` if it protects against `needed` and the current task is not an allowed accessor. */
 static __always_inline struct protected_entry *guarded(struct protected_entry *e, __u32 needed)
 {
-	if (!e || !(e->flags & needed) || current_is_allowed())
+	if (!e || !(e->flags & needed) || current_is_allowed(e->accessors))
 		return NULL;
 	return e;
 }
@@ -536,6 +557,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	ce.start_time = task_start_ticks(child);
 	ce.flags = e->flags;
+	ce.accessors = e->accessors;
 	bpf_map_update_elem(&protected, &ctgid, &ce, BPF_ANY);
 	return 0;
 }
@@ -605,6 +627,7 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 	ev->opener_uid = (__u32)bpf_get_current_uid_gid();
 	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	exe_name(task, ev->exe, sizeof(ev->exe));
 	if (info && BPF_CORE_READ(info, si_code) <= 0 && bpf_task_from_vpid && bpf_task_release) {
 		/* SI_USER, SI_QUEUE, SI_TKILL...: sent by a process, whose pid is in our namespace */
 		sender = bpf_task_from_vpid(BPF_CORE_READ(info, _sifields._kill._pid));
@@ -613,6 +636,7 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 			ev->opener_pid = sender->pid;
 			ev->opener_uid = BPF_CORE_READ(sender, real_cred, uid.val);
 			bpf_probe_read_kernel_str(ev->comm, sizeof(ev->comm), sender->comm);
+			exe_name(sender, ev->exe, sizeof(ev->exe));
 			bpf_task_release(sender);
 		}
 	} else if (info && BPF_CORE_READ(info, si_code) <= 0) {
@@ -622,6 +646,7 @@ int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 		ev->opener_uid = BPF_CORE_READ(info, _sifields._kill._uid);
 		ev->comm[0] = '?';
 		ev->comm[1] = 0;
+		ev->exe[0] = 0;
 	}
 	bpf_ringbuf_submit(ev, 0);
 	return 0;

@@ -3,8 +3,9 @@
 The ring buffer says which process was accessed (target tgid), how, and by whom; the target's
 cgroup names its pod, and the compiled policy (bpf/watching.py) knows the pod's namespace and
 name. Events are posted from a worker thread so the ring-buffer poll never waits on the API
-server. An Event carries the vector, the action and the offender's pid/uid/comm — never any
-memory contents (the kernel side reports none).
+server. An Event carries the vector, the action and the offender's pid/uid/comm and executable
+(its basename, read by the kernel side: the offender may be killed before user space could look)
+— never any memory contents (the kernel side reports none).
 
 An attacker in a loop must not flood the API server: violations are aggregated per series
 (pod, vector, offender comm). The first of a series is posted at once as a new Event; later
@@ -41,7 +42,7 @@ MAX_SERIES = 4096
 
 def event_message(v: Violation) -> str:
     return (f"{v.kind} access to pid {v.target_tgid} by pid {v.opener_pid} "
-            f"(uid {v.opener_uid}, comm {v.opener_comm!r}): {v.action}")
+            f"(uid {v.opener_uid}, comm {v.opener_comm!r}, exe {v.opener_exe!r}): {v.action}")
 
 
 @dataclass

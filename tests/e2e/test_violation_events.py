@@ -136,4 +136,5 @@ def test_attack_loop_gives_a_handful_of_events_counting_every_attempt(
     assert 1 <= len(items) <= 5
     assert sum(counts) == ATTEMPTS
     assert all(e["message"].startswith("environ access to pid ") for e in items)
+    assert all("comm 'cat', exe 'cat'" in e["message"] for e in items)  # the offender's executable
     assert all("s3cr3t-" not in e["message"] for e in items)

@@ -43,6 +43,8 @@ MUST_PASS = (
     "test_bpf_fds.py::test_fd_opener_is_stopped_and_reads_nothing[map_files-late-memfd]",
     "test_bpf_fds.py::test_fd_audit_mode_reports_without_killing",
     "test_bpf_allowed.py::test_allowed_executable_reads_and_others_are_stopped",
+    "test_bpf_allowed.py::test_allowed_accessor_is_per_pod",
+    "test_bpf_allowed.py::test_violation_names_the_offenders_executable",
 )
 
 

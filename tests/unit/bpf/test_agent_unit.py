@@ -38,9 +38,11 @@ def test_violation_from_record() -> None:
     ev = layouts.Event(
         kind=layouts.EventKind.MEM, action=layouts.Action.KILLED, flags=3,
         target_tgid=10, opener_tgid=20, opener_pid=21, opener_uid=0, comm=b"cat",
+        exe=b"cat-copy",
     )
     v = agent.Violation.from_record(bytes(ev))
-    assert (v.kind, v.action, v.target_tgid, v.opener_pid, v.opener_comm) == ("mem", "killed", 10, 21, "cat")
+    assert (v.kind, v.action, v.target_tgid, v.opener_pid, v.opener_comm, v.opener_exe) == (
+        "mem", "killed", 10, 21, "cat", "cat-copy")
 
 
 def test_zero_kallsyms_addresses_refuse_to_start(tmp_path: Path) -> None:
@@ -68,7 +70,7 @@ def test_protocol_refusals(message: bytes, error: str | None, monkeypatch: pytes
     """The pid in a message is ignored: the caller's own SO_PEERCRED pid is registered."""
     a = agent.Agent("/nonexistent.sock")
     written: list[int] = []
-    monkeypatch.setattr(a, "protect", lambda pid, flags=None: written.append(pid) or 1)
+    monkeypatch.setattr(a, "protect", lambda pid, flags=None, accessors=1: written.append(pid) or 1)
     a.loaded = object()  # type: ignore[assignment]
     server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with server, client:
@@ -85,7 +87,8 @@ def test_protocol_refusals(message: bytes, error: str | None, monkeypatch: pytes
 
 def test_layout_sizes() -> None:
     assert ctypes.sizeof(layouts.ProtectedEntry) == 16
-    assert ctypes.sizeof(layouts.Event) == 56
+    assert ctypes.sizeof(layouts.Event) == 120
+    assert ctypes.sizeof(layouts.AccessorKey) == 24
 
 
 @pytest.mark.parametrize(
