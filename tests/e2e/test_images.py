@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.test_registry import REGISTRY, _wait_ready, free_port
+from tests.e2e.test_registry import running_registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.images]
 
@@ -197,29 +197,8 @@ class Signed:
 @pytest.fixture(scope="module")
 def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry on loopback, plain HTTP, no auth (auth: test_registry.py)."""
-    if not REGISTRY.exists():
-        pytest.fail(f"{REGISTRY} is missing; run scripts/system-deps")
-    tmp = tmp_path_factory.mktemp("registry")
-    host = f"127.0.0.1:{free_port()}"
-    config = tmp / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: false\n"
-        f"http:\n  addr: {host}\n  secret: {secrets.token_hex(16)}\n")
-    log = tmp / "registry.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp)
-    try:
-        _wait_ready(proc, host, log)
+    with running_registry(tmp_path_factory.mktemp("registry")) as host:
         yield host
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def cosign_run(signed: Signed, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

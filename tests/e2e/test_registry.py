@@ -9,6 +9,7 @@ htpasswd (Basic) auth when ``htpasswd`` (apache2-utils) is installed, and feeds 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -134,17 +135,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], host: str, log: Path) -> None:
     pytest.fail(f"docker-registry did not answer on {host}:\n{log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@contextlib.contextmanager
+def running_registry(tmp: Path, auth: tuple[str, str] | None = None) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port, plain HTTP, with htpasswd (bcrypt)
+    auth when ``auth`` is given; yields host:port and leaves no process behind."""
     if not REGISTRY.exists():
         pytest.fail(f"{REGISTRY} is missing; install it: {INSTALL_HINT}")
-    tmp = tmp_path_factory.mktemp("registry")
     host = f"127.0.0.1:{free_port()}"
-    auth: tuple[str, str] | None = None
     auth_section = ""
-    htpasswd = shutil.which("htpasswd")
-    if htpasswd:  # bcrypt lines; without apache2-utils the registry runs open (auth: unit tests)
-        auth = ("robot", secrets.token_urlsafe(16))
+    if auth is not None:
+        htpasswd = shutil.which("htpasswd")
+        assert htpasswd, "auth needs htpasswd (apache2-utils)"
         line = subprocess.run([htpasswd, "-Bbn", *auth], capture_output=True, check=True, timeout=30)
         (tmp / "htpasswd").write_bytes(line.stdout)
         auth_section = f"auth:\n  htpasswd:\n    realm: cloudtaser-test\n    path: {tmp / 'htpasswd'}\n"
@@ -162,7 +163,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
                                 stderr=subprocess.STDOUT, cwd=tmp)
     try:
         _wait_ready(proc, host, log)
-        yield Registry(host, auth)
+        yield host
     finally:
         proc.terminate()
         try:
@@ -171,6 +172,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             proc.kill()
             proc.wait(timeout=10)
         assert proc.returncode is not None  # no registry process left behind
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    # Without apache2-utils the registry runs open (auth is then covered by the unit tests).
+    auth = ("robot", secrets.token_urlsafe(16)) if shutil.which("htpasswd") else None
+    with running_registry(tmp_path_factory.mktemp("registry"), auth) as host:
+        yield Registry(host, auth)
 
 
 @pytest.fixture(scope="module")
