@@ -10,6 +10,7 @@ known pod is refused, so the wrapper does not start the app unprotected.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +45,8 @@ def kubernetes_lister(node: str) -> Lister:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # $KUBECONFIG as it is now: the client's own default was read at its import
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     custom = kubernetes.client.CustomObjectsApi()
     core = kubernetes.client.CoreV1Api()
     serialize = kubernetes.client.ApiClient().sanitize_for_serialization

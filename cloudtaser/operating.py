@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -653,7 +654,7 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
         try:  # in a pod: the service account; elsewhere: $KUBECONFIG
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+            kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
         tasks.append(asyncio.create_task(op.watch_reports()))
