@@ -91,15 +91,17 @@ class PodPolicies:
         self.settings = settings  # the operator's, so both compile the same Plan
         self._entries: dict[str, BpfEntry] = {}
         self._lock = threading.Lock()
+        self._refreshing = threading.RLock()  # held for a whole relist
         self._clock = clock
         self._last_list = float("-inf")
         self.listeners: list[Callable[[], None]] = []  # called after every refresh
 
     def refresh(self) -> None:
-        self._last_list = self._clock()
-        entries = flags_by_pod(self._lister(), self.settings)
-        with self._lock:
-            self._entries = entries
+        with self._refreshing:
+            self._last_list = self._clock()
+            entries = flags_by_pod(self._lister(), self.settings)
+            with self._lock:
+                self._entries = entries
         log.info("%d protected pod(s) on this node", len(entries))
         for listener in self.listeners:
             listener()
@@ -117,8 +119,16 @@ class PodPolicies:
     def entry(self, uid: str) -> BpfEntry | None:
         with self._lock:
             found = self._entries.get(uid)
-        if found is None and self._clock() - self._last_list >= self.MIN_RELIST_SECONDS:
-            self.refresh()  # bound a moment ago?
+        if found is not None:
+            return found
+        # Unknown: bound a moment ago? One relist at a time; a caller that waited for
+        # another's relist (a burst of pods registering) looks again before deciding, rather
+        # than being refused because that relist had just started.
+        with self._refreshing:
             with self._lock:
                 found = self._entries.get(uid)
+            if found is None and self._clock() - self._last_list >= self.MIN_RELIST_SECONDS:
+                self.refresh()
+                with self._lock:
+                    found = self._entries.get(uid)
         return found

@@ -192,9 +192,11 @@ def test_handled_signal_is_left_alone(
     """A process that handles SIGQUIT itself is not killed for receiving it."""
     agent_run.start(flags=CORE_FLAGS)
     code = (
-        "import signal, sys, time\n"
+        "import os, signal, sys, time\n"
         "from cloudtaser.wrapper.registering import register\n"
-        "signal.signal(signal.SIGQUIT, lambda *a: print('handled', flush=True))\n"
+        # os.write, not print: the signal may land while print('ready') is still flushing,
+        # and a buffered writer refuses a reentrant call
+        "signal.signal(signal.SIGQUIT, lambda *a: os.write(1, b'handled\\n'))\n"
         "register(sys.argv[1]); print('ready', flush=True); time.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(agent_run.socket_path)],

@@ -66,3 +66,26 @@ def test_unknown_pod_triggers_one_relist_at_most_once_a_second() -> None:
     assert entry is not None and len(calls) == 2
     now[0] += 1.5
     assert policies.entry("ffffffff-0000-0000-0000-000000000000") is None and len(calls) == 3
+
+
+def test_callers_during_a_relist_wait_for_it_instead_of_being_refused() -> None:
+    """Two pods registering at once: the second caller's lookup must not miss because the
+    first caller's relist (which finds both) had only just started."""
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def slow_lister() -> dict[str, list[dict[str, Any]]]:
+        started.set()
+        time.sleep(0.5)  # a relist on a busy node
+        return objects()
+
+    policies = PodPolicies(slow_lister)
+    found: list[object] = []
+    first = threading.Thread(target=lambda: found.append(policies.entry(UID)))
+    first.start()
+    assert started.wait(5)
+    found.append(policies.entry(UID))  # within the same second as the relist in flight
+    first.join()
+    assert all(entry is not None for entry in found) and len(found) == 2
