@@ -205,6 +205,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self.load_seconds = 0.0
         self.last_scan_seconds = 0.0  # the fd scan of the latest registration
+        self._scans = scanning.Coalescer()  # a burst of registrations shares one scan
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -542,7 +543,7 @@ class Agent:
             return
         wanted = {"environ": ProtectionFlag.ENVIRON, "mem": ProtectionFlag.MEM}
         t0 = time.monotonic()
-        holders = [h for h in scanning.find_holders(pid) if flags & wanted[h.vector]]
+        holders = [h for h in self._scans.holders(pid) if flags & wanted[h.vector]]
         self.last_scan_seconds = time.monotonic() - t0
         kill = not flags & ProtectionFlag.AUDIT_ONLY
         for h in holders:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +89,17 @@ def is_procfs_file(holder: int, fd: int, devices_of: dict[str, set[int]],
 
 def find_holders(tgid: int, proc: Path = PROC) -> list[Holder]:
     """Every other process's fd on the environ or mem file of ``tgid`` (or its threads)."""
-    tids = threads(tgid, proc)
+    return find_holders_of({tgid}, proc)[tgid]
+
+
+def find_holders_of(tgids: set[int], proc: Path = PROC) -> dict[int, list[Holder]]:
+    """``find_holders`` for several processes in one pass over every fd table: a burst of
+    registrations costs one scan, not one each."""
+    owner = {tid: tgid for tgid in tgids for tid in threads(tgid, proc)}
     devices_of: dict[str, set[int]] = {}
-    found: list[Holder] = []
+    found: dict[int, list[Holder]] = {tgid: [] for tgid in tgids}
     for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) == tgid:
+        if not entry.name.isdigit():
             continue
         fd_dir = f"{proc}/{entry.name}/fd"
         try:
@@ -105,13 +113,53 @@ def find_holders(tgid: int, proc: Path = PROC) -> list[Holder]:
                 continue
             if not link.endswith(("/environ", "/mem")):
                 continue
-            vector = match(link, tids)
+            m = LINK.search(link)
+            target = owner.get(int(m.group(1))) if m else None
+            if target is None or target == int(entry.name):  # not ours, or its own fd
+                continue
+            vector = match(link, {t for t, g in owner.items() if g == target})
             if vector is None:
                 continue
             holder, fd = int(entry.name), int(name)
             if is_procfs_file(holder, fd, devices_of, proc):
-                found.append(Holder(holder, fd, vector, link))
+                found[target].append(Holder(holder, fd, vector, link))
     return found
+
+
+class Coalescer:
+    """Registrations arriving together share one scan: each waits for a scan that started
+    after it asked (so after its map entry was written) and takes its part of the result."""
+
+    def __init__(self, scan: Callable[[set[int]], dict[int, list[Holder]]] = find_holders_of) -> None:
+        self._scan = scan
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()
+        self._results: dict[int, list[Holder]] = {}
+        self._busy = False
+
+    def holders(self, tgid: int) -> list[Holder]:
+        with self._cond:
+            self._pending.add(tgid)
+            while tgid not in self._results:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                batch, self._pending, self._busy = self._pending, set(), True
+                self._cond.release()
+                try:
+                    found = self._scan(batch)
+                except BaseException:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._pending |= batch  # the next caller scans for them again
+                    self._cond.notify_all()
+                    raise
+                self._cond.acquire()
+                self._busy = False
+                for pid in batch:
+                    self._results[pid] = found.get(pid, [])
+                self._cond.notify_all()
+            return self._results.pop(tgid)
 
 
 def still_holds(holder: Holder, proc: Path = PROC) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from cloudtaser.bpf import scanning
 
 
@@ -34,3 +36,41 @@ def test_procfs_devices_of_a_mount_namespace(tmp_path: Path) -> None:
 def test_own_process_has_no_holders_and_real_procfs_is_recognised() -> None:
     assert scanning.find_holders(os.getpid()) == []
     assert os.stat("/proc/self/environ").st_dev in scanning.procfs_devices(os.getpid())
+
+
+def test_a_burst_of_registrations_shares_scans_and_each_gets_its_own_holders() -> None:
+    import threading
+    import time
+
+    scans: list[set[int]] = []
+
+    def slow_scan(tgids: set[int]) -> dict[int, list[scanning.Holder]]:
+        scans.append(set(tgids))
+        time.sleep(0.2)
+        return {t: [scanning.Holder(t + 1000, 3, "environ", f"/proc/{t}/environ")] for t in tgids}
+
+    coalescer = scanning.Coalescer(slow_scan)
+    got: dict[int, list[scanning.Holder]] = {}
+    workers = [threading.Thread(target=lambda t=t: got.__setitem__(t, coalescer.holders(t)))
+               for t in range(1, 41)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(10)
+    assert {t: [h.pid for h in hs] for t, hs in got.items()} == {t: [t + 1000] for t in range(1, 41)}
+    assert len(scans) <= 3, scans  # 40 registrations, not 40 scans
+
+
+def test_a_failed_scan_is_retried_by_the_next_caller() -> None:
+    calls: list[int] = []
+
+    def flaky(tgids: set[int]) -> dict[int, list[scanning.Holder]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("proc went away")
+        return {t: [] for t in tgids}
+
+    coalescer = scanning.Coalescer(flaky)
+    with pytest.raises(OSError):
+        coalescer.holders(7)
+    assert coalescer.holders(7) == [] and len(calls) == 2
