@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from cloudtaser.bpf import loading
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 @pytest.fixture(scope="module")
-def sections() -> dict[str, str]:
+def sections(bpf_object_path: Path) -> dict[str, str]:
     """Program name -> ELF section of the compiled protect.bpf.o (opened, not loaded)."""
-    for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian package {package})")
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        pytest.skip("no kernel BTF at /sys/kernel/btf/vmlinux (needed to generate vmlinux.h)")
-    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
     lib = loading.lib()
-    obj = lib.bpf_object__open_file(out.stdout.split()[-1].encode(), None)
+    obj = lib.bpf_object__open_file(str(bpf_object_path).encode(), None)
     assert obj
     try:
         found = {}
