@@ -238,6 +238,7 @@ def doctor(output: str) -> None:
             rendering.table(
                 ["check", "status", "detail", "meaning"],
                 [[c.name, c.status, c.detail, c.meaning] for c in checks],
+                wrap={"detail": 60, "meaning": 50},
             ),
             nl=False,
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -11,11 +12,28 @@ import yaml
 FORMATS = ("table", "json", "yaml")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell, upper-case headers, like ``kubectl get``."""
-    cells = [[str(h).upper() for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], wrap: Mapping[str, int] | None = None
+) -> str:
+    """Columns padded to their widest cell, upper-case headers, like ``kubectl get``.
+
+    ``wrap`` maps a header to a width: that column's cells are wrapped at word boundaries
+    onto continuation lines, so one long cell does not widen every row.
+    """
+    widths_of = {headers.index(h): w for h, w in (wrap or {}).items()}
+    cells = [[[str(h).upper()] for h in headers]]
+    for row in rows:
+        cells.append([
+            textwrap.wrap(str(c), widths_of[i], break_on_hyphens=False) or [""]
+            if i in widths_of else [str(c)]
+            for i, c in enumerate(row)
+        ])
+    widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        for n in range(max(len(c) for c in row)):
+            parts = [c[n] if n < len(c) else "" for c in row]
+            lines.append("   ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)).rstrip())
     return "\n".join(lines) + "\n"
 
 
