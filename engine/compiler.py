@@ -6,12 +6,15 @@ path cannot drift apart (a test checks they give the same bytes).
 
 Cost model: each binding is compiled once (its WrapperSource and volumes); pods are found
 through a per-namespace label index, so a binding with matchLabels touches only candidate
-pods; a pod plan is recomputed only when one of its inputs changes. ``plan()`` assembles and
-sorts everything (linear plus a sort).
+pods; a pod plan is recomputed only when one of its inputs changes. Every figure the Plan
+reports (pods per binding and policy, problems, policy overlaps) is kept current by the
+change that moves it, and the Plan's lists are kept in key order (engine.ordered), so
+``plan()`` after a change copies lists instead of re-deriving and re-sorting everything.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import hashlib
 from collections import defaultdict
@@ -23,6 +26,7 @@ from typing import TypeVar
 from pydantic import Field
 
 from cloudtaser.engine.kube import LabelSelector, Model, Namespace, Pod
+from cloudtaser.engine.ordered import OrderedMap
 from cloudtaser.engine.plans import (
     INIT_CONTAINER,
     INJECT_ANNOTATION,
@@ -329,8 +333,59 @@ class _PodEntry:
     pod: Pod
     namespace: str
     key: tuple[str, str]
+    injected: bool = False
     bindings: set[str] = field(default_factory=set)
     plan: PodPlan | None = None
+    # What this pod's plan adds to the per-policy figures, kept so a replan can take it back.
+    policies: tuple[str, ...] = ()
+    constrained: tuple[str, ...] = ()
+    overlaps: tuple[tuple[str, str], ...] = ()
+
+
+ProblemKey = tuple[str, str, str, str, str, str]
+
+
+def _problem_key(problem: Problem) -> ProblemKey:
+    return (*problem.sort_key(), problem.severity)
+
+
+class _Problems:
+    """Problems from many sources, counted: a source takes back exactly what it added, and
+    one problem reported by two sources is listed once."""
+
+    def __init__(self) -> None:
+        self._counts: dict[ProblemKey, int] = {}
+        self.ordered: OrderedMap[ProblemKey, Problem] = OrderedMap()
+
+    def add(self, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            key = _problem_key(problem)
+            count = self._counts.get(key, 0)
+            self._counts[key] = count + 1
+            if not count:
+                self.ordered.put(key, problem)
+
+    def remove(self, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            key = _problem_key(problem)
+            count = self._counts[key] - 1
+            if count:
+                self._counts[key] = count
+            else:
+                del self._counts[key]
+                self.ordered.pop(key)
+
+    def listed(self, extra: Iterable[Problem]) -> list[Problem]:
+        """All problems in order, with ``extra`` (derived at assembly time) merged in."""
+        fresh = {k: p for p in extra if (k := _problem_key(p)) not in self._counts}
+        if not fresh:
+            return self.ordered.values()
+        keys, values = self.ordered.keys(), self.ordered.values()
+        for key in sorted(fresh):
+            at = bisect.bisect_left(keys, key)
+            keys.insert(at, key)
+            values.insert(at, fresh[key])
+        return values
 
 
 def _pod_key(pod: Pod) -> tuple[str, str]:
@@ -405,6 +460,24 @@ class IncrementalCompiler:
         # Derived caches, dropped whenever a policy or namespace changes.
         self._ns_policies: dict[str, list[EnforcementPolicy]] = {}
         self._effective: dict[tuple[str, ...], EffectivePolicy] = {}
+        # The Plan's parts, kept current by each change (see the module docstring).
+        self._rules: OrderedMap[str, MutationRule] = OrderedMap()
+        self._binding_problems: dict[str, list[Problem]] = {}
+        self._matched: dict[str, int] = defaultdict(int)
+        self._injected_pods: dict[str, int] = defaultdict(int)
+        self._summaries: OrderedMap[str, BindingSummary] = OrderedMap()
+        self._stale_summaries: set[str] = set()
+        self._pod_plans: OrderedMap[tuple[str, str], PodPlan] = OrderedMap()
+        self._bpf: OrderedMap[tuple[str, str], BpfEntry] = OrderedMap()
+        self._policy_pods: dict[str, int] = defaultdict(int)
+        self._constrained: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self._overlaps: dict[tuple[str, str], int] = defaultdict(int)
+        self._policy_summaries: dict[str, PolicySummary] = {}
+        self._problems = _Problems()
+        self._scope: WebhookScope | None = None
+        for ordered in (self._rules, self._summaries, self._pod_plans, self._bpf,
+                        self._problems.ordered):
+            ordered.unsort()  # a bulk load follows: sorted once, by the first plan()
         namespaces = self._unique("Namespace", state.namespaces, lambda n: ("", n.metadata.name))
         policies = self._unique("EnforcementPolicy", state.policies, lambda p: ("", p.metadata.name))
         pods = self._unique("Pod", state.pods, _pod_key)
@@ -414,15 +487,15 @@ class IncrementalCompiler:
             self._namespace_labels[ns.metadata.name] = dict(ns.metadata.labels)
         for policy in policies:
             self._policies[policy.metadata.name] = policy
+        self._problems.add(self._parse_problems)
+        self._stale_summaries.update(self._invalid_refs(self._parse_problems))
         for pod in pods:
             self._add_pod(pod)
         for binding in bindings:
             compiled = compile_binding(binding)
-            self._bindings[compiled.ref] = compiled
-            self._by_namespace[compiled.namespace].add(compiled.ref)
-            self._index_binding(compiled)
+            self._put_binding(compiled)
             for key in self._select(compiled):
-                self._pods[key].bindings.add(compiled.ref)
+                self._link(self._pods[key], compiled.ref)
         for entry in self._pods.values():
             self._replan(entry)
 
@@ -447,36 +520,33 @@ class IncrementalCompiler:
     def set_binding(self, binding: SecretBinding) -> list[PodPlan]:
         """Add or replace one binding; returns the plans of the pods it affects."""
         compiled = compile_binding(binding)
-        old = self._bindings.get(compiled.ref)
+        old = self._drop_binding(compiled.ref)
         affected = set(self._select(old)) if old else set()
-        if old:
-            self._unindex_binding(old)
-        self._bindings[compiled.ref] = compiled
-        self._by_namespace[compiled.namespace].add(compiled.ref)
-        self._index_binding(compiled)
+        self._put_binding(compiled)
         now = set(self._select(compiled))
         for key in affected - now:
-            self._pods[key].bindings.discard(compiled.ref)
+            self._unlink(self._pods[key], compiled.ref)
         for key in now:
-            self._pods[key].bindings.add(compiled.ref)
+            self._link(self._pods[key], compiled.ref)
         return self._replan_keys(affected | now)
 
     def remove_binding(self, ref: str) -> list[PodPlan]:
         """Drop one binding (namespace/name); returns the plans of the pods it affected."""
-        old = self._bindings.pop(ref, None)
+        old = self._drop_binding(ref)
         if old is None:
             return []
-        self._by_namespace[old.namespace].discard(ref)
-        self._unindex_binding(old)
         affected = set(self._select(old))
         for key in affected:
-            self._pods[key].bindings.discard(ref)
+            self._unlink(self._pods[key], ref)
+        self._matched.pop(ref, None)
+        self._injected_pods.pop(ref, None)
         return self._replan_keys(affected)
 
     def set_policy(self, policy: EnforcementPolicy) -> list[PodPlan]:
         self._policies[policy.metadata.name] = policy
         self._ns_policies.clear()
         self._effective.clear()
+        self._policy_summaries.clear()
         return self._replan_keys(set(self._pods))
 
     def remove_policy(self, name: str) -> list[PodPlan]:
@@ -484,6 +554,7 @@ class IncrementalCompiler:
             return []
         self._ns_policies.clear()
         self._effective.clear()
+        self._policy_summaries.clear()
         return self._replan_keys(set(self._pods))
 
     def set_namespace(self, namespace: Namespace) -> list[PodPlan]:
@@ -501,12 +572,20 @@ class IncrementalCompiler:
     def set_parse_problems(self, problems: Iterable[Problem]) -> None:
         """Replace the problems of objects that failed to parse (the operator re-parses only
         what changed, so it hands over the whole current list)."""
-        self._parse_problems = list(problems)
+        new = list(problems)
+        if new == self._parse_problems:
+            return
+        self._stale_summaries.update(self._invalid_refs(self._parse_problems))
+        self._problems.remove(self._parse_problems)
+        self._parse_problems = new
+        self._problems.add(new)
+        self._stale_summaries.update(self._invalid_refs(new))
 
     def set_pod(self, pod: Pod) -> PodPlan | None:
         self.remove_pod(*_pod_key(pod))
         entry = self._add_pod(pod)
-        entry.bindings.update(self._bindings_for(entry.namespace, pod))
+        for ref in self._bindings_for(entry.namespace, pod):
+            self._link(entry, ref)
         self._replan(entry)
         return entry.plan
 
@@ -514,6 +593,9 @@ class IncrementalCompiler:
         entry = self._pods.pop((namespace, name), None)
         if entry is None:
             return
+        self._uncount(entry)
+        for ref in list(entry.bindings):
+            self._unlink(entry, ref)
         self._ns_pods[namespace].discard(entry.key)
         for item in entry.pod.metadata.labels.items():
             self._label_index[namespace][item].discard(entry.key)
@@ -528,111 +610,45 @@ class IncrementalCompiler:
         return self._build_plan(entry)
 
     def plan(self) -> Plan:
-        """Assemble the whole Plan from the compiled pieces (sorted, de-duplicated)."""
-        problems: dict[tuple[str, ...], Problem] = {}
-
-        def add(items: Iterable[Problem]) -> None:
-            for p in items:
-                problems.setdefault((*p.sort_key(), p.severity), p)
-
-        add(self._parse_problems)
-        matched: dict[str, int] = defaultdict(int)
-        injected_count: dict[str, int] = defaultdict(int)
-        pods: list[PodPlan] = []
-        bpf: list[BpfEntry] = []
-        policy_pods: dict[str, int] = defaultdict(int)
-        constrained: dict[str, list[str]] = defaultdict(list)
-        for key in sorted(self._pods):
-            entry = self._pods[key]
-            pod_injected = is_injected(entry.pod)
-            for ref in entry.bindings:
-                matched[ref] += 1
-                if pod_injected:
-                    injected_count[ref] += 1
-            if entry.plan is None:
-                continue
-            pods.append(entry.plan)
-            add(entry.plan.problems)
-            for name in entry.plan.policy.policies:
-                policy_pods[name] += 1
-                policy = self._policies.get(name)
-                if policy is not None and policy.spec.require_confidential_node:
-                    constrained[name].append(f"{entry.namespace}/{entry.pod.metadata.name}")
-            if pod_injected:
-                bpf.append(
-                    BpfEntry(
-                        namespace=entry.namespace,
-                        pod=entry.pod.metadata.name,
-                        uid=entry.pod.metadata.uid,
-                        node=entry.pod.spec.node_name,
-                        policy=entry.plan.policy,
-                    )
-                )
-        add(self._policy_overlaps())
-        rules = []
-        summaries = []
-        excluded = self._excluded_namespaces()
-        for ref in sorted(self._bindings):
-            compiled = self._bindings[ref]
-            add(compiled.problems)
-            if compiled.namespace in excluded:
-                add(
-                    [
-                        _binding_problem(
-                            compiled.binding,
-                            "metadata.namespace",
-                            f"namespace {compiled.namespace} is excluded from injection "
-                            "(the operator's own namespace and kube-system never are)",
-                            "error",
-                        )
-                    ]
-                )
-            rules.append(
-                MutationRule(
-                    binding=ref,
-                    namespace=compiled.namespace,
-                    selector=compiled.binding.spec.selector,
-                    containers=sorted(compiled.binding.spec.containers),
-                )
-            )
-            summaries.append(
-                BindingSummary(
-                    binding=ref,
-                    valid=True,
-                    matched_pods=matched[ref],
-                    injected_pods=injected_count[ref],
-                    secrets=compiled.secrets,
-                )
-            )
-        for problem in self._parse_problems:
-            if problem.kind == "SecretBinding" and problem.severity == "error":
-                ref = f"{problem.namespace or 'default'}/{problem.name}"
-                if ref not in self._bindings:
-                    summaries.append(
-                        BindingSummary(
-                            binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0
-                        )
-                    )
-        summaries = sorted({s.binding: s for s in summaries}.values(), key=lambda s: s.binding)
-        return Plan(
-            rules=rules,
-            pods=pods,
-            bpf=bpf,
+        """The whole Plan: lists in key order, figures as the last change left them."""
+        invalid = self._invalid_refs(self._parse_problems) if self._stale_summaries else set()
+        for ref in self._stale_summaries:
+            compiled = self._bindings.get(ref)
+            if compiled is not None:
+                self._summaries.put(ref, BindingSummary(
+                    binding=ref, valid=True, matched_pods=self._matched.get(ref, 0),
+                    injected_pods=self._injected_pods.get(ref, 0), secrets=compiled.secrets))
+            elif ref in invalid:
+                self._summaries.put(ref, BindingSummary(
+                    binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0))
+            else:
+                self._summaries.pop(ref)
+        self._stale_summaries.clear()
+        policies = []
+        for name in sorted(self._policies):
+            summary = self._policy_summaries.get(name)
+            if summary is None:
+                summary = self._policy_summaries[name] = PolicySummary(
+                    policy=name, matched_pods=self._policy_pods.get(name, 0),
+                    constrained_pods=[f"{ns}/{pod}" for ns, pod in
+                                      sorted(self._constrained.get(name, ()))])
+            policies.append(summary)
+        # Built without re-validation: every part is a model this compiler made and checked.
+        return Plan.model_construct(
+            rules=self._rules.values(),
+            pods=self._pod_plans.values(),
+            bpf=self._bpf.values(),
             webhook=self._webhook_scope(),
-            bindings=summaries,
-            policies=[
-                PolicySummary(policy=name, matched_pods=policy_pods[name],
-                              constrained_pods=constrained[name])
-                for name in sorted(self._policies)
-            ],
-            problems=[problems[k] for k in sorted(problems)],
+            bindings=self._summaries.values(),
+            policies=policies,
+            problems=self._problems.listed(self._policy_overlaps()),
         )
 
     # --- internals ----------------------------------------------------------------------
 
     def _add_pod(self, pod: Pod) -> _PodEntry:
         key = _pod_key(pod)
-        entry = _PodEntry(pod=pod, namespace=key[0], key=key)
+        entry = _PodEntry(pod=pod, namespace=key[0], key=key, injected=is_injected(pod))
         self._pods[key] = entry
         self._ns_pods[key[0]].add(key)
         for item in pod.metadata.labels.items():
@@ -694,7 +710,117 @@ class IncrementalCompiler:
         return plans
 
     def _replan(self, entry: _PodEntry) -> None:
-        entry.plan = self._build_plan(entry)
+        """Rebuild one pod's plan and move the figures it contributes to."""
+        self._uncount(entry)
+        plan = entry.plan = self._build_plan(entry)
+        if plan is None:
+            return
+        key = entry.key
+        self._pod_plans.put(key, plan)
+        if entry.injected:
+            self._bpf.put(key, BpfEntry(namespace=entry.namespace, pod=entry.pod.metadata.name,
+                                        uid=entry.pod.metadata.uid, node=entry.pod.spec.node_name,
+                                        policy=plan.policy))
+        names = tuple(plan.policy.policies)
+        modes = {n: self._policies[n].spec.mode for n in names}
+        entry.policies = names
+        entry.constrained = tuple(
+            n for n in names if self._policies[n].spec.require_confidential_node)
+        entry.overlaps = tuple(
+            (audit, enforce) for audit in names if modes[audit] == "audit"
+            for enforce in names if modes[enforce] == "enforce"
+        ) if plan.policy.mode == "enforce" else ()
+        for name in names:
+            self._policy_pods[name] += 1
+            self._policy_summaries.pop(name, None)
+        for name in entry.constrained:
+            self._constrained[name].add(key)
+        for pair in entry.overlaps:
+            self._overlaps[pair] += 1
+        self._problems.add(plan.problems)
+
+    def _uncount(self, entry: _PodEntry) -> None:
+        """Take back what one pod's plan contributed (before a replan or its removal)."""
+        plan = entry.plan
+        if plan is None:
+            return
+        key = entry.key
+        self._pod_plans.pop(key)
+        self._bpf.pop(key)
+        for name in entry.policies:
+            self._policy_pods[name] -= 1
+            self._policy_summaries.pop(name, None)
+        for name in entry.constrained:
+            self._constrained[name].discard(key)
+        for pair in entry.overlaps:
+            self._overlaps[pair] -= 1
+            if not self._overlaps[pair]:
+                del self._overlaps[pair]
+        self._problems.remove(plan.problems)
+        entry.plan, entry.policies, entry.constrained, entry.overlaps = None, (), (), ()
+
+    def _link(self, entry: _PodEntry, ref: str) -> None:
+        """Binding ``ref`` selects this pod (counted for the binding's status)."""
+        if ref in entry.bindings:
+            return
+        entry.bindings.add(ref)
+        self._matched[ref] += 1
+        if entry.injected:
+            self._injected_pods[ref] += 1
+        self._stale_summaries.add(ref)
+
+    def _unlink(self, entry: _PodEntry, ref: str) -> None:
+        if ref not in entry.bindings:
+            return
+        entry.bindings.discard(ref)
+        self._matched[ref] -= 1
+        if entry.injected:
+            self._injected_pods[ref] -= 1
+        self._stale_summaries.add(ref)
+
+    def _put_binding(self, compiled: CompiledBinding) -> None:
+        """Index a compiled binding (any old one with its ref was dropped first)."""
+        ref = compiled.ref
+        self._bindings[ref] = compiled
+        refs = self._by_namespace[compiled.namespace]
+        if not refs:
+            self._scope = None
+        refs.add(ref)
+        self._index_binding(compiled)
+        self._rules.put(ref, MutationRule(
+            binding=ref, namespace=compiled.namespace, selector=compiled.binding.spec.selector,
+            containers=sorted(compiled.binding.spec.containers)))
+        problems = list(compiled.problems)
+        if compiled.namespace in self._excluded_namespaces():
+            problems.append(_binding_problem(
+                compiled.binding, "metadata.namespace",
+                f"namespace {compiled.namespace} is excluded from injection "
+                "(the operator's own namespace and kube-system never are)", "error"))
+        if problems:
+            self._binding_problems[ref] = problems
+            self._problems.add(problems)
+        self._stale_summaries.add(ref)
+
+    def _drop_binding(self, ref: str) -> CompiledBinding | None:
+        """Unindex a binding; the pods it selected stay linked (the caller decides)."""
+        old = self._bindings.pop(ref, None)
+        if old is None:
+            return None
+        refs = self._by_namespace[old.namespace]
+        refs.discard(ref)
+        if not refs:
+            self._scope = None
+        self._unindex_binding(old)
+        self._rules.pop(ref)
+        self._problems.remove(self._binding_problems.pop(ref, ()))
+        self._stale_summaries.add(ref)
+        return old
+
+    @staticmethod
+    def _invalid_refs(problems: Iterable[Problem]) -> set[str]:
+        """Bindings that failed to parse: listed in the Plan as invalid (if no valid one)."""
+        return {f"{p.namespace or 'default'}/{p.name}" for p in problems
+                if p.kind == "SecretBinding" and p.severity == "error"}
 
     def _namespace_labels_of(self, namespace: str) -> dict[str, str]:
         labels = self._namespace_labels.get(namespace)
@@ -818,16 +944,8 @@ class IncrementalCompiler:
         return sources, mounted
 
     def _policy_overlaps(self) -> list[Problem]:
-        """Report audit policies overridden by enforce policies on the same pods."""
-        overlaps: dict[tuple[str, str], int] = defaultdict(int)
-        for entry in self._pods.values():
-            if entry.plan is None or entry.plan.policy.mode != "enforce":
-                continue
-            names = entry.plan.policy.policies
-            modes = {n: self._policies[n].spec.mode for n in names}
-            for audit in (n for n in names if modes[n] == "audit"):
-                for enforce in (n for n in names if modes[n] == "enforce"):
-                    overlaps[(audit, enforce)] += 1
+        """Report audit policies overridden by enforce policies on the same pods (counted
+        by _replan)."""
         return [
             Problem(
                 kind="EnforcementPolicy",
@@ -837,13 +955,18 @@ class IncrementalCompiler:
                 f"EnforcementPolicy {enforce} (mode enforce); the stricter mode wins",
                 severity="warning",
             )
-            for (audit, enforce), count in sorted(overlaps.items())
+            for (audit, enforce), count in sorted(self._overlaps.items())
         ]
 
     def _excluded_namespaces(self) -> frozenset[str]:
         return self._excluded
 
     def _webhook_scope(self) -> WebhookScope:
+        if self._scope is None:
+            self._scope = self._derive_scope()
+        return self._scope
+
+    def _derive_scope(self) -> WebhookScope:
         excluded = self._excluded_namespaces()
         namespaces = sorted(
             ns for ns, refs in self._by_namespace.items() if refs and ns not in excluded

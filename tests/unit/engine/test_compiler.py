@@ -170,6 +170,8 @@ def test_incremental_updates_equal_a_full_compile() -> None:
                 policy = policy_doc("late", mode=rng.choice(["audit", "enforce"]))
                 docs = [d for d in docs if d["metadata"]["name"] != "late"] + [policy]
                 compiler.set_policy(EnforcementPolicy.model_validate(policy))
+            # after every change, not only at the end: plan() keeps its parts between calls
+            assert compiler.plan().to_json() == compile_state(state(*docs)).to_json()
         assert compiler.plan().to_json() == compile_state(state(*docs)).to_json()
 
 
@@ -217,3 +219,84 @@ def test_an_object_defined_twice_is_reported_and_the_choice_ignores_order() -> N
     plan = compile_state(state(one, two))
     assert [(p.name, p.message) for p in plan.problems if p.path == "metadata.name"] == [
         ("a", "defined more than once; one definition was used")]
+
+
+def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
+    """Model-based: random sequences of every change the operator makes (bindings, pods,
+    policies, namespaces, parse problems, incl. an excluded namespace, confidential and
+    audit/enforce overlaps), checking plan() after each step against a full compile of the
+    same objects. plan() keeps its parts between calls, so each step must move them right."""
+    from cloudtaser.engine.plans import Problem
+
+    rng = random.Random(23)
+    apps = ["a", "b", "c"]
+    namespaces = ["n1", "n2", "kube-system"]
+    for _ in range(25):
+        objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+        def put(doc: dict[str, Any]) -> None:
+            objects[(doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])] = doc
+
+        for ns in namespaces[:2]:
+            put(ns_doc(ns, tier=rng.choice(["prod", "dev"])))
+        compiler = IncrementalCompiler(state(*objects.values()))
+        problems: list[Problem] = []
+        for _ in range(30):
+            action = rng.choice([0, 0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 7, 8])
+            ns = rng.choice(namespaces)
+            if action == 0:  # add or change a binding
+                doc = binding_doc(rng.choice(["x", "y", "z"]), ns,
+                                  selector={"matchLabels": {"app": rng.choice(apps)}})
+                doc["spec"]["secrets"][0]["keys"][0]["env"] = rng.choice(["A", "B"])
+                if rng.random() < 0.3:
+                    doc["spec"]["refreshInterval"] = "5m"  # a warning on the env key
+                put(doc)
+                compiler.set_binding(SecretBinding.model_validate(doc))
+            elif action == 1:  # remove a binding
+                gone = [k for k in objects if k[0] == "SecretBinding"]
+                if gone:
+                    key = rng.choice(gone)
+                    del objects[key]
+                    compiler.remove_binding(f"{key[1]}/{key[2]}")
+            elif action == 2:  # add or relabel a pod, injected or not
+                doc = pod_doc(f"p{rng.randrange(4)}", ns, labels={"app": rng.choice(apps)},
+                              injected=rng.random() < 0.5)
+                put(doc)
+                compiler.set_pod(Pod.model_validate(doc))
+            elif action == 3:  # delete a pod
+                gone = [k for k in objects if k[0] == "Pod"]
+                if gone:
+                    key = rng.choice(gone)
+                    del objects[key]
+                    compiler.remove_pod(key[1], key[2])
+            elif action == 4:  # add or change a policy
+                spec: dict[str, Any] = {"mode": rng.choice(["audit", "enforce"])}
+                if rng.random() < 0.5:
+                    spec["namespaceSelector"] = {"matchLabels": {"tier": rng.choice(["prod", "dev"])}}
+                if rng.random() < 0.3:
+                    spec["requireConfidentialNode"] = True
+                doc = policy_doc(rng.choice(["p1", "p2", "p3"]), **spec)
+                put(doc)
+                compiler.set_policy(EnforcementPolicy.model_validate(doc))
+            elif action == 5:  # remove a policy
+                gone = [k for k in objects if k[0] == "EnforcementPolicy"]
+                if gone:
+                    key = rng.choice(gone)
+                    del objects[key]
+                    compiler.remove_policy(key[2])
+            elif action == 6:  # relabel a namespace
+                doc = ns_doc(rng.choice(namespaces[:2]), tier=rng.choice(["prod", "dev"]))
+                put(doc)
+                compiler.set_namespace(Namespace.model_validate(doc))
+            elif action == 7:  # a namespace goes away (its pods and bindings stay here)
+                name = rng.choice(namespaces[:2])
+                if objects.pop(("Namespace", "", name), None) is not None:
+                    compiler.remove_namespace(name)
+            else:  # the objects failing to parse change
+                problems = [Problem(kind="SecretBinding", namespace=rng.choice(namespaces[:2]),
+                                    name=rng.choice(["x", "w"]), path="spec.vault",
+                                    message="field required")] if rng.random() < 0.7 else []
+                compiler.set_parse_problems(problems)
+            full = state(*objects.values())
+            full.problems.extend(problems)
+            assert compiler.plan().to_json() == compile_state(full).to_json()
