@@ -96,6 +96,9 @@ class Component:
     address: str
     argv: Callable[[Paths], list[str]]
     health: Callable[[Paths], str | None]  # None when healthy, else what is wrong
+    # What ``up`` waits for, when less than healthy: None once it answers well enough for
+    # ``up`` and provisioning to finish the job (OpenBao: sealed or not initialised counts).
+    answering: Callable[[Paths], str | None] | None = None
 
 
 def _get(url: str, paths: Paths, client: str | None = None) -> requests.Response:
@@ -187,13 +190,43 @@ def _bao_argv(p: Paths) -> list[str]:
     return [str(p.binary("bao")), "server", f"-config={config}"]
 
 
-def _bao_health(p: Paths) -> str | None:
-    # 200 active; 501 not initialised and 503 sealed are "answering" — up() handles those.
-    return _probe(
-        lambda: _get(f"https://{HOST}:{BAO_PORT}/v1/sys/health?uninitcode=200&sealedcode=200",
-                     p, "admin"),
-        lambda r: r.status_code == 200,
-    )
+BAO_SEALED, BAO_UNINITIALISED = "sealed", "not initialised"
+
+
+def bao_health_reason(status_code: int, body: str) -> str | None:
+    """What /v1/sys/health says is wrong with OpenBao (None: initialised, unsealed, active).
+    OpenBao answers 200 active, 429 standby, 501 not initialised, 503 sealed, with a JSON
+    body saying the same; the body wins when it parses."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        doc = {}
+    if doc.get("initialized") is False or (not doc and status_code == 501):
+        return BAO_UNINITIALISED
+    if doc.get("sealed") is True or (not doc and status_code == 503):
+        return BAO_SEALED
+    if status_code == 200:
+        return None
+    if status_code == 429 or doc.get("standby") is True:
+        return "standby"
+    return f"HTTP {status_code}: {body[:120].strip()}"
+
+
+def bao_health(p: Paths, address: str = f"https://{HOST}:{BAO_PORT}", *,
+               answering: bool = False) -> str | None:
+    """None when the OpenBao at ``address`` is initialised, unsealed and active, else what is
+    wrong. With ``answering``, sealed and not initialised count as well: ``up`` only waits
+    for the server to answer, and provisioning initialises and unseals it."""
+    try:
+        response = _get(f"{address}/v1/sys/health", p, "admin")
+    except requests.RequestException as e:
+        return f"not answering ({type(e).__name__})"
+    reason = bao_health_reason(response.status_code, response.text)
+    if answering and reason in (BAO_SEALED, BAO_UNINITIALISED):
+        return None
+    return reason
 
 
 COMPONENTS = [
@@ -204,7 +237,8 @@ COMPONENTS = [
               _apiserver_argv,
               lambda p: _probe(lambda: _get(f"https://{HOST}:{APISERVER_PORT}/readyz", p, "admin"),
                                lambda r: r.ok)),
-    Component("openbao", "bao", f"https://{HOST}:{BAO_PORT}", _bao_argv, _bao_health),
+    Component("openbao", "bao", f"https://{HOST}:{BAO_PORT}", _bao_argv, bao_health,
+              answering=lambda p: bao_health(p, answering=True)),
     Component("opa", "opa", f"http://{HOST}:{OPA_PORT}", _opa_argv,
               lambda p: _probe(lambda: _get(f"http://{HOST}:{OPA_PORT}/health", p),
                                lambda r: r.ok)),
@@ -240,13 +274,17 @@ def write_kubeconfig(p: Paths) -> None:
 
 
 def running_pid(p: Paths, component: Component) -> int | None:
-    """The PID from the PID file if that process still runs our binary, else None."""
+    """The PID from the PID file if that process still runs the executable ``up`` started
+    (recorded on the PID file's second line: bin/current may point at a newer build by now,
+    or the old build may have been pruned), else None."""
     try:
-        pid = int(p.pidfile(component.name).read_text().strip())
-        exe = os.readlink(f"/proc/{pid}/exe")
+        pid_line, _, recorded = p.pidfile(component.name).read_text().partition("\n")
+        pid = int(pid_line)
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
     except (OSError, ValueError):
         return None
-    return pid if Path(exe) == p.binary(component.binary).resolve() else None
+    expected = Path(recorded.strip()) if recorded.strip() else p.binary(component.binary).resolve()
+    return pid if Path(exe) == expected else None
 
 
 def _start(p: Paths, component: Component) -> int:
@@ -259,7 +297,7 @@ def _start(p: Paths, component: Component) -> int:
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=p.state, start_new_session=True,
         )
-    p.pidfile(component.name).write_text(f"{process.pid}\n")
+    p.pidfile(component.name).write_text(f"{process.pid}\n{Path(argv[0]).resolve()}\n")
     _CHILDREN[process.pid] = process
     return process.pid
 
@@ -271,7 +309,7 @@ def wait_healthy(p: Paths, component: Component, timeout: float = 120.0) -> None
         if running_pid(p, component) is None:
             tail = _tail(p.log(component.name))
             raise StackError(f"{component.name} exited during start; last log lines:\n{tail}")
-        reason = component.health(p)
+        reason = (component.answering or component.health)(p)
         if reason is None:
             return
         time.sleep(0.25)
@@ -350,9 +388,11 @@ def down(p: Paths, log: Callable[[str], None], timeout: float = 15.0) -> None:
         stop(p, c, log, timeout)
 
 
-def status(p: Paths) -> list[dict[str, str]]:
+def status(p: Paths, components: list[Component] | None = None) -> list[dict[str, str]]:
+    """One row per component; health is "healthy", "stopped" or what is wrong (OpenBao:
+    "sealed", "not initialised")."""
     rows = []
-    for component in COMPONENTS:
+    for component in COMPONENTS if components is None else components:
         pid = running_pid(p, component)
         health = "stopped" if pid is None else (component.health(p) or "healthy")
         rows.append({"component": component.name, "pid": str(pid or "-"),

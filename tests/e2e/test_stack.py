@@ -3,8 +3,15 @@ tokens that log in to a real OpenBao over mTLS, and a real OPA answering from po
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import os
+import shlex
+import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +134,89 @@ def test_env_exports_point_at_the_stack(stack: stacking.Paths) -> None:
         "https://127.0.0.1:")
     assert json.loads((stack.state / "bao" / "init.json").read_text())  # present, 0600 below
     assert (stack.state / "bao" / "init.json").stat().st_mode & 0o077 == 0
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "cloudtaser"
+    return subprocess.run([str(exe), "stack", *args], capture_output=True, text=True,
+                          timeout=60, check=check)
+
+
+def test_status_exits_zero_only_when_all_are_healthy(stack: stacking.Paths, tmp_path: Path) -> None:
+    running = _cli("status", "-o", "json")
+    assert {r["health"] for r in json.loads(running.stdout)} == {"healthy"}
+    # The same command against a state directory where nothing runs: every row says so, exit 1.
+    stopped = _cli("status", "--state-dir", str(tmp_path / "none"), "-o", "json", check=False)
+    assert stopped.returncode == 1, stopped.stderr
+    assert [(r["component"], r["health"]) for r in json.loads(stopped.stdout)] == [
+        ("etcd", "stopped"), ("kube-apiserver", "stopped"), ("openbao", "stopped"), ("opa", "stopped")]
+
+
+def test_env_prints_exports_a_shell_can_use(stack: stacking.Paths) -> None:
+    """`eval "$(cloudtaser stack env)"` in a clean shell: kubectl and bao find the stack (bao
+    over mTLS with the printed client certificate), and OPA_ADDR answers."""
+    exports = _cli("env").stdout
+    assert all(line.startswith("export ") for line in exports.splitlines()), exports
+    script = (f"eval {shlex.quote(exports)} && kubectl get namespace {provisioning.DEMO_NAMESPACE} -o name"
+              " && bao status -format=json && curl -sf \"$OPA_ADDR/health\"")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False, env={"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"namespace/{provisioning.DEMO_NAMESPACE}"
+    status = json.loads("\n".join(lines[1:-1]))
+    assert status["initialized"] is True and status["sealed"] is False
+    assert json.loads(lines[-1]) == {}
+
+
+@pytest.fixture
+def throwaway_bao(tmp_path: Path) -> Iterator[tuple[stacking.Paths, stacking.Component]]:
+    """A second, uninitialised OpenBao from the stack's own binary and config, on a free port
+    in a temporary state directory, as the ``openbao`` component of that directory."""
+    paths = stacking.Paths(state=tmp_path / "state", bin=stacking.default_bin_dir())
+    assert paths.binary("bao").exists(), f"no bao in {paths.bin}: run scripts/build-stack"
+    stacking.ensure_pki(paths)
+    with socket.socket() as s:
+        s.bind((stacking.HOST, 0))
+        port = s.getsockname()[1]
+    address = f"https://{stacking.HOST}:{port}"
+    config = json.loads(stacking.bao_config(paths))
+    config["listener"][0]["tcp"]["address"] = f"{stacking.HOST}:{port}"
+    config["api_addr"] = address
+    (paths.state / "bao").mkdir(parents=True, exist_ok=True)
+    (paths.state / "bao" / "config.json").write_text(json.dumps(config))
+    real = stacking.component("openbao")
+    component = dataclasses.replace(
+        real, address=address,
+        argv=lambda p: [str(p.binary("bao")), "server", f"-config={p.state / 'bao' / 'config.json'}"],
+        health=functools.partial(stacking.bao_health, address=address),
+        answering=functools.partial(stacking.bao_health, address=address, answering=True))
+    stacking._start(paths, component)
+    try:
+        yield paths, component
+    finally:
+        stacking.stop(paths, component, lambda m: None, timeout=5)
+        assert stacking.running_pid(paths, component) is None
+
+
+def test_status_says_sealed_and_not_initialised_while_up_still_waits_for_them(
+    throwaway_bao: tuple[stacking.Paths, stacking.Component],
+) -> None:
+    paths, component = throwaway_bao
+    # up() waits only until it answers: an uninitialised server is good enough to provision.
+    stacking.wait_healthy(paths, component, timeout=60)
+    assert stacking.status(paths, [component])[0]["health"] == "not initialised"
+    client = hvac.Client(url=component.address, verify=str(paths.ca),
+                         cert=(str(paths.cert("admin").cert), str(paths.cert("admin").key)))
+    key = client.sys.initialize(secret_shares=1, secret_threshold=1)["keys_base64"][0]
+    assert stacking.status(paths, [component])[0]["health"] == "sealed"
+    stacking.wait_healthy(paths, component, timeout=10)  # still answering for up()
+    client.sys.submit_unseal_key(key)
+    assert stacking.status(paths, [component])[0]["health"] == "healthy"
+
+
+def test_the_stacks_openbao_is_checked_strictly_and_waited_for_leniently() -> None:
+    """The wiring of the real component: status uses the strict check, up() the lenient one
+    (both are exercised against a real server above)."""
+    real = stacking.component("openbao")
+    assert real.health is stacking.bao_health and real.answering is not None
