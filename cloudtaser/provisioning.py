@@ -28,11 +28,23 @@ import yaml
 
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.errors import PermanentError, TemporaryError
-from cloudtaser.stacking import BAO_PORT, HOST, REPO, Paths, StackError, environment
+from cloudtaser.stacking import (
+    APISERVER_PORT,
+    BAO_PORT,
+    HOST,
+    REPO,
+    Paths,
+    StackError,
+    environment,
+)
 
 DEMO_NAMESPACE = "cloudtaser-demo"
 DEMO_ACCOUNT = "demo"
 DEMO_ROLE = "demo"
+# The demo's app team: may manage SecretBindings in the demo namespace, nothing cluster-wide
+# (EnforcementPolicies are cluster-scoped and stay with the platform team).
+DEMO_TEAM_GROUP = "cloudtaser-demo:app-team"
+DEMO_TEAM_ROLE = "cloudtaser-secretbinding-editor"
 DEMO_SECRET_PATH = "cloudtaser-demo/app"
 SYSTEM_NAMESPACE = "cloudtaser-system"
 REVIEWER = "openbao-token-reviewer"
@@ -108,7 +120,7 @@ def configure_openbao(p: Paths, log: Callable[[str], None]) -> None:
         if "kubernetes/" not in client.sys.list_auth_methods()["data"]:
             client.sys.enable_auth_method("kubernetes", path="kubernetes")
         client.auth.kubernetes.configure(
-            kubernetes_host=f"https://{HOST}:16443",
+            kubernetes_host=f"https://{HOST}:{APISERVER_PORT}",
             kubernetes_ca_cert=p.ca.read_text(),
             token_reviewer_jwt=_reviewer_token(p),
             disable_local_ca_jwt=True,
@@ -180,6 +192,20 @@ def install_product(p: Paths, log: Callable[[str], None]) -> None:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": DEMO_ACCOUNT, "namespace": DEMO_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
+         "rules": [
+             {"apiGroups": ["cloudtaser.io"], "resources": ["secretbindings"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+             {"apiGroups": ["cloudtaser.io"], "resources": ["secretbindings/status"],
+              "verbs": ["get"]},
+             {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DEMO_TEAM_ROLE},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                       "name": DEMO_TEAM_GROUP}]},
     ])
     binding = demo_binding(p).model_dump(mode="json", by_alias=True, exclude_none=True)
     demo_file = p.state / "demo" / "secretbinding.yaml"
@@ -187,7 +213,8 @@ def install_product(p: Paths, log: Callable[[str], None]) -> None:
     demo_file.write_text(yaml.safe_dump(binding, sort_keys=False))
     kubectl(p, "apply", "-f", str(demo_file))
     kubectl(p, "apply", "-f", str(REPO / "examples"), "-f", str(REPO / "policies"))
-    log(f"kubernetes: CRDs, {DEMO_NAMESPACE}/{DEMO_ACCOUNT}, examples, policies and "
+    log(f"kubernetes: CRDs, {DEMO_NAMESPACE}/{DEMO_ACCOUNT}, the app team's Role "
+        f"(group {DEMO_TEAM_GROUP}), examples, policies and "
         f"the demo binding ({demo_file}) applied")
 
 

@@ -24,15 +24,18 @@ from cloudtaser.engine.resources import EnforcementPolicy
 
 
 def _stack_processes(paths: stacking.Paths) -> list[str]:
-    ours = {paths.binary(b).resolve() for b in stacking.BINARIES if paths.binary(b).exists()}
+    """Processes running any cached build of a stack binary (the current one, an older one
+    bin/current moved on from, or one deleted since)."""
+    builds = paths.bin.resolve().parent  # bin/current -> bin/<component>-<version>-<hash>
+    names = set(stacking.BINARIES)
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                exe = Path(os.readlink(proc / "exe"))
+                exe = Path(os.readlink(proc / "exe").removesuffix(" (deleted)"))
             except OSError:
                 continue
-            if exe in ours:
+            if exe.name in names and exe.parent.parent == builds:
                 found.append(f"{proc.name} {exe}")
     return found
 

@@ -63,6 +63,28 @@ def test_get_sb_shows_the_printer_columns(kubectl: Any) -> None:
     assert "demo" in kubectl("get", "secretbindings", "-n", provisioning.DEMO_NAMESPACE)
 
 
+def test_the_demo_app_team_manages_bindings_in_its_namespace_only(stack: stacking.Paths) -> None:
+    """RBAC of the demo: the app team's group may manage SecretBindings in the demo namespace,
+    not elsewhere, and may not touch the cluster-scoped EnforcementPolicies."""
+    def can(*args: str) -> bool:
+        proc = subprocess.run(  # kubectl exits 1 for "no": read the answer, not the code
+            [str(stack.binary("kubectl")), "auth", "can-i", *args, "--as", "alice",
+             "--as-group", provisioning.DEMO_TEAM_GROUP],
+            env={**os.environ, **stacking.environment(stack)}, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert proc.stdout.strip() in ("yes", "no"), proc.stderr
+        return proc.stdout.strip() == "yes"
+
+    assert can("create", "secretbindings.cloudtaser.io", "-n", provisioning.DEMO_NAMESPACE)
+    assert can("delete", "secretbindings.cloudtaser.io", "-n", provisioning.DEMO_NAMESPACE)
+    assert can("list", "pods", "-n", provisioning.DEMO_NAMESPACE)
+    assert not can("create", "secretbindings.cloudtaser.io", "-n", "payments")
+    assert not can("create", "enforcementpolicies.cloudtaser.io")
+    assert not can("patch", "secretbindings.cloudtaser.io", "--subresource", "status",
+                   "-n", provisioning.DEMO_NAMESPACE)
+    assert not can("get", "secrets", "-n", provisioning.DEMO_NAMESPACE)
+
+
 def _token(kubectl: Any, audience: str | None) -> str:
     args = ["create", "token", provisioning.DEMO_ACCOUNT, "-n", provisioning.DEMO_NAMESPACE]
     if audience:
