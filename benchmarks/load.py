@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 import kubernetes  # noqa: E402
 
-from benchmarks.figures import add_json_flag, emit  # noqa: E402
+from benchmarks.figures import add_json_flag, emit, paced, percentile  # noqa: E402
 from cloudtaser import provisioning, stacking  # noqa: E402
 from cloudtaser.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.plans import CONFIG_ENV  # noqa: E402
@@ -72,11 +72,6 @@ OPERATOR_PORT, PROBE_PORT = 18460, 18461
 MIB = 1024 * 1024
 OPERATOR_TARGET_MIB, AGENT_TARGET_MIB = 128, 64
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")  # cgroup v1 here; v2 handled too
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -617,7 +612,7 @@ async def drive(url: str, body: bytes, rate: float, seconds: float, context: ssl
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=16),
                                      timeout=timeout) as session:
-        async def one() -> None:
+        async def one(begin: float) -> None:
             start = time.perf_counter()
             try:
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
@@ -632,14 +627,7 @@ async def drive(url: str, body: bytes, rate: float, seconds: float, context: ssl
             if problem:
                 errors.append(problem)
 
-        tasks = []
-        begin = time.perf_counter()
-        for i in range(int(seconds * rate)):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await paced(rate, seconds, one)
     return latencies, errors
 
 

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 import kubernetes  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.figures import add_json_flag, emit  # noqa: E402
-from benchmarks.load import api_client, drive, percentile, rss_bytes  # noqa: E402
+from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
+from benchmarks.load import api_client, drive, rss_bytes  # noqa: E402
 from cloudtaser import stacking  # noqa: E402
 from cloudtaser.certificates import CertificateAuthority  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402

@@ -26,7 +26,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.figures import add_json_flag, emit  # noqa: E402
+from benchmarks.figures import add_json_flag, emit, paced, percentile  # noqa: E402
 from cloudtaser.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler  # noqa: E402
 from cloudtaser.engine.plans import InjectorSettings  # noqa: E402
@@ -48,11 +48,6 @@ def review() -> bytes:
     }).encode()
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 async def over_https(holder: serving.Holder, body: bytes, seconds: float, rate: float,
                      ca: str, cert: str, key: str) -> tuple[list[float], int]:
     runner = await serving.start(holder, "127.0.0.1", PORT, cert, key)
@@ -62,7 +57,7 @@ async def over_https(holder: serving.Holder, body: bytes, seconds: float, rate: 
     errors = 0
     url = f"https://127.0.0.1:{PORT}/mutate-v1-pod"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=16)) as session:
-        async def one() -> None:
+        async def one(_: float) -> None:
             nonlocal errors
             start = time.perf_counter()
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
@@ -71,14 +66,7 @@ async def over_https(holder: serving.Holder, body: bytes, seconds: float, rate: 
             if r.status != 200 or not answer["response"]["allowed"]:
                 errors += 1
 
-        tasks = []
-        begin = time.perf_counter()
-        for i in range(int(seconds * rate)):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await paced(rate, seconds, one)
     await runner.cleanup()
     return latencies, errors
 
