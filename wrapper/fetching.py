@@ -2,11 +2,13 @@
 
 All or nothing: the first permanent failure (TLS, 403, missing path or key) aborts the whole
 fetch with one line naming the binding, the path and the reason; transient failures
-(connection refused, timeouts, 5xx, sealed) are retried with exponential backoff and jitter
-until the deadline. The deadline bounds the whole fetch, not only the retries: a server that
+(connection refused, timeouts, 5xx, sealed, and the one login 403 that names a Kubernetes
+API outage: see _login_forbidden) are retried with exponential backoff and jitter until the
+deadline. The deadline bounds the whole fetch, not only the retries: a server that
 answers, but too slowly (a byte every few seconds never trips a socket timeout), is given up
 on when it passes (SIGALRM on the main thread). Messages never carry a value: hvac's
-exceptions can include response bodies, so only their class and HTTP status are used.
+exceptions can include response bodies, so only their class and HTTP status are used (a
+login 403's error text is matched against known phrases, never echoed).
 """
 
 from __future__ import annotations
@@ -70,7 +72,42 @@ def _readable(path: str | None, what: str, source: WrapperSource) -> str | None:
     return path
 
 
-def _classify(error: Exception, where: str) -> CloudtaserError:
+_TRANSPORT_MARKERS = ("dial tcp", "connection refused", "i/o timeout", "no such host",
+                      "connection reset", "tls handshake timeout", "context deadline exceeded",
+                      "(code 500", "(code 502", "(code 503", "(code 504")
+
+
+def _login_forbidden(error: hvac.exceptions.Forbidden, where: str) -> CloudtaserError:
+    """A 403 from the Kubernetes auth login, explained by fixed phrases (the server's text is
+    matched, never echoed: it names hosts and URLs).
+
+    What OpenBao (2.4, builtin/credential/kubernetes/path_login.go) answers, reproduced
+    against a dev server whose kubernetes_host is dead:
+    - the TokenReview fails for any reason (bad or revoked token, *or the Kubernetes API
+      unreachable*): a bare "permission denied" (the cause is only in OpenBao's debug log),
+      so an API server outage cannot be told from a refused token: permanent, with a hint;
+    - a role with a namespace selector whose namespace lookup could not reach the API:
+      'namespace not authorized err=Get "https://…/api/v1/namespaces/NS": dial tcp …:
+      connect: connection refused' — an outage, told apart: transient (retried);
+    - an expired token: "invalid expiration time (exp) claim: token is expired".
+    """
+    text = " ".join(str(e) for e in (error.errors or [])).lower()
+    if "namespace not authorized err=" in text and any(m in text for m in _TRANSPORT_MARKERS):
+        return TransientFetchError(f"{where}: permission denied because OpenBao could not reach "
+                                   "the Kubernetes API to check the role's namespace selector")
+    if "namespace not authorized err=" in text:
+        return FetchError(f"{where}: permission denied (OpenBao could not check the role's "
+                          "namespace selector; can its token reviewer read namespaces?)")
+    if "expired" in text:
+        return FetchError(f"{where}: permission denied (the service-account token has expired)")
+    if "not authorized" in text:
+        return FetchError(f"{where}: permission denied (the service account or its namespace "
+                          "is not bound to the role)")
+    return FetchError(f"{where}: permission denied (the token was refused; OpenBao answers the "
+                      "same when it cannot reach the Kubernetes API to review the token)")
+
+
+def _classify(error: Exception, where: str, login: bool = False) -> CloudtaserError:
     """Translate a library error into ours, with a message that carries no payload."""
     if isinstance(error, requests.exceptions.SSLError):
         reason = error.args[0] if error.args else error
@@ -81,6 +118,8 @@ def _classify(error: Exception, where: str) -> CloudtaserError:
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return TransientFetchError(f"{where}: unreachable ({type(error).__name__})")
     if isinstance(error, hvac.exceptions.Forbidden):
+        if login:
+            return _login_forbidden(error, where)
         return FetchError(f"{where}: permission denied")
     if isinstance(error, hvac.exceptions.InvalidPath):
         return FetchError(f"{where}: no secret at this path")
@@ -139,7 +178,7 @@ def _fetch_source(source: WrapperSource, jwt: str, out: Fetched) -> None:
     except _DeadlineReached:
         raise
     except Exception as e:  # translated below; nothing else escapes
-        raise _classify(e, where) from None
+        raise _classify(e, where, login=True) from None
     for secret in source.secrets:
         where = f"binding {source.binding}: {secret.mount}/{secret.path}"
         out.in_flight = where

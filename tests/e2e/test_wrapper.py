@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,10 @@ FAILURES = {
                           "secret/other-team/app: permission denied"),
     "missing-key": (lambda c, s, ca, t: _missing_key(c), 78,
                     "secret/cloudtaser-demo/app: key 'nope' is missing from the secret"),
+    # all or nothing: the first secret is readable, the second is not
+    "second-secret-denied": (lambda c, s, ca, t: _source(c, secrets=[
+        c.sources[0].secrets[0], c.sources[0].secrets[0].model_copy(update={"path": "other-team/app"})]),
+        78, "secret/other-team/app: permission denied"),
 }
 
 
@@ -240,3 +245,160 @@ def test_go_sdk_reads_the_secret_memory(stack: stacking.Paths, token: Path, tmp_
     password = demo_secret["password"]
     assert result.stdout.strip() == f"len={len(password)} sha256={sha(password)}"
     assert_clean(result, demo_secret)
+
+
+def test_go_test_runs_against_the_wrappers_own_fds(stack: stacking.Paths, token: Path,
+                                                   tmp_path: Path, demo_secret: dict[str, str]) -> None:
+    """`go test` of sdk/go with the real wrapper as the launcher: the test binary is the app,
+    its CLOUDTASER_FDS and memfd_secret fd are the wrapper's (TestUnderTheWrapper)."""
+    binary = tmp_path / "cloudtaser.test"
+    subprocess.run(["go", "test", "-c", "-o", str(binary), "."], cwd=REPO / "sdk" / "go",
+                   check=True, capture_output=True, timeout=600)
+    password = demo_secret["password"]
+    result = run_wrapper(compiled_config(stack, token), str(binary), "-test.run",
+                         "^TestUnderTheWrapper$", "-test.v",
+                         env={"CLOUDTASER_SDK_EXPECT": f"demo-password {sha(password)} {len(password)}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--- PASS: TestUnderTheWrapper" in result.stdout, result.stdout
+    assert "SKIP" not in result.stdout
+    assert_clean(result, demo_secret)
+
+
+def _resigned(stack: stacking.Paths, token: str, expires_in: int) -> str:
+    """``token`` (a real TokenRequest token) with its expiry moved to ``expires_in`` seconds
+    from now, signed again with the API server's own service-account key: a token the API
+    server itself could have issued."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    def decode(part: str) -> Any:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+    def encode(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header, payload, _ = token.split(".")
+    assert decode(header)["alg"] == "RS256"
+    claims = decode(payload)
+    now = int(time.time())
+    claims["exp"] = now + expires_in
+    claims["iat"] = claims["nbf"] = min(now, claims["exp"]) - 3600
+    signed = f"{header}.{encode(json.dumps(claims, separators=(',', ':')).encode())}"
+    key = serialization.load_pem_private_key((stack.pki / "sa.key").read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return f"{signed}.{encode(key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
+
+
+def test_an_expired_token_is_refused_and_the_line_says_so(
+    stack: stacking.Paths, token: Path, demo_secret: dict[str, str], tmp_path: Path,
+) -> None:
+    """Expired ten minutes ago (past any clock-skew leeway), signed by the API server's key.
+    Control: the same token re-signed to expire in ten minutes is accepted, so the expiry is
+    the only thing that differs."""
+    real = token.read_text().strip()
+    fresh, expired = tmp_path / "fresh", tmp_path / "expired"
+    fresh.write_text(_resigned(stack, real, 600))
+    expired.write_text(_resigned(stack, real, -600))
+    config = compiled_config(stack, token)
+    accepted = run_wrapper(config.model_copy(update={"token_path": str(fresh)}), "true", deadline=5)
+    assert accepted.returncode == 0, accepted.stderr
+    marker = tmp_path / "started"
+    refused = run_wrapper(config.model_copy(update={"token_path": str(expired)}), "touch",
+                          str(marker), deadline=3)
+    assert refused.returncode == 78 and not marker.exists()
+    assert refused.stderr == ("cloudtaser-wrapper: binding cloudtaser-demo/demo: login to "
+                              "https://127.0.0.1:18200 (role demo): permission denied (the "
+                              "service-account token has expired)\n")
+    assert_clean(refused, demo_secret)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def openbao_without_its_api_server(stack: stacking.Paths, tmp_path: Path) -> Iterator[str]:
+    """A throwaway dev OpenBao (its own process and port, never the stack's) whose Kubernetes
+    auth points at an API server that is down (a closed port): an API server outage as
+    OpenBao sees it. Role "reviewed" binds the namespace by name (only the TokenReview needs
+    the API); role "selected" by a namespace selector (a namespace lookup first)."""
+    import json
+
+    import requests
+
+    port, dead = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "bao.log").open("w") as log:
+        bao = subprocess.Popen([str(stack.binary("bao")), "server", "-dev",
+                                f"-dev-listen-address=127.0.0.1:{port}",
+                                "-dev-root-token-id=throwaway-root"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        headers = {"X-Vault-Token": "throwaway-root"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/v1/sys/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and bao.poll() is None, "dev OpenBao did not start"
+            time.sleep(0.1)
+
+        def write(path: str, body: dict[str, Any]) -> None:
+            requests.post(f"{url}/v1/{path}", headers=headers, json=body, timeout=10).raise_for_status()
+
+        write("sys/auth/kubernetes", {"type": "kubernetes"})
+        write("auth/kubernetes/config", {"kubernetes_host": f"https://127.0.0.1:{dead}",
+                                         "kubernetes_ca_cert": stack.ca.read_text(),
+                                         "token_reviewer_jwt": "unused.reviewer.jwt",
+                                         "disable_local_ca_jwt": True})
+        common = {"bound_service_account_names": [provisioning.DEMO_ACCOUNT],
+                  "audience": "openbao", "policies": ["default"], "ttl": "1m"}
+        write("auth/kubernetes/role/reviewed",
+              {**common, "bound_service_account_namespaces": [provisioning.DEMO_NAMESPACE]})
+        write("auth/kubernetes/role/selected", {**common, "bound_service_account_namespace_selector":
+              json.dumps({"matchLabels": {"kubernetes.io/metadata.name": provisioning.DEMO_NAMESPACE}})})
+        yield url
+    finally:
+        bao.terminate()
+        try:
+            bao.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            bao.kill()
+            bao.wait()
+
+
+@pytest.mark.parametrize(("role", "code", "message"), [
+    # OpenBao answers a failed TokenReview with a bare 403, whatever the cause: not retried,
+    # and the line says that an outage looks the same.
+    ("reviewed", 78, "permission denied (the token was refused; OpenBao answers the same when "
+                     "it cannot reach the Kubernetes API to review the token)"),
+    # The namespace lookup's failure names the connection error: retried until the deadline.
+    ("selected", 75, "permission denied because OpenBao could not reach the Kubernetes API to "
+                     "check the role's namespace selector — gave up after"),
+], ids=["tokenreview-403-not-retried", "namespace-selector-retried"])
+def test_an_api_server_outage_behind_openbao(
+    openbao_without_its_api_server: str, stack: stacking.Paths, token: Path, tmp_path: Path,
+    role: str, code: int, message: str,
+) -> None:
+    config = _source(compiled_config(stack, token), address=openbao_without_its_api_server,
+                     role=role, ca_file=None)
+    marker = tmp_path / "started"
+    result = run_wrapper(config, "touch", str(marker), deadline=3)
+    assert result.returncode == code, result.stderr
+    assert not marker.exists()
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"cloudtaser-wrapper: binding cloudtaser-demo/demo: login to "
+                                f"{openbao_without_its_api_server} (role {role}): {message}"), lines
+    if code == 75:
+        assert len(lines) >= 2 and all("retrying after" in line for line in lines[:-1]), lines
+    else:
+        assert len(lines) == 1, lines
