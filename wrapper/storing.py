@@ -1,10 +1,13 @@
 """Secret memory: one memfd_secret region per secret, inherited by the app across exec.
 
 memfd_secret (Linux 5.14+, syscall 447) pages are removed from the kernel's direct map and
-are unevictable (never swapped, charged to RLIMIT_MEMLOCK); other processes, root included,
-get EIO through /proc/PID/mem. Such an fd cannot be read() (ESPIPE): readers mmap it. Where
-the kernel lacks it, a sealed ordinary memfd is the fallback — readable through
-/proc/PID/mem by root unless the node agent blocks that, so the wrapper warns, or refuses
+are unevictable (never swapped, charged to RLIMIT_MEMLOCK); the kernel maps every mapping of
+them VM_LOCKED|VM_DONTDUMP, i.e. mlocked and left out of core dumps, whoever maps them (the
+wrapper while it writes, the SDKs and the interposer in the app; a unit test reads smaps).
+Other processes, root included, get EIO through /proc/PID/mem. Such an fd cannot be read()
+(ESPIPE): readers mmap it. Where the kernel lacks it, a sealed ordinary memfd is the
+fallback — readable through /proc/PID/mem by root unless the node agent blocks that, and its
+shmem pages can reach swap (cloudtaser doctor checks swap) — so the wrapper warns, or refuses
 when the binding says requireSecretMem.
 """
 

@@ -181,12 +181,8 @@ def test_bundle_runs_in_a_rootfs_without_python(
     config = config.model_copy(update={"sources": [s.model_copy(update={
         "ca_file": f"{TLS_DIR}/ca.crt", "client_cert_file": f"{TLS_DIR}/tls.crt",
         "client_key_file": f"{TLS_DIR}/tls.key"}) for s in config.sources]})
-    file_half = interposer.is_file()
-    if not file_half:  # the interposer is not written yet: deliver env only
-        config = config.model_copy(update={"sources": [s.model_copy(update={"secrets": [
-            sec.model_copy(update={"keys": [k.model_copy(update={"file": None})
-                                            for k in sec.keys]})
-            for sec in s.secrets]}) for s in config.sources]})
+    # The file delivery is part of what the bundle must serve: no interposer, no pass.
+    assert interposer.is_file(), f"{interposer} missing: scripts/build-bundle must build it"
 
     # The init container's step, twice (idempotent): install into the in-memory volume.
     for _ in range(2):
@@ -200,7 +196,7 @@ def test_bundle_runs_in_a_rootfs_without_python(
 
     script = "; ".join([
         'printf %s "$DEMO_PASSWORD" | sha256sum',
-        *([f"cat {FILE_DELIVERY} | sha256sum"] if file_half else []),
+        f"cat {FILE_DELIVERY} | sha256sum",
         'echo "pid $$"',
         'echo "preload ${LD_PRELOAD:-}"',
         # the frozen runtime's variables must not reach the app (values never printed)
@@ -227,13 +223,9 @@ def test_bundle_runs_in_a_rootfs_without_python(
     lines = stdout.splitlines()
     want = sha(demo_secret["password"])
     hashes = [line.split()[0] for line in lines if re.fullmatch(r"[0-9a-f]{64}\s+-", line)]
-    assert hashes == [want] * (2 if file_half else 1), stdout
+    assert hashes == [want, want], stdout
     assert f"pid {proc.pid}" in lines, "the app must keep the wrapper's PID (exec, not fork)"
     assert lines[-1] == "clean", "PyInstaller's environment leaked into the app"
-    if file_half:
-        assert "preload /cloudtaser/lib/libcloudtaser_interposer.so" in lines, stdout
-        assert not (root / FILE_DELIVERY.lstrip("/")).exists()  # served, never on disk
+    assert "preload /cloudtaser/lib/libcloudtaser_interposer.so" in lines, stdout
+    assert not (root / FILE_DELIVERY.lstrip("/")).exists()  # served, never on disk
     assert "secret(s) fetched" in stderr and "audit mode" in stderr, stderr
-    if not file_half:
-        pytest.skip(f"env delivery passed; file delivery not tested: {interposer} missing "
-                    "(wrapper/interposer not built when the bundle was)")

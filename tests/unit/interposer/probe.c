@@ -7,6 +7,9 @@
  *   probe reader SECRET             one line "hex" per line read on stdin (a fresh open each time)
  *   probe threads SECRET N M        N threads x M open/read/close; prints the mismatch count
  *   probe swap SECRET FD OTHER      replaces inherited FD by OTHER, then opens SECRET
+ *   probe noalloc OTHER DECOY N     N rounds of open/stat/access... of paths that are not
+ *                                   secrets; prints how many malloc-family calls they made
+ *                                   (this program defines malloc & co. to count them)
  *
  * It never writes what it read to stderr; the test checks that stderr holds no secret.
  */
@@ -14,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,46 @@ extern int __lxstat(int ver, const char *path, struct stat *buf);
 extern int __fxstatat(int ver, int dirfd, const char *path, struct stat *buf, int flags);
 extern int __open_2(const char *path, int flags);
 extern int __openat_2(int dirfd, const char *path, int flags);
+extern int __open64_2(const char *path, int flags);
+extern int __openat64_2(int dirfd, const char *path, int flags);
+
+/* malloc & co., counted while g_counting is set: defined in the executable, they stand in for
+ * libc's everywhere in the process (the interposer included) and forward to glibc's own. */
+extern void *__libc_malloc(size_t size);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t size);
+extern void __libc_free(void *p);
+static atomic_int g_counting;
+static atomic_long g_allocs;
+
+static void counted(void)
+{
+    if (atomic_load(&g_counting))
+        atomic_fetch_add(&g_allocs, 1);
+}
+
+void *malloc(size_t size)
+{
+    counted();
+    return __libc_malloc(size);
+}
+
+void *calloc(size_t n, size_t size)
+{
+    counted();
+    return __libc_calloc(n, size);
+}
+
+void *realloc(void *p, size_t size)
+{
+    counted();
+    return __libc_realloc(p, size);
+}
+
+void free(void *p)
+{
+    __libc_free(p);
+}
 
 #define MAX 65536
 
@@ -109,6 +153,8 @@ static int all(const char *secret, const char *other, const char *missing)
     open_read("openat64", openat64(AT_FDCWD, secret, O_RDONLY));
     open_read("__open_2", __open_2(secret, O_RDONLY));
     open_read("__openat_2", __openat_2(AT_FDCWD, secret, O_RDONLY));
+    open_read("__open64_2", __open64_2(secret, O_RDONLY));
+    open_read("__openat64_2", __openat64_2(AT_FDCWD, secret, O_RDONLY));
     open_read("open_creat", open(secret, O_RDONLY | O_CREAT, 0600));
 
     /* fopen + fgets (the secret holds no newline) and fopen64 + fread */
@@ -354,8 +400,69 @@ static int swap(const char *secret, int fd, const char *other)
     return 0;
 }
 
+/* The pass-through path: every interposed call on OTHER (an ordinary file) and on DECOY (a file
+ * elsewhere with a secret's name: the full, normalised compare), absolute and relative. */
+static long pass_through_round(const char *other, const char *decoy, const char *decoy_rel)
+{
+    const char *paths[] = {other, decoy, decoy_rel};
+    struct stat st;
+    struct stat64 st64;
+    struct statx stx;
+    long failures = 0;
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        const char *p = paths[i];
+        int fds[] = {open(p, O_RDONLY), open64(p, O_RDONLY), openat(AT_FDCWD, p, O_RDONLY),
+                     openat64(AT_FDCWD, p, O_RDONLY), __open_2(p, O_RDONLY),
+                     __open64_2(p, O_RDONLY), __openat_2(AT_FDCWD, p, O_RDONLY),
+                     __openat64_2(AT_FDCWD, p, O_RDONLY)};
+        for (size_t j = 0; j < sizeof fds / sizeof fds[0]; j++) {
+            if (fds[j] < 0)
+                failures++;
+            else
+                close(fds[j]);
+        }
+        failures += stat(p, &st) != 0;
+        failures += lstat(p, &st) != 0;
+        failures += stat64(p, &st64) != 0;
+        failures += fstatat(AT_FDCWD, p, &st, 0) != 0;
+        failures += statx(AT_FDCWD, p, 0, STATX_BASIC_STATS, &stx) != 0;
+        failures += access(p, R_OK) != 0;
+        failures += faccessat(AT_FDCWD, p, R_OK, 0) != 0;
+        failures += euidaccess(p, R_OK) != 0;
+    }
+    return failures;
+}
+
+static int noalloc(const char *other, const char *decoy, int rounds)
+{
+    /* DECOY relative to its directory */
+    static char dir[4096];
+    snprintf(dir, sizeof dir, "%s", decoy);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || chdir((*slash = '\0', dir[0] ? dir : "/")) != 0)
+        return 2;
+    long failures = pass_through_round(other, decoy, slash + 1); /* warm-up, not counted */
+    atomic_store(&g_counting, 1);
+    for (int i = 0; i < rounds; i++)
+        failures += pass_through_round(other, decoy, slash + 1);
+    atomic_store(&g_counting, 0);
+    long allocs = atomic_load(&g_allocs);
+    /* control: the counter sees an allocation libc makes (fopen's FILE) */
+    atomic_store(&g_allocs, 0);
+    atomic_store(&g_counting, 1);
+    FILE *f = fopen(other, "r");
+    atomic_store(&g_counting, 0);
+    if (f != NULL)
+        fclose(f);
+    printf("failures=%ld\nallocs=%ld\ncontrol_allocs=%ld\n", failures, allocs,
+           atomic_load(&g_allocs));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "noalloc") == 0)
+        return noalloc(argv[2], argv[3], atoi(argv[4]));
     if (argc == 5 && strcmp(argv[1], "all") == 0)
         return all(argv[2], argv[3], argv[4]);
     if (argc == 3 && strcmp(argv[1], "reader") == 0)
@@ -364,6 +471,6 @@ int main(int argc, char **argv)
         return threads(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc == 5 && strcmp(argv[1], "swap") == 0)
         return swap(argv[2], atoi(argv[3]), argv[4]);
-    fprintf(stderr, "usage: probe all|reader|threads|swap ...\n");
+    fprintf(stderr, "usage: probe all|reader|threads|swap|noalloc ...\n");
     return 2;
 }

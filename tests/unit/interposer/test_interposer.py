@@ -162,7 +162,8 @@ def test_c_program_sees_the_secret_through_every_libc_call(
     out = probe_all(served, probe, path, other, tmp_path / "missing")
 
     want = value.hex()
-    for key in ("open", "open64", "openat", "openat64", "__open_2", "__openat_2", "open_creat",
+    for key in ("open", "open64", "openat", "openat64", "__open_2", "__openat_2", "__open64_2",
+                "__openat64_2", "open_creat",
                 "fopen", "fopen64", "pread", "mmap", "relative", "relative_dots",
                 "absolute_dots", "openat_dirfd"):
         assert out[key] == want, key
@@ -353,6 +354,26 @@ def test_many_threads_read_consistent_content(served: Served, probe: Path, kind:
     result = served.run([probe, "threads", path, "8", "1000"])
     assert result.returncode == 0 and result.stderr == b""
     assert result.stdout.decode().splitlines() == [f"reference={value.hex()}", "mismatches=0"]
+
+
+def test_the_pass_through_path_allocates_nothing(served: Served, probe: Path, tmp_path: Path) -> None:
+    """open/open64/openat/openat64/__open*_2/stat/lstat/stat64/fstatat/statx/access/faccessat/
+    euidaccess of paths that are not secrets, 200 rounds, with malloc & co. counted: none.
+    DECOY shares the secret's file name (first byte and length pass the quick filter), so the
+    full, normalised compare runs too, absolute and relative (getcwd into a stack buffer)."""
+    path = secret_path("password")
+    served.file(path, secret_value(), "memfd")
+    other = tmp_path / "other.conf"
+    other.write_bytes(b"not a secret\n")
+    decoy = tmp_path / "elsewhere" / "password"
+    decoy.parent.mkdir()
+    decoy.write_bytes(b"a decoy\n")
+    result = served.run([probe, "noalloc", other, decoy, "200"])
+    assert result.returncode == 0, result.stderr
+    out = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+    assert out["failures"] == "0"  # every call reached the real file
+    assert out["allocs"] == "0"
+    assert int(out["control_allocs"]) > 0  # the counter does see libc's fopen allocate
 
 
 @pytest.mark.parametrize("kind", KINDS)

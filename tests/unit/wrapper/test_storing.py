@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,32 @@ def test_store_puts_the_value_in_memfd_secret_and_wipes_nothing_else() -> None:
         with pytest.raises(OSError) as e:
             os.read(held.fd, 10)
         assert e.value.errno in (errno.EINVAL, errno.ESPIPE)  # why readers mmap
+    finally:
+        os.close(held.fd)
+
+
+@pytest.mark.kernel
+def test_every_mapping_of_the_secret_is_locked_and_left_out_of_core_dumps() -> None:
+    """The issue's "mlocked, MADV_DONTDUMP": secretmem maps every mapping of the fd (the
+    wrapper's while it writes, the SDK's and interposer's in the app) VM_LOCKED|VM_DONTDUMP
+    itself, so the pages never reach swap or a core file whoever maps them."""
+    import mmap
+    import re
+
+    value = bytearray(secrets.token_bytes(4096))
+    held = storing.store(value, require_secret_mem=True)
+    try:
+        if held.kind != "memfd_secret":
+            pytest.skip("kernel lacks memfd_secret")
+        with mmap.mmap(held.fd, len(value), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as region:
+            assert region[:16] == bytes(value[:16])  # fault the page in
+            smaps = Path("/proc/self/smaps").read_text()
+            block = next(b for b in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps)
+                         if "/secretmem" in b.splitlines()[0])
+            flags = re.search(r"^VmFlags: (.*)$", block, re.M)
+            locked = re.search(r"^Locked:\s+(\d+) kB$", block, re.M)
+            assert flags and {"lo", "dd"} <= set(flags.group(1).split()), block
+            assert locked and int(locked.group(1)) >= 4, block
     finally:
         os.close(held.fd)
 
