@@ -221,6 +221,7 @@ class Agent:
             self.backend_reason, self.pin_dir,
         )
         self._adopt_lists()
+        self._adopt_registrations()
         self._ring = self.loaded.ring_buffer("events", self._on_record)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_path.is_socket():
@@ -364,6 +365,36 @@ class Agent:
             used.update(k.list for k in self.loaded.map("accessors").keys(layouts.AccessorKey))
             self._next_list = max(used | {DEFAULT_LIST}) + 1
             self.collect_lists()
+
+    def _adopt_registrations(self) -> None:
+        """After a restart, in pod-policy mode: the processes an earlier agent registered are
+        still in the pinned map, protected with what their pod's policy said then. Remember
+        the pod each runs in (its cgroup), so that reapply() moves them to the policy's
+        current flags and allow-list, now and after every relist, like processes registered
+        since. A pinned entry whose process exited (start time differs) is left alone."""
+        if self.pod_policies is None:
+            return
+        assert self.loaded is not None
+        protected = self.loaded.map("protected")
+        value = layouts.ProtectedEntry()
+        adopted: dict[int, str] = {}
+        for tgid in list(protected.keys_u32()):
+            if not protected.lookup(ctypes.c_uint32(tgid), value):
+                continue
+            try:
+                if value.start_time != start_time_ticks(tgid):
+                    continue
+            except OSError:
+                continue
+            pod = pod_uid(tgid)
+            if pod is not None:
+                adopted[tgid] = pod
+        with self._registered_lock:
+            self._registered.update(adopted)
+        if adopted:
+            log.info("adopted %d process(es) registered before this agent started", len(adopted))
+            if self.pod_policies.listed:
+                self.reapply()
 
     def _list_ids_in_use(self) -> Iterator[int]:
         assert self.loaded is not None

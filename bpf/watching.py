@@ -95,6 +95,7 @@ class PodPolicies:
         self._clock = clock
         self._last_list = float("-inf")
         self.listeners: list[Callable[[], None]] = []  # called after every refresh
+        self.listed = False  # a relist has succeeded: "no entry" now means "not protected"
 
     def refresh(self) -> None:
         with self._refreshing:
@@ -102,6 +103,7 @@ class PodPolicies:
             entries = flags_by_pod(self._lister(), self.settings)
             with self._lock:
                 self._entries = entries
+            self.listed = True
         log.info("%d protected pod(s) on this node", len(entries))
         for listener in self.listeners:
             listener()

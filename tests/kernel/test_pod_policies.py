@@ -99,3 +99,43 @@ def test_policy_change_reaches_a_running_process(agent_run: AgentRun, pod_cgroup
     finally:
         victim.kill()
         victim.communicate()
+
+
+def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
+    agent_run: AgentRun, pod_cgroup: Path
+) -> None:
+    """A process registered under enforce keeps running while the agent restarts and its
+    pod's policy turns to audit meanwhile: the new agent adopts it from the pinned map and
+    rewrites its flags (before, it kept the old ones until it exited)."""
+    from cloudtaser.bpf.agent import Agent
+
+    from .conftest import PROTECT_ALL
+
+    current = {"mode": "enforce"}
+    policies = PodPolicies(lambda: objects(current["mode"]))
+    agent_run.start()
+    assert agent_run.agent is not None
+    agent_run.agent.pod_policies = policies
+    victim, _ = spawn_in(pod_cgroup, agent_run.socket_path)
+    try:
+        assert victim.stdout is not None and f"backend={agent_run.backend}" in victim.stdout.readline()
+        before = agent_run.agent.entry(victim.pid)
+        assert before is not None and before.flags == ProtectionFlag.ENVIRON
+        agent_run.stop()  # the pinned maps, and the protection, stay
+        current["mode"] = "audit"
+        policies.refresh()  # main() lists before it starts the agent
+        agent_run.agent = Agent(agent_run.socket_path, agent_run.bpf_object, PROTECT_ALL,
+                                agent_run.pin_dir, agent_run.violations.append,
+                                pod_policies=policies)
+        agent_run.agent.start()
+        after = agent_run.agent.entry(victim.pid)
+        assert after is not None and after.start_time == before.start_time
+        assert after.flags == ProtectionFlag.ENVIRON | ProtectionFlag.AUDIT_ONLY
+        current["mode"] = "enforce"
+        policies.listeners.append(agent_run.agent.reapply)
+        policies.refresh()  # and it keeps following the policy, like a fresh registration
+        again = agent_run.agent.entry(victim.pid)
+        assert again is not None and again.flags == ProtectionFlag.ENVIRON
+    finally:
+        victim.kill()
+        victim.communicate()
