@@ -261,7 +261,7 @@ def test_token_of_a_deleted_pod_is_permission_denied_without_retries(
     before = bao_proxy.connections
     run = wrap(config, 30, tmp_path)
     assert_one_line_failure(run, EX_CONFIG, "login to", secret)
-    assert run.last_line.endswith("(role demo): permission denied"), run.stderr
+    assert "(role demo): permission denied (the token was refused" in run.last_line, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert bao_proxy.connections - before == 1
     assert run.seconds < 10
