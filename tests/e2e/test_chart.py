@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from cloudtaser import stacking
+from cloudtaser.bpf.leasing import NodeReport
+from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.errors import CloudtaserError
 from tests.harness.waiting import wait_for
@@ -122,7 +124,8 @@ def exists(kubectl: Any, obj: dict[str, Any]) -> bool:
 def test_install_creates_every_object(installed: list[dict[str, Any]], kubectl: Any) -> None:
     kinds = {o["kind"] for o in installed}
     assert kinds == {"ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
-                     "Role", "RoleBinding", "Service", "DaemonSet", "Deployment", "PodDisruptionBudget"}
+                     "Role", "RoleBinding", "Service", "DaemonSet", "Deployment", "PodDisruptionBudget",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for obj in installed:
         assert exists(kubectl, obj), f"{obj['kind']}/{obj['metadata']['name']} missing"
     for crd in ("secretbindings.cloudtaser.io", "enforcementpolicies.cloudtaser.io"):
@@ -157,6 +160,85 @@ def test_operator_may_do_what_its_rbac_says(installed: Any, stack: stacking.Path
                            "--as", who, "-A"], capture_output=True, text=True, timeout=60,
                           check=False, env={**os.environ, **stacking.environment(stack)})
     assert proc.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, proc.stdout, proc.stderr)
+
+
+def as_token(stack: stacking.Paths, kubectl: Any, workdir: Path, token: str) -> Any:
+    """kubectl as the bearer of ``token`` only (no admin certificate)."""
+    config = yaml.safe_load(kubectl("config", "view", "--raw", "--minify"))
+    config["users"][0]["user"] = {"token": token}
+    path = workdir / f"kubeconfig-{len(list(workdir.iterdir()))}"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(stack.binary("kubectl")), "--kubeconfig", str(path), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    return run
+
+
+def coordination_api(stack: stacking.Paths, token: str) -> Any:
+    import kubernetes
+
+    config = kubernetes.client.Configuration()
+    config.host = f"https://{stacking.HOST}:{stacking.APISERVER_PORT}"
+    config.ssl_ca_cert = str(stack.ca)
+    config.api_key = {"authorization": f"Bearer {token}"}
+    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(config))
+
+
+def lease(name: str) -> str:
+    return json.dumps({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": name, "namespace": NS},
+                       "spec": {"holderIdentity": "test"}})
+
+
+def test_an_agent_writes_only_its_own_nodes_report(installed: Any, stack: stacking.Paths,
+                                                   kubectl: Any, tmp_path: Path) -> None:
+    """The ValidatingAdmissionPolicy: RBAC lets the agent's ServiceAccount write any Lease in
+    the namespace; with a token bound to a pod on node A it may write cloudtaser-agent-A, and
+    not another node's report nor the operator's leader-election Lease."""
+    account = f"{RELEASE}-cloudtaser-agent"
+    node, pod = "ct-e2e-node-a", "ct-e2e-agent-on-a"
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                  "metadata": {"name": node}}))
+    # No kubelet confirms a bound pod's termination here: delete it at once.
+    gone = ("delete", "pod", pod, "-n", NS, "--ignore-not-found", "--grace-period=0", "--force")
+    kubectl(*gone)
+    made = json.loads(kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
+        "spec": {"nodeName": node, "serviceAccountName": account,
+                 "containers": [{"name": "agent", "image": "agent:1", "command": ["/agent"]}]}})))
+    names = [f"cloudtaser-agent-{node}", "cloudtaser-agent-ct-e2e-node-b", "cloudtaser-operator"]
+    try:
+        for name in names:
+            kubectl("delete", "lease", name, "-n", NS, "--ignore-not-found")
+        kubectl("create", "-f", "-", stdin=lease("cloudtaser-operator"))  # as the operator would
+        bound = kubectl("create", "token", account, "-n", NS, "--bound-object-kind", "Pod",
+                        "--bound-object-name", pod, "--bound-object-uid", made["metadata"]["uid"]).strip()
+        # The agent's own code, with the chart's RBAC and that token: create, then renew.
+        report = NodeReport(PodPolicies(lambda: {}), node, NS, "tracepoint",
+                            api=coordination_api(stack, bound))
+        report._write()
+        report._write()  # the renewal is a merge patch
+        written = json.loads(kubectl("get", "lease", names[0], "-n", NS, "-o", "json"))
+        assert written["spec"]["holderIdentity"] == node
+        agent = as_token(stack, kubectl, tmp_path, bound)
+        for name, verb in ((names[1], "create"), (names[2], "annotate")):
+            args = (["create", "-f", "-"] if verb == "create"
+                    else ["annotate", "lease", name, "-n", NS, "hijacked=1"])
+            refused = agent(*args, stdin=lease(name) if verb == "create" else None)
+            assert refused.returncode != 0, (name, refused.stdout)
+            assert "may write only its own node's report Lease" in refused.stderr, refused.stderr
+        # RBAC alone would allow it: the same account with a token bound to no pod is refused too
+        unbound = as_token(stack, kubectl, tmp_path,
+                           kubectl("create", "token", account, "-n", NS).strip())
+        refused = unbound("create", "-f", "-", stdin=lease(f"cloudtaser-agent-{node}-x"))
+        assert refused.returncode != 0 and "may write only its own node's report Lease" in refused.stderr
+    finally:
+        for name in names:
+            kubectl("delete", "lease", name, "-n", NS, "--ignore-not-found")
+        kubectl(*gone)
+        kubectl("delete", "node", node, "--ignore-not-found")
 
 
 def run_hook_job(stack: stacking.Paths, kubectl: Any, workdir: Path) -> list[str]:

@@ -182,7 +182,8 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     assert leader == {("coordination.k8s.io", "leases", v, "cloudtaser-operator") for v in ("get", "update")} | {
         ("coordination.k8s.io", "leases", v, "") for v in ("create", "list")}
     reports = rules(one(default, "Role", "-agent-report"))
-    assert reports == {("coordination.k8s.io", "leases", v, "") for v in ("get", "create", "update")}
+    # NodeReport reads its Lease once, then creates or merge-patches it (bpf/leasing.py)
+    assert reports == {("coordination.k8s.io", "leases", v, "") for v in ("get", "create", "patch")}
     agent = rules(one(default, "ClusterRole", "-agent"))
     # the agent compiles pods, namespaces, policies and bindings; posts violation Events
     assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
