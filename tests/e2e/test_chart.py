@@ -250,13 +250,7 @@ def run_hook_job(stack: stacking.Paths, kubectl: Any, workdir: Path) -> list[str
     command: list[str] = pod["containers"][0]["command"]
     assert command[0] == "kubectl"
     token = kubectl("create", "token", pod["serviceAccountName"], "-n", NS).strip()
-    config = yaml.safe_load(kubectl("config", "view", "--raw", "--minify"))
-    config["users"][0]["user"] = {"token": token}  # the hook's identity only, no admin cert
-    path = workdir / "hook-kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    proc = subprocess.run([str(stack.binary("kubectl")), "--kubeconfig", str(path), *command[1:]],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = as_token(stack, kubectl, workdir, token)(*command[1:])  # the hook's identity only
     assert proc.returncode == 0, proc.stderr
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     done = [{"type": t, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
