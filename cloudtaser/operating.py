@@ -21,6 +21,7 @@ import os
 import ssl
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -373,11 +374,19 @@ class Operator:
                         snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
         api = kubernetes.client.CustomObjectsApi()
         summaries = {s.binding: s for s in plan.bindings}
+        # Problems by object, in one pass (each binding scanning every problem was
+        # bindings x problems: 10^8 comparisons per reconcile at 10k warned bindings).
+        by_binding: dict[str, list[Problem]] = defaultdict(list)
+        by_policy: dict[str, list[Problem]] = defaultdict(list)
+        for problem in plan.problems:
+            if problem.kind == "SecretBinding":
+                by_binding[f"{problem.namespace}/{problem.name}"].append(problem)
+            elif problem.kind == "EnforcementPolicy":
+                by_policy[problem.name].append(problem)
         for key, body in snapshot["SecretBinding"].items():
             namespace, name = key.split("/", 1)
             ref = f"{namespace}/{name}"
-            mine = [p for p in plan.problems if p.kind == "SecretBinding"
-                    and f"{p.namespace}/{p.name}" == ref]
+            mine = by_binding.get(ref, [])
             summary = summaries.get(ref)
             decision = decisions.get(ref)
             status = _binding_status(body, mine, summary, decision)
@@ -387,7 +396,7 @@ class Operator:
         constrained = {p.policy: p.constrained_pods for p in plan.policies}
         for key, body in snapshot["EnforcementPolicy"].items():
             name = key.split("/", 1)[1]
-            mine = [p for p in plan.problems if p.kind == "EnforcementPolicy" and p.name == name]
+            mine = by_policy.get(name, [])
             old = body.get("status") or {}
             status = {
                 "observedGeneration": body.get("metadata", {}).get("generation"),

@@ -194,15 +194,18 @@ def test_node_reports_become_policy_nodes_and_violations(
 
 def test_confidential_policy_pins_the_pod_and_says_so(operator: Any, kubectl: Any) -> None:
     """A policy requiring a confidential node: the operator's webhook adds the node selector,
-    and the policy's status lists the pod it constrains."""
+    and the policy's status lists the pod it constrains. An audit policy on the same pod is
+    overridden, and its status says so (a policy's own problems reach its status)."""
     name = f"e2e-confidential-{secrets.token_hex(3)}"
     policy = {"apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
               "metadata": {"name": name},
               "spec": {"mode": "enforce", "requireConfidentialNode": True,
                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
                        "podSelector": {"matchLabels": {"app": "conf"}}}}
+    audit = {**policy, "metadata": {"name": f"{name}-audit"},
+             "spec": {**policy["spec"], "mode": "audit", "requireConfidentialNode": False}}
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
-        policy, binding_doc("conf", NS, selector={"matchLabels": {"app": "conf"}})]))
+        policy, audit, binding_doc("conf", NS, selector={"matchLabels": {"app": "conf"}})]))
     pod = pod_doc(f"conf-{secrets.token_hex(3)}", NS, labels={"app": "conf"})
     pod["spec"]["serviceAccountName"] = "app"
     try:
@@ -213,9 +216,13 @@ def test_confidential_policy_pins_the_pod_and_says_so(operator: Any, kubectl: An
         assert stored["spec"]["nodeSelector"] == {"cloudtaser.io/confidential-node": "true"}
         wait_for(lambda: json.loads(kubectl("get", "ctep", name, "-o", "json")).get("status", {}).get(
             "constrainedPods") == [f"{NS}/{pod['metadata']['name']}"], what="constrainedPods lists the pod")
+        overridden = wait_for(lambda: json.loads(kubectl("get", "ctep", f"{name}-audit", "-o", "json")).get(
+            "status", {}).get("problems"), what="the audit policy's status names the override")
+        assert any(p["path"] == "spec.mode" and "overridden on 1 pod(s) also selected by "
+                   f"EnforcementPolicy {name} " in p["message"] for p in overridden), overridden
     finally:
         kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false", "--ignore-not-found")
-        kubectl("delete", "ctep", name)
+        kubectl("delete", "ctep", name, f"{name}-audit")
 
 
 # Last: it stops the module's operator.
