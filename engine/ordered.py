@@ -32,15 +32,6 @@ class OrderedMap(Generic[K, V]):
         self._keys: list[K] | None = []
         self._values: list[V] | None = []
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: K) -> V | None:
-        return self._items.get(key)
-
     def put(self, key: K, value: V) -> None:
         keys, values = self._keys, self._values
         if keys is not None and values is not None:
