@@ -37,7 +37,6 @@ import json
 import os
 import re
 import resource
-import signal
 import socket
 import ssl
 import statistics
@@ -65,6 +64,7 @@ from cloudtaser.engine.plans import CONFIG_ENV  # noqa: E402
 from cloudtaser.engine.resources import GROUP, VERSION  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402
 from tests.e2e.conftest import compiled_config  # noqa: E402
+from tests.harness.processes import stop  # noqa: E402
 
 NAMESPACE = "cloudtaser-load"
 LEASE = "cloudtaser-operator"  # the name operating.py elects on
@@ -103,13 +103,7 @@ class Agent:
 
     def stop(self) -> None:
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop(self.process, timeout=20)
             for thread in self.drains:
                 thread.join(timeout=5)
             for stream in (self.process.stdout, self.process.stderr):
@@ -563,10 +557,10 @@ def held_lease(paths: stacking.Paths, identity: str) -> Iterator[None]:
     with contextlib.suppress(kubernetes.client.ApiException):
         coordination.delete_namespaced_lease(LEASE, NAMESPACE)
     coordination.create_namespaced_lease(NAMESPACE, body)  # type: ignore[arg-type]  # dicts serialise as is
-    stop = threading.Event()
+    done = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(3):
+        while not done.wait(3):
             with contextlib.suppress(Exception):
                 coordination.patch_namespaced_lease(LEASE, NAMESPACE, {"spec": {"renewTime": now()}})
 
@@ -575,7 +569,7 @@ def held_lease(paths: stacking.Paths, identity: str) -> Iterator[None]:
     try:
         yield
     finally:
-        stop.set()
+        done.set()
         thread.join()
         with contextlib.suppress(kubernetes.client.ApiException):
             coordination.delete_namespaced_lease(LEASE, NAMESPACE)
@@ -700,13 +694,8 @@ def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: fl
                 if operator.poll() is not None:
                     errors.append(f"operator exited with {operator.returncode}")
         finally:
-            if operator is not None and operator.poll() is None:
-                operator.terminate()
-                try:
-                    operator.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-                    operator.wait()
+            if operator is not None:
+                stop(operator, timeout=30)
             agent.stop()
             delete_bindings(paths)
             log.close()

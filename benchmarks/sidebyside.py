@@ -48,6 +48,7 @@ from benchmarks.load import api_client, drive, rss_bytes  # noqa: E402
 from cloudtaser import stacking  # noqa: E402
 from cloudtaser.certificates import CertificateAuthority  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402
+from tests.harness.processes import stop  # noqa: E402
 
 NAMESPACE = "cloudtaser-load"
 BENCH_NAMESPACE = "bench"  # the namespace of the reviewed pod (and of our bindings)
@@ -149,16 +150,6 @@ def wait_https(port: int, context: ssl.SSLContext, process: subprocess.Popen[Any
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{what} not serving on 127.0.0.1:{port} after 60 s: {log.read_text()[-1500:]}")
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from cloudtaser.injector.resolving import (
     credentials_from_dockerconfigjson,
 )
 from tests.conftest import binding_doc, pod_doc
+from tests.harness.processes import stop
 
 pytestmark = pytest.mark.e2e
 
@@ -165,12 +166,7 @@ def running_registry(tmp: Path, auth: tuple[str, str] | None = None) -> Iterator
         _wait_ready(proc, host, log)
         yield host
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         assert proc.returncode is not None  # no registry process left behind
 
 

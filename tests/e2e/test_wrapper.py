@@ -17,6 +17,7 @@ from cloudtaser import provisioning, stacking
 from cloudtaser.certificates import CertificateAuthority
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
 from tests.e2e.conftest import compiled_config, sha
+from tests.harness.processes import stop
 
 pytestmark = pytest.mark.e2e
 SESSION_START = time.time()
@@ -368,12 +369,7 @@ def openbao_without_its_api_server(stack: stacking.Paths, tmp_path: Path) -> Ite
               json.dumps({"matchLabels": {"kubernetes.io/metadata.name": provisioning.DEMO_NAMESPACE}})})
         yield url
     finally:
-        bao.terminate()
-        try:
-            bao.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            bao.kill()
-            bao.wait()
+        stop(bao, timeout=20)
 
 
 @pytest.mark.parametrize(("role", "code", "message"), [
