@@ -174,28 +174,46 @@ def launch(kind: type[V], script: str, *args: str) -> V:
     return victim
 
 
-@pytest.fixture
-def spawn_victim() -> Iterator[Callable[..., Victim]]:
-    victims: list[Victim] = []
+class Launched:
+    """launch(), remembering every victim so that the test's end kills and reaps it."""
 
-    def spawn(socket_path: Path | None, fork_child: bool = False) -> Victim:
-        victim = launch(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
-                        "1" if fork_child else "0")
-        victims.append(victim)
+    def __init__(self) -> None:
+        self.victims: list[Victim] = []
+
+    def __call__(self, kind: type[V], script: str, *args: str) -> V:
+        victim = launch(kind, script, *args)
+        self.victims.append(victim)
         return victim
 
+    def reap(self) -> None:
+        for v in self.victims:
+            v.proc.kill()
+            v.proc.wait()
+            if v.proc.stdout:
+                v.proc.stdout.close()
+
+
+@pytest.fixture
+def launched() -> Iterator[Launched]:
+    victims = Launched()
+    yield victims
+    victims.reap()
+
+
+@pytest.fixture
+def spawn_victim(launched: Launched) -> Iterator[Callable[..., Victim]]:
+    def spawn(socket_path: Path | None, fork_child: bool = False) -> Victim:
+        return launched(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
+                        "1" if fork_child else "0")
+
     yield spawn
-    for v in victims:
+    for v in launched.victims:  # their forked children; `launched` reaps the victims after
         child = v.info.get("child")
         if child:
             try:
                 os.kill(int(child), 9)
             except ProcessLookupError:
                 pass
-        v.proc.kill()
-        v.proc.wait()
-        if v.proc.stdout:
-            v.proc.stdout.close()
 
 
 @dataclass

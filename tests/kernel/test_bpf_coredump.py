@@ -21,7 +21,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, AgentRun, Victim, launch
+from .conftest import PROTECT_ALL, AgentRun, Launched, Victim
 
 pytestmark = pytest.mark.kernel
 
@@ -73,21 +73,12 @@ def core_pattern() -> Iterator[Callable[[str], None]]:
 
 
 @pytest.fixture
-def victims() -> Iterator[Callable[..., Victim]]:
-    started: list[Victim] = []
-
+def victims(launched: Launched) -> Callable[..., Victim]:
     def spawn(socket_path: Path | None, limit: str = "inf", fault: bool = False) -> Victim:
-        victim = launch(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
+        return launched(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
                         limit, "1" if fault else "0")
-        started.append(victim)
-        return victim
 
-    yield spawn
-    for v in started:
-        v.proc.kill()
-        v.proc.wait()
-        if v.proc.stdout:
-            v.proc.stdout.close()
+    return spawn
 
 
 def die(victim: Victim, sig: signal.Signals) -> int:

@@ -3,14 +3,14 @@ through /proc/PID/fd/N or /proc/PID/map_files/..., whatever path leads there."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, AgentRun, Victim, assert_blocked, attack, launch
+from .conftest import PROTECT_ALL, AgentRun, Launched, Victim, assert_blocked, attack
 
 pytestmark = pytest.mark.kernel
 
@@ -80,20 +80,11 @@ class FdVictim(Victim):
 
 
 @pytest.fixture
-def fd_victim() -> Iterator[Callable[[Path | None], FdVictim]]:
-    victims: list[FdVictim] = []
-
+def fd_victim(launched: Launched) -> Callable[[Path | None], FdVictim]:
     def spawn(socket_path: Path | None) -> FdVictim:
-        v = launch(FdVictim, VICTIM, "1" if socket_path else "0", str(socket_path or ""))
-        victims.append(v)
-        return v
+        return launched(FdVictim, VICTIM, "1" if socket_path else "0", str(socket_path or ""))
 
-    yield spawn
-    for v in victims:
-        v.proc.kill()
-        v.proc.wait()
-        if v.proc.stdout:
-            v.proc.stdout.close()
+    return spawn
 
 
 Spawn = Callable[[Path | None], FdVictim]
