@@ -237,6 +237,15 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
         def put(doc: dict[str, Any]) -> None:
             objects[(doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])] = doc
 
+        def take(kind: str) -> tuple[str, str, str] | None:
+            """Remove a random object of ``kind`` (its key), or None when there is none."""
+            keys = [k for k in objects if k[0] == kind]
+            if not keys:
+                return None
+            key = rng.choice(keys)
+            del objects[key]
+            return key
+
         for ns in namespaces[:2]:
             put(ns_doc(ns, tier=rng.choice(["prod", "dev"])))
         compiler = IncrementalCompiler(state(*objects.values()))
@@ -253,10 +262,7 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                 put(doc)
                 compiler.set_binding(SecretBinding.model_validate(doc))
             elif action == 1:  # remove a binding
-                gone = [k for k in objects if k[0] == "SecretBinding"]
-                if gone:
-                    key = rng.choice(gone)
-                    del objects[key]
+                if key := take("SecretBinding"):
                     compiler.remove_binding(f"{key[1]}/{key[2]}")
             elif action == 2:  # add or relabel a pod, injected or not
                 doc = pod_doc(f"p{rng.randrange(4)}", ns, labels={"app": rng.choice(apps)},
@@ -264,10 +270,7 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                 put(doc)
                 compiler.set_pod(Pod.model_validate(doc))
             elif action == 3:  # delete a pod
-                gone = [k for k in objects if k[0] == "Pod"]
-                if gone:
-                    key = rng.choice(gone)
-                    del objects[key]
+                if key := take("Pod"):
                     compiler.remove_pod(key[1], key[2])
             elif action == 4:  # add or change a policy
                 spec: dict[str, Any] = {"mode": rng.choice(["audit", "enforce"])}
@@ -279,10 +282,7 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                 put(doc)
                 compiler.set_policy(EnforcementPolicy.model_validate(doc))
             elif action == 5:  # remove a policy
-                gone = [k for k in objects if k[0] == "EnforcementPolicy"]
-                if gone:
-                    key = rng.choice(gone)
-                    del objects[key]
+                if key := take("EnforcementPolicy"):
                     compiler.remove_policy(key[2])
             elif action == 6:  # relabel a namespace
                 doc = ns_doc(rng.choice(namespaces[:2]), tier=rng.choice(["prod", "dev"]))
