@@ -337,16 +337,37 @@ static __always_inline void check_protected_file(struct file *file)
 	bpf_task_release(target);
 }
 
+/* /proc/PID/{environ,mem} (and task/TID/...), known by the file's open op: the protection
+ * it needs, the event kind, and the process it exposes (the proc inode's pid, however the path
+ * was spelled; NULL when that process is gone). 0 when `open` is neither. Both backends. */
+static __always_inline __u32 proc_file_target(struct file *file, void *open, __u32 *kind,
+					      struct task_struct **target)
+{
+	struct proc_inode *pi;
+	__u32 needed;
+
+	if (open == &environ_open) {
+		needed = PF_ENVIRON;
+		*kind = EV_ENVIRON;
+	} else if (open == &mem_open) {
+		needed = PF_MEM;
+		*kind = EV_MEM;
+	} else {
+		return 0;
+	}
+	pi = container_of(BPF_CORE_READ(file, f_inode), struct proc_inode, vfs_inode);
+	*target = pid_task_of(BPF_CORE_READ(pi, pid));
+	return needed;
+}
+
 static __always_inline int check_opened_fd(long ret)
 {
 	struct file *file;
-	struct inode *inode;
-	struct proc_inode *pi;
-	struct task_struct *target;
+	struct task_struct *target = NULL;
 	struct file *f;
 	unsigned long magic;
 	void *open;
-	__u32 needed, kind;
+	__u32 needed, kind = 0;
 
 	if (ret < 0)
 		return 0;
@@ -366,19 +387,11 @@ static __always_inline int check_opened_fd(long ret)
 	} else {
 		open = BPF_CORE_READ(file, f_op, open);
 	}
-	if (open == &environ_open) {
-		needed = PF_ENVIRON;
-		kind = EV_ENVIRON;
-	} else if (open == &mem_open) {
-		needed = PF_MEM;
-		kind = EV_MEM;
-	} else {
+	needed = proc_file_target(file, open, &kind, &target);
+	if (!needed) {
 		check_protected_file(file);
 		return 0;
 	}
-	inode = BPF_CORE_READ(file, f_inode);
-	pi = container_of(inode, struct proc_inode, vfs_inode);
-	target = pid_task_of(BPF_CORE_READ(pi, pid));
 	if (!target)
 		return 0;
 	check_target(target, needed, kind);
@@ -687,26 +700,16 @@ static __always_inline int lsm_verdict(struct protected_entry *e, __u32 target_t
 	return -EPERM;
 }
 
-/* /proc/PID/{environ,mem} (and task/TID/...): the target is the proc inode's pid, however the
- * path was spelled. 1 when `file` is neither. */
+/* /proc/PID/{environ,mem} (and task/TID/...): see proc_file_target. 1 when `file` is
+ * neither. */
 static __always_inline int lsm_check_proc_file(struct file *file)
 {
-	void *open = BPF_CORE_READ(file, f_op, open);
-	struct task_struct *target;
-	struct proc_inode *pi;
-	__u32 needed, kind;
+	struct task_struct *target = NULL;
+	__u32 needed, kind = 0;
 
-	if (open == &environ_open) {
-		needed = PF_ENVIRON;
-		kind = EV_ENVIRON;
-	} else if (open == &mem_open) {
-		needed = PF_MEM;
-		kind = EV_MEM;
-	} else {
+	needed = proc_file_target(file, BPF_CORE_READ(file, f_op, open), &kind, &target);
+	if (!needed)
 		return 1;
-	}
-	pi = container_of(BPF_CORE_READ(file, f_inode), struct proc_inode, vfs_inode);
-	target = pid_task_of(BPF_CORE_READ(pi, pid));
 	if (!target)
 		return 0;
 	return lsm_verdict(offended(target, needed), BPF_CORE_READ(target, tgid), kind);
