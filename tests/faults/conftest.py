@@ -26,7 +26,7 @@ from cloudtaser import stacking
 
 # The stack fixtures live with the e2e tests, the BPF ones with the kernel tests.
 from tests.e2e.conftest import demo_secret, kubectl, stack, token  # noqa: F401
-from tests.kernel.conftest import bpf_object, spawn_victim  # noqa: F401
+from tests.kernel.conftest import bpf_object, launched, spawn_victim  # noqa: F401
 
 
 @dataclass
