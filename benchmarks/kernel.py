@@ -3,7 +3,8 @@
 Run (root): .venv/bin/python benchmarks/kernel.py [--rounds 5] [--iterations 100000] [--object O]
 
 Builds kernel_loop.c (next to this file) and times, in that C loop, open()/read()/close() of
-/etc/hostname and of /proc/self/status, with the agent's programs attached and without, in
+/etc/hostname and of /proc/self/status, and pread()/write() on an fd held (ext4, tmpfs,
+/dev/null: the read-path checks), with the agent's programs attached and without, in
 interleaved rounds (the loop's CPU time, best of --rounds kept per side: other tenants of the
 machine only ever add time). The agent runs as its own process (`python -m cloudtaser.bpf.agent`) with its maps and
 links pinned in a temporary bpffs directory, unpinned (detached) between rounds. Also: the
@@ -173,7 +174,9 @@ def main() -> None:
     obj = args.object or Path(subprocess.run(
         [str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True,
         check=True).stdout.strip().splitlines()[-1])
-    modes = {"hostname": args.iterations, "status": max(args.iterations // 4, 1000)}
+    modes = {"hostname": args.iterations, "status": max(args.iterations // 4, 1000),
+             "pread-ext4": args.iterations * 4, "pread-tmpfs": args.iterations * 4,
+             "write-null": args.iterations * 4}
     without: dict[str, float] = {m: float("inf") for m in modes}
     with_agent: dict[str, float] = {m: float("inf") for m in modes}
     with_noop: dict[str, float] = {m: float("inf") for m in modes}
@@ -201,7 +204,7 @@ def main() -> None:
                 readies.append(agent.ready_seconds)
             finally:
                 agent.stop()
-            loaded = load(noop, pin_dir=None, pinned_maps=())
+            loaded = load(noop, pin_dir=None)
             try:
                 for mode, n in modes.items():
                     with_noop[mode] = min(with_noop[mode], loop(program, mode, n))
@@ -209,7 +212,10 @@ def main() -> None:
                 loaded.close()
     rows: list[tuple[str, str, str, str]] = []
     for mode, label in (("hostname", "open/read/close /etc/hostname"),
-                        ("status", "open/read/close /proc/self/status")):
+                        ("status", "open/read/close /proc/self/status"),
+                        ("pread-ext4", "pread 64 B of /etc/hostname (ext4)"),
+                        ("pread-tmpfs", "pread 64 B of a /dev/shm file (tmpfs)"),
+                        ("write-null", "write 64 B to /dev/null")):
         ratio = with_agent[mode] / without[mode]
         rows.append((f"{label}, without agent", "-", f"{without[mode] / 1000:.3f} us", "-"))
         rows.append((f"{label}, with agent (with/without)", f"<= {RATIO_TARGET}",

@@ -1,12 +1,16 @@
-/* The loops of benchmarks/kernel.py: an unprotected process's open()/read()/close().
+/* The loops of benchmarks/kernel.py: an unprotected process's open()/read()/close(), and its
+ * reads and writes of an fd it holds.
  *
- *   kernel_loop hostname|status ITERATIONS   prints the mean nanoseconds per iteration
+ *   kernel_loop hostname|status|pread-ext4|pread-tmpfs|write-null ITERATIONS
+ *                                            prints the mean nanoseconds per iteration
  *
  * Time is the process's CPU time (user + system), not wall time: on a machine shared with other
  * work, being descheduled would otherwise count as overhead.
  *
  * hostname: open("/etc/hostname"), read, close; status: the same on /proc/self/status (a
- * procfs file: the agent's open hook looks at its f_op). */
+ * procfs file: the agent's open hook looks at its f_op). pread-ext4: pread 64 bytes of
+ * /etc/hostname; pread-tmpfs: of a file in /dev/shm (tmpfs: the agent's read hook also looks
+ * the inode up among secret files); write-null: write 64 bytes to /dev/null. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,10 +19,40 @@
 #include <time.h>
 #include <unistd.h>
 
+static int fd_loop(const char *mode, long n)
+{
+    char buf[64] = {0};
+    const char *path = strcmp(mode, "pread-ext4") == 0 ? "/etc/hostname"
+                       : strcmp(mode, "pread-tmpfs") == 0 ? "/dev/shm/cloudtaser-kernel-loop"
+                                                          : "/dev/null";
+    int writing = strcmp(mode, "write-null") == 0;
+    int fd = open(path, writing ? O_WRONLY : O_RDWR | O_CREAT, 0600);
+    struct timespec a, b;
+
+    if (fd < 0 || (!writing && pwrite(fd, buf, sizeof buf, 0) != sizeof buf)) {
+        perror(path);
+        return 1;
+    }
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+    for (long i = 0; i < n; i++) {
+        if ((writing ? write(fd, buf, sizeof buf) : pread(fd, buf, sizeof buf, 0)) < 0) {
+            perror(mode);
+            return 1;
+        }
+    }
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+    if (!writing && strcmp(mode, "pread-tmpfs") == 0)
+        unlink(path);
+    printf("%.1f\n", ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3)
         return 2;
+    if (strncmp(argv[1], "pread-", 6) == 0 || strcmp(argv[1], "write-null") == 0)
+        return fd_loop(argv[1], atol(argv[2]));
     const char *path = strcmp(argv[1], "status") == 0 ? "/proc/self/status" : "/etc/hostname";
     long n = atol(argv[2]);
     char buf[4096];

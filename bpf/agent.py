@@ -1,11 +1,15 @@
 """The node agent (BPF LSM or tracepoint backend): registration socket, kernel maps, violation log.
 
-Registration protocol v1 (client: cloudtaser.wrapper.registering): one JSON line
-``{"op": "register", "version": 1}``; the caller's PID comes from SO_PEERCRED, never from the
-message, so a process can register only itself; the answer is one JSON line
-``{"ok": true, "backend": "lsm" | "tracepoint"}`` or ``{"ok": false, "error": "..."}``.
+Registration protocol v2 (contracts/README.md; parser and a Python client in bpf/protocol.py,
+the wrapper's client is Go): one JSON line ``{"op": "register", "version": 2, "exec_environ":
+"clean" | "secret"}``; the caller's PID comes from SO_PEERCRED, never from the message, so a
+process can register only itself; the answer is one JSON line ``{"ok": true, "backend": "lsm" |
+"tracepoint", "mode": "enforce" | "audit", "protections": [...]}`` or ``{"ok": false, "error":
+"..."}``.
 
-The agent writes (tgid -> start time, flags, allow-list id) into the pinned ``protected`` map
+The agent holds the agent role of its pinned maps (bpf/loading.py: frozen maps, written only
+through the agent_op program by the role's holder) and writes (tgid -> start time, flags,
+allow-list id) into the pinned ``protected`` map
 and each distinct accessor allow-list of its node's pods, under its own id, into ``accessors``;
 the BPF side protects forked children (with the parent's flags and list) and removes entries on
 exit. With pod policies the flags and list come from each caller's pod (PID -> cgroup -> pod ->
@@ -34,8 +38,9 @@ from pathlib import Path
 
 import prometheus_client
 
-from cloudtaser.bpf import layouts, scanning
+from cloudtaser.bpf import layouts, protocol, scanning
 from cloudtaser.bpf.cgroups import pod_uid
+from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, LSM, TRACEPOINT, Loaded, RingBuffer, load_backend
 from cloudtaser.bpf.reporting import EventReporter
@@ -48,14 +53,23 @@ log = logging.getLogger("cloudtaser.bpf.agent")
 BACKEND = TRACEPOINT  # until start() has probed the node
 SO_PEERPIDFD = 77  # Linux >= 6.5; absent from Python 3.11's socket module
 DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
+# Every protection (what the engine's default policy compiles to), enforced.
 DEFAULT_FLAGS = (
-    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.PIDFD_GETFD
-    | ProtectionFlag.CORE_DUMP
+    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.FDS | ProtectionFlag.PTRACE
+    | ProtectionFlag.PIDFD_GETFD | ProtectionFlag.CORE_DUMP
 )
 KNOWN_FLAGS = int(sum(ProtectionFlag))
-MAX_MESSAGE = 4096
+STATE_BITS = int(sum(layouts.EntryState))  # per-process state beside the policy in an entry
 NO_ACCESSORS = 0  # allow-list id of a policy that allows nobody: no map lookup at all
 DEFAULT_LIST = 1  # allow-list of processes registered without pod policies (Agent.allow)
+BPF_LOADERS_LIST = 0xFFFFFFFE  # executables that may load tracing BPF programs (protect.bpf.c)
+CREDENTIAL_READERS_LIST = 0xFFFFFFFD  # executables that may read credential volumes: the kubelet
+RESERVED_LISTS = {BPF_LOADERS_LIST, CREDENTIAL_READERS_LIST}  # never a pod's list, never collected
+TMPFS_MAGIC = 0x01021994
+IO_URING_CHOICES = ("auto", "restrict", "allow")  # auto: restrict on the tracepoint backend
+IO_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
+PROTECTION_NAMES = [(flag, (flag.name or "").lower()) for flag in ProtectionFlag
+                    if flag not in (ProtectionFlag.AUDIT_ONLY, ProtectionFlag.KILL)]
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,13 @@ class Violation:
     opener_comm: str
     flags: int
     opener_exe: str = ""  # basename of the offender's executable, recorded by the kernel side
+    via: str = "open"  # how: open, read, write, mmap, transfer, io_uring, syscall, signal, agent_op
+    note: int = 0  # layouts.Note bits
+
+    @property
+    def canary(self) -> bool:
+        """The wrapper's canary probe (contracts/README.md): proof of protection, no attack."""
+        return bool(self.note & layouts.Note.CANARY)
 
     @classmethod
     def from_record(cls, data: bytes) -> Violation:
@@ -88,6 +109,8 @@ class Violation:
             opener_comm=ev.comm.decode(errors="replace"),
             flags=ev.flags,
             opener_exe=ev.exe.decode(errors="replace"),
+            via=_name(layouts.Via, ev.via),
+            note=ev.note,
         )
 
 
@@ -162,6 +185,24 @@ class Metrics:
         return prometheus_client.generate_latest(self.registry).decode()
 
 
+def io_uring_record(socket_dir: Path) -> Path:
+    """Where an agent keeps kernel.io_uring_disabled's value from before it raised it."""
+    return socket_dir / "io_uring_disabled.before"
+
+
+def lift_io_uring_restriction(socket_dir: Path) -> str | None:
+    """After the agent is gone and its pins removed (nothing is protected any more): put the
+    sysctl back as the agent found it. The value written, or None when no agent raised it."""
+    record = io_uring_record(socket_dir)
+    try:
+        before = record.read_text().strip()
+    except OSError:
+        return None
+    IO_URING_SYSCTL.write_text(before + "\n")
+    record.unlink()
+    return before
+
+
 class Agent:
     def __init__(
         self,
@@ -172,6 +213,7 @@ class Agent:
         on_violation: Callable[[Violation], None] | None = None,
         pod_policies: PodPolicies | None = None,
         backend: str = "auto",
+        io_uring: str = "auto",
     ) -> None:
         """With ``pod_policies``, each caller's flags come from its pod's compiled policy
         (PID -> cgroup -> pod UID -> BpfEntry) and a caller in no protected pod is refused;
@@ -185,6 +227,11 @@ class Agent:
         self.on_violation = on_violation
         self.pod_policies = pod_policies
         self.requested_backend = backend  # auto | lsm | tracepoint
+        if io_uring not in IO_URING_CHOICES:
+            raise PermanentError(f"io_uring must be one of {', '.join(IO_URING_CHOICES)}, not {io_uring!r}")
+        self.io_uring = io_uring  # restrict: kernel.io_uring_disabled=2 while protecting
+        self._io_uring_raised = False  # this agent set kernel.io_uring_disabled=2
+        self._credential_owners: dict[int, str] = {}  # volume dev -> its owner's cgroups
         self.backend = BACKEND  # what start() chose (loading.load_backend)
         self.backend_reason = ""
         self.metrics = Metrics()
@@ -222,6 +269,13 @@ class Agent:
         )
         self._adopt_lists()
         self._adopt_registrations()
+        kubelets = self.allow_kubelet()
+        if kubelets:
+            log.info("credential volumes may be read by the kubelet: %s", ", ".join(kubelets))
+        if self._live_protected() is not None:  # protection adopted from an earlier agent
+            self._restrict_io_uring()
+        else:
+            self._relax_io_uring()  # an earlier agent left it raised with nothing protected
         self._ring = self.loaded.ring_buffer("events", self._on_record)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_path.is_socket():
@@ -239,7 +293,9 @@ class Agent:
             self._threads.append(t)
 
     def stop(self) -> None:
-        """Stop serving; pinned maps and links stay, so protection continues."""
+        """Stop serving; pinned maps and links stay, so protection continues (and io_uring
+        stays restricted while any protected process lives)."""
+        self._relax_io_uring()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
@@ -266,6 +322,71 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- io_uring -----------------------------------------------------------------------------
+
+    def _restricts_io_uring(self) -> bool:
+        return self.io_uring == "restrict" or (self.io_uring == "auto" and self.backend == TRACEPOINT)
+
+    @property
+    def _io_uring_record(self) -> Path:
+        """The sysctl's value before an agent raised it, kept beside the socket (a host
+        directory): a restarted agent, not only this one, can put it back."""
+        return io_uring_record(self.socket_path.parent)
+
+    def _restrict_io_uring(self) -> None:
+        """While this node protects something, on the tracepoint backend: no new io_uring ring
+        anywhere (kernel.io_uring_disabled=2). The agent checks each request of the rings that
+        exist from io_uring's own tracepoints; this is the further, node-wide restriction
+        (docs/THREAT-MODEL.md). --io-uring allow turns it off."""
+        if not self._restricts_io_uring() or self._io_uring_raised:
+            return
+        try:
+            before = IO_URING_SYSCTL.read_text().strip()
+            if before != "2":
+                if not self._io_uring_record.exists():
+                    self._io_uring_record.write_text(before + "\n")
+                IO_URING_SYSCTL.write_text("2\n")
+                log.info("io_uring restricted while this node protects processes "
+                         "(kernel.io_uring_disabled %s -> 2; --io-uring allow keeps it)", before)
+        except OSError as e:
+            log.warning("cannot restrict io_uring (%s: %s); its requests are still checked",
+                        IO_URING_SYSCTL, e.strerror)
+            return
+        self._io_uring_raised = True
+
+    def _relax_io_uring(self) -> None:
+        """Put the sysctl back as an agent found it, unless a protected process still lives."""
+        self._io_uring_raised = False
+        try:
+            before = self._io_uring_record.read_text().strip()
+        except OSError:
+            return  # no agent raised it
+        alive = self._live_protected()
+        if alive is not None:
+            log.info("io_uring stays restricted: pid %d is still protected", alive)
+            return
+        try:
+            IO_URING_SYSCTL.write_text(before + "\n")
+            self._io_uring_record.unlink()
+            log.info("io_uring restriction lifted (kernel.io_uring_disabled -> %s)", before)
+        except OSError as e:
+            log.warning("cannot restore %s to %s: %s", IO_URING_SYSCTL, before, e.strerror)
+
+    def _live_protected(self) -> int | None:
+        """A tgid of the ``protected`` map whose process still lives, if any."""
+        if self.loaded is None:
+            return None
+        protected = self.loaded.map("protected")
+        value = layouts.ProtectedEntry()
+        for tgid in list(protected.keys_u32()):
+            try:
+                if protected.lookup(ctypes.c_uint32(tgid), value) and \
+                        value.start_time == start_time_ticks(tgid):
+                    return tgid
+            except OSError:
+                continue
+        return None
+
     # -- maps -------------------------------------------------------------------------------
 
     def protect(self, pid: int, flags: int | None = None, accessors: int = DEFAULT_LIST) -> int:
@@ -290,6 +411,7 @@ class Agent:
             names = os.listdir(fd_dir)
         except OSError:
             return
+        owner = layouts.FileOwner()
         for name in names:
             try:
                 target = os.readlink(fd_dir / name)
@@ -298,7 +420,10 @@ class Agent:
                 st = os.stat(fd_dir / name)
             except OSError:
                 continue
-            files.update(secret_file_key(st), layouts.FileOwner(tgid=pid))
+            key = secret_file_key(st)
+            if files.lookup(key, owner) and owner.tgid != pid and self.entry(owner.tgid) is not None:
+                continue  # inherited from a protected process (the refresher's): keep its owner
+            files.update(key, layouts.FileOwner(tgid=pid))
 
     def allow(self, path: str | Path, uid: int | None = None,
               list_id: int = DEFAULT_LIST) -> layouts.AccessorKey:
@@ -314,6 +439,94 @@ class Agent:
         log.info("allowed accessor %s (uid %s) on list %d", path, "any" if uid is None else uid,
                  list_id)
         return _accessor_key(ident, list_id)
+
+    def allow_bpf_loader(self, path: str | Path, uid: int | None = None) -> layouts.AccessorKey:
+        """Let the executable at ``path`` load tracing BPF programs while this node protects
+        something (e.g. another node agent: Tetragon, a profiler). By inode, like allow()."""
+        return self.allow(path, uid, BPF_LOADERS_LIST)
+
+    def allow_credential_reader(self, path: str | Path, uid: int | None = None) -> layouts.AccessorKey:
+        """Let the executable at ``path`` read protected credential volumes (the kubelet, which
+        rotates the projected token; found by itself: allow_kubelet)."""
+        return self.allow(path, uid, CREDENTIAL_READERS_LIST)
+
+    def allow_kubelet(self) -> list[str]:
+        """Every running kubelet's executable may read credential volumes (it writes the
+        projected tokens, and reads what it wrote). Looked up in /proc (the agent runs in the
+        host's pid namespace); run at start and at every relist, as a kubelet may restart
+        from another binary."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "comm").read_text().strip() != "kubelet":
+                    continue
+                exe = proc / "exe"
+                self.allow_credential_reader(exe)
+                found.append(os.readlink(exe))
+            except OSError:
+                continue
+        return found
+
+    def _protect_credentials(self, pid: int, flags: int, paths: tuple[str, ...]) -> list[str]:
+        """Protect the filesystems of ``paths`` (as ``pid`` sees them) for ``pid`` and its
+        family, with ``flags`` (which still apply when it died: the volume is nobody's until
+        free_credentials() sees it unmounted): tmpfs volumes only (the projected token, a Secret
+        volume); an owner still alive keeps them. Returns one line per path it could not
+        protect."""
+        assert self.loaded is not None
+        problems: list[str] = []
+        if not paths:
+            return problems
+        mounts = self.loaded.map("protected_mounts")
+        cgroup = _cgroup_of(pid)
+        owner = layouts.FileOwner()
+        for path in paths:
+            where = f"/proc/{pid}/root{path}"
+            try:
+                st = os.stat(where)
+                magic = _fs_type(where)
+            except OSError as e:
+                problems.append(f"{path}: {e.strerror}")
+                continue
+            if magic != TMPFS_MAGIC:
+                problems.append(f"{path}: not on a tmpfs volume (its filesystem is not protected)")
+                continue
+            key = ctypes.c_uint32((os.major(st.st_dev) << 20) | os.minor(st.st_dev))
+            if mounts.lookup(key, owner) and owner.tgid != pid:
+                if self.entry(owner.tgid) is not None:
+                    continue  # its owner, still protected, keeps it (a second wrapper is no owner)
+                if self._credential_owners.get(key.value) == cgroup:
+                    # Its owner died, but this caller runs in the same container: a restarted
+                    # container has a cgroup of its own; this is a process that outlived (or
+                    # killed) the app, and it is no owner.
+                    problems.append(f"{path}: its volume stays its dead owner's (pid {owner.tgid}, "
+                                    "same container)")
+                    continue
+            mounts.update(key, layouts.FileOwner(tgid=pid, flags=flags))
+            self._credential_owners[key.value] = cgroup
+        return problems
+
+    def free_credentials(self, mountinfo: str = "/proc/1/mountinfo") -> int:
+        """Forget the credential volumes no longer mounted on the node whose owner died (a
+        tmpfs's dev_t is reused by the next one): run at every relist. Returns how many."""
+        if self.loaded is None:
+            return 0
+        try:
+            mounted = {_mountinfo_dev(line) for line in Path(mountinfo).read_text().splitlines()}
+        except OSError:
+            return 0
+        mounts = self.loaded.map("protected_mounts")
+        owner = layouts.FileOwner()
+        freed = 0
+        for key in list(mounts.keys_u32()):
+            if key in mounted or not mounts.lookup(ctypes.c_uint32(key), owner):
+                continue
+            if self.entry(owner.tgid) is None and mounts.delete(ctypes.c_uint32(key)):
+                self._credential_owners.pop(key, None)
+                freed += 1
+        return freed
 
     def disallow(self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST) -> bool:
         assert self.loaded is not None, "agent not started"
@@ -363,7 +576,7 @@ class Agent:
         with self._lists_lock:
             used = set(self._list_ids_in_use())
             used.update(k.list for k in self.loaded.map("accessors").keys(layouts.AccessorKey))
-            self._next_list = max(used | {DEFAULT_LIST}) + 1
+            self._next_list = max((used | {DEFAULT_LIST}) - RESERVED_LISTS) + 1
             self.collect_lists()
 
     def _adopt_registrations(self) -> None:
@@ -411,7 +624,7 @@ class Agent:
         accessors_map = self.loaded.map("accessors")
         removed = 0
         with self._lists_lock:
-            keep = set(self._list_ids_in_use()) | {DEFAULT_LIST}
+            keep = set(self._list_ids_in_use()) | {DEFAULT_LIST} | RESERVED_LISTS
             for key in list(accessors_map.keys(layouts.AccessorKey)):
                 if key.list not in keep and accessors_map.delete(key):
                     removed += 1
@@ -435,6 +648,8 @@ class Agent:
         and list they inherited until they register themselves."""
         if self.loaded is None or self.pod_policies is None:
             return
+        self.allow_kubelet()  # a restarted kubelet may run from another binary
+        self.free_credentials()
         with self._registered_lock:
             registered = dict(self._registered)
         for pid, uid in registered.items():
@@ -451,10 +666,11 @@ class Agent:
             assert current is not None
             with self._lists_lock:
                 list_id = self.accessor_list(entry.policy.allowed_accessors)
-                if current.flags != entry.policy.flags or current.accessors != list_id:
-                    self.protect(pid, entry.policy.flags, list_id)
+                policy = current.flags & ~STATE_BITS
+                if policy != entry.policy.flags or current.accessors != list_id:
+                    self.protect(pid, entry.policy.flags | (current.flags & STATE_BITS), list_id)
                     log.info("pid %d: flags %#x -> %#x, allow-list %d -> %d (its pod's policy "
-                             "changed)", pid, current.flags, entry.policy.flags, current.accessors,
+                             "changed)", pid, policy, entry.policy.flags, current.accessors,
                              list_id)
         self.collect_lists()
 
@@ -498,15 +714,11 @@ class Agent:
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         pidfd = self._peer_pidfd(conn)
         try:
-            line = conn.makefile("rb").readline(MAX_MESSAGE)
+            line = conn.makefile("rb").readline(protocol.MAX_MESSAGE)
             try:
-                msg = json.loads(line)
-            except ValueError:
-                return {"ok": False, "error": "request is not one JSON line"}
-            if not isinstance(msg, dict) or msg.get("op") != "register":
-                return {"ok": False, "error": "unknown op (expected register)"}
-            if msg.get("version") != 1:
-                return {"ok": False, "error": "unsupported protocol version (expected 1)"}
+                request = protocol.parse_request(line)
+            except protocol.ProtocolError as e:
+                return {"ok": False, "error": str(e)}
             if pid <= 0:
                 return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
             assert self.loaded is not None
@@ -524,6 +736,10 @@ class Agent:
                                                   "this node (not injected, or no binding selects it)"}
                 flags = entry.policy.flags
                 allowed = entry.policy.allowed_accessors
+            if request.exec_environ == "clean":
+                # Neither its own environment area nor the next execve's holds a value: reading
+                # them is no violation (ps, monitoring agents); a later execve ends that.
+                flags |= layouts.EntryState.ENVIRON_CLEAN | layouts.EntryState.EXEC_KEEPS_CLEAN
             with self._lists_lock:  # no collect_lists() between the list and the entry
                 if allowed is not None:
                     list_id = self.accessor_list(allowed)
@@ -532,6 +748,7 @@ class Agent:
                 with self._registered_lock:
                     self._registered[pid] = pod
             self.metrics.registrations.labels(result="ok").inc()
+            self._restrict_io_uring()
             if pidfd is not None:
                 # The pid was read from the connection; a pidfd taken at the same time proves
                 # the start time read afterwards is of the same process (no reuse meanwhile).
@@ -540,10 +757,14 @@ class Agent:
                 except ProcessLookupError:
                     self.loaded.map("protected").delete(ctypes.c_uint32(pid))
                     return {"ok": False, "error": "caller exited during registration"}
+            for problem in self._protect_credentials(pid, flags, request.credentials):
+                log.warning("pid %d: credential %s", pid, problem)
             self._deal_with_early_fds(pid, flags, list_id)
             log.info("registered pid %d (uid %d, start %d, flags %#x, allow-list %d)", pid, uid,
                      start, flags, list_id)
-            return {"ok": True, "backend": self.backend}
+            return {"ok": True, "backend": self.backend,
+                    "mode": "audit" if flags & ProtectionFlag.AUDIT_ONLY else "enforce",
+                    "protections": [name for flag, name in PROTECTION_NAMES if flags & flag]}
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -618,14 +839,57 @@ class Agent:
         self._violation(Violation.from_record(data))
 
     def _violation(self, v: Violation) -> None:
+        if v.canary:
+            log.debug("canary of pid %d stopped (%s via %s: %s)", v.target_tgid, v.kind, v.via,
+                      v.action)
+            return
+        if v.kind == "agent" and v.action == "audited":
+            if v.via == "agent_op":  # a claim: the first agent, a successor, or an impostor
+                mine = v.opener_tgid == os.getpid()
+                (log.info if mine else log.warning)(
+                    "the agent role was claimed by pid %d (comm %r, exe %r)%s", v.opener_tgid,
+                    v.opener_comm, v.opener_exe, " (this agent)" if mine else "")
+                return
+            log.warning("the agent role's holder (pid %d) exited; a successor may claim it",
+                        v.target_tgid)
+        target = "the node" if v.note & layouts.Note.NODE_WIDE else f"pid {v.target_tgid}"
         log.warning(
-            "violation: %s of pid %d by pid %d (tgid %d, uid %d, comm %r, exe %r): %s",
-            v.kind, v.target_tgid, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm,
+            "violation: %s of %s via %s by pid %d (tgid %d, uid %d, comm %r, exe %r): %s",
+            v.kind, target, v.via, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm,
             v.opener_exe, v.action,
         )
         self.metrics.violations.labels(vector=v.kind, action=v.action).inc()
         if self.on_violation is not None:
             self.on_violation(v)
+
+
+def _mountinfo_dev(line: str) -> int:
+    """The kernel dev_t (major << 20 | minor) of one /proc/PID/mountinfo line (field 3)."""
+    try:
+        major, minor = line.split()[2].split(":")
+        return (int(major) << 20) | int(minor)
+    except (IndexError, ValueError):
+        return -1
+
+
+def _cgroup_of(pid: int) -> str:
+    """/proc/PID/cgroup: a container's identity on this node ("" when unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def _fs_type(path: str) -> int:
+    """statfs(2)'s f_type of ``path`` (Python's statvfs has none)."""
+    buf = ctypes.create_string_buffer(256)
+    if _LIBC.statfs(path.encode(), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _accessor_key(ident: tuple[int, int, int], list_id: int) -> layouts.AccessorKey:
@@ -670,6 +934,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: BPF LSM where its programs load here, else tracepoints")
     parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS),
                         help="flags for every caller when --node is not given")
+    parser.add_argument("--io-uring", choices=IO_URING_CHOICES, default="auto",
+                        help="restrict: no new io_uring ring on the node while it protects "
+                             "something (kernel.io_uring_disabled=2); auto: restrict on the "
+                             "tracepoint backend only; allow: check each request only")
+    parser.add_argument("--allow-credential-reader", action="append", default=[],
+                        metavar="EXE[:UID]",
+                        help="an executable besides the kubelet that may read protected pods' "
+                             "credential volumes (repeatable; by inode)")
+    parser.add_argument("--allow-bpf-loader", action="append", default=[], metavar="EXE[:UID]",
+                        help="an executable that may load tracing BPF programs while this node "
+                             "protects something (repeatable; by inode)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port (e.g. 9462)")
     parser.add_argument("--settings", default=os.environ.get("CLOUDTASER_SETTINGS"),
@@ -696,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_refresh_every, args=(policies, 30.0), daemon=True,
                          name="agent-relist").start()
     node_reports: list[NodeReport] = []  # needs the backend: made once the agent is loaded
+    node_label: NodeLabel | None = None
 
     def on_violation(v: Violation) -> None:
         if reporter is not None:
@@ -705,14 +981,23 @@ def main(argv: list[str] | None = None) -> int:
 
     agent = Agent(args.socket, args.object, args.flags, args.pin_dir,
                   on_violation=on_violation if reporter else None, pod_policies=policies,
-                  backend=args.backend)
+                  backend=args.backend, io_uring=args.io_uring)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
         agent.start()
-    except PermanentError as e:
+        for spec in args.allow_bpf_loader:
+            path, uid = parse_accessor(spec)
+            agent.allow_bpf_loader(path, uid)
+        for spec in args.allow_credential_reader:
+            path, uid = parse_accessor(spec)
+            agent.allow_credential_reader(path, uid)
+    except (PermanentError, OSError) as e:
         print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
+        agent.stop()
+        if args.node:  # no agent here now: an earlier one's label must not attract pods
+            NodeLabel(args.node).remove()
         return 1
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, registry=agent.metrics.registry)
@@ -721,8 +1006,12 @@ def main(argv: list[str] | None = None) -> int:
         backend = agent.loaded.backend if agent.loaded is not None else BACKEND
         node_reports.append(NodeReport(policies, args.node, namespace, backend))
         node_reports[0].start()
+        node_label = NodeLabel(args.node)  # for requireBackend: the scheduler reads it
+        node_label.start(backend)
     print(f"ready: {args.socket}", flush=True)
     done.wait()
+    if node_label is not None:  # first: no pod should be scheduled here for this agent now
+        node_label.close()
     agent.stop()
     for report in node_reports:
         report.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,22 +19,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from cloudtaser.bpf import layouts
 from cloudtaser.errors import PermanentError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/cloudtaser")
 BPFFS = Path("/sys/fs/bpf")
 BPF_FS_MAGIC = 0xCAFE4A11
+TRACEFS = Path("/sys/kernel/tracing")
+TRACEFS_MAGIC = 0x74726163
 
 TRACEPOINT = "tracepoint"
 LSM = "lsm"
 LSM_LIST = Path("/sys/kernel/security/lsm")
-# Programs of protect.bpf.c that enforce by killing from syscall tracepoints: attached only by
-# the tracepoint backend. Programs in "lsm/" sections are the LSM backend's; all others (fork,
-# exit, memfd creation, core dumps) run with either. tests/unit/bpf checks the names exist.
-TRACEPOINT_ONLY = frozenset({
-    "exit_openat", "exit_openat2", "exit_open", "enter_ptrace", "exit_ptrace",
-    "enter_process_vm_readv", "enter_process_vm_writev", "enter_pidfd_getfd",
-})
+# Programs of protect.bpf.c that enforce by killing from syscall (raw) and io_uring tracepoints:
+# attached only by the tracepoint backend. Programs in "lsm/" sections are the LSM backend's;
+# the others (fork, exec, exit, memfd creation, core dumps; the agent_op program, run rather
+# than attached) serve either. tests/unit/bpf checks the names and their sections.
+TRACEPOINT_ONLY = frozenset({"on_sys_enter", "on_sys_exit", "io_uring_submit", "io_uring_file_get",
+                             "io_uring_complete"})
+AGENT_OP = "agent_op"  # the syscall program through which the agent writes its frozen maps
+# The maps the agent writes through agent_op (frozen: no bpf() syscall writes them).
+AGENT_MAPS = {"protected": layouts.AgentMap.PROTECTED, "protected_files": layouts.AgentMap.PROTECTED_FILES,
+              "accessors": layouts.AgentMap.ACCESSORS,
+              "protected_mounts": layouts.AgentMap.PROTECTED_MOUNTS}
+PINNED_MAPS = ("protected", "events", "ptrace_victims", "protected_files", "accessors", "node",
+               "protected_mounts")
+FROZEN_MAPS = ("protected", "ptrace_victims", "protected_files", "accessors", "node",
+               "protected_mounts")
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -89,6 +101,10 @@ def _lib() -> ctypes.CDLL:
         "ring_buffer__free": (None, [vp]),
         "libbpf_get_error": (ctypes.c_long, [vp]),
         "libbpf_set_print": (vp, [vp]),
+        "bpf_program__fd": (ci, [vp]),
+        "bpf_map_freeze": (ci, [ci]),
+        "bpf_obj_pin": (ci, [ci, cp]),
+        "bpf_prog_test_run_opts": (ci, [ci, vp]),
     }
     for fname, (res, args) in sigs.items():
         fn = getattr(lib, fname)
@@ -144,29 +160,87 @@ def check_kallsyms(
 
 def ensure_bpffs(root: Path = BPFFS) -> None:
     """Mount bpffs at /sys/fs/bpf when it is not mounted yet."""
-    if _is_bpffs(root):
+    _ensure_mounted(root, b"bpf", BPF_FS_MAGIC)
+
+
+def ensure_tracefs(root: Path = TRACEFS) -> None:
+    """Mount tracefs at /sys/kernel/tracing when it is not mounted yet: libbpf finds a syscall
+    tracepoint's id there (the agent's DaemonSet mounts it from the host; a bare node may not
+    have it mounted at all)."""
+    _ensure_mounted(root, b"tracefs", TRACEFS_MAGIC)
+
+
+def _ensure_mounted(root: Path, fstype: bytes, magic: int) -> None:
+    if _fs_magic(root) == magic:
         return
     root.mkdir(parents=True, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"bpf", str(root).encode(), b"bpf", 0, None) != 0:
-        raise _fail(f"mount -t bpf bpf {root}")
+    if libc.mount(fstype, str(root).encode(), fstype, 0, None) != 0:
+        raise _fail(f"mount -t {fstype.decode()} {fstype.decode()} {root}")
 
 
-def _is_bpffs(path: Path) -> bool:
-    # statfs f_type is the first field (long) of struct statfs on x86_64.
+def _fs_magic(path: Path) -> int | None:
+    # statfs f_type is the first field (long) of struct statfs on x86_64 and arm64.
     buf = ctypes.create_string_buffer(256)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.statfs(str(path).encode(), buf) != 0:
-        return False
-    return ctypes.c_long.from_buffer(buf).value == BPF_FS_MAGIC
+        return None
+    return ctypes.c_long.from_buffer(buf).value
+
+
+class TestRunOpts(ctypes.Structure):
+    """libbpf's struct bpf_test_run_opts (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class AgentOps:
+    """The agent_op program (protect.bpf.c): the only writer of the frozen maps from user
+    space, for the process that holds the agent role (claim())."""
+
+    def __init__(self, prog_fd: int) -> None:
+        self.fd = prog_fd
+
+    def run(self, op: layouts.AgentOp) -> int:
+        """Run ``op``; its result (0 or -errno)."""
+        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), ctx_in=ctypes.addressof(op),
+                           ctx_size_in=ctypes.sizeof(op))
+        if lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)) != 0:
+            raise _fail("run of the agent_op program")
+        return int(op.result)
+
+    def claim(self) -> int:
+        """Take the agent role: 0, or -EBUSY while another live process holds it."""
+        return self.run(layouts.AgentOp(op=layouts.AgentOpCode.CLAIM))
+
+    def write(self, code: int, map_id: int, key: Key, value: Key | None, flags: int) -> int:
+        op = layouts.AgentOp(op=code, map=map_id, flags=flags)
+        ctypes.memmove(op.key, ctypes.byref(key), ctypes.sizeof(key))
+        if value is not None:
+            ctypes.memmove(op.value, ctypes.byref(value), ctypes.sizeof(value))
+        return self.run(op)
 
 
 @dataclass
 class Map:
     name: str
     fd: int
+    ops: AgentOps | None = None  # set for a frozen map the agent writes through agent_op
 
     def update(self, key: Key, value: Key, flags: int = BPF_ANY) -> None:
+        if self.ops is not None:
+            rc = self.ops.write(layouts.AgentOpCode.UPDATE, AGENT_MAPS[self.name], key, value, flags)
+            if rc != 0:
+                raise _fail(f"update of map {self.name} (through agent_op)", rc)
+            return
         if lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags) != 0:
             raise _fail(f"update of map {self.name}")
 
@@ -179,9 +253,14 @@ class Map:
         raise _fail(f"lookup in map {self.name}")
 
     def delete(self, key: Key) -> bool:
+        if self.ops is not None:
+            rc = self.ops.write(layouts.AgentOpCode.DELETE, AGENT_MAPS[self.name], key, None, 0)
+            if rc in (0, -errno.ENOENT):
+                return rc == 0
+            raise _fail(f"delete from map {self.name} (through agent_op)", rc)
         if lib().bpf_map_delete_elem(self.fd, ctypes.byref(key)) == 0:
             return True
-        if ctypes.get_errno() == 2:
+        if ctypes.get_errno() == errno.ENOENT:
             return False
         raise _fail(f"delete from map {self.name}")
 
@@ -219,6 +298,7 @@ class Loaded:
     links: list[int] = field(default_factory=list)
     rings: list[tuple[int, object]] = field(default_factory=list)
     backend: str = TRACEPOINT
+    ops: AgentOps | None = None
 
     def map(self, name: str) -> Map:
         m = lib().bpf_object__find_map_by_name(self.obj, name.encode())
@@ -227,7 +307,7 @@ class Loaded:
         fd = lib().bpf_map__fd(m)
         if fd < 0:
             raise BpfError(f"map {name} has no fd (not loaded)")
-        return Map(name, fd)
+        return Map(name, fd, self.ops if name in AGENT_MAPS else None)
 
     def ring_buffer(self, name: str, callback: Callable[[bytes], None]) -> RingBuffer:
         return RingBuffer(self.map(name), callback)
@@ -279,27 +359,59 @@ def _programs(obj: int) -> Iterator[tuple[int, str]]:
         prog = lib().bpf_object__next_program(obj, prog)
 
 
-def load(
-    path: Path,
-    pin_dir: Path | None = DEFAULT_PIN_DIR,
-    pinned_maps: tuple[str, ...] = (
-        "protected", "events", "ptrace_victims", "protected_files", "accessors",
-    ),
-    backend: str = TRACEPOINT,
-) -> Loaded:
-    """Open, load and attach the programs of ``backend`` in the object at ``path``.
+def _claim_with_pinned_op(pin_dir: Path) -> None:
+    """Take the agent role through the agent_op program an earlier agent pinned, before loading
+    anything: while a node protects something, its programs stop tracing-program loads by
+    anyone but the agent. Refused while the earlier agent lives."""
+    pin = pin_dir / "progs" / AGENT_OP
+    if not pin.exists():
+        return
+    fd = lib().bpf_obj_get(str(pin).encode())
+    if fd < 0:
+        raise _fail(f"open of the pinned {pin}")
+    try:
+        rc = AgentOps(fd).claim()
+    finally:
+        os.close(fd)
+    if rc == -errno.EBUSY:
+        raise BpfError(f"another process holds the agent role of {pin_dir} (pid "
+                       f"{_role_holder(pin_dir)}); one agent per node")
+    if rc != 0:
+        raise _fail(f"claim of the agent role through {pin}", rc)
 
-    With ``pin_dir``: the named maps are pinned under ``pin_dir/maps`` (an existing pin of the
-    same definition is reused, keeping its entries) and each program's link under
-    ``pin_dir/links``, replacing the links of an earlier run only after the new ones are
-    attached, so there is no unprotected gap (links of programs this backend does not use,
-    e.g. after a switch of backend, are unpinned last).
+
+def _role_holder(pin_dir: Path) -> int:
+    """The tgid in the pinned ``node`` map (0 when unknown)."""
+    fd = lib().bpf_obj_get(str(pin_dir / "maps" / "node").encode())
+    if fd < 0:
+        return 0
+    try:
+        state = layouts.NodeState()
+        zero = ctypes.c_uint32(0)
+        if lib().bpf_map_lookup_elem(fd, ctypes.byref(zero), ctypes.byref(state)) != 0:
+            return 0
+        return int(state.agent_tgid)
+    finally:
+        os.close(fd)
+
+
+def load(path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = TRACEPOINT) -> Loaded:
+    """Open, load and attach the programs of ``backend`` in the object at ``path``, as the agent.
+
+    The calling process takes the agent role (refused while another live process holds it) and
+    the maps are frozen: from now on only BPF programs and agent_op (Loaded.ops) write them.
+    With ``pin_dir``: the maps are pinned under ``pin_dir/maps`` (an existing pin of the same
+    definition is reused, keeping its entries), agent_op under ``pin_dir/progs`` and each
+    program's link under ``pin_dir/links``, replacing the links of an earlier run only after
+    the new ones are attached, so there is no unprotected gap (links of programs this backend
+    does not use, e.g. after a switch of backend, are unpinned last).
     """
     if backend not in (LSM, TRACEPOINT):
         raise BpfError(f"unknown backend {backend!r} (expected {LSM} or {TRACEPOINT})")
     check_kallsyms()
     if not path.is_file():
         raise BpfError(f"BPF object not found: {path} (build it with scripts/build-bpf)")
+    ensure_tracefs()
     lb = lib()
     obj = lb.bpf_object__open_file(str(path).encode(), None)
     if not obj:
@@ -313,20 +425,37 @@ def load(
                 lb.bpf_program__set_autoload(prog, False)
         if pin_dir is not None:
             ensure_bpffs()
-            (pin_dir / "maps").mkdir(parents=True, exist_ok=True)
-            (pin_dir / "links").mkdir(parents=True, exist_ok=True)
-            for name in pinned_maps:
+            for sub in ("maps", "links", "progs"):
+                (pin_dir / sub).mkdir(parents=True, exist_ok=True)
+            for name in PINNED_MAPS:
                 m = lb.bpf_object__find_map_by_name(obj, name.encode())
                 if not m:
                     raise BpfError(f"no map named {name} in {path}")
                 if lb.bpf_map__set_pin_path(m, str(pin_dir / "maps" / name).encode()) != 0:
                     raise _fail(f"pin path for map {name}")
+            _claim_with_pinned_op(pin_dir)
         rc = lb.bpf_object__load(obj)
         if rc != 0:
             hint = f"; remove {pin_dir}/maps after an incompatible upgrade" if pin_dir else ""
             raise _fail(f"load of {path} ({backend} backend: verifier or pinned-map mismatch{hint})", rc)
+        op_prog = 0
         for prog, name in _programs(obj):
-            if not lb.bpf_program__autoload(prog):
+            if name == AGENT_OP:
+                op_prog = prog
+        if op_prog:  # (benchmarks/kernel.py loads a bare no-op object)
+            loaded.ops = AgentOps(lb.bpf_program__fd(op_prog))
+            rc = loaded.ops.claim()
+            if rc != 0:
+                raise _fail(f"claim of the agent role (held by pid {_role_holder(pin_dir)})"
+                            if pin_dir else "claim of the agent role", rc)
+            for name in FROZEN_MAPS:
+                rc = lb.bpf_map_freeze(loaded.map(name).fd)
+                # A pin reused from an earlier run is frozen already: EBUSY, or EPERM (a frozen
+                # map's fd has no write permission left to freeze it with).
+                if rc != 0 and ctypes.get_errno() not in (errno.EBUSY, errno.EPERM):
+                    raise _fail(f"freeze of map {name}")
+        for prog, name in _programs(obj):
+            if not lb.bpf_program__autoload(prog) or name == AGENT_OP:
                 continue
             link = lb.bpf_program__attach(prog)
             if not link or lb.libbpf_get_error(link):
@@ -341,11 +470,16 @@ def load(
                 rc = lb.bpf_link__pin(link, str(pin).encode())
                 if rc != 0:
                     raise _fail(f"pin of link {name}", rc)
+            op_pin = pin_dir / "progs" / AGENT_OP
+            if op_pin.exists():
+                op_pin.unlink()
+            if loaded.ops and lb.bpf_obj_pin(loaded.ops.fd, str(op_pin).encode()) != 0:
+                raise _fail(f"pin of program {AGENT_OP}")
             for pin in (pin_dir / "links").iterdir():
                 if pin.name not in loaded.programs:
                     pin.unlink()  # the other backend's program, from an earlier run
             for pin in (pin_dir / "maps").iterdir():
-                if pin.name not in pinned_maps:
+                if pin.name not in PINNED_MAPS:
                     pin.unlink()  # an earlier version's map (e.g. the node-wide "allowed")
     except BaseException:
         loaded.close()

@@ -1,240 +1,197 @@
-"""The attack matrix: a root attacker against an app the real wrapper started.
+"""The attack matrix: one row per vector class of docs/THREAT-MODEL.md, per attacker.
 
-The app gets the demo secret from the real OpenBao (mTLS, a TokenRequest token) by env, by
-file (the interposer) and by SDK, registers with the node agent through the wrapper, keeps the
-SDK's secret fd mapped, a copy in ordinary memory, a thread and a child forked after
-registration. Each vector runs as a separate root process; the result row says whether the
-attacker was killed, how many bytes of the secret it obtained (the whole value, its first 8
-bytes for one ptrace word, or 0) and what the agent reported (vector and action).
+The target is a protected app in its own pid and mount namespaces (like a container's), holding
+the secret where a wrapped app holds it: in its environment (static apps, env delivery), in a
+memfd_secret region (SDK delivery), in a memfd copy (what the interposer serves for a file
+delivery), in ordinary heap memory (the app's own copy), plus a thread and a child forked after
+registration. The attackers, each a separate process (tests/harness/attacker.c):
+
+- ``pod``: in the app's namespaces with a container's default capabilities, as ``kubectl
+  exec`` gives (``pod+seccomp``: also under the runtime's default seccomp profile);
+- ``pod+ptrace``: the same with CAP_SYS_PTRACE added;
+- ``root``: node root, outside the pod.
+
+A row records how the attacker ended (killed, refused by the kernel, exit), how many bytes of
+the secret it obtained (the whole value, one 8-byte word of it, or 0) and what the agent
+reported. It passes when: enforce, 0 bytes and the attempt stopped (killed or denied, and
+reported) or refused by the kernel itself; audit, every attempt the kernel does not refuse is
+reported. A residual row (the threat model names its limitation, per backend) records what the
+attacker obtained and must still be reported.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudtaser.bpf.agent import Violation
-from cloudtaser.engine.plans import CONFIG_ENV, ProtectionFlag, WrapperConfig
+from cloudtaser.bpf.loading import LSM
 from cloudtaser.rendering import table
-from tests.kernel.conftest import REPO, AgentRun, attack
-from tests.kernel.test_bpf_protect import PROCESS_VM_READV, PTRACE, READ_FILE, READ_MEM
+from tests.harness.attacking import Attack, run_attacker
 
-# What a default EnforcementPolicy (every protection on) compiles to.
-ALL_PROTECTIONS = int(
-    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.FDS | ProtectionFlag.PTRACE
-    | ProtectionFlag.PIDFD_GETFD | ProtectionFlag.CORE_DUMP
-)
-
-# Runs as the app, exec'ed by the wrapper. Prints one line of facts (never the secret).
-APP = r"""
-import ctypes, mmap, os, threading, time
-from cloudtaser.sdk import get_secret
-env_value = os.environ["DEMO_PASSWORD"].encode()
-kept = open("/etc/demo/password", "rb")  # the interposer's memfd copy, kept open
-file_value = kept.read()
-sdk_value = get_secret("demo-password")
-manifest = [l.split(" ", 2) for l in os.environ["CLOUDTASER_FDS"].split("\n") if l]
-fd = next(int(n) for kind, n, name in manifest if kind == "sdk" and name == "demo-password")
-held = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
-copy = ctypes.create_string_buffer(sdk_value)
-with open("/proc/self/maps") as maps:
-    mapped = next(l.split()[0] for l in maps if "secretmem" in l or "/memfd:" in l)
-child = os.fork()
-if child == 0:
-    time.sleep(300)
-    os._exit(0)
-t = threading.Thread(target=time.sleep, args=(300,), daemon=True)
-t.start()
-ok = env_value == file_value == sdk_value == held[:] and len(env_value) >= 8
-print(f"pid={os.getpid()} child={child} tid={t.native_id} addr={ctypes.addressof(copy)} "
-      f"len={len(sdk_value)} fd={fd} copyfd={kept.fileno()} map={mapped} same={ok}", flush=True)
-time.sleep(300)
-"""
-
-# Opens argv[1] and maps it (memfd_secret has no read()); an open the kernel refuses prints
-# "errno=N" instead.
-READ_MAPPED = r"""
-import mmap, os, sys
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY)
-except OSError as e:
-    sys.stdout.write(f"errno={e.errno}")
-    sys.exit(3)
-m = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
-sys.stdout.buffer.write(m[:])
-"""
-
-PIDFD_GETFD_MMAP = r"""
-import ctypes, mmap, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-pidfd = os.pidfd_open(int(sys.argv[1]))
-fd = libc.syscall(438, pidfd, int(sys.argv[2]), 0)
-if fd >= 0:
-    m = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
-    sys.stdout.buffer.write(m[:])
-"""
+ROOT, POD, POD_SECCOMP, POD_PTRACE = "root", "pod", "pod+seccomp", "pod+ptrace"
+ALL_ATTACKERS = (POD, POD_SECCOMP, POD_PTRACE, ROOT)
+NODE = (POD_PTRACE, ROOT)  # node-wide vectors: the pod's own capabilities refuse the rest
+# Reports of an attempt name the attacker, or the io_uring worker thread doing its work.
+ATTACKER_COMMS = ("attacker", "iou-wrk-", "iou-sqp-")
 
 
 @dataclass
-class App:
-    proc: subprocess.Popen[str]
+class Target:
+    """The protected app as attackers see it (``ns``: pids in its own pid namespace)."""
+
+    pid: int  # host pid
+    ns_pid: int  # pid in its namespace
     secret: str
-    info: dict[str, str]
+    addr: int  # a heap copy of the secret
+    length: int
+    scratch: int  # where code injection attempts write (the heap copy stays intact)
+    secret_fd: int  # memfd_secret (SDK delivery)
+    copy_fd: int  # a memfd copy (the interposer's file delivery)
+    map_range: str  # /proc/PID/map_files/RANGE of the memfd_secret mapping
+    tid: int  # a thread's tid (host) ...
+    ns_tid: int  # ... and in the namespace
+    child: int  # a child forked after registration (host pid)
+    ns_child: int
+    environ_clean: bool  # its environment area holds no value (interposer env delivery)
+    agent_pins: Path  # the agent's pin dir, for the vectors against the agent
+    agent_pid: int  # the agent (in these tests, the test process itself)
+    agent_socket: Path  # the agent's registration socket (mounted into the pod)
+    token: str  # the pod's credential (a projected token's path, in the app's mount namespace)
+    credentials: tuple[bytes, ...] = ()  # what the credential files hold: as good as the secret
+    env: dict[str, str] | None = None  # the container's environment (its spec's), for `exec`
+    stdin: subprocess.Popen[str] | None = None  # the app (to resume a stopped one, to stop it)
 
-    @property
-    def pid(self) -> int:
-        return int(self.info["pid"])
+    def proc(self, attacker: str, pid: int | None = None) -> str:
+        """/proc/PID of the app (or ``pid``, a host pid) as ``attacker`` spells it."""
+        host = pid or self.pid
+        if attacker == ROOT:
+            return f"/proc/{host}"
+        ns = {self.pid: self.ns_pid, self.tid: self.ns_tid, self.child: self.ns_child}[host]
+        return f"/proc/{ns}"
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> str:
-        """Kill the app and its child; the wrapper's stderr (its log lines)."""
-        child = self.info.get("child")
-        if child:
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.kill()
-        _out, err = self.proc.communicate(timeout=30)
-        return err
-
-
-def start_app(config: WrapperConfig, socket_path: Path, secret: str) -> App:
-    """The app, started by the real wrapper (``python -m cloudtaser.wrapper``)."""
-    config = config.model_copy(update={
-        "agent": config.agent.model_copy(update={"socket": str(socket_path)})})
-    env = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudtaser.wrapper", "--deadline", "20", "--",
-         sys.executable, "-c", APP],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _out, err = proc.communicate(timeout=30)
-        raise AssertionError(f"the wrapper did not start the app (rc {proc.returncode}): {err}")
-    info = dict(kv.split("=", 1) for kv in line.split())
-    assert info["same"] == "True", "env, file and SDK deliveries disagree"
-    return App(proc, secret, info)
+    def pid_for(self, attacker: str) -> str:
+        return str(self.pid if attacker == ROOT else self.ns_pid)
 
 
-@dataclass
-class Outcome:
-    returncode: int | None
-    output: bytes
-    note: str = ""
+Args = Callable[[Target, str], list[str]]
 
 
 @dataclass
 class Vector:
     name: str
-    kind: str | None  # the vector the agent reports (None: nothing to report)
-    run: Callable[[App, Path], Outcome]
-    target: str = "pid"  # which process of the app is attacked: "pid" or "child"
+    cls: str  # the threat model's class
+    kind: str | None  # what the agent reports (None: nothing is to be reported)
+    args: Args  # attacker subcommand and arguments
+    attackers: tuple[str, ...] = ALL_ATTACKERS
+    residual: dict[str, str] = field(default_factory=dict)  # backend -> the limitation
+    target: str = "pid"  # "pid", "child" (the child forked after registration) or "agent"
+    always: bool = False  # enforced in audit mode too (the agent's own protection)
 
 
-def _script(code: str, *args: str, cwd: str | None = None) -> Outcome:
-    r = attack(code, *args, cwd=cwd)
-    return Outcome(r.returncode, r.stdout)
-
-
-def _symlinked(app: App, tmp: Path) -> Outcome:
-    link = tmp / f"environ-link-{app.pid}"
-    link.symlink_to(f"/proc/{app.pid}/environ")
-    return _script(READ_FILE, str(link))
-
-
-def _second_procfs(app: App, tmp: Path) -> Outcome:
-    mnt = tmp / f"proc2-{app.pid}"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "proc", "proc", str(mnt)], check=True)
-    try:
-        return _script(READ_FILE, f"{mnt}/{app.pid}/environ")
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def _gcore(app: App, tmp: Path) -> Outcome:
-    prefix = tmp / f"gcore-{app.pid}"
-    r = subprocess.run(["gcore", "-o", str(prefix), str(app.pid)], capture_output=True,
-                       timeout=120, check=False)
-    cores = list(tmp.glob(f"gcore-{app.pid}*"))
-    data = b"".join(p.read_bytes() for p in cores)
-    return Outcome(r.returncode, data, f"{len(cores)} core file(s)")
-
-
-def _strace(app: App, tmp: Path) -> Outcome:
-    try:
-        r = subprocess.run(["strace", "-p", str(app.pid), "-e", "trace=none"],
-                           capture_output=True, timeout=5, check=False)
-        return Outcome(r.returncode, r.stdout + r.stderr)
-    except subprocess.TimeoutExpired as e:  # attached and tracing: not killed
-        return Outcome(None, (e.stdout or b"") + (e.stderr or b""), "still tracing after 5 s")
-
-
-def _kill_segv(app: App, tmp: Path) -> Outcome:
-    """Last: the app dies. core_pattern points at tmp (the caller sets it). In audit mode an
-    earlier PTRACE_ATTACH by a tracer that then exited leaves the app stopped, as it would
-    without the agent: the harness (not the attacker) resumes it first."""
-    os.kill(app.pid, signal.SIGCONT)
-    r = subprocess.run(["kill", "-SEGV", str(app.pid)], capture_output=True, timeout=20, check=False)
-    try:
-        app.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    time.sleep(0.5)
-    cores = list(tmp.glob(f"core.{app.pid}*"))
-    data = b"".join(p.read_bytes() for p in cores)
-    return Outcome(r.returncode, data, f"app exit {app.proc.returncode}, {len(cores)} core file(s)")
+def _v(name: str, cls: str, kind: str | None, args: Args, **kw: object) -> Vector:
+    return Vector(name, cls, kind, args, **kw)  # type: ignore[arg-type]
 
 
 VECTORS: list[Vector] = [
-    Vector("environ: /proc/PID/environ", "environ",
-           lambda a, t: _script(READ_FILE, f"/proc/{a.pid}/environ")),
-    Vector("environ: via a symlink", "environ", _symlinked),
-    Vector("environ: relative, cwd /proc/PID", "environ",
-           lambda a, t: _script(READ_FILE, "environ", cwd=f"/proc/{a.pid}")),
-    Vector("environ: second procfs mount", "environ", _second_procfs),
-    Vector("environ: /proc/PID/task/TID/environ", "environ",
-           lambda a, t: _script(READ_FILE, f"/proc/{a.pid}/task/{a.info['tid']}/environ")),
-    Vector("mem: /proc/PID/mem", "mem",
-           lambda a, t: _script(READ_MEM, f"/proc/{a.pid}/mem", a.info["addr"], a.info["len"])),
-    Vector("fd: /proc/PID/fd/N (memfd_secret) + mmap", "fd",
-           lambda a, t: _script(READ_MAPPED, f"/proc/{a.pid}/fd/{a.info['fd']}")),
-    Vector("fd: /proc/PID/map_files/RANGE (memfd_secret) + mmap", "fd",
-           lambda a, t: _script(READ_MAPPED, f"/proc/{a.pid}/map_files/{a.info['map']}")),
-    Vector("fd: /proc/PID/fd/N (interposer's memfd copy) + mmap", "fd",
-           lambda a, t: _script(READ_MAPPED, f"/proc/{a.pid}/fd/{a.info['copyfd']}")),
-    Vector("ptrace: PTRACE_ATTACH + PEEKDATA", "ptrace",
-           lambda a, t: _script(PTRACE, str(a.pid), "16", a.info["addr"])),
-    Vector("ptrace: PTRACE_SEIZE + PEEKDATA", "ptrace",
-           lambda a, t: _script(PTRACE, str(a.pid), str(0x4206), a.info["addr"])),
-    Vector("ptrace: strace -p", "ptrace", _strace),
-    Vector("process_vm_readv", "process_vm_readv",
-           lambda a, t: _script(PROCESS_VM_READV, str(a.pid), a.info["addr"], a.info["len"])),
-    Vector("pidfd_getfd (secret fd) + mmap", "pidfd_getfd",
-           lambda a, t: _script(PIDFD_GETFD_MMAP, str(a.pid), a.info["fd"])),
-    Vector("core dump: gcore (gdb, ptrace)", "ptrace", _gcore),
-    Vector("child forked after registration: environ", "environ",
-           lambda a, t: _script(READ_FILE, f"/proc/{a.info['child']}/environ"), target="child"),
-    Vector("core dump: kill -SEGV", "coredump", _kill_segv),  # last: the app dies
+    _v("environ: /proc/PID/environ", "environ", "environ",
+       lambda t, a: ["read", f"{t.proc(a)}/environ"]),
+    _v("environ: /proc/PID/task/TID/environ", "environ", "environ",
+       lambda t, a: ["read", f"{t.proc(a)}/task/{t.proc(a, t.tid).rsplit('/', 1)[1]}/environ"]),
+    _v("mem: pread /proc/PID/mem", "mem", "mem",
+       lambda t, a: ["mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
+    _v("mem: creat() /proc/PID/mem, write (code injection)", "mem", "mem",
+       lambda t, a: ["creat-mem", t.pid_for(a), str(t.scratch)]),
+    _v("fd: /proc/PID/fd/N of memfd_secret + mmap", "fd", None,
+       lambda t, a: ["map", f"{t.proc(a)}/fd/{t.secret_fd}"]),
+    _v("fd: /proc/PID/map_files of memfd_secret + mmap", "fd", None,
+       lambda t, a: ["map", f"{t.proc(a)}/map_files/{t.map_range}"]),
+    _v("fd: /proc/PID/fd/N of a memfd copy", "fd", "fd",
+       lambda t, a: ["read", f"{t.proc(a)}/fd/{t.copy_fd}"]),
+    _v("fd: open_by_handle_at of a memfd copy", "fd", "fd",
+       lambda t, a: ["handle", f"{t.proc(a)}/fd/{t.copy_fd}"]),
+    _v("fd: pidfd_getfd of memfd_secret + mmap", "fd", "pidfd_getfd",
+       lambda t, a: ["getfd-map", t.pid_for(a), str(t.secret_fd)]),
+    _v("shared fd table: environ read after its opener died", "use", "environ",
+       lambda t, a: ["shared-read", f"{t.proc(a)}/environ"]),
+    _v("shared fd table: mem pread after its opener died", "use", "mem",
+       lambda t, a: ["shared-pread", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
+    _v("shared fd table: pidfd_getfd'd memfd_secret, mmap", "use", "pidfd_getfd",
+       lambda t, a: ["shared-getfd-map", t.pid_for(a), str(t.secret_fd)]),
+    _v("shared memory: memfd copy read into a CLONE_VM accomplice's memory", "use", "fd",
+       lambda t, a: ["vm-read", f"{t.proc(a)}/fd/{t.copy_fd}"]),
+    _v("shared memory: racing read of a memfd copy into a MAP_SHARED buffer", "use", "fd",
+       lambda t, a: ["shm-race", f"{t.proc(a)}/fd/{t.copy_fd}"],
+       residual={"tracepoint": "kill-based: a reader sharing the opener's fd table that reads "
+                               "in the microseconds before its kill lands gets a memfd copy's "
+                               "pages into a MAP_SHARED buffer another process sees"}),
+    _v("shared memory: memfd_secret mapped for a CLONE_VM accomplice", "use", "pidfd_getfd",
+       lambda t, a: ["vm-getfd-map", t.pid_for(a), str(t.secret_fd)]),
+    _v("ia32 syscalls: environ (open, read)", "compat", "environ",
+       lambda t, a: ["ia32-read", f"{t.proc(a)}/environ"]),
+    _v("ia32 syscalls: mem (open, _llseek, read)", "compat", "mem",
+       lambda t, a: ["ia32-mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
+    _v("ia32 syscalls: pidfd_getfd of memfd_secret + mmap2", "compat", "pidfd_getfd",
+       lambda t, a: ["ia32-getfd-map", t.pid_for(a), str(t.secret_fd)]),
+    _v("ia32 syscalls: PTRACE_SEIZE, then PEEKDATA", "compat", "ptrace",
+       lambda t, a: ["ia32-ptrace", t.pid_for(a), str(t.addr)]),
+    _v("io_uring: OPENAT + READ of environ", "io_uring", "environ",
+       lambda t, a: ["uring-read", f"{t.proc(a)}/environ"]),
+    _v("io_uring: fixed file READ of environ", "io_uring", "environ",
+       lambda t, a: ["uring-fixed", f"{t.proc(a)}/environ"]),
+    _v("io_uring: SPLICE from a fixed file (a memfd copy)", "io_uring", "fd",
+       lambda t, a: ["uring-splice", f"{t.proc(a)}/fd/{t.copy_fd}"]),
+    _v("io_uring: OPENAT into an empty fixed slot linked to a READ of it (mem)", "io_uring",
+       "mem", lambda t, a: ["uring-linked", f"{t.proc(a)}/mem", str(t.addr)]),
+    _v("io_uring: fixed file READ of a memfd copy", "io_uring", "fd",
+       lambda t, a: ["uring-fixed", f"{t.proc(a)}/fd/{t.copy_fd}"]),
+    _v("ptrace: PTRACE_SEIZE + PEEKDATA", "ptrace", "ptrace",
+       lambda t, a: ["ptrace", t.pid_for(a), str(t.addr)]),
+    _v("process_vm_readv", "ptrace", "process_vm_readv",
+       lambda t, a: ["vm-readv", t.pid_for(a), str(t.addr), str(t.length)]),
+    _v("perf_event_open: user stacks of the app", "perf", "perf",
+       lambda t, a: ["perf", t.pid_for(a)]),
+    _v("perf_event_open: node-wide user stack sampling", "perf", "perf",
+       lambda t, a: ["perf", "-1"], attackers=NODE),
+    _v("process_madvise (pages out to swap)", "ptrace", "process_madvise",
+       lambda t, a: ["madvise", t.pid_for(a), str(t.addr), str(t.length)]),
+    _v("BPF: load a tracing program", "bpf", "bpf", lambda t, a: ["bpf-load"], attackers=NODE),
+    _v("tracefs: define a uprobe", "bpf", "tracefs",
+       lambda t, a: ["uprobe", "/bin/true"], attackers=NODE),
+    _v("agent: delete the app from the pinned map (bpftool map delete)", "agent", "bpf",
+       lambda t, a: ["map-delete", str(t.agent_pins / "maps" / "protected"), str(t.pid)],
+       attackers=(ROOT,), always=True),
+    _v("agent: run its agent_op program as if the agent", "agent", "agent",
+       lambda t, a: ["agent-op", str(t.agent_pins / "progs" / "agent_op"), str(t.pid)],
+       attackers=(ROOT,), always=True),
+    _v("agent: read its memory (/proc/AGENT/mem)", "agent", "mem",
+       lambda t, a: ["mem", f"/proc/{t.agent_pid}/mem", "4096", "8"], attackers=(ROOT,),
+       always=True, target="agent"),
+    _v("agent: ptrace it", "agent", "ptrace",
+       lambda t, a: ["ptrace", str(t.agent_pid), "4096"], attackers=(ROOT,), always=True,
+       target="agent"),
+    _v("credentials: read the pod's token (its projected volume)", "credentials", "credentials",
+       lambda t, a: ["read", t.token if a != ROOT else f"/proc/{t.pid}/root{t.token}"]),
+    _v("credentials: a second wrapper in the pod registers, then reads the token", "credentials",
+       "credentials", lambda t, a: ["register-read", str(t.agent_socket), t.token],
+       attackers=(POD, POD_SECCOMP, POD_PTRACE)),
+    _v("child forked after registration: environ", "environ", "environ",
+       lambda t, a: ["read", f"{t.proc(a, t.child)}/environ"], target="child"),
 ]
 
 
 @dataclass
 class Row:
+    app: str
     vector: str
-    mode: str
     attacker: str
+    mode: str
+    result: str  # killed, refused (the kernel's errno), denied, exit N
     obtained: int
     reported: str
     ok: bool
@@ -252,90 +209,85 @@ def obtained(secret: str, output: bytes) -> int:
     return 8 if value[:8] in output else 0
 
 
-def refused(outcome: Outcome) -> str | None:
-    """The errno name when the kernel refused the attacker's open (READ_MAPPED's exit 3)."""
-    if outcome.returncode == 3 and outcome.output.startswith(b"errno="):
-        return errno.errorcode.get(int(outcome.output[6:]), outcome.output[6:].decode())
-    return None
+def _settled(violations: list[Violation], quiet: float = 0.1) -> int:
+    """The number of reports once none arrived for ``quiet`` seconds: a row's late reports
+    (an attacker's second syscall, say) are never taken for the next row's."""
+    count = len(violations)
+    while True:
+        time.sleep(quiet)
+        if len(violations) == count:
+            return count
+        count = len(violations)
 
 
-def describe(outcome: Outcome) -> str:
-    rc = outcome.returncode
-    if rc is None:
-        return "running"
-    if rc < 0:
-        return f"killed ({signal.Signals(-rc).name})"
-    why = refused(outcome)
-    return f"open refused ({why})" if why else f"exit {rc}"
-
-
-def wait_report(run: AgentRun, since: int, pred: Callable[[Violation], bool],
-                timeout: float = 3.0) -> Violation | None:
+def wait_report(violations: list[Violation], since: int, pred: Callable[[Violation], bool],
+                 timeout: float) -> Violation | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for v in run.violations[since:]:
+        for v in violations[since:]:
             if pred(v):
                 return v
         time.sleep(0.02)
     return None
 
 
-def attempt(vector: Vector, app: App, run: AgentRun, tmp: Path, mode: str) -> Row:
-    since = len(run.violations)
-    outcome = vector.run(app, tmp)
-    target = app.pid if vector.target == "pid" else int(app.info["child"])
-    got = obtained(app.secret, outcome.output)
-    v = wait_report(run, since, lambda v: v.target_tgid == target and v.kind == vector.kind)
-    reported = f"{v.kind}/{v.action}" if v else "-"
-    note = outcome.note
-    if refused(outcome):  # memfd_secret: no reopen through /proc, for anyone (nothing to report)
-        ok = got == 0 and v is None
-        note = note or "the kernel refuses it, registered or not"
-    elif mode == "enforce":
-        ok = got == 0 and v is not None and v.action == "killed"
+def _describe(r: Attack) -> str:
+    if r.returncode < 0:
+        return f"killed ({signal.Signals(-r.returncode).name})"
+    if r.refused:
+        return f"refused ({r.refused.split(': ', 1)[-1]})"
+    return f"exit {r.returncode}"
+
+
+def attempt(app: str, vector: Vector, attacker: str, target: Target, violations: list[Violation],
+            mode: str, backend: str) -> Row:
+    """One vector by one attacker; the row (also appended to RESULTS)."""
+    since = _settled(violations)
+    r = run_attacker(*vector.args(target, attacker), in_pod=attacker != ROOT,
+                     ptrace=attacker == POD_PTRACE, seccomp=attacker == POD_SECCOMP,
+                     enter=None if attacker == ROOT else target.pid)
+    victim = {"pid": target.pid, "child": target.child, "agent": target.agent_pid}[vector.target]
+    got = obtained(target.secret, r.stdout)
+    if not got and any(c and c in r.stdout for c in target.credentials):
+        got = len(target.secret)  # a login as the pod: the whole secret
+    # Whatever the agent reported of this attempt: the target, or the node (target 0).
+    v = wait_report(violations, since,
+                     lambda v: v.opener_comm.startswith(ATTACKER_COMMS)
+                     and (v.target_tgid in (victim, 0) or v.kind == "agent"),
+                     timeout=0.3 if r.refused else 3.0)
+    reported = f"{v.kind}/{v.via}/{v.action}" if v else "-"
+    residual = vector.residual.get(backend)
+    stopped = v is not None and v.action in ("killed", "denied")
+    if vector.kind is None or (r.refused and not v):
+        # The kernel refused it by itself (non-dumpable app, no capability, memfd_secret cannot
+        # be reopened): nothing to report, nothing obtained.
+        ok, note = got == 0 and r.refused is not None, "the kernel refuses it"
+    elif mode == "audit" and not vector.always:
+        ok, note = v is not None and v.action == "audited", ""
+    elif residual:
+        ok, note = v is not None, f"RESIDUAL: {residual}"
     else:
-        ok = v is not None and v.action == "audited"
-    row = Row(vector.name, mode, describe(outcome), got, reported, ok, note)
+        ok, note = got == 0 and stopped, ""
+    if vector.kind == "environ" and target.environ_clean and got == 0 and not v:
+        ok, note = True, "its environment holds no value: no violation"
+    result = "denied (EPERM)" if v and v.action == "denied" and r.refused else _describe(r)
+    row = Row(app, vector.name, attacker, mode, result, got, reported, ok, note)
     RESULTS.append(row)
     return row
 
 
-@dataclass
-class FileScan:
-    scanned: int = 0
-    skipped: int = 0
-    hits: list[str] = field(default_factory=list)
-    older: list[str] = field(default_factory=list)
-
-
-def grep_files(roots: list[Path], secret: str, since: float = 0.0,
-               max_bytes: int = 64 << 20) -> FileScan:
-    """Every regular file under ``roots`` (symlinks not followed) searched for the secret;
-    ``hits`` are files modified at ``since`` or later, ``older`` the rest (written before the
-    run, so not by what it ran: e.g. another test's log)."""
-    value = secret.encode()
-    scan = FileScan()
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root, followlinks=False):
-            for name in files:
-                path = Path(dirpath, name)
-                try:
-                    st = path.lstat()
-                    if not path.is_file() or path.is_symlink() or st.st_size > max_bytes:
-                        scan.skipped += 1
-                        continue
-                    data = path.read_bytes()
-                except OSError:
-                    scan.skipped += 1
-                    continue
-                scan.scanned += 1
-                if value in data or value.hex().encode() in data:
-                    (scan.hits if st.st_mtime >= since else scan.older).append(str(path))
-    return scan
-
-
 def render(rows: list[Row]) -> str:
     return table(
-        ["vector", "mode", "attacker", "secret bytes obtained", "reported", "result", "note"],
-        [(r.vector, r.mode, r.attacker, r.obtained, r.reported, "ok" if r.ok else "FAIL", r.note)
-         for r in rows])
+        ["app", "vector", "attacker", "mode", "result", "secret bytes", "reported", "ok", "note"],
+        [(r.app, r.vector, r.attacker, r.mode, r.result, r.obtained, r.reported,
+          "ok" if r.ok else "FAIL", r.note) for r in rows])
+
+
+def resume(target: Target) -> None:
+    """An audit-mode PTRACE_SEIZE + interrupt by a tracer that then exited leaves the app
+    stopped, as it would without the agent: the harness (not the attacker) resumes it."""
+    for pid in (target.pid, target.child):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

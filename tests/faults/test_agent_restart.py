@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.bpf.loading import ensure_bpffs, unpin
-from tests.kernel.conftest import Victim
+from tests.kernel.conftest import INTERPRETER, Victim
 
 pytestmark = pytest.mark.kernel
 CAT = "/usr/bin/cat"
@@ -74,7 +74,9 @@ class AgentProcess:
 
     def __init__(self, socket: Path, pin_dir: Path, bpf_object: Path) -> None:
         self.argv = [sys.executable, "-m", "cloudtaser.bpf.agent", "--socket", str(socket),
-                     "--pin-dir", str(pin_dir), "--object", str(bpf_object)]
+                     "--pin-dir", str(pin_dir), "--object", str(bpf_object),
+                     "--allow-bpf-loader", INTERPRETER,  # other test sessions' agents
+                     "--io-uring", "allow"]  # this machine's sysctl stays as it is
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:

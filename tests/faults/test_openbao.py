@@ -1,6 +1,6 @@
 """Faults between the wrapper and OpenBao, against the real stack: OpenBao stopped (and back),
 slow, behind the wrong CA, and a token the API server no longer honours. Each run is the real
-wrapper (``python -m cloudtaser.wrapper``); the app is ``touch MARKER`` plus a digest of the
+wrapper (the Go binary, tests/harness/wrapper.py); the app is ``touch MARKER`` plus a digest of the
 delivered value, so "app not started" and "app got the secret" are both observable.
 
 Figures (time to the failure line, restore time) are printed; run with ``-s`` to see them.
@@ -9,10 +9,8 @@ Figures (time to the failure line, restore time) are printed; run with ``-s`` to
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +23,9 @@ from cryptography import x509
 
 from cloudtaser import provisioning, stacking
 from cloudtaser.certificates import CertificateAuthority
-from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
+from cloudtaser.engine.plans import WrapperConfig
 from tests.e2e.conftest import compiled_config, sha
+from tests.harness import wrapper
 from tests.harness.waiting import wait_for
 
 from .conftest import LatencyProxy, Outage, latency_proxy
@@ -53,12 +52,10 @@ class Wrapper:
 
     def __init__(self, config: WrapperConfig, deadline: float, marker: Path) -> None:
         self.marker = marker
-        env = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
         app = f'touch {marker}; printf %s "$DEMO_PASSWORD" | sha256sum'
+        wrapper.binary()  # built before the clock starts
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudtaser.wrapper", "--deadline", str(deadline), "--",
-             "sh", "-c", app], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = wrapper.start(config, "sh", "-c", app, deadline=deadline)
 
     def finish(self, hang_after: float) -> Run:
         try:
@@ -161,12 +158,14 @@ def test_proxy_keeps_tls_verification_end_to_end(
     stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
 ) -> None:
     """The proxy passes TLS through: the wrapper verifies OpenBao's own certificate, whose
-    SANs name 127.0.0.1 and localhost. Reached at an address the certificate does not name,
+    SANs name 127.0.0.1, localhost and the OpenBao Service's address and name. Reached at an
+    address the certificate does not name,
     the same proxy gives a TLS failure: verification was not switched off to make it work."""
     cert = x509.load_pem_x509_certificate(stack.cert("openbao").cert.read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1",
+                                                                          stacking.OPENBAO_SERVICE_IP]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "openbao.cloudtaser-system.svc"]
     config = compiled_config(stack, token)
     assert config.sources[0].server_name is None and config.sources[0].ca_file == str(stack.ca)
     with latency_proxy("127.0.0.2") as stranger:

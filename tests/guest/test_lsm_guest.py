@@ -1,4 +1,5 @@
-"""The BPF LSM backend on a kernel where it loads: the kernel tests, run in a guest.
+"""The BPF LSM backend on a kernel where it loads: the kernel tests and the attack matrix,
+run in a guest.
 
 scripts/run-guest-tests boots Debian's stock kernel (bookworm, 6.1) with lsm=...,bpf in qemu
 (KVM where /dev/kvm is hardware KVM, else TCG) from the cached root filesystem
@@ -45,6 +46,12 @@ MUST_PASS = (
     "test_bpf_allowed.py::test_allowed_executable_reads_and_others_are_stopped",
     "test_bpf_allowed.py::test_allowed_accessor_is_per_pod",
     "test_bpf_allowed.py::test_violation_names_the_offenders_executable",
+    "test_attack_matrix.py::test_matrix[dynamic-enforce]",
+    "test_attack_matrix.py::test_matrix[dynamic-audit]",
+    "test_attack_matrix.py::test_matrix[static-enforce]",
+    "test_attack_matrix.py::test_matrix[static-audit]",
+    "test_attack_matrix.py::test_ps_and_top_survive_on_a_node_protecting_a_dynamic_app",
+    "test_attack_matrix.py::test_ps_is_stopped_where_the_environment_holds_a_value",
 )
 
 
@@ -61,14 +68,15 @@ def test_kernel_tests_pass_on_the_lsm_backend_in_a_guest() -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    r = subprocess.run([str(REPO / "scripts/run-guest-tests"), "tests/kernel", "-m", "kernel",
-                        "-v"], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run([str(REPO / "scripts/run-guest-tests"), "tests/kernel", "tests/attacks",
+                        "-m", "kernel and not e2e", "-v"], capture_output=True, text=True,
+                       timeout=3000, env={**os.environ, "CLOUDTASER_GUEST_TIMEOUT": "2700"})
     out = r.stdout
     print(out[-20000:])  # shown with -s or on failure: the guest's pytest output
     assert r.returncode == 0, f"guest pytest exit status {r.returncode}:\n{out[-4000:]}\n{r.stderr[-2000:]}"
     assert "LSMs lockdown,capability,landlock,yama,apparmor,bpf" in out
     summary = out.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
-    passed = set(re.findall(r"tests/kernel/(\S+) PASSED", out))
+    passed = set(re.findall(r"tests/(?:kernel|attacks)/(\S+) PASSED", out))
     missing = [t for t in MUST_PASS if t not in passed]
     assert not missing, f"not run or not passed in the guest: {missing}"

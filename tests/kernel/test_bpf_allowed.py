@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.bpf import layouts
-from cloudtaser.bpf.agent import DEFAULT_LIST
+from cloudtaser.bpf import layouts, loading
+from cloudtaser.bpf.agent import DEFAULT_LIST, RESERVED_LISTS
 from cloudtaser.bpf.reporting import event_message
 from cloudtaser.bpf.watching import PodPolicies
 from tests.conftest import binding_doc, pod_doc, policy_doc
@@ -169,7 +169,7 @@ def test_allowed_accessor_is_per_pod(
             assert entry_b is not None and entry_b.accessors == 0
             assert agent.loaded is not None
             lists = {k.list for k in agent.loaded.map("accessors").keys(layouts.AccessorKey)}
-            assert entry_a.accessors in lists and len(lists - {DEFAULT_LIST}) == 1
+            assert entry_a.accessors in lists and len(lists - {DEFAULT_LIST} - RESERVED_LISTS) == 1
             assert_blocked(run_with(copy_b, env_b), agent_run.backend)
             ok = run_with(copy_a, env_a)
             assert ok.returncode == 0 and secret_a.encode() in ok.stdout
@@ -212,4 +212,4 @@ def test_node_wide_map_of_an_earlier_version_is_unpinned(agent_run: AgentRun) ->
         os.close(fd)
     agent_run.start()
     assert sorted(p.name for p in maps.iterdir()) == sorted(
-        ["protected", "events", "ptrace_victims", "protected_files", "accessors"])
+        list(loading.PINNED_MAPS))

@@ -32,7 +32,7 @@ CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 # NULL read once ready, instead of waiting for a signal from outside).
 VICTIM = r"""
 import ctypes, os, resource, signal, sys, time
-from cloudtaser.wrapper.registering import register
+from cloudtaser.bpf.protocol import register
 # Default actions, whatever was inherited: a shell running a job in the background without
 # job control starts it with SIGQUIT ignored, and that reaches this process through exec.
 for sig in (signal.SIGQUIT, signal.SIGABRT, signal.SIGSEGV):
@@ -191,7 +191,7 @@ def test_handled_signal_is_left_alone(
     agent_run.start(flags=CORE_FLAGS)
     code = (
         "import os, signal, sys, time\n"
-        "from cloudtaser.wrapper.registering import register\n"
+        "from cloudtaser.bpf.protocol import register\n"
         # os.write, not print: the signal may land while print('ready') is still flushing,
         # and a buffered writer refuses a reentrant call
         "signal.signal(signal.SIGQUIT, lambda *a: os.write(1, b'handled\\n'))\n"

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kernel
 # argv: socket path, trigger file: registers once the trigger file exists.
 VICTIM = r"""
 import ctypes, os, sys, threading, time
-from cloudtaser.wrapper.registering import register
+from cloudtaser.bpf.protocol import register
 secret = os.environ["CT_SECRET"]
 buf = ctypes.create_string_buffer(secret.encode())
 t = threading.Thread(target=time.sleep, args=(120,), daemon=True)

@@ -20,7 +20,7 @@ FDS_FLAGS = PROTECT_ALL | int(ProtectionFlag.FDS)
 # agent's scan), then a memfd_secret and a memfd created after it (recorded by the BPF side).
 VICTIM = r"""
 import ctypes, mmap, os, sys, time
-from cloudtaser.wrapper.registering import register
+from cloudtaser.bpf.protocol import register
 secret = os.environ["CT_SECRET"].encode()
 libc = ctypes.CDLL(None, use_errno=True)
 out = {}

@@ -266,12 +266,6 @@ def test_restart_keeps_protection(
     assert links == sorted(agent.loaded.programs)  # type: ignore[union-attr]
 
 
-def test_load_and_attach_time(agent_run: AgentRun) -> None:
-    agent = agent_run.start()
-    print(f"load+attach+pin: {agent.load_seconds:.3f} s for {len(agent.loaded.programs)} programs")  # type: ignore[union-attr]
-    assert agent.load_seconds < 2.0
-
-
 def test_register_refused_for_nothing_but_self(agent_run: AgentRun) -> None:
     """A message naming another pid registers the caller (this test process), not that pid."""
     import json
@@ -282,7 +276,8 @@ def test_register_refused_for_nothing_but_self(agent_run: AgentRun) -> None:
         s.connect(str(agent_run.socket_path))
         s.sendall(json.dumps({"op": "register", "version": 1, "pid": 1}).encode() + b"\n")
         reply = json.loads(s.makefile("rb").readline())
-    assert reply == {"ok": True, "backend": agent.backend}
+    assert reply == {"ok": True, "backend": agent.backend, "mode": "enforce",
+                     "protections": ["environ", "mem", "ptrace", "pidfd_getfd"]}
     assert agent.entry(1) is None
     assert agent.entry(os.getpid()) is not None
     assert agent.loaded is not None

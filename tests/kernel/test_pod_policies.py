@@ -126,7 +126,7 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
         policies.refresh()  # main() lists before it starts the agent
         agent_run.agent = Agent(agent_run.socket_path, agent_run.bpf_object, PROTECT_ALL,
                                 agent_run.pin_dir, agent_run.violations.append,
-                                pod_policies=policies)
+                                pod_policies=policies, io_uring="allow")
         agent_run.agent.start()
         after = agent_run.agent.entry(victim.pid)
         assert after is not None and after.start_time == before.start_time

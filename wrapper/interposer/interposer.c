@@ -1,17 +1,32 @@
 /*
- * cloudtaser file-delivery interposer (LD_PRELOAD).
+ * cloudtaser interposer (LD_PRELOAD), loaded by the wrapper into every dynamically linked app.
  *
  * The wrapper execs the app with each secret in its own inherited memory fd and lists them in
- * CLOUDTASER_FDS ("KIND FD NAME" lines, '\n'-separated; KIND is "file" or "sdk"). For every
- * "file" line this library makes the app believe the file NAME exists:
- *   - open/openat/fopen (and their 64/fortify variants) of NAME return a readable fd holding
- *     the secret's current contents;
- *   - stat/lstat/fstatat/statx/__xstat... of NAME describe a regular file, mode 0400, owned by
- *     the effective uid/gid, st_size = the secret's length, times of the secret fd (so an app
- *     that watches mtime sees a refresh);
- *   - access/faccessat/euidaccess/eaccess of NAME allow F_OK and R_OK, refuse W_OK/X_OK with
- *     EACCES; opening NAME for writing (or O_TRUNC, creat) fails with EACCES.
- * Every other path goes straight to the next definition (dlsym(RTLD_NEXT), resolved once).
+ * CLOUDTASER_FDS ("KIND FD NAME" lines, contracts/README.md; parsed by manifest.h). This
+ * library, in every process it is loaded into:
+ *   - first makes the process non-dumpable (PR_SET_DUMPABLE 0): execve made it dumpable again,
+ *     and a dumpable process is open to any process of the same uid (ptrace,
+ *     process_vm_readv, /proc/PID/{environ,mem}); a non-dumpable one only to CAP_SYS_PTRACE.
+ *     With no manifest, that and one scan of environ is all the constructor does;
+ *   - validates the whole manifest; a malformed one ends the process before main with one line
+ *     on stderr naming the line number (never its content) and exit status 78: the app must not
+ *     run without a secret it was promised;
+ *   - "env FD NAME": sets NAME to the fd's contents in memory of its own, closes the fd and
+ *     removes the line from CLOUDTASER_FDS (environment.c); the value never is in the
+ *     process's initial environment area, so /proc/PID/environ does not hold it. getenv and
+ *     secure_getenv are interposed only to initialise first when called from a constructor
+ *     that runs before ours;
+ *   - "file FD NAME": makes the app believe the file NAME exists:
+ *       - open/openat/fopen (and their 64/fortify variants) of NAME return a readable fd
+ *         holding the secret's current contents;
+ *       - stat/lstat/fstatat/statx/__xstat... of NAME describe a regular file, mode 0400, owned
+ *         by the effective uid/gid, st_size = the secret's length, times of the secret fd (so
+ *         an app that watches mtime sees a refresh);
+ *       - access/faccessat/euidaccess/eaccess of NAME allow F_OK and R_OK, refuse W_OK/X_OK
+ *         with EACCES; opening NAME for writing (or O_TRUNC, creat) fails with EACCES;
+ *   - "sdk" lines are validated and left to the SDKs.
+ * Every other path goes straight to the next definition (dlsym(RTLD_NEXT), resolved on the
+ * first call of each symbol, so that a process with nothing to serve pays no lookups).
  *
  * Why a copy per open: a memfd_secret fd cannot be read() or pread() (the kernel refuses; only
  * mmap(MAP_SHARED) works), yet apps read files with read(). So each open of NAME creates a
@@ -33,18 +48,26 @@
  *     ones after joining with getcwd() (AT_FDCWD) or with /proc/self/fd/DIRFD (openat & co).
  *     Symlinks are not followed, parent directories are not synthesised (stat("/etc/app")
  *     still sees the real disk), and a path whose last component is "." or ".." or that ends
- *     with '/' never matches.
+ *     with '/' never matches. Two file lines whose paths normalise alike: the first wins.
  *   - stat(NAME) reports the secret fd's st_dev/st_ino, fstat() of an opened copy reports the
  *     memfd's: programs that compare the two to detect a swapped file see a mismatch.
  *   - If the app closed or replaced the inherited secret fd (identity checked by dev/ino),
- *     opening and stat-ing NAME fail with EIO rather than falling back to the disk.
+ *     opening and stat-ing NAME fail with EIO rather than falling back to the disk. This is
+ *     also what a child started with its fds closed (Python's subprocess does by default)
+ *     sees: a file line whose fd is unusable is therefore not fatal, unlike an env line.
  *   - A refresh that rewrites the secret while an open copies it may yield a torn copy.
+ *   - Constructors run in dependency order, the app's libraries' and later LD_PRELOAD entries'
+ *     before ours: one of them that reads `environ` directly (not through getenv or an
+ *     interposed call, which initialise us) sees no env deliveries yet.
  *
  * Rules kept here: the table is parsed once (constructor, or lazily on the first interposed
  * call if another library's constructor runs first) into fixed static storage and is
- * immutable afterwards, so the hot path takes no lock and allocates nothing; the pass-through
- * check is a strrchr plus two bitmap tests; nothing is ever printed; secret bytes only go
- * into the returned memfd (the mapping is unmapped, nothing is copied through user buffers).
+ * immutable afterwards, so the hot path takes no lock and allocates nothing (nor does init);
+ * the pass-through check is a strrchr plus two bitmap tests; the only output is the one fatal
+ * line; secret bytes only go into the returned memfd or the environment string (mappings are
+ * unmapped, nothing is copied through other user buffers).
+ *
+ * Builds (Makefile): glibc and musl, x86_64 and aarch64, from this one source.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -65,6 +88,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "interposer.h"
+#include "manifest.h"
+
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 0x0008U
 #endif
@@ -75,6 +101,8 @@
 #define STATX_BASIC_STATS 0x000007ffU
 #endif
 
+#if defined(__GLIBC__)
+typedef struct stat64 stat64_t;
 /* Link against the oldest symbol versions so that the library loads into apps whose images
  * carry an older glibc than the build machine: dlsym moved to libc with a new version in 2.34
  * (the old one stays, in libdl.so.2 before 2.34 - hence the DT_NEEDED on it in the Makefile).
@@ -84,6 +112,37 @@
 __asm__(".symver dlsym, dlsym@GLIBC_2.2.5");
 #elif defined(__aarch64__)
 __asm__(".symver dlsym, dlsym@GLIBC_2.17");
+#endif
+#else
+/* musl: its headers #define the LFS "64" names to the plain ones (struct stat is already
+ * 64-bit); binaries linked against musl < 1.2.4 still call the 64 symbols, so they are
+ * defined here under their own names with musl's struct stat. */
+#undef open64
+#undef openat64
+#undef creat64
+#undef fopen64
+#undef stat64
+#undef lstat64
+#undef fstatat64
+typedef struct stat stat64_t;
+#ifndef STATX_TYPE
+/* musl < 1.2.5 has no statx(): the kernel's struct (include/uapi/linux/stat.h). */
+struct statx_timestamp {
+    int64_t tv_sec;
+    uint32_t tv_nsec;
+    int32_t reserved;
+};
+struct statx {
+    uint32_t stx_mask, stx_blksize;
+    uint64_t stx_attributes;
+    uint32_t stx_nlink, stx_uid, stx_gid;
+    uint16_t stx_mode, spare0;
+    uint64_t stx_ino, stx_size, stx_blocks, stx_attributes_mask;
+    struct statx_timestamp stx_atime, stx_btime, stx_ctime, stx_mtime;
+    uint32_t stx_rdev_major, stx_rdev_minor, stx_dev_major, stx_dev_minor;
+    uint64_t spare2[14];
+};
+#endif
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
@@ -120,9 +179,11 @@ static atomic_int g_state;
 #define INIT_READY (-1)
 static atomic_int g_no_noexec_seal; /* kernel < 6.3 rejects MFD_NOEXEC_SEAL */
 static __thread int t_in_init __attribute__((tls_model("initial-exec")));
+static __thread int t_resolving __attribute__((tls_model("initial-exec")));
 
-/* The next definitions; NULL only while init runs on this thread (a malloc that opens files
- * under dlsym) or if libc lacks one: then the raw syscall is used. */
+/* The next definitions, looked up on first use (NEXT). They stay NULL if libc lacks one (musl
+ * has no __xstat, ...) or while this thread is inside dlsym (which may allocate, and a
+ * malloc may open files): the raw syscall is used then. */
 static int (*real_open)(const char *, int, ...);
 static int (*real_open64)(const char *, int, ...);
 static int (*real_openat)(int, const char *, int, ...);
@@ -137,23 +198,58 @@ static FILE *(*real_fopen)(const char *, const char *);
 static FILE *(*real_fopen64)(const char *, const char *);
 static int (*real_stat)(const char *, struct stat *);
 static int (*real_lstat)(const char *, struct stat *);
-static int (*real_stat64)(const char *, struct stat64 *);
-static int (*real_lstat64)(const char *, struct stat64 *);
+static int (*real_stat64)(const char *, stat64_t *);
+static int (*real_lstat64)(const char *, stat64_t *);
 static int (*real_fstatat)(int, const char *, struct stat *, int);
-static int (*real_fstatat64)(int, const char *, struct stat64 *, int);
+static int (*real_fstatat64)(int, const char *, stat64_t *, int);
 static int (*real___xstat)(int, const char *, struct stat *);
 static int (*real___lxstat)(int, const char *, struct stat *);
-static int (*real___xstat64)(int, const char *, struct stat64 *);
-static int (*real___lxstat64)(int, const char *, struct stat64 *);
+static int (*real___xstat64)(int, const char *, stat64_t *);
+static int (*real___lxstat64)(int, const char *, stat64_t *);
 static int (*real___fxstatat)(int, int, const char *, struct stat *, int);
-static int (*real___fxstatat64)(int, int, const char *, struct stat64 *, int);
+static int (*real___fxstatat64)(int, int, const char *, stat64_t *, int);
 static int (*real_statx)(int, const char *, int, unsigned int, struct statx *);
 static int (*real_access)(const char *, int);
 static int (*real_faccessat)(int, const char *, int, int);
 static int (*real_euidaccess)(const char *, int);
 static int (*real_eaccess)(const char *, int);
+static char *(*real_getenv)(const char *);
+static char *(*real_secure_getenv)(const char *);
 
-/* The kernel's struct stat is glibc's on x86_64 and aarch64. */
+static __attribute__((noinline, cold)) void *lookup_next(const char *name)
+{
+    if (t_resolving)
+        return NULL;
+    int saved = errno;
+    t_resolving = 1;
+    void *fn = dlsym(RTLD_NEXT, name);
+    t_resolving = 0;
+    errno = saved;
+    return fn;
+}
+
+/* The next definition of NAME: one relaxed load once resolved (threads racing to resolve all
+ * store the same pointer). */
+#define NEXT(name)                                                                   \
+    __extension__({                                                                  \
+        __typeof__(real_##name) next_ = __atomic_load_n(&real_##name, __ATOMIC_RELAXED); \
+        if (UNLIKELY(next_ == NULL)) {                                               \
+            next_ = (__typeof__(real_##name))lookup_next(#name);                     \
+            if (next_ != NULL)                                                       \
+                __atomic_store_n(&real_##name, next_, __ATOMIC_RELAXED);             \
+        }                                                                            \
+        next_;                                                                       \
+    })
+
+/* Calls the next definition of NAME if there is one; the statement after it is the fallback. */
+#define PASS(name, ...)                                   \
+    do {                                                  \
+        __typeof__(real_##name) pass_ = NEXT(name);       \
+        if (LIKELY(pass_ != NULL))                        \
+            return pass_(__VA_ARGS__);                    \
+    } while (0)
+
+/* The kernel's struct stat is the libc's (glibc and musl) on x86_64 and aarch64. */
 static inline int sys_fstat(int fd, struct stat *st)
 {
     return (int)syscall(SYS_fstat, fd, st);
@@ -193,16 +289,18 @@ static int push_components(char *out, size_t *len, size_t cap, const char *s, si
 
 /* ---- the table ------------------------------------------------------------------------ */
 
-static void add_file(int fd, const char *name, size_t n)
+/* A path that normalises to nothing ("/", "/..") or past PATH_MAX could never be opened as a
+ * file: such a line is valid but never served. */
+static void add_file(const struct ct_line *line)
 {
-    if (g_count >= MAX_ENTRIES || n == 0 || name[0] != '/')
-        return;
+    if (g_count >= MAX_ENTRIES)
+        ct_fail(line->number, "more file lines than the interposer serves (256)", 0);
     size_t room = POOL_SIZE - g_pool_used;
     if (room > PATH_MAX)
         room = PATH_MAX;
     char *out = g_pool + g_pool_used;
     size_t len = 0;
-    if (push_components(out, &len, room, name, n) != 0 || len == 0)
+    if (push_components(out, &len, room, line->name, line->name_len) != 0 || len == 0)
         return;
     out[len] = '\0';
     for (size_t i = 0; i < g_count; i++)
@@ -211,10 +309,10 @@ static void add_file(int fd, const char *name, size_t n)
     struct entry *e = &g_entries[g_count];
     e->path = out;
     e->len = len;
-    e->fd = fd;
+    e->fd = line->fd;
     e->base = strrchr(out, '/') + 1;
     struct stat st;
-    if (sys_fstat(fd, &st) == 0) {
+    if (sys_fstat(line->fd, &st) == 0) {
         e->valid = 1;
         e->dev = st.st_dev;
         e->ino = st.st_ino;
@@ -226,62 +324,9 @@ static void add_file(int fd, const char *name, size_t n)
     g_count++;
 }
 
-/* "file FD NAME": NAME is the rest of the line after the second space. */
-static void parse_line(const char *s, size_t n)
-{
-    if (n < 5 || memcmp(s, "file ", 5) != 0)
-        return; /* "sdk" lines and anything else */
-    size_t i = 5;
-    long fd = 0;
-    if (i >= n || s[i] < '0' || s[i] > '9')
-        return;
-    while (i < n && s[i] >= '0' && s[i] <= '9') {
-        fd = fd * 10 + (s[i] - '0');
-        if (fd > INT_MAX)
-            return;
-        i++;
-    }
-    if (i >= n || s[i] != ' ')
-        return;
-    i++;
-    add_file((int)fd, s + i, n - i);
-}
-
-static void resolve(void)
-{
-#define RESOLVE(name) (*(void **)&real_##name = dlsym(RTLD_NEXT, #name))
-    RESOLVE(open);
-    RESOLVE(open64);
-    RESOLVE(openat);
-    RESOLVE(openat64);
-    RESOLVE(__open_2);
-    RESOLVE(__open64_2);
-    RESOLVE(__openat_2);
-    RESOLVE(__openat64_2);
-    RESOLVE(creat);
-    RESOLVE(creat64);
-    RESOLVE(fopen);
-    RESOLVE(fopen64);
-    RESOLVE(stat);
-    RESOLVE(lstat);
-    RESOLVE(stat64);
-    RESOLVE(lstat64);
-    RESOLVE(fstatat);
-    RESOLVE(fstatat64);
-    RESOLVE(__xstat);
-    RESOLVE(__lxstat);
-    RESOLVE(__xstat64);
-    RESOLVE(__lxstat64);
-    RESOLVE(__fxstatat);
-    RESOLVE(__fxstatat64);
-    RESOLVE(statx);
-    RESOLVE(access);
-    RESOLVE(faccessat);
-    RESOLVE(euidaccess);
-    RESOLVE(eaccess);
-#undef RESOLVE
-}
-
+/* The whole manifest is validated first: a bad line anywhere ends the process (ct_fail).
+ * Nothing here allocates (see environment.c): init may run inside an interposed call that a
+ * malloc implementation makes while it initialises. */
 static void init(void)
 {
     int saved = errno;
@@ -290,13 +335,20 @@ static void init(void)
     g_pool_used = 0;
     memset(g_first, 0, sizeof g_first);
     g_base_lens = 0;
-    resolve();
-    const char *s = getenv("CLOUDTASER_FDS");
-    while (s != NULL && *s != '\0') {
-        const char *eol = strchr(s, '\n');
-        size_t n = eol != NULL ? (size_t)(eol - s) : strlen(s);
-        parse_line(s, n);
-        s = eol != NULL ? eol + 1 : s + n;
+    const char *s = ct_env_find(CT_FDS_ENV);
+    if (s != NULL && *s != '\0') {
+        size_t len = strlen(s);
+        const char *why;
+        unsigned bad = ct_validate(s, len, &why);
+        if (bad != 0)
+            ct_fail(bad, why, 0);
+        struct ct_cursor cursor;
+        struct ct_line line;
+        ct_begin(&cursor, s, len);
+        while (ct_next(&cursor, &line, &why) > 0)
+            if (line.kind == CT_FILE)
+                add_file(&line);
+        ct_deliver_env(s, len); /* s stays valid: only environ's slot moves */
     }
     atomic_store_explicit(&g_state, INIT_READY, memory_order_release);
     t_in_init = 0;
@@ -333,10 +385,49 @@ static inline void ensure_init(void)
         init_once();
 }
 
-/* Also: the app is not dumpable. The wrapper made itself non-dumpable, but execve resets that
- * (the app's image is readable), and a core dump would hold every copy of a secret; the node
- * agent kills a protected process about to dump, this covers the apps this library is loaded
- * into even without an agent. */
+static void put(char *msg, size_t cap, size_t *n, const char *s)
+{
+    while (*s != '\0' && *n < cap)
+        msg[(*n)++] = *s++;
+}
+
+/* One line on stderr (the line number and why, never the line) and exit status 78 (EX_CONFIG,
+ * the wrapper's "permanent" status), before main: the app must not run without its secrets. */
+void ct_fail(unsigned line, const char *why, int err)
+{
+    char msg[512], digits[12];
+    size_t n = 0, cap = sizeof msg - 1;
+    put(msg, cap, &n, "cloudtaser interposer: " CT_FDS_ENV);
+    if (line != 0) {
+        int d = sizeof digits - 1;
+        digits[d] = '\0';
+        do {
+            digits[--d] = (char)('0' + line % 10);
+            line /= 10;
+        } while (line != 0);
+        put(msg, cap, &n, " line ");
+        put(msg, cap, &n, digits + d);
+    }
+    put(msg, cap, &n, ": ");
+    put(msg, cap, &n, why);
+    if (err != 0) {
+        put(msg, cap, &n, ": ");
+        put(msg, cap, &n, strerror(err));
+    }
+    msg[n++] = '\n';
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(STDERR_FILENO, msg + off, n - off);
+        if (w <= 0 && errno != EINTR)
+            break;
+        off += w > 0 ? (size_t)w : 0;
+    }
+    _exit(78);
+}
+
+/* Non-dumpable first, whatever else happens: the wrapper made itself non-dumpable, but execve
+ * reset that, and a dumpable app is open to every process of its uid and would leave every
+ * copy of a secret in a core dump. Then the manifest, unless an interposed call of another
+ * library's constructor got to it first. */
 __attribute__((constructor)) static void cloudtaser_interposer_init(void)
 {
     int saved = errno;
@@ -605,7 +696,7 @@ static int stat_secret(const struct entry *e, struct stat *buf)
     return 0;
 }
 
-static int stat64_secret(const struct entry *e, struct stat64 *buf)
+static int stat64_secret(const struct entry *e, stat64_t *buf)
 {
     struct stat st;
     if (secret_stat(e, &st) != 0)
@@ -692,8 +783,7 @@ EXPORT int open(const char *path, int flags, ...)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real_open != NULL))
-        return real_open(path, flags, mode);
+    PASS(open, path, flags, mode);
     return sys_openat(AT_FDCWD, path, flags, mode);
 }
 
@@ -704,8 +794,7 @@ EXPORT int open64(const char *path, int flags, ...)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real_open64 != NULL))
-        return real_open64(path, flags, mode);
+    PASS(open64, path, flags, mode);
     return sys_openat(AT_FDCWD, path, flags, mode);
 }
 
@@ -716,8 +805,7 @@ EXPORT int openat(int dirfd, const char *path, int flags, ...)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real_openat != NULL))
-        return real_openat(dirfd, path, flags, mode);
+    PASS(openat, dirfd, path, flags, mode);
     return sys_openat(dirfd, path, flags, mode);
 }
 
@@ -728,8 +816,7 @@ EXPORT int openat64(int dirfd, const char *path, int flags, ...)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real_openat64 != NULL))
-        return real_openat64(dirfd, path, flags, mode);
+    PASS(openat64, dirfd, path, flags, mode);
     return sys_openat(dirfd, path, flags, mode);
 }
 
@@ -740,8 +827,7 @@ EXPORT int __open_2(const char *path, int flags)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real___open_2 != NULL))
-        return real___open_2(path, flags);
+    PASS(__open_2, path, flags);
     return sys_openat(AT_FDCWD, path, flags, 0);
 }
 
@@ -751,8 +837,7 @@ EXPORT int __open64_2(const char *path, int flags)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real___open64_2 != NULL))
-        return real___open64_2(path, flags);
+    PASS(__open64_2, path, flags);
     return sys_openat(AT_FDCWD, path, flags, 0);
 }
 
@@ -762,8 +847,7 @@ EXPORT int __openat_2(int dirfd, const char *path, int flags)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real___openat_2 != NULL))
-        return real___openat_2(dirfd, path, flags);
+    PASS(__openat_2, dirfd, path, flags);
     return sys_openat(dirfd, path, flags, 0);
 }
 
@@ -773,8 +857,7 @@ EXPORT int __openat64_2(int dirfd, const char *path, int flags)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, flags);
-    if (LIKELY(real___openat64_2 != NULL))
-        return real___openat64_2(dirfd, path, flags);
+    PASS(__openat64_2, dirfd, path, flags);
     return sys_openat(dirfd, path, flags, 0);
 }
 
@@ -784,8 +867,7 @@ EXPORT int creat(const char *path, mode_t mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, O_CREAT | O_WRONLY | O_TRUNC);
-    if (LIKELY(real_creat != NULL))
-        return real_creat(path, mode);
+    PASS(creat, path, mode);
     return sys_openat(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
 }
 
@@ -795,12 +877,11 @@ EXPORT int creat64(const char *path, mode_t mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return open_secret(e, O_CREAT | O_WRONLY | O_TRUNC);
-    if (LIKELY(real_creat64 != NULL))
-        return real_creat64(path, mode);
+    PASS(creat64, path, mode);
     return sys_openat(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
 }
 
-/* Only reached without a real fopen (while init runs on this thread). */
+/* Only reached without a real fopen (while this thread is inside dlsym). */
 static FILE *fopen_fallback(const char *path, const char *mode)
 {
     int flags = fopen_flags(mode);
@@ -824,8 +905,7 @@ EXPORT FILE *fopen(const char *path, const char *mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return fopen_secret(e, mode);
-    if (LIKELY(real_fopen != NULL))
-        return real_fopen(path, mode);
+    PASS(fopen, path, mode);
     return fopen_fallback(path, mode);
 }
 
@@ -835,8 +915,7 @@ EXPORT FILE *fopen64(const char *path, const char *mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return fopen_secret(e, mode);
-    if (LIKELY(real_fopen64 != NULL))
-        return real_fopen64(path, mode);
+    PASS(fopen64, path, mode);
     return fopen_fallback(path, mode);
 }
 
@@ -850,8 +929,7 @@ EXPORT int stat(const char *path, struct stat *buf)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real_stat != NULL))
-        return real_stat(path, buf);
+    PASS(stat, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, 0);
 }
 
@@ -861,30 +939,27 @@ EXPORT int lstat(const char *path, struct stat *buf)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real_lstat != NULL))
-        return real_lstat(path, buf);
+    PASS(lstat, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW);
 }
 
-EXPORT int stat64(const char *path, struct stat64 *buf)
+EXPORT int stat64(const char *path, stat64_t *buf)
 {
     ensure_init();
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real_stat64 != NULL))
-        return real_stat64(path, buf);
+    PASS(stat64, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, 0);
 }
 
-EXPORT int lstat64(const char *path, struct stat64 *buf)
+EXPORT int lstat64(const char *path, stat64_t *buf)
 {
     ensure_init();
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real_lstat64 != NULL))
-        return real_lstat64(path, buf);
+    PASS(lstat64, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW);
 }
 
@@ -894,19 +969,17 @@ EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real_fstatat != NULL))
-        return real_fstatat(dirfd, path, buf, flags);
+    PASS(fstatat, dirfd, path, buf, flags);
     return sys_fstatat(dirfd, path, buf, flags);
 }
 
-EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags)
+EXPORT int fstatat64(int dirfd, const char *path, stat64_t *buf, int flags)
 {
     ensure_init();
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real_fstatat64 != NULL))
-        return real_fstatat64(dirfd, path, buf, flags);
+    PASS(fstatat64, dirfd, path, buf, flags);
     return sys_fstatat(dirfd, path, buf, flags);
 }
 
@@ -916,8 +989,7 @@ EXPORT int __xstat(int ver, const char *path, struct stat *buf)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real___xstat != NULL))
-        return real___xstat(ver, path, buf);
+    PASS(__xstat, ver, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, 0);
 }
 
@@ -927,30 +999,27 @@ EXPORT int __lxstat(int ver, const char *path, struct stat *buf)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real___lxstat != NULL))
-        return real___lxstat(ver, path, buf);
+    PASS(__lxstat, ver, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW);
 }
 
-EXPORT int __xstat64(int ver, const char *path, struct stat64 *buf)
+EXPORT int __xstat64(int ver, const char *path, stat64_t *buf)
 {
     ensure_init();
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real___xstat64 != NULL))
-        return real___xstat64(ver, path, buf);
+    PASS(__xstat64, ver, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, 0);
 }
 
-EXPORT int __lxstat64(int ver, const char *path, struct stat64 *buf)
+EXPORT int __lxstat64(int ver, const char *path, stat64_t *buf)
 {
     ensure_init();
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real___lxstat64 != NULL))
-        return real___lxstat64(ver, path, buf);
+    PASS(__lxstat64, ver, path, buf);
     return sys_fstatat(AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW);
 }
 
@@ -960,19 +1029,17 @@ EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *buf, in
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return stat_secret(e, buf);
-    if (LIKELY(real___fxstatat != NULL))
-        return real___fxstatat(ver, dirfd, path, buf, flags);
+    PASS(__fxstatat, ver, dirfd, path, buf, flags);
     return sys_fstatat(dirfd, path, buf, flags);
 }
 
-EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *buf, int flags)
+EXPORT int __fxstatat64(int ver, int dirfd, const char *path, stat64_t *buf, int flags)
 {
     ensure_init();
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return stat64_secret(e, buf);
-    if (LIKELY(real___fxstatat64 != NULL))
-        return real___fxstatat64(ver, dirfd, path, buf, flags);
+    PASS(__fxstatat64, ver, dirfd, path, buf, flags);
     return sys_fstatat(dirfd, path, buf, flags);
 }
 
@@ -982,8 +1049,7 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return statx_secret(e, buf);
-    if (LIKELY(real_statx != NULL))
-        return real_statx(dirfd, path, flags, mask, buf);
+    PASS(statx, dirfd, path, flags, mask, buf);
     return (int)syscall(SYS_statx, dirfd, path, flags, mask, buf);
 }
 
@@ -993,8 +1059,7 @@ EXPORT int access(const char *path, int mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return access_secret(e, mode);
-    if (LIKELY(real_access != NULL))
-        return real_access(path, mode);
+    PASS(access, path, mode);
     return sys_faccessat(AT_FDCWD, path, mode, 0);
 }
 
@@ -1004,8 +1069,7 @@ EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
     const struct entry *e = find(dirfd, path);
     if (UNLIKELY(e != NULL))
         return access_secret(e, mode);
-    if (LIKELY(real_faccessat != NULL))
-        return real_faccessat(dirfd, path, mode, flags);
+    PASS(faccessat, dirfd, path, mode, flags);
     return sys_faccessat(dirfd, path, mode, flags);
 }
 
@@ -1015,8 +1079,7 @@ EXPORT int euidaccess(const char *path, int mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return access_secret(e, mode);
-    if (LIKELY(real_euidaccess != NULL))
-        return real_euidaccess(path, mode);
+    PASS(euidaccess, path, mode);
     return sys_faccessat(AT_FDCWD, path, mode, AT_EACCESS);
 }
 
@@ -1026,7 +1089,22 @@ EXPORT int eaccess(const char *path, int mode)
     const struct entry *e = find(AT_FDCWD, path);
     if (UNLIKELY(e != NULL))
         return access_secret(e, mode);
-    if (LIKELY(real_eaccess != NULL))
-        return real_eaccess(path, mode);
+    PASS(eaccess, path, mode);
     return sys_faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+/* The environment: a getenv() in a constructor that runs before ours (another preloaded
+ * library's, or one of the app's libraries') initialises us, so it sees the env lines too. */
+EXPORT char *getenv(const char *name)
+{
+    ensure_init();
+    PASS(getenv, name);
+    return ct_env_find(name);
+}
+
+EXPORT char *secure_getenv(const char *name)
+{
+    ensure_init();
+    PASS(secure_getenv, name);
+    return getuid() == geteuid() && getgid() == getegid() ? ct_env_find(name) : NULL;
 }
