@@ -11,8 +11,12 @@ alternates blocks of 1000 calls through the interposer's open and through libc's
 one process (median of --repeat runs): the steadiest measure of the pass-through cost.
 Target: overhead <= 5 % on the pass-through path. Two rows are informative only: a path in
 another directory sharing a secret's file name (the full, normalised compare), and opening a
-secret path itself (a fresh sealed memfd copy per open) next to the ordinary file. A last line
-times the pass-through check alone (filter.c links interposer.c; no syscall).
+secret path itself (a fresh sealed memfd copy per open) next to the ordinary file. Two more
+rows are the cost of the library at process start, now that the wrapper preloads it into
+every dynamic app: CPU time (user + system, from the children's rusage) per spawn + exit of
+/bin/true, without the library, with it and no manifest, and with it and one env line (the
+value mapped into the environment). A last line times the pass-through check alone (filter.c
+links interposer.c; no syscall).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import ctypes
 import mmap
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -34,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import add_json_flag, emit  # noqa: E402
 INTERPOSER_DIR = REPO / "wrapper" / "interposer"
-LIBRARY = INTERPOSER_DIR / "build" / "libcloudtaser_interposer.so"
+LIBRARY = INTERPOSER_DIR / "build" / "amd64" / "libcloudtaser-glibc.so"
 SYS_MEMFD_SECRET = 447
 TARGET_PERCENT = 5.0
 SECRET_PATHS = ("/etc/app/tls.key", "/etc/app/tls.crt", "/var/run/secrets/app/db-password")
@@ -79,6 +84,33 @@ def in_process(bench: Path, path: str, iterations: int, repeat: int, preload: di
     """Median ns/iteration through libc's own open and through the interposer's, one process."""
     runs = [run(bench, "ab", path, str(iterations), env=preload, fds=fds) for _ in range(repeat)]
     return (statistics.median(r[1] for r in runs), statistics.median(r[0] for r in runs))
+
+
+def start_cpu(env: dict[str, str], spawns: int) -> float:
+    """Microseconds of CPU (user + system) per spawn + exit of /bin/true."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(spawns):
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], env)
+        os.waitpid(pid, 0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return spent / spawns * 1e6
+
+
+def process_start(plain: dict[str, str], repeat: int) -> tuple[float, float, float]:
+    """Median CPU per start: without the library, with it (no manifest), with one env line.
+    Runs interleaved; an env line's fd is consumed (closed) by each child, not the parent."""
+    value_fd, _ = secret_fd(secrets.token_bytes(32).hex().encode())
+    os.set_inheritable(value_fd, True)
+    envs = [plain, dict(plain, LD_PRELOAD=str(LIBRARY)),
+            dict(plain, LD_PRELOAD=str(LIBRARY), CLOUDTASER_FDS=f"env {value_fd} DB_PASSWORD")]
+    samples: list[list[float]] = [[], [], []]
+    for _ in range(repeat * 3):
+        for i, env in enumerate(envs):
+            samples[i].append(start_cpu(env, 200))
+    os.close(value_fd)
+    none, loaded, env_line = (statistics.median(s) for s in samples)
+    return none, loaded, env_line
 
 
 def main() -> None:
@@ -126,13 +158,15 @@ def main() -> None:
         ]
         filter_bin = Path(tmp) / "filter"
         subprocess.run(["gcc", "-O2", "-I", str(INTERPOSER_DIR), "-o", str(filter_bin),
-                        str(HERE / "filter.c"), "-ldl"], check=True)
+                        str(HERE / "filter.c"), str(INTERPOSER_DIR / "environment.c"), "-ldl"],
+                       check=True)
         filter_paths = [str(ordinary), str(lookalike), "tls.key"]
         filter_runs = [run(filter_bin, str(n * 10), *filter_paths, env=preload, fds=fds)
                        for _ in range(rep)]
         filter_ns = [statistics.median(r[i] for r in filter_runs) for i in range(len(filter_paths))]
         for fd in fds:
             os.close(fd)
+        start = process_start(plain, rep)
 
     preamble = (f"{n} iterations per run (secret-path row: {max(n // 4, 1)}), {rep} runs per "
                 f"figure; {len(SECRET_PATHS)} file entries in {kind} fds; ns per iteration")
@@ -143,6 +177,11 @@ def main() -> None:
         ratio = f"{max(overhead, 0) / TARGET_PERCENT:.2f} of target" if targeted else "-"
         measured = f"{without:.0f} -> {with_:.0f} ns ({overhead:+.1f} %)"
         rows.append((name, target, measured, ratio))
+    none, loaded, env_line = start
+    rows.append(("process start (/bin/true), library loaded, no manifest (CPU, median)", "-",
+                 f"{none:.0f} -> {loaded:.0f} us ({loaded - none:+.0f} us)", "-"))
+    rows.append(("process start (/bin/true), library + 1 env line (CPU, median)", "-",
+                 f"{none:.0f} -> {env_line:.0f} us ({env_line - none:+.0f} us)", "-"))
     footer = (f"pass-through check alone, in-process, no syscall (median of {rep}): "
               f"ordinary file {filter_ns[0]:.1f} ns, a secret's file name elsewhere "
               f"{filter_ns[1]:.1f} ns, relative path with a secret's file name {filter_ns[2]:.1f} ns "

@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/cloudtaser/cloudtaser/sdk/go/manifest"
 )
 
 // EnvVar is the environment variable in which the wrapper describes the
 // inherited secret fds.
-const EnvVar = "CLOUDTASER_FDS"
+const EnvVar = manifest.EnvVar
 
 var (
 	// ErrNotConfigured is returned when CLOUDTASER_FDS is not set, i.e. the
@@ -26,84 +28,34 @@ var (
 
 	// ErrMalformedManifest is returned (wrapped, with the line number) when
 	// CLOUDTASER_FDS cannot be parsed.
-	ErrMalformedManifest = errors.New("cloudtaser: malformed " + EnvVar)
+	ErrMalformedManifest = manifest.ErrMalformed
 )
 
-// Kinds of manifest entries.
-const (
-	kindFile = "file"
-	kindSDK  = "sdk"
-)
-
-// store is the parsed manifest: the fd of every "sdk" entry by name.
-// "file" entries are validated but not kept; this package does not read them.
+// store is the parsed manifest: the fd of every "sdk" entry by name. The
+// other kinds are validated (by the manifest package) but not kept.
 type store struct {
 	fds   map[string]int
 	names []string // sorted
 }
 
-// maxFD bounds the fd field; kernel file descriptors are non-negative ints.
-const maxFD = 1<<31 - 1
-
-// parseManifest parses the CLOUDTASER_FDS format: lines "KIND FD NAME"
-// separated by '\n', one trailing newline tolerated. Errors name the line
-// number and which part is wrong, but never echo the malformed line, so a
-// value pasted into the manifest by mistake does not end up in logs.
-func parseManifest(manifest string) (*store, error) {
-	s := &store{fds: map[string]int{}}
-	manifest = strings.TrimSuffix(manifest, "\n") // one trailing newline
-	if manifest == "" {
-		return s, nil
+// parseManifest parses CLOUDTASER_FDS as contracts/README.md defines it
+// (the manifest package: one parser for the SDK and the wrapper). Errors name
+// the line number but never echo the line, so a value pasted into the
+// manifest by mistake does not end up in logs.
+func parseManifest(text string) (*store, error) {
+	entries, err := manifest.Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("cloudtaser: %w", err)
 	}
-	lines := strings.Split(manifest, "\n")
-	for i, line := range lines {
-		n := i + 1
-		kind, rest, ok := strings.Cut(line, " ")
-		if !ok {
-			return nil, fmt.Errorf("%w: line %d: want \"KIND FD NAME\"", ErrMalformedManifest, n)
+	s := &store{fds: map[string]int{}}
+	for _, e := range entries {
+		if e.Kind == manifest.SDK {
+			s.fds[e.Name] = e.FD
+			s.names = append(s.names, e.Name)
 		}
-		if kind != kindFile && kind != kindSDK {
-			return nil, fmt.Errorf("%w: line %d: kind must be %q or %q", ErrMalformedManifest, n, kindFile, kindSDK)
-		}
-		fdField, name, ok := strings.Cut(rest, " ")
-		if !ok {
-			return nil, fmt.Errorf("%w: line %d: want \"KIND FD NAME\"", ErrMalformedManifest, n)
-		}
-		fd, ok := parseFD(fdField)
-		if !ok {
-			return nil, fmt.Errorf("%w: line %d: fd must be a decimal number in 0..%d", ErrMalformedManifest, n, maxFD)
-		}
-		if name == "" {
-			return nil, fmt.Errorf("%w: line %d: empty name (fd %d)", ErrMalformedManifest, n, fd)
-		}
-		if kind != kindSDK {
-			continue
-		}
-		if _, dup := s.fds[name]; dup {
-			return nil, fmt.Errorf("%w: line %d: duplicate sdk name %q", ErrMalformedManifest, n, name)
-		}
-		s.fds[name] = fd
-		s.names = append(s.names, name)
 	}
 	sort.Strings(s.names)
 	return s, nil
-}
-
-// parseFD accepts only plain decimal digits (no sign, no spaces).
-func parseFD(f string) (int, bool) {
-	if f == "" || len(f) > 10 {
-		return 0, false
-	}
-	for i := 0; i < len(f); i++ {
-		if f[i] < '0' || f[i] > '9' {
-			return 0, false
-		}
-	}
-	v, err := strconv.ParseUint(f, 10, 64)
-	if err != nil || v > maxFD {
-		return 0, false
-	}
-	return int(v), true
 }
 
 // newStore loads the manifest through lookup (os.LookupEnv in production).

@@ -15,9 +15,11 @@
 //
 //	KIND FD NAME
 //
-// KIND is "sdk" (a secret for this package) or "file" (a secret the wrapper
-// exposes as a file, ignored here), FD is the decimal descriptor number and
-// NAME is the rest of the line. The file size of each fd is exactly the length
+// KIND is "sdk" (a secret for this package), "file" or "env" (secrets the
+// interposer serves as a file or an environment variable; validated, not
+// used here), FD is the decimal descriptor number and NAME is the rest of the
+// line (contracts/README.md in the repository is the full contract, and the
+// manifest subpackage its one Go implementation). The file size of each fd is exactly the length
 // of the secret, which may be zero.
 //
 // # Reading
@@ -44,6 +46,13 @@
 // (strings are immutable and cannot be wiped), and call [Wipe] as soon as
 // you are done with it. Call GetSecret again when you need the secret
 // later instead of caching it.
+//
+// # Not dumpable
+//
+// Initialising this package sets the process non-dumpable
+// (prctl(PR_SET_DUMPABLE, 0)): no core dumps, and the kernel refuses ptrace
+// and /proc/PID/{mem,environ} to other processes of the same user that lack
+// CAP_SYS_PTRACE. execve had made the app dumpable again.
 //
 // Errors returned by this package never contain secret bytes; they name the
 // secret and, for descriptor problems, the fd number.

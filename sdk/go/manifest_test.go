@@ -23,7 +23,8 @@ func TestParseManifestValid(t *testing.T) {
 		{"name is rest of line", "sdk 8 my secret  name ",
 			map[string]int{"my secret  name ": 8}},
 		{"file only", "file 5 /etc/app/tls.key", map[string]int{}},
-		{"file and sdk share a name and fd", "file 5 x\nsdk 5 x", map[string]int{"x": 5}},
+		{"env only", "env 5 DB_PASSWORD", map[string]int{}},
+		{"file and sdk share an fd", "file 5 /x\nsdk 5 x", map[string]int{"x": 5}},
 		{"large fd", "sdk 2147483647 big", map[string]int{"big": 2147483647}},
 		{"leading zeros", "sdk 007 bond", map[string]int{"bond": 7}},
 	}
@@ -77,8 +78,9 @@ func TestParseManifestMalformed(t *testing.T) {
 		{"fd overflow int64", "sdk 99999999999999999999 x", 1},
 		{"blank line in the middle", "sdk 5 a\n\nsdk 6 b", 2},
 		{"two trailing newlines", "sdk 5 a\n\n", 2},
-		{"duplicate sdk name", "sdk 5 a\nfile 6 a\nsdk 7 a", 3},
-		{"later line", "sdk 5 a\nsdk 6 b\nfile 7 c\nnonsense " + marker, 4},
+		{"duplicate sdk name", "sdk 5 a\nfile 6 /a\nsdk 7 a", 3},
+		{"relative file path", "sdk 5 a\nfile 6 " + marker, 2},
+		{"later line", "sdk 5 a\nsdk 6 b\nfile 7 /c\nnonsense " + marker, 4},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -86,7 +88,7 @@ func TestParseManifestMalformed(t *testing.T) {
 			if err == nil {
 				t.Fatalf("parseManifest accepted %q: %v", c.manifest, s.fds)
 			}
-			if !errors.Is(err, ErrMalformedManifest) {
+			if !errors.Is(err, ErrMalformedManifest) || !strings.HasPrefix(err.Error(), "cloudtaser: ") {
 				t.Fatalf("error %v is not ErrMalformedManifest", err)
 			}
 			msg := err.Error()

@@ -1,1 +1,0 @@
-"""The entrypoint wrapper: fetches secrets over mTLS into memfd_secret, then execs the app."""
