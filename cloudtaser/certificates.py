@@ -97,8 +97,9 @@ class CertificateAuthority:
     ) -> Pair:
         """Issue (or reuse) ``name.crt``/``name.key`` in the CA's directory."""
         pair = Pair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
-        if pair.cert.exists() and pair.key.exists():
-            return pair
+        if pair.cert.exists() and pair.key.exists() and _names(pair.cert) == (
+                _name(common_name, organization), frozenset(hosts)):
+            return pair  # reused while it names the same subject and hosts (else re-issued)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
@@ -127,6 +128,21 @@ class CertificateAuthority:
         _write(pair.key, _key_pem(key))
         _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
         return pair
+
+
+def _names(cert_file: Path) -> tuple[x509.Name, frozenset[str]] | None:
+    """The subject and SAN hosts of a PEM certificate (None when it cannot be read)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return cert.subject, frozenset()
+    hosts = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    hosts |= set(sans.get_values_for_type(x509.DNSName))
+    return cert.subject, frozenset(hosts)
 
 
 def service_account_keys(directory: Path) -> Pair:

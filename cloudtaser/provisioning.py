@@ -7,8 +7,13 @@ reviewer service account bound to ``system:auth-delegator``, and a demo role who
 must carry the audience ``openbao``. The demo secret's value is generated here and written
 only to OpenBao; nothing prints it.
 
-Kubernetes: the generated CRDs, the demo namespace and service account, the examples, and a
-demo SecretBinding that points at this OpenBao.
+Kubernetes: the generated CRDs, the demo namespace and service account, the examples (but
+their Pods: ``kubectl apply -f examples/`` after ``cloudtaser stack install`` creates those,
+once the webhook exists), the policies, a demo SecretBinding that points at this OpenBao from
+this host (tests run wrappers as host processes), and what a pod needs to reach the same
+OpenBao from the node: the ``openbao`` Service whose address the node forwards to it, and in
+the demo namespace its CA (ConfigMap ``openbao-ca``) and the wrapper's client certificate
+(Secret ``openbao-client``; a credential for mutual TLS, never a delivered secret).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from cloudtaser.stacking import (
     APISERVER_PORT,
     BAO_PORT,
     HOST,
+    OPENBAO_SERVICE_IP,
+    OPENBAO_SERVICE_PORT,
     REPO,
     Paths,
     StackError,
@@ -46,6 +53,9 @@ DEMO_ROLE = "demo"
 DEMO_TEAM_GROUP = "cloudtaser-demo:app-team"
 DEMO_TEAM_ROLE = "cloudtaser-secretbinding-editor"
 DEMO_SECRET_PATH = "cloudtaser-demo/app"
+# What examples/demo-app.yaml's binding names: the stack provisions both in the demo namespace.
+OPENBAO_CA_CONFIGMAP = "openbao-ca"
+OPENBAO_CLIENT_SECRET = "openbao-client"
 SYSTEM_NAMESPACE = "cloudtaser-system"
 REVIEWER = "openbao-token-reviewer"
 AUDIENCE = "openbao"
@@ -212,10 +222,39 @@ def install_product(p: Paths, log: Callable[[str], None]) -> None:
     demo_file.parent.mkdir(parents=True, exist_ok=True)
     demo_file.write_text(yaml.safe_dump(binding, sort_keys=False))
     kubectl(p, "apply", "-f", str(demo_file))
-    kubectl(p, "apply", "-f", str(REPO / "examples"), "-f", str(REPO / "policies"))
+    access = pod_access(p)
+    apply_objects(p, [o for o in access if o["kind"] != "Secret"])
+    # server-side: client-side apply would copy the key into an annotation
+    kubectl(p, "apply", "--server-side", "--force-conflicts", "-f", "-",
+            stdin=yaml.safe_dump_all([o for o in access if o["kind"] == "Secret"]))
+    # The examples without their Pods: an annotated Pod created before the chart's webhook
+    # exists would start without its secrets (the demo applies examples/ after the install).
+    examples = [doc for f in sorted((REPO / "examples").glob("*.yaml"))
+                for doc in yaml.safe_load_all(f.read_text()) if doc and doc.get("kind") != "Pod"]
+    apply_objects(p, examples)
+    kubectl(p, "apply", "-f", str(REPO / "policies"))
     log(f"kubernetes: CRDs, {DEMO_NAMESPACE}/{DEMO_ACCOUNT}, the app team's Role "
         f"(group {DEMO_TEAM_GROUP}), examples, policies and "
         f"the demo binding ({demo_file}) applied")
+
+
+def pod_access(p: Paths) -> list[dict[str, Any]]:
+    """How a pod on the node reaches this OpenBao: the selectorless ``openbao`` Service (its
+    ClusterIP is an address of the node's bridge, forwarded to OpenBao on loopback; the
+    certificate names it), the CA and the wrapper's client certificate in the demo namespace."""
+    client = p.cert("wrapper-demo")
+    return [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "openbao", "namespace": SYSTEM_NAMESPACE},
+         "spec": {"clusterIP": OPENBAO_SERVICE_IP,
+                  "ports": [{"name": "https", "port": OPENBAO_SERVICE_PORT, "protocol": "TCP"}]}},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": OPENBAO_CA_CONFIGMAP, "namespace": DEMO_NAMESPACE},
+         "data": {"ca.crt": p.ca.read_text()}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": OPENBAO_CLIENT_SECRET, "namespace": DEMO_NAMESPACE},
+         "stringData": {"tls.crt": client.cert.read_text(), "tls.key": client.key.read_text()}},
+    ]
 
 
 def provision(p: Paths, log: Callable[[str], None]) -> None:

@@ -1,10 +1,14 @@
-"""The local real stack: etcd, kube-apiserver, OpenBao and OPA as processes on loopback.
+"""The local real stack: etcd, kube-apiserver, OpenBao, OPA and an image registry as
+processes on loopback (the node that runs pods is noding.py).
 
 ``up`` starts what is not running (PID files in the state directory), waits for each
-component's health endpoint, then provisions (see provisioning.py). ``down`` stops only
+component's health endpoint, then provisions (see provisioning.py). A running component whose
+command line changed, or whose certificate was re-issued since it started, is restarted (a
+newer cloudtaser needs new API server flags; a certificate gained a name). ``down`` stops only
 processes whose PID file it wrote *and* whose executable is still the binary it started, so a
 recycled PID is never killed. Everything listens on 127.0.0.1 only; everything but etcd
-(reachable only by the API server on loopback) speaks TLS with certificates generated here.
+(reachable only by the API server on loopback) and the registry (plain HTTP, as registries on
+loopback are) speaks TLS with certificates generated here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,24 @@ ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
 APISERVER_PORT = 16443
 BAO_PORT = 18200
 OPA_PORT = 18181
-BINARIES = ("etcd", "kube-apiserver", "kubectl", "bao", "opa", "helm")
+REGISTRY_PORT = 15000
+REGISTRY = f"{HOST}:{REGISTRY_PORT}"
+KUBELET_PORT = 10250
+# The Service network. Its first address is the API server's Service (``kubernetes``); the node
+# gives the stack's bridge the addresses of the Services that stand for host processes
+# (noding.py), so pods reach them; nothing else routes there.
+SERVICE_CIDR = "10.96.0.0/24"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+OPENBAO_SERVICE_IP = "10.96.0.2"
+OPENBAO_SERVICE_PORT = 8200
+# What a pod dials for OpenBao: the stack's openbao Service (provisioning.py creates it).
+OPENBAO_SERVICE_ADDRESS = f"https://{OPENBAO_SERVICE_IP}:{OPENBAO_SERVICE_PORT}"
+NODE_NAME = "localhost"  # the API server dials the kubelet by this name (noding.py says why)
+BINARIES = ("etcd", "kube-apiserver", "kubectl", "bao", "opa", "helm",
+            "kube-controller-manager", "kube-scheduler", "kubelet",
+            "containerd", "containerd-shim-runc-v2", "ctr", "bridge", "host-local", "loopback")
+# Debian's docker-registry (scripts/system-deps), not built here.
+REGISTRY_BINARY = "/usr/bin/docker-registry"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -79,7 +100,8 @@ class Paths:
         return self.state / "run" / f"{name}.pid"
 
     def binary(self, name: str) -> Path:
-        return self.bin / name
+        """A stack binary by name, or a program by absolute path (Debian's, the interpreter)."""
+        return Path(name) if name.startswith("/") else self.bin / name
 
     def cert(self, name: str) -> Pair:
         return Pair(self.pki / f"{name}.crt", self.pki / f"{name}.key")
@@ -99,6 +121,13 @@ class Component:
     # What ``up`` waits for, when less than healthy: None once it answers well enough for
     # ``up`` and provisioning to finish the job (OpenBao: sealed or not initialised counts).
     answering: Callable[[Paths], str | None] | None = None
+    # Restart a running instance whose command line differs from ``argv`` or that started
+    # before one of these files changed (its certificates, its config).
+    inputs: Callable[[Paths], list[Path]] | None = None
+    # Extra environment (e.g. PATH for containerd, which runs its shim from PATH).
+    env: Callable[[Paths], dict[str, str]] | None = None
+    # How long ``up`` waits for it to answer.
+    timeout: float = 120.0
 
 
 def _get(url: str, paths: Paths, client: str | None = None) -> requests.Response:
@@ -143,12 +172,19 @@ def _apiserver_argv(p: Paths) -> list[str]:
         f"--secure-port={APISERVER_PORT}",
         f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
         f"--client-ca-file={p.ca}",
-        "--authorization-mode=RBAC",
+        # Node: the kubelet (system:node:localhost) may touch only its node and its pods.
+        "--authorization-mode=Node,RBAC",
+        # logs/exec: the API server shows the kubelet this client certificate.
+        f"--kubelet-client-certificate={p.cert('apiserver-kubelet-client').cert}",
+        f"--kubelet-client-key={p.cert('apiserver-kubelet-client').key}",
+        # Webhooks behind a Service are called at a ready endpoint's (pod's) address: there is
+        # no kube-proxy to make ClusterIPs work, and the host routes to the pod network.
+        "--enable-aggregator-routing=true",
         f"--service-account-issuer={issuer}",
         f"--service-account-key-file={sa.cert}",
         f"--service-account-signing-key-file={sa.key}",
         f"--api-audiences={issuer}",
-        "--service-cluster-ip-range=10.96.0.0/24",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--endpoint-reconciler-type=none",  # no Service endpoints for a loopback address
         "--allow-privileged=true",  # the node agent's DaemonSet (chart e2e) is privileged
         "--enable-priority-and-fairness=false",
@@ -229,6 +265,24 @@ def bao_health(p: Paths, address: str = f"https://{HOST}:{BAO_PORT}", *,
     return reason
 
 
+def registry_config(p: Paths) -> Path:
+    """Debian's docker-registry (distribution 2.8) on loopback, plain HTTP, no auth: where
+    scripts/build-images --push puts the images and the node's containerd pulls them."""
+    config = p.state / "registry" / "config.yml"
+    if not config.exists():  # the secret only signs upload state; kept across restarts
+        config.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(p.state / "registry" / "data")},
+                        "delete": {"enabled": True}},
+            "http": {"addr": REGISTRY, "secret": os.urandom(16).hex()},
+        }
+        config.write_text(yaml.safe_dump(body, sort_keys=False))
+        config.chmod(0o600)
+    return config
+
+
 COMPONENTS = [
     Component("etcd", "etcd", f"http://{HOST}:{ETCD_PORT}", _etcd_argv,
               lambda p: _probe(lambda: _get(f"http://{HOST}:{ETCD_PORT}/health", p),
@@ -236,12 +290,18 @@ COMPONENTS = [
     Component("kube-apiserver", "kube-apiserver", f"https://{HOST}:{APISERVER_PORT}",
               _apiserver_argv,
               lambda p: _probe(lambda: _get(f"https://{HOST}:{APISERVER_PORT}/readyz", p, "admin"),
-                               lambda r: r.ok)),
+                               lambda r: r.ok),
+              inputs=lambda p: [p.cert("apiserver").cert, p.cert("apiserver-kubelet-client").cert]),
     Component("openbao", "bao", f"https://{HOST}:{BAO_PORT}", _bao_argv, bao_health,
-              answering=lambda p: bao_health(p, answering=True)),
+              answering=lambda p: bao_health(p, answering=True),
+              inputs=lambda p: [p.cert("openbao").cert]),
     Component("opa", "opa", f"http://{HOST}:{OPA_PORT}", _opa_argv,
               lambda p: _probe(lambda: _get(f"http://{HOST}:{OPA_PORT}/health", p),
                                lambda r: r.ok)),
+    Component("registry", REGISTRY_BINARY, f"http://{REGISTRY}",
+              lambda p: [REGISTRY_BINARY, "serve", str(registry_config(p))],
+              lambda p: _probe(lambda: _get(f"http://{REGISTRY}/v2/", p), lambda r: r.ok),
+              inputs=lambda p: [registry_config(p)]),
 ]
 
 
@@ -250,7 +310,14 @@ def ensure_pki(p: Paths) -> None:
     ca.issue("apiserver", "kube-apiserver", server=True, hosts=(
         HOST, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"))
     ca.issue("admin", "cloudtaser-admin", organization="system:masters", client=True)
-    ca.issue("openbao", "openbao", server=True, hosts=(HOST, "localhost"))
+    # Also under its Service's address and name: pods reach it there (noding.py).
+    ca.issue("openbao", "openbao", server=True, hosts=(
+        HOST, "localhost", OPENBAO_SERVICE_IP, "openbao.cloudtaser-system.svc"))
+    # The API server's client certificate towards the kubelet (logs, exec, port-forward).
+    ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+             organization="system:masters", client=True)
+    # The node's kubelet: the Node authorizer knows it by this name and group.
+    ca.issue("kubelet", f"system:node:{NODE_NAME}", organization="system:nodes", client=True)
     # The wrapper's client certificate for the demo (mTLS to OpenBao).
     ca.issue("wrapper-demo", "cloudtaser-wrapper-demo", client=True)
     service_account_keys(p.pki)
@@ -273,6 +340,18 @@ def write_kubeconfig(p: Paths) -> None:
     p.kubeconfig.chmod(0o600)
 
 
+def executables() -> Iterator[tuple[int, Path]]:
+    """Every process of this machine with the executable it runs (as the kernel names it,
+    without " (deleted)": a build pruned since still counts); processes gone meanwhile or
+    unreadable are left out."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                yield int(proc.name), Path(os.readlink(proc / "exe").removesuffix(" (deleted)"))
+            except OSError:
+                continue
+
+
 def running_pid(p: Paths, component: Component) -> int | None:
     """The PID from the PID file if that process still runs the executable ``up`` started
     (recorded on the PID file's second line: bin/current may point at a newer build by now,
@@ -287,28 +366,52 @@ def running_pid(p: Paths, component: Component) -> int | None:
     return pid if Path(exe) == expected else None
 
 
+def outdated(p: Paths, component: Component, pid: int) -> str | None:
+    """Why the running ``pid`` of a component that declares ``inputs`` is not what ``up``
+    would start now (None when it is): other flags, or an input changed after it started."""
+    if component.inputs is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        started = p.pidfile(component.name).stat().st_mtime
+    except OSError:
+        return None
+    if [a.decode(errors="replace") for a in cmdline] != component.argv(p):
+        return "its command line changed"
+    for path in component.inputs(p):
+        try:
+            if path.stat().st_mtime > started:
+                return f"{path.name} changed since it started"
+        except OSError:
+            continue
+    return None
+
+
 def _start(p: Paths, component: Component) -> int:
     argv = component.argv(p)
     log = p.log(component.name)
     log.parent.mkdir(parents=True, exist_ok=True)
     p.pidfile(component.name).parent.mkdir(parents=True, exist_ok=True)
+    env = None if component.env is None else {**os.environ, **component.env(p)}
     with open(log, "ab") as out:
         process = subprocess.Popen(  # noqa: S603 - argv built from our own paths
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=p.state, start_new_session=True,
+            cwd=p.state, start_new_session=True, env=env,
         )
     p.pidfile(component.name).write_text(f"{process.pid}\n{Path(argv[0]).resolve()}\n")
     _CHILDREN[process.pid] = process
     return process.pid
 
 
-def wait_healthy(p: Paths, component: Component, timeout: float = 120.0) -> None:
+def wait_healthy(p: Paths, component: Component, timeout: float | None = None) -> None:
+    timeout = component.timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
     reason: str | None = "not started"
     while time.monotonic() < deadline:
         if running_pid(p, component) is None:
             tail = _tail(p.log(component.name))
-            raise StackError(f"{component.name} exited during start; last log lines:\n{tail}")
+            raise StackError(f"{component.name} exited during start (log: {p.log(component.name)}); "
+                             f"last log lines:\n{tail}")
         reason = (component.answering or component.health)(p)
         if reason is None:
             return
@@ -326,6 +429,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def check_binaries(p: Paths) -> None:
     missing = [b for b in BINARIES if not p.binary(b).exists()]
+    missing += [] if Path(REGISTRY_BINARY).exists() else [f"{REGISTRY_BINARY} (scripts/system-deps)"]
     if missing:
         raise StackError(
             f"missing binaries in {p.bin}: {', '.join(missing)}; build them with "
@@ -338,8 +442,19 @@ def up(p: Paths, log: Callable[[str], None]) -> None:
     p.state.mkdir(parents=True, exist_ok=True)
     ensure_pki(p)
     write_kubeconfig(p)
-    for component in COMPONENTS:
+    start_all(p, COMPONENTS, log)
+
+
+def start_all(p: Paths, components: list[Component], log: Callable[[str], None]) -> None:
+    """Start each component that is not running (restart an outdated one), in order, each
+    healthy before the next."""
+    for component in components:
         pid = running_pid(p, component)
+        why = None if pid is None else outdated(p, component, pid)
+        if why is not None:
+            log(f"{component.name}: restarting (pid {pid}): {why}")
+            stop(p, component, log)
+            pid = None
         if pid is None:
             started = time.monotonic()
             pid = _start(p, component)
@@ -352,10 +467,13 @@ def up(p: Paths, log: Callable[[str], None]) -> None:
 
 def component(name: str) -> Component:
     """The component called ``name``; StackError naming the known ones otherwise."""
-    for c in COMPONENTS:
+    from cloudtaser import noding  # the node's components (noding imports this module)
+
+    for c in [*COMPONENTS, *noding.COMPONENTS]:
         if c.name == name:
             return c
-    raise StackError(f"no stack component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
+    raise StackError(f"no stack component {name!r}; known: "
+                     f"{', '.join(c.name for c in [*COMPONENTS, *noding.COMPONENTS])}")
 
 
 def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: float = 15.0) -> None:
@@ -368,12 +486,18 @@ def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: fl
             pidfile.unlink()
             log(f"{component.name}: stale PID file removed (process not ours or gone)")
         return
-    os.killpg(pid, signal.SIGTERM)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:  # exited between the check and the signal
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and running_pid(p, component) is not None:
         time.sleep(0.1)
     if running_pid(p, component) is not None:
-        os.killpg(pid, signal.SIGKILL)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         log(f"{component.name}: killed (pid {pid}) after {timeout:.0f}s")
     else:
         log(f"{component.name}: stopped (pid {pid})")
@@ -384,6 +508,10 @@ def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: fl
 
 
 def down(p: Paths, log: Callable[[str], None], timeout: float = 15.0) -> None:
+    """The node first (its pods leave while the API server answers), then the rest."""
+    from cloudtaser import noding  # noding imports this module
+
+    noding.down(p, log)
     for c in reversed(COMPONENTS):
         stop(p, c, log, timeout)
 

@@ -28,16 +28,8 @@ def _stack_processes(paths: stacking.Paths) -> list[str]:
     bin/current moved on from, or one deleted since)."""
     builds = paths.bin.resolve().parent  # bin/current -> bin/<component>-<version>-<hash>
     names = set(stacking.BINARIES)
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                exe = Path(os.readlink(proc / "exe").removesuffix(" (deleted)"))
-            except OSError:
-                continue
-            if exe.name in names and exe.parent.parent == builds:
-                found.append(f"{proc.name} {exe}")
-    return found
+    return [f"{pid} {exe}" for pid, exe in stacking.executables()
+            if exe.name in names and exe.parent.parent == builds]
 
 
 def _cli(*args: str) -> None:
@@ -50,13 +42,44 @@ def _cli(*args: str) -> None:
     assert proc.returncode == 0, f"cloudtaser stack {' '.join(args)} failed:\n{proc.stderr}"
 
 
+# What `stack up` provisions (the examples' namespaces included): everything else a test made.
+KEPT_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", provisioning.DEMO_NAMESPACE,
+                   provisioning.SYSTEM_NAMESPACE, "payments"}
+
+
+def remove_test_objects(paths: stacking.Paths) -> list[str]:
+    """Delete the namespaces and Nodes the tests made (an interrupted run leaves them; a
+    finished one must not) and wait until they are gone; what was removed. Pods in them are
+    force-deleted: one bound to a hand-made Node has no kubelet to confirm its end."""
+    def kubectl(*args: str) -> str:
+        return provisioning.kubectl(paths, *args)
+    names = kubectl("get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}").split()
+    extra = [n for n in names if n not in KEPT_NAMESPACES]
+    nodes = [n for n in kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split()
+             if n != stacking.NODE_NAME]
+    for ns in extra:
+        kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", "--ignore-not-found")
+        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
+    for node in nodes:
+        kubectl("delete", "node", node, "--ignore-not-found")
+    if extra:
+        kubectl("wait", "--for=delete", "--timeout=180s", *(f"namespace/{ns}" for ns in extra))
+    return extra + [f"node/{n}" for n in nodes]
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[stacking.Paths]:
     paths = stacking.Paths(state=stacking.default_state_dir(), bin=stacking.default_bin_dir())
     stacking.check_binaries(paths)  # a missing build fails loudly: never a silent skip
     started = any(row["health"] != "healthy" for row in stacking.status(paths))
     _cli("up")
+    left = remove_test_objects(paths)
+    if left:
+        print(f"removed what an earlier run left: {', '.join(left)}")
     yield paths
+    left = remove_test_objects(paths)
+    if left:
+        print(f"removed what the tests left: {', '.join(left)}")
     if started and os.environ.get("CLOUDTASER_KEEP_STACK") != "1":
         _cli("down")
         left = _stack_processes(paths)

@@ -1,29 +1,36 @@
-"""The chart against the real API server: `helm install` creates every object (the server
-validates each one; no kubelet or controller-manager runs here, so no pod is ever created or
-run), the operator's ServiceAccount may do exactly what its RBAC says, and `helm uninstall`
-removes every release object plus the operator-made webhook configuration, through the
-pre-delete hook Job that this test runs in place of the missing kubelet. CRDs stay: Helm never
-deletes what it installed from crds/ (deleting a CRD deletes every SecretBinding with it)."""
+"""The chart against the real API server and node: `helm install` (with the images of the
+stack's loopback registry, as `cloudtaser stack install` sets them) creates every object and
+its Deployment and DaemonSet run as pods, the operator's ServiceAccount may do exactly what its
+RBAC says, and `helm uninstall` removes every release object plus the operator-made webhook
+configuration, through the post-delete hook Job that the node runs. CRDs stay: Helm never
+deletes what it installed from crds/ (deleting a CRD deletes every SecretBinding with it).
+
+It installs a release of its own, in its own namespace: run it while no other release of the
+chart runs (the webhook configuration has one cluster-wide name; tests/e2e/node uninstalls
+its release when it ends)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from cloudtaser import stacking
+from cloudtaser import installing, stacking
+from cloudtaser.bpf.agent import lift_io_uring_restriction
+from cloudtaser.bpf.labelling import NodeLabel
+from cloudtaser.bpf.loading import unpin
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.watching import PodPolicies
+from cloudtaser.engine.plans import AGENT_BACKEND_LABEL
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.errors import CloudtaserError
 from tests.harness.waiting import wait_for
@@ -101,15 +108,26 @@ def installed(stack: stacking.Paths, kubectl: Any, helm: Any,
         script.chmod(0o700)
         extra = ["--post-renderer", str(script)]
         print("kube-apiserver disallows privileged containers: agent installed unprivileged")
-    helm.check("install", RELEASE, str(REPO / "chart"), "-n", NS, *extra)
+    built = subprocess.run([str(REPO / "scripts" / "build-images"), "--push", installing.PREFIX, "local"],
+                           capture_output=True, text=True, timeout=3600, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    values = tmp_path_factory.mktemp("values") / "values.yaml"
+    values.write_text(yaml.safe_dump(installing.values(
+        {key: installing.registry_digest(name) for key, name in installing.IMAGES.items()})))
+    helm.check("install", RELEASE, str(REPO / "chart"), "-n", NS, "--values", str(values),
+               "--wait", "--timeout", "5m", *extra)
     manifest = helm.check("get", "manifest", RELEASE, "-n", NS)
-    yield [d for d in yaml.safe_load_all(manifest) if d]
-    if RELEASE in helm.check("list", "-n", NS, "-a", "-q").split():  # a test failed midway
-        helm.check("uninstall", RELEASE, "-n", NS, "--no-hooks")
-    for kind in ("job", "serviceaccount"):
-        kubectl("delete", kind, CLEANUP, "-n", NS, "--ignore-not-found")
-    for kind in ("clusterrole", "clusterrolebinding"):
-        kubectl("delete", kind, CLEANUP, "--ignore-not-found")
+    try:
+        yield [d for d in yaml.safe_load_all(manifest) if d]
+    finally:
+        if RELEASE in helm.check("list", "-n", NS, "-a", "-q").split():  # a test failed midway
+            helm.check("uninstall", RELEASE, "-n", NS, "--wait")
+        for kind in ("job", "serviceaccount"):
+            kubectl("delete", kind, CLEANUP, "-n", NS, "--ignore-not-found")
+        for kind in ("clusterrole", "clusterrolebinding"):
+            kubectl("delete", kind, CLEANUP, "--ignore-not-found")
+        unpin(installing.AGENT_PIN_DIR)  # the agent's programs outlive it by design
+        lift_io_uring_restriction(installing.AGENT_SOCKET_DIR)  # as `stack uninstall` does
 
 
 def exists(kubectl: Any, obj: dict[str, Any]) -> bool:
@@ -130,8 +148,12 @@ def test_install_creates_every_object(installed: list[dict[str, Any]], kubectl: 
         assert exists(kubectl, obj), f"{obj['kind']}/{obj['metadata']['name']} missing"
     for crd in ("secretbindings.cloudtaser.io", "enforcementpolicies.cloudtaser.io"):
         kubectl("get", "crd", crd)
-    # no controller-manager/kubelet: the Deployment and DaemonSet exist, their pods never do
-    assert kubectl("get", "pods", "-n", NS, "-o", "name").strip() == ""
+    # the node runs them: two operator replicas and the agent, from the loopback registry
+    pods = json.loads(kubectl("get", "pods", "-n", NS, "-o", "json"))["items"]
+    running = sorted(p["metadata"]["labels"].get("app.kubernetes.io/component", "") for p in pods
+                     if p["status"].get("phase") == "Running")
+    assert running == ["agent", "operator", "operator"], [p["metadata"]["name"] for p in pods]
+    assert all(c["image"].startswith(installing.PREFIX + "/") for p in pods for c in p["spec"]["containers"])
 
 
 @pytest.mark.parametrize(("verb", "resource", "allowed"), [
@@ -176,14 +198,21 @@ def as_token(stack: stacking.Paths, kubectl: Any, workdir: Path, token: str) -> 
     return run
 
 
-def coordination_api(stack: stacking.Paths, token: str) -> Any:
+def api_client(stack: stacking.Paths, token: str) -> Any:
+    """The kubernetes client as the bearer of ``token`` only (what an agent's pod has)."""
     import kubernetes
 
     config = kubernetes.client.Configuration()
     config.host = f"https://{stacking.HOST}:{stacking.APISERVER_PORT}"
     config.ssl_ca_cert = str(stack.ca)
     config.api_key = {"authorization": f"Bearer {token}"}
-    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(config))
+    return kubernetes.client.ApiClient(config)
+
+
+def coordination_api(stack: stacking.Paths, token: str) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CoordinationV1Api(api_client(stack, token))
 
 
 def lease(name: str) -> str:
@@ -241,48 +270,111 @@ def test_an_agent_writes_only_its_own_nodes_report(installed: Any, stack: stacki
         kubectl("delete", "node", node, "--ignore-not-found")
 
 
-def run_hook_job(stack: stacking.Paths, kubectl: Any, workdir: Path) -> list[str]:
-    """Play kubelet + job controller for the pre-delete Job: run its command locally with its
-    own ServiceAccount's token (so its RBAC is what is tested), then mark the Job Complete."""
-    job = wait_for_chart(lambda: json.loads(kubectl("get", "job", CLEANUP, "-n", NS, "-o", "json")),
-                   what="the pre-delete hook Job")
-    pod = job["spec"]["template"]["spec"]
-    command: list[str] = pod["containers"][0]["command"]
-    assert command[0] == "kubectl"
-    token = kubectl("create", "token", pod["serviceAccountName"], "-n", NS).strip()
-    proc = as_token(stack, kubectl, workdir, token)(*command[1:])  # the hook's identity only
-    assert proc.returncode == 0, proc.stderr
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    done = [{"type": t, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-            for t in ("SuccessCriteriaMet", "Complete")]
-    kubectl("patch", "job", CLEANUP, "-n", NS, "--subresource=status", "--type=merge", "-p",
-            json.dumps({"status": {"startTime": now, "completionTime": now, "succeeded": 1,
-                                   "conditions": done}}))
-    return command
+def core_api(stack: stacking.Paths, token: str) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CoreV1Api(api_client(stack, token))
+
+
+def test_an_agent_labels_only_its_own_node_and_only_with_its_backend(
+        installed: Any, stack: stacking.Paths, kubectl: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """RBAC lets the agent's ServiceAccount get and patch every node; the -node-label
+    ValidatingAdmissionPolicy admits only cloudtaser.io/agent-backend=lsm|tracepoint, on the node
+    of the pod its token is bound to. The agent's own code (bpf/labelling.py) with such tokens:
+    agent A labels node A and removes the label at close; agent B is refused on node A, which
+    costs it warning lines, never an exception."""
+    import kubernetes
+
+    account = f"{RELEASE}-cloudtaser-agent"
+    nodes = {"a": "ct-e2e-label-a", "b": "ct-e2e-label-b"}
+    pods = {side: f"ct-e2e-agent-label-{side}" for side in nodes}
+
+    def labels(side: str) -> dict[str, str]:
+        found: dict[str, str] = json.loads(kubectl("get", "node", nodes[side], "-o", "json"))[
+            "metadata"].get("labels", {})
+        return found
+
+    def gone(side: str) -> tuple[str, ...]:
+        return ("delete", "pod", pods[side], "-n", NS, "--ignore-not-found", "--grace-period=0", "--force")
+
+    tokens = {}
+    try:
+        for side, node in nodes.items():
+            kubectl("delete", "node", node, "--ignore-not-found")
+            kubectl("create", "-f", "-", stdin=json.dumps({
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"keep": "me"}}}))
+            kubectl(*gone(side))
+            made = json.loads(kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pods[side], "namespace": NS},
+                "spec": {"nodeName": node, "serviceAccountName": account,
+                         "containers": [{"name": "agent", "image": "agent:1", "command": ["/agent"]}]}})))
+            tokens[side] = kubectl("create", "token", account, "-n", NS, "--bound-object-kind", "Pod",
+                                   "--bound-object-name", pods[side], "--bound-object-uid",
+                                   made["metadata"]["uid"]).strip()
+        # Agent A's worker labels its node; the node's other labels stay.
+        label_a = NodeLabel(nodes["a"], api=core_api(stack, tokens["a"]), retry=0.1)
+        label_a.start("lsm")
+        wait_for_chart(lambda: labels("a").get(AGENT_BACKEND_LABEL) == "lsm", what="node A labelled")
+        assert labels("a")["keep"] == "me"
+        # Agent B may label its own node, not node A: its worker warns, retries, never raises.
+        assert NodeLabel(nodes["b"], api=core_api(stack, tokens["b"])).apply("tracepoint")
+        assert labels("b")[AGENT_BACKEND_LABEL] == "tracepoint"
+        with pytest.raises(kubernetes.client.ApiException) as refused:
+            NodeLabel(nodes["a"], api=core_api(stack, tokens["b"])).apply("tracepoint")
+        assert refused.value.status == 403
+        assert "a cloudtaser agent may label only its own node" in refused.value.body
+        caplog.set_level(logging.WARNING, logger="cloudtaser.bpf.labelling")
+        intruder = NodeLabel(nodes["a"], api=core_api(stack, tokens["b"]), retry=0.05)
+        intruder.start("tracepoint")
+        wait_for_chart(lambda: len(caplog.records) >= 2, what="two refused attempts")
+        intruder.close()  # its removal is refused too: three warnings, then it gives up
+        lines = [r.getMessage() for r in caplog.records]
+        assert all(f"node {nodes['a']}: label " in line and "not written (HTTP 403: " in line
+                   and "may label only its own node" in line for line in lines), lines
+        assert lines[-1].endswith("; giving up") and "retrying in" in lines[0], lines
+        assert labels("a").get(AGENT_BACKEND_LABEL) == "lsm"
+        # Agent A itself may change nothing else on its node.
+        agent_a = as_token(stack, kubectl, tmp_path, tokens["a"])
+        for args, message in (
+                (["label", "node", nodes["a"], "keep=you", "--overwrite"], "may change only its node's label"),
+                (["label", "node", nodes["a"], f"{AGENT_BACKEND_LABEL}=yes", "--overwrite"], "is lsm or tracepoint"),
+                (["annotate", "node", nodes["a"], "x=1"], "may change only its node's label"),
+                (["patch", "node", nodes["a"], "-p", '{"spec":{"unschedulable":true}}'],
+                 "may change only its node's label"),
+                (["delete", "node", nodes["a"]], "cannot delete resource"),  # RBAC
+                (["patch", "node", nodes["a"], "--subresource=status", "-p", '{"status":{"phase":"x"}}'],
+                 'resource "nodes/status"'),  # RBAC: nodes, never nodes/status
+        ):
+            result = agent_a(*args)
+            assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        # RBAC alone would allow it: the same account with a token bound to no pod is refused
+        unbound = as_token(stack, kubectl, tmp_path, kubectl("create", "token", account, "-n", NS).strip())
+        result = unbound("label", "node", nodes["a"], f"{AGENT_BACKEND_LABEL}=tracepoint", "--overwrite")
+        assert result.returncode != 0 and "may label only its own node" in result.stderr, result.stderr
+        # Stopping removes the label, and only it.
+        label_a.close()
+        assert labels("a") == {"keep": "me"}
+    finally:
+        for side, node in nodes.items():
+            kubectl(*gone(side))
+            kubectl("delete", "node", node, "--ignore-not-found")
 
 
 def test_uninstall_removes_everything_and_the_webhook(installed: list[dict[str, Any]], kubectl: Any,
                                                       helm: Any, stack: stacking.Paths,
                                                       tmp_path: Path) -> None:
-    # what the operator would have made: harmless (matches no namespace, Ignore), same name
-    kubectl("apply", "-f", "-", stdin=json.dumps({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_CONFIGURATION,
-                     "labels": {"app.kubernetes.io/managed-by": "cloudtaser"}},
-        "webhooks": [{"name": "inject.cloudtaser.io", "admissionReviewVersions": ["v1"],
-                      "sideEffects": "None", "failurePolicy": "Ignore",
-                      "clientConfig": {"url": "https://127.0.0.1:1/mutate-v1-pod"},
-                      "namespaceSelector": {"matchLabels": {"cloudtaser-chart-e2e": "never"}},
-                      "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                                 "resources": ["pods"]}]}]}))
-    uninstall = helm("uninstall", RELEASE, "-n", NS, "--timeout", "2m")
-    result: list[Any] = []
-    runner = threading.Thread(target=lambda: result.append(run_hook_job(stack, kubectl, tmp_path)))
-    runner.start()
-    out, err = uninstall.communicate(timeout=180)
-    runner.join(timeout=60)
+    # the configuration the operator's leader made, pointing at this release's Service
+    def ours() -> bool:
+        found = kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found",
+                        "-o", "jsonpath={.webhooks[0].clientConfig.service.namespace}")
+        return bool(found.strip() == NS)
+    wait_for_chart(ours, timeout=120, what="the operator's webhook configuration")
+    # the post-delete hook Job runs on the node (kubectl from the loopback registry, as its own
+    # ServiceAccount): after the release's objects, so the operator cannot re-create it
+    uninstall = helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m")
+    out, err = uninstall.communicate(timeout=240)
     assert uninstall.returncode == 0, err
-    assert result and result[0][1:4] == ["delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION]
     assert kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
                    "--ignore-not-found", "-o", "name").strip() == ""
     for obj in installed:

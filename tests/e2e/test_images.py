@@ -8,9 +8,11 @@ verification with --insecure-ignore-tlog: there is no transparency log to check 
 
 Proves, in both directions: the same commit gives the same digests (a fresh build into a
 separate directory and scratch store against the cached build); the images run what the chart
-runs, as the users the chart expects; `cosign verify` and `cosign verify-attestation` (SPDX and
-CycloneDX) succeed for what was signed and FAIL once the tag points at a modified manifest or
-layer, or with another key; the wheel's SBOM attestations fail for a modified wheel.
+runs, as the users the chart expects; `cosign verify` and `cosign verify-attestation` (SPDX,
+CycloneDX and SLSA v1 provenance) succeed for what was signed and FAIL once the tag points at a
+modified manifest or layer, or with another key; the provenance names this commit (and whether
+the tree was dirty), the build command and the inputs by digest; the wheel's SBOM and
+provenance attestations fail for a modified wheel.
 Needs no cloudtaser stack. Needs root (mmdebstrap --mode=root, chroot).
 """
 
@@ -47,7 +49,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EXPECTED_CONFIG = {
     "operator": {"User": "65532:65532", "Entrypoint": ["cloudtaser"]},
     "bpf-agent": {"User": "0:0", "Entrypoint": ["python", "-m", "cloudtaser.bpf.agent"]},
-    "wrapper-bundle": {"User": "65532:65532", "Entrypoint": ["/bundle/install"]},
+    "wrapper-bundle": {"User": "65532:65532", "Entrypoint": ["/bundle/wrapper", "install"]},
 }
 
 
@@ -162,7 +164,7 @@ def test_image_config_is_what_the_chart_expects(built: dict[str, Artefact], name
 def test_images_run_what_the_chart_runs(built: dict[str, Artefact], tmp_path: Path) -> None:
     operator = unpack(built["operator"], tmp_path / "operator")
     proc = run_in(operator, "65532:65532", "cloudtaser", "operator", "--help")
-    assert proc.returncode == 0 and "--webhook-url" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "--webhook-service" in proc.stdout, proc.stderr
     assert not (operator / "opt/cloudtaser/bin/pip").exists()  # no installer left in the image
 
     agent = unpack(built["bpf-agent"], tmp_path / "bpf-agent")
@@ -175,9 +177,11 @@ def test_images_run_what_the_chart_runs(built: dict[str, Artefact], tmp_path: Pa
     bundle = unpack(built["wrapper-bundle"], tmp_path / "bundle")
     (bundle / "cloudtaser").mkdir(mode=0o777)  # the pod's emptyDir
     os.chmod(bundle / "cloudtaser", 0o777)
-    proc = run_in(bundle, "65532:65532", "/bundle/install", "/cloudtaser")
+    proc = run_in(bundle, "65532:65532", "/bundle/wrapper", "install", "/cloudtaser")
     assert proc.returncode == 0, proc.stderr
     assert os.access(bundle / "cloudtaser" / "wrapper", os.X_OK)
+    # the static wrapper and its interposers, nothing else: no shell, no libc
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle", "cloudtaser"]
 
 
 # --- registry, keys, signatures ------------------------------------------------------------
@@ -192,6 +196,8 @@ class Signed:
     env: dict[str, str]
     cosign: str
     built: dict[str, Artefact]
+    command: list[str]  # the scripts/build-images invocation that wrote the attested provenance
+    provenance: dict[str, dict[str, Any]]  # name -> the predicate file as attested
 
 
 @pytest.fixture(scope="module")
@@ -218,27 +224,68 @@ def signed(built: dict[str, Artefact], registry_host: str,
            tmp_path_factory: pytest.TempPathFactory) -> Signed:
     """The three images pushed (digests kept), signed and attested (SPDX + CycloneDX) with a
     key pair made for this run; the wheel signed and attested as a blob."""
-    arts = build_images("--sbom", "--push", f"{registry_host}/cloudtaser", "--tag", "test")
+    command = ["--sbom", "--push", f"{registry_host}/cloudtaser", "--tag", "test"]
+    arts = build_images(*command)
     assert {n: a.digest for n, a in arts.items()} == {n: a.digest for n, a in built.items()}
     tmp = tmp_path_factory.mktemp("cosign")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "TUF_ROOT": str(tmp / "tuf"),
            "COSIGN_PASSWORD": secrets.token_urlsafe(16), "COSIGN_YES": "true"}
     s = Signed(registry_host, {n: f"{registry_host}/cloudtaser/{n}:test" for n in IMAGES},
                {n: built[n].digest for n in IMAGES}, tmp / "cosign.key", tmp / "cosign.pub",
-               env, tool("cosign"), built)
+               env, tool("cosign"), built, ["scripts/build-images", *command],
+               {n: json.loads((arts[n].path / "provenance.json").read_text()) for n in IMAGES})
     subprocess.run([s.cosign, "generate-key-pair", "--output-key-prefix", str(tmp / "cosign")],
                    capture_output=True, check=True, env=env, timeout=60)
     assert b"ENCRYPTED" in s.key.read_bytes()  # the private key is sealed with the password
     for name in IMAGES:
         by_digest = f"{registry_host}/cloudtaser/{name}@{s.digests[name]}"
         cosign_run(s, "sign", "--key", str(s.key), "--tlog-upload=false", "--allow-http-registry", by_digest)
-        for kind, sbom in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json")):
+        for kind, predicate in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json"),
+                                ("slsaprovenance1", "provenance.json")):
             cosign_run(s, "attest", "--key", str(s.key), "--tlog-upload=false", "--allow-http-registry",
-                       "--type", kind, "--predicate", str(built[name].path / sbom), by_digest)
+                       "--type", kind, "--predicate", str(arts[name].path / predicate), by_digest)
     return s
 
 
 VERIFY = ("--insecure-ignore-tlog", "--allow-http-registry")
+ATTESTATIONS = (("spdxjson", "https://spdx.dev/Document"), ("cyclonedx", "https://cyclonedx.org/bom"),
+                ("slsaprovenance1", "https://slsa.dev/provenance/v1"))
+
+
+def git_head() -> tuple[str, bool]:
+    """(HEAD, whether the work tree differs from it: tracked changes or untracked files)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=all").strip())
+
+
+def check_provenance(s: Signed, name: str, predicate: dict[str, Any]) -> None:
+    """The verified SLSA predicate: exactly what build-images wrote (cosign dropped nothing), this
+    commit (dirty only if the tree is), the build command, the inputs by digest."""
+    assert predicate == s.provenance[name]
+    build = predicate["buildDefinition"]
+    head, dirty = git_head()
+    source = build["resolvedDependencies"][0]
+    assert source["digest"] == {"gitCommit": head} == build["externalParameters"]["source"]["digest"]
+    assert source["annotations"]["dirty"] is dirty
+    assert build["externalParameters"]["command"] == s.command
+    assert build["externalParameters"]["artefact"] == name
+    assert predicate["runDetails"]["builder"]["id"]
+    inputs = {(d["annotations"]["role"], d.get("name")): d for d in build["resolvedDependencies"]}
+    assert inputs[("containerfile", f"{name}.Containerfile")]["digest"]["sha256"] == \
+        hashlib.sha256((REPO / "scripts" / "images" / f"{name}.Containerfile").read_bytes()).hexdigest()
+    if name == "wrapper-bundle":
+        assert ("wrapper-bundle", "amd64/wrapper") in inputs
+        assert "go" in predicate["runDetails"]["builder"]["version"]
+        return
+    wheel = s.built["wheel"]
+    assert inputs[("wheel", wheel.path.name)]["digest"]["sha256"] == wheel.digest.removeprefix("sha256:")
+    lock = (REPO / "scripts" / "images" / "debian-packages.lock").read_bytes()
+    assert inputs[("debian-lock", "debian-packages.lock")]["digest"]["sha256"] == hashlib.sha256(lock).hexdigest()
+    assert any(d.get("uri", "").startswith("pkg:deb/debian/python3.11@") for d in build["resolvedDependencies"])
+    assert any(role == "python-dependency" and n.startswith("pydantic-") for role, n in inputs)
+    if name == "bpf-agent":
+        assert any(role == "bpf-object" for role, _ in inputs)
 
 
 def verify(s: Signed, name: str, ok: bool = True, ref: str | None = None, pub: Path | None = None) -> None:
@@ -248,20 +295,22 @@ def verify(s: Signed, name: str, ok: bool = True, ref: str | None = None, pub: P
     if ok:
         claims = json.loads(out.stdout)
         assert {c["critical"]["image"]["docker-manifest-digest"] for c in claims} == {s.digests[name]}
-    for kind, predicate_type in (("spdxjson", "https://spdx.dev/Document"),
-                                 ("cyclonedx", "https://cyclonedx.org/bom")):
+    for kind, predicate_type in ATTESTATIONS:
         out = cosign_run(s, "verify-attestation", "--key", key, "--type", kind, *VERIFY, ref, ok=ok)
         if ok:
             envelope = json.loads(out.stdout.splitlines()[0])
             statement = json.loads(base64.b64decode(envelope["payload"]))
             assert statement["predicateType"] == predicate_type
             assert statement["subject"][0]["digest"]["sha256"] == s.digests[name].removeprefix("sha256:")
+            if kind == "slsaprovenance1":
+                check_provenance(s, name, statement["predicate"])
+                continue
             text = json.dumps(statement["predicate"])
-            assert ("python3.11" if name != "wrapper-bundle" else "coreutils") in text
+            assert ("python3.11" if name != "wrapper-bundle" else "golang.org/x/sys") in text
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_signature_and_sbom_attestations_verify(signed: Signed, name: str) -> None:
+def test_signature_sbom_and_provenance_attestations_verify(signed: Signed, name: str) -> None:
     verify(signed, name)
 
 
@@ -346,8 +395,9 @@ def test_tampered_image_under_the_same_tag_is_refused(signed: Signed, name: str,
     verify(signed, name)
 
 
-def test_python_distribution_sbom_attestations(signed: Signed, tmp_path: Path) -> None:
-    """The wheel (cosign sign-blob) and its SBOMs (attest-blob), checked against a modified wheel."""
+def test_python_distribution_sbom_and_provenance_attestations(signed: Signed, tmp_path: Path) -> None:
+    """The wheel (cosign sign-blob), its SBOMs and provenance (attest-blob), checked against a
+    modified wheel."""
     wheel = signed.built["wheel"].path
     sig = tmp_path / "wheel.sig"
     cosign_run(signed, "sign-blob", "--key", str(signed.key), "--tlog-upload=false",
@@ -360,13 +410,21 @@ def test_python_distribution_sbom_attestations(signed: Signed, tmp_path: Path) -
     bad.write_bytes(data)
     cosign_run(signed, "verify-blob", "--key", str(signed.pub), "--insecure-ignore-tlog",
                "--signature", str(sig), str(bad), ok=False)
-    for kind, sbom in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json")):
-        predicate = wheel.parent / sbom
-        assert "cloudtaser" in predicate.read_text() and "pydantic" in predicate.read_text()
+    for kind, file in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json"),
+                       ("slsaprovenance1", "provenance.json")):
+        predicate = wheel.parent / file
+        if kind == "slsaprovenance1":
+            build = json.loads(predicate.read_text())["buildDefinition"]
+            assert build["externalParameters"]["artefact"] == "wheel"
+            assert build["resolvedDependencies"][0]["digest"] == {"gitCommit": git_head()[0]}
+            assert build["externalParameters"]["command"] == signed.command
+        else:
+            assert "cloudtaser" in predicate.read_text() and "pydantic" in predicate.read_text()
         att = tmp_path / f"{kind}.att"
         cosign_run(signed, "attest-blob", "--key", str(signed.key), "--tlog-upload=false", "--type", kind,
                    "--predicate", str(predicate), "--output-signature", str(att), str(wheel))
-        cosign_run(signed, "verify-blob-attestation", "--key", str(signed.pub), "--insecure-ignore-tlog",
-                   "--type", kind, "--signature", str(att), str(wheel))
+        out = cosign_run(signed, "verify-blob-attestation", "--key", str(signed.pub), "--insecure-ignore-tlog",
+                         "--type", kind, "--signature", str(att), str(wheel))
+        assert "Verified OK" in out.stdout + out.stderr
         cosign_run(signed, "verify-blob-attestation", "--key", str(signed.pub), "--insecure-ignore-tlog",
                    "--type", kind, "--signature", str(att), str(bad), ok=False)

@@ -5,6 +5,7 @@ the same statuses and configuration."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import yaml
 from cloudtaser import stacking
 from cloudtaser.certificates import CertificateAuthority
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
+from cloudtaser.stacking import StackError
 from tests.conftest import binding_doc, pod_doc
 from tests.harness.waiting import wait_for
 
@@ -95,7 +97,8 @@ def test_ready_binding_status_counts_and_webhook_scope(operator: Any, kubectl: A
                     what="matchedPods=1")
     assert body["status"]["injectedPods"] == 1
     header = kubectl("get", "sb", "shop", "-n", NS).splitlines()
-    assert header[1].split()[:4] == ["shop", "True", "1", "1"]
+    # NAME READY PODS DELIVERED: injected, but its image does not exist, so nothing delivered
+    assert header[1].split()[:4] == ["shop", "True", "1", "0"]
     kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
     wait_for(lambda: sb(kubectl, "shop")["status"]["matchedPods"] == 0, what="matchedPods=0")
 
@@ -223,6 +226,51 @@ def test_confidential_policy_pins_the_pod_and_says_so(operator: Any, kubectl: An
     finally:
         kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false", "--ignore-not-found")
         kubectl("delete", "ctep", name, f"{name}-audit")
+
+
+def test_lsm_policy_pins_the_pod_and_refuses_a_conflicting_one(operator: Any, kubectl: Any) -> None:
+    """A policy requiring the LSM backend: the operator's webhook merges the agents' node label
+    into the pod's nodeSelector, refuses a pod whose nodeSelector asks for another backend (the
+    API server answers with the webhook's message), and the policy's status lists the pod."""
+    name = f"e2e-lsm-{secrets.token_hex(3)}"
+    policy = {"apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
+              "metadata": {"name": name},
+              "spec": {"requireBackend": "lsm",
+                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                       "podSelector": {"matchLabels": {"app": "lsm"}}}}
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        policy, binding_doc("lsm", NS, selector={"matchLabels": {"app": "lsm"}})]))
+    pods = []
+    for suffix, selector in (("ok", {"disk": "ssd"}),
+                             ("conflict", {"cloudtaser.io/agent-backend": "tracepoint"})):
+        pod = pod_doc(f"lsm-{suffix}-{secrets.token_hex(3)}", NS, labels={"app": "lsm"})
+        pod["spec"]["serviceAccountName"] = "app"
+        pod["spec"]["nodeSelector"] = selector
+        pods.append(pod)
+    try:
+        wait_for(lambda: conditions(sb(kubectl, "lsm")).get("Ready") == ("True", "Ready"), what="lsm Ready")
+        wait_for(lambda: json.loads(kubectl("get", "ctep", name, "-o", "json"))["spec"].get(
+            "requireBackend") == "lsm", what="the CRD keeps requireBackend")
+        time.sleep(1)  # the policy in the operator's compile too
+        kubectl("create", "-f", "-", stdin=yaml.safe_dump(pods[0]))
+        stored = json.loads(kubectl("get", "pod", pods[0]["metadata"]["name"], "-n", NS, "-o", "json"))
+        assert stored["spec"]["nodeSelector"] == {"disk": "ssd", "cloudtaser.io/agent-backend": "lsm"}
+        with pytest.raises(StackError) as refused:  # the webhook's denial, as kubectl prints it
+            kubectl("create", "-f", "-", stdin=yaml.safe_dump(pods[1]))
+        message = str(refused.value)
+        # The pod's policies: this one, and whichever others on the shared stack select it.
+        found = re.search(r"denied the request: cloudtaser: spec\.nodeSelector: cloudtaser\.io/"
+                          r"agent-backend is 'tracepoint', but the pod's EnforcementPolicies "
+                          r"\(([^)]*)\) require 'lsm' there \(requireBackend\); remove that entry",
+                          message)
+        assert found and name in found.group(1).split(", "), message
+        wait_for(lambda: json.loads(kubectl("get", "ctep", name, "-o", "json")).get("status", {}).get(
+            "constrainedPods") == [f"{NS}/{pods[0]['metadata']['name']}"], what="constrainedPods lists the pod")
+    finally:
+        for pod in pods:
+            kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false", "--ignore-not-found")
+        kubectl("delete", "ctep", name)
+        kubectl("delete", "sb", "lsm", "-n", NS, "--ignore-not-found")
 
 
 # Last: it stops the module's operator.

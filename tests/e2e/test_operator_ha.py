@@ -151,7 +151,10 @@ def test_opa_unreachable_fails_closed_for_a_new_binding(stack: stacking.Paths, k
         found = {c["type"]: c for c in status(kubectl, "unjudged")["conditions"]}
         assert "OPA unreachable at http://127.0.0.1:1" in found["PolicyAllowed"]["message"]
         assert found["Ready"]["status"] == "False"
-        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "json"))
+        # the operator writes its webhook configuration once it leads (not yet, under load)
+        hook = wait_for(lambda: json.loads(kubectl("get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
+                                                   "--ignore-not-found", "-o", "json") or "null"),
+                        what="the operator's webhook configuration")
         assert NS not in hook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0].get("values", [])
     finally:
         err = stop(process)

@@ -1,5 +1,6 @@
-"""The wrapper against the real stack: a TokenRequest token, OpenBao over mTLS, secret memory,
-exec — and every failure a single line with the app never started and no secret printed."""
+"""The wrapper (the Go binary, tests/harness/wrapper.py) against the real stack: a TokenRequest
+token, OpenBao over mTLS, secret memory, exec — and every failure a single line with the app never
+started and no secret printed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 
 from cloudtaser import provisioning, stacking
 from cloudtaser.certificates import CertificateAuthority
-from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
+from cloudtaser.engine.plans import WrapperConfig
 from tests.e2e.conftest import compiled_config, sha
+from tests.harness import wrapper
 from tests.harness.processes import stop
 
 pytestmark = pytest.mark.e2e
@@ -26,11 +28,7 @@ REPO = stacking.REPO
 
 def run_wrapper(config: WrapperConfig, *command: str, deadline: float = 20,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, **(env or {}), CONFIG_ENV: config.model_dump_json(exclude_none=True)}
-    return subprocess.run(
-        [sys.executable, "-m", "cloudtaser.wrapper", "--deadline", str(deadline), "--", *command],
-        env=environ, capture_output=True, text=True, timeout=120, check=False,
-    )
+    return wrapper.run(config, *command, deadline=deadline, env=env)
 
 
 def assert_clean(result: subprocess.CompletedProcess[str], secret: dict[str, str]) -> None:
@@ -163,6 +161,13 @@ def test_failure_is_one_line_and_the_app_never_starts(
     assert_clean(result, demo_secret)
 
 
+def _device(path: Path) -> int | None:
+    try:
+        return path.lstat().st_dev
+    except OSError:  # gone meanwhile
+        return None
+
+
 def test_the_secret_is_nowhere_on_disk(stack: stacking.Paths, demo_secret: dict[str, str]) -> None:
     """After the runs above: no file in the state dir, the repo or files written to /tmp
     during this session holds the demo password."""
@@ -170,13 +175,16 @@ def test_the_secret_is_nowhere_on_disk(stack: stacking.Paths, demo_secret: dict[
     roots = [stack.state, REPO, Path("/tmp")]
     skipped = {REPO / ".venv", REPO / ".git"}
     for root in roots:
+        disk = root.stat().st_dev  # the node's mounts under the state dir (pods' tmpfs volumes,
+        # network namespaces) are not disk: os.walk does not cross into them
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in skipped]
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in skipped
+                           and _device(Path(dirpath, d)) == disk]
             for name in filenames:
                 path = Path(dirpath, name)
                 try:
                     info = path.lstat()
-                    if not path.is_file() or info.st_size > 8 * 1024 * 1024:
+                    if not path.is_file() or info.st_dev != disk or info.st_size > 8 * 1024 * 1024:
                         continue
                     if root == Path("/tmp") and info.st_mtime < SESSION_START - 60:
                         continue
@@ -211,15 +219,13 @@ def test_refresher_rotates_sdk_value_in_place(stack: stacking.Paths, token: Path
         "    time.sleep(0.5); seen.append(hashlib.sha256(get_secret('rotating')).hexdigest())\n"
         "print(seen[0]); print(seen[-1])\n"
     )
-    environ = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
-    app = subprocess.Popen([sys.executable, "-m", "cloudtaser.wrapper", "--", sys.executable, "-c",
-                            program], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    app = wrapper.start(config, sys.executable, "-c", program)
     try:
         deadline = time.monotonic() + 30
         while not ready.exists() and time.monotonic() < deadline and app.poll() is None:
             time.sleep(0.1)
         assert ready.exists(), "the app never started"
+        refreshers = _children(app.pid, "cloudtaser-refresher")
         root.secrets.kv.v2.create_or_update_secret(path, mount_point="secret", secret={"v": second})
         out, err = app.communicate(timeout=60)
     finally:
@@ -230,10 +236,25 @@ def test_refresher_rotates_sdk_value_in_place(stack: stacking.Paths, token: Path
     assert out.split() == [sha(first), sha(second)]
     assert "1 secret(s) updated in place" in err
     assert first not in out + err and second not in out + err
+    assert len(refreshers) == 1, "no refresher ran as the app's child"
     time.sleep(0.5)
-    alive = subprocess.run(["pgrep", "-f", "cloudtaser.wrapper -- .*rotating"], capture_output=True,
-                           text=True, check=False).stdout.split()
+    alive = [pid for pid in refreshers if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"cloudtaser-refresher")]
     assert alive == [], "the refresher outlived the app"
+
+
+def _children(parent: int, name: str) -> list[int]:
+    """PIDs of ``parent``'s children whose argv[0] is ``name``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit()
+                    and f"PPid:\t{parent}\n" in (proc / "status").read_text()
+                    and (proc / "cmdline").read_bytes().split(b"\0")[0] == name.encode()):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_go_sdk_reads_the_secret_memory(stack: stacking.Paths, token: Path, tmp_path: Path,
@@ -329,32 +350,39 @@ def openbao_without_its_api_server(stack: stacking.Paths, tmp_path: Path) -> Ite
     """A throwaway dev OpenBao (its own process and port, never the stack's) whose Kubernetes
     auth points at an API server that is down (a closed port): an API server outage as
     OpenBao sees it. Role "reviewed" binds the namespace by name (only the TokenReview needs
-    the API); role "selected" by a namespace selector (a namespace lookup first)."""
+    the API); role "selected" by a namespace selector (a namespace lookup first). TLS with the
+    dev server's own CA (yields its URL; the CA is ``tmp_path/tls/vault-ca.pem``): the wrapper
+    talks to OpenBao only over TLS."""
     import json
 
     import requests
 
     port, dead = _free_port(), _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
+    tls = tmp_path / "tls"
+    tls.mkdir()
     with (tmp_path / "bao.log").open("w") as log:
         bao = subprocess.Popen([str(stack.binary("bao")), "server", "-dev",
                                 f"-dev-listen-address=127.0.0.1:{port}",
-                                "-dev-root-token-id=throwaway-root"],
+                                "-dev-root-token-id=throwaway-root", "-dev-tls",
+                                f"-dev-tls-cert-dir={tls}"],
                                stdout=log, stderr=subprocess.STDOUT)
     try:
         headers = {"X-Vault-Token": "throwaway-root"}
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"{url}/v1/sys/health", timeout=1).status_code == 200:
+                if requests.get(f"{url}/v1/sys/health", timeout=1,
+                                verify=str(tls / "vault-ca.pem")).status_code == 200:
                     break
-            except requests.RequestException:
+            except (requests.RequestException, OSError):  # not up, or its CA not written yet
                 pass
             assert time.monotonic() < deadline and bao.poll() is None, "dev OpenBao did not start"
             time.sleep(0.1)
 
         def write(path: str, body: dict[str, Any]) -> None:
-            requests.post(f"{url}/v1/{path}", headers=headers, json=body, timeout=10).raise_for_status()
+            requests.post(f"{url}/v1/{path}", headers=headers, json=body, timeout=10,
+                          verify=str(tls / "vault-ca.pem")).raise_for_status()
 
         write("sys/auth/kubernetes", {"type": "kubernetes"})
         write("auth/kubernetes/config", {"kubernetes_host": f"https://127.0.0.1:{dead}",
@@ -385,8 +413,9 @@ def test_an_api_server_outage_behind_openbao(
     openbao_without_its_api_server: str, stack: stacking.Paths, token: Path, tmp_path: Path,
     role: str, code: int, message: str,
 ) -> None:
+    ca = tmp_path / "tls" / "vault-ca.pem"  # the fixture's (tmp_path is the test's and its)
     config = _source(compiled_config(stack, token), address=openbao_without_its_api_server,
-                     role=role, ca_file=None)
+                     role=role, ca_file=str(ca))
     marker = tmp_path / "started"
     result = run_wrapper(config, "touch", str(marker), deadline=3)
     assert result.returncode == code, result.stderr
@@ -398,3 +427,43 @@ def test_an_api_server_outage_behind_openbao(
         assert len(lines) >= 2 and all("retrying after" in line for line in lines[:-1]), lines
     else:
         assert len(lines) == 1, lines
+
+
+@pytest.fixture(scope="module")
+def memscan_wrapper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wrapper's test build (-tags memscan): it scans its own memory just before exec."""
+    out = tmp_path_factory.mktemp("memscan") / "wrapper"
+    subprocess.run(["go", "build", "-tags", "memscan", "-o", str(out), "./cmd/cloudtaser-wrapper"],
+                   cwd=REPO / "wrapper", env={**os.environ, "CGO_ENABLED": "0"}, check=True,
+                   capture_output=True, timeout=600)
+    return out
+
+
+@pytest.mark.parametrize("sweep", [True, False], ids=["swept", "not-swept"])
+def test_no_secret_in_the_wrappers_memory_at_exec(stack: stacking.Paths, token: Path, tmp_path: Path,
+                                                  memscan_wrapper: Path, sweep: bool,
+                                                  demo_secret: dict[str, str]) -> None:
+    """Against the real OpenBao: just before exec no value, client token or service-account
+    token (nor a 16-byte piece of one) is in the wrapper's memory outside its secret buffers;
+    without the sweep there is (the scan can fail)."""
+    import json
+
+    report = tmp_path / "scan.json"
+    env = {**os.environ, "CLOUDTASER_MEMSCAN_REPORT": str(report),
+           "CLOUDTASER_INTERPOSER_DIR": str(wrapper.directory()),
+           "CLOUDTASER_CONFIG": compiled_config(stack, token).model_dump_json(exclude_none=True)}
+    if not sweep:
+        env["CLOUDTASER_MEMSCAN_NOSWEEP"] = "1"
+    result = subprocess.run([str(memscan_wrapper), "--", "true"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    scan = json.loads(report.read_text())
+    assert scan["secrets"] >= 4 and scan["scanned_bytes"] > 1 << 20, scan
+    # the scan leaves out the argv/environment strings: this test put no secret there
+    assert 0 < scan["args_env_bytes"] < 1 << 20, scan
+    passed = "\0".join(f"{k}={v}" for k, v in env.items())
+    assert token.read_text().strip() not in passed and demo_secret["password"] not in passed
+    if sweep:
+        assert (scan["whole"], scan["pieces"]) == (0, 0), scan["found"]
+    else:
+        assert scan["whole"] > 0, scan

@@ -1,0 +1,123 @@
+"""The chart on the local stack's real node (kubelet + containerd + runc): installed once for
+this package from the stack's loopback registry, uninstalled afterwards (its hook removes the
+webhook configuration, `stack uninstall` the agent's pins).
+
+The images are built by scripts/build-images (cached) and pushed here; a pod of these tests is
+created in the demo namespace (its service account has the OpenBao role) with the label
+``cloudtaser.io/e2e-node``, and every such pod is deleted when the package ends. Nothing here
+starts a process of the product on the host: the operator, the agent and the apps run as
+pods.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudtaser import __version__, installing, provisioning, stacking
+from tests.harness.waiting import wait_for
+
+NS = provisioning.DEMO_NAMESPACE
+LABEL = "cloudtaser.io/e2e-node"
+REGISTRY = f"{stacking.REGISTRY}/cloudtaser"
+IMAGE = {name: f"{REGISTRY}/{name}:{__version__}" for name in ("demo-app", "demo-sdk")}
+SYSTEM = installing.NAMESPACE
+
+
+@pytest.fixture(scope="package")
+def product(stack: stacking.Paths, kubectl: Any) -> Iterator[None]:
+    built = subprocess.run([str(stacking.REPO / "scripts" / "build-images"), "--push", REGISTRY, "local"],
+                           capture_output=True, text=True, timeout=3600, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    _delete_test_pods(kubectl)  # an earlier run's: protected pods would stop a new agent loading
+    installing.install(stack, print)
+    try:
+        yield
+    finally:
+        try:
+            _delete_test_pods(kubectl)
+        finally:
+            installing.uninstall(stack, print)
+
+
+def _delete_test_pods(kubectl: Any) -> None:
+    kubectl("delete", "pods", "-n", NS, "-l", LABEL, "--ignore-not-found", "--wait=false")
+
+    def gone() -> bool:
+        left = kubectl("get", "pods", "-n", NS, "-l", LABEL, "-o", "name").split()
+        if left:
+            print(f"waiting for {len(left)} pod(s) to go: {' '.join(left)}")
+        return not left
+    wait_for(gone, 240, "this package's pods deleted")
+
+
+@dataclass
+class Pods:
+    """Creates this package's pods (deleted with the package) and reads what they did."""
+
+    kubectl: Any
+
+    def create(self, name: str, image: str, command: list[str] | None = None, *,
+               labels: dict[str, str] | None = None, inject: bool = True,
+               account: str = provisioning.DEMO_ACCOUNT, restart: str = "Always") -> str:
+        name = f"{name}-{secrets.token_hex(3)}"
+        container: dict[str, Any] = {"name": "app", "image": image}
+        if command is not None:
+            container["command"] = command
+        self.kubectl("create", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {LABEL: "true", **(labels or {})},
+                         "annotations": {"cloudtaser.io/inject": "true"} if inject else {}},
+            "spec": {"serviceAccountName": account, "restartPolicy": restart,
+                     "terminationGracePeriodSeconds": 2, "containers": [container]}}))
+        return name
+
+    def get(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.kubectl("get", "pod", name, "-n", NS, "-o", "json"))
+        return found
+
+    def logs(self, name: str, container: str = "app") -> str:
+        try:
+            return str(self.kubectl("logs", "-n", NS, name, "-c", container))
+        except stacking.StackError:
+            return ""
+
+    def log_line(self, name: str, text: str, timeout: float = 120) -> str:
+        """The first line of the app container's log holding ``text`` (waits for it)."""
+        def found() -> str | None:
+            return next((line for line in self.logs(name).splitlines() if text in line), None)
+        line: str = wait_for(found, timeout, f"{text!r} in the log of pod {name}")
+        return line
+
+    def host_pid(self, name: str, container: str = "app") -> int:
+        """The container's first process as this host sees it: the kubelet's cgroupfs path
+        /kubepods/<qos>/pod<uid>/<container id>, found in /proc/PID/cgroup."""
+        body = self.get(name)
+        uid = body["metadata"]["uid"]
+        cid = next(s["containerID"] for s in body["status"]["containerStatuses"]
+                   if s["name"] == container).removeprefix("containerd://")
+        pids = Path("/sys/fs/cgroup/pids/kubepods")
+        procs = [*pids.glob(f"*/pod{uid}/{cid}/cgroup.procs"), *pids.glob(f"pod{uid}/{cid}/cgroup.procs")]
+        assert procs, f"no cgroup of container {container} of pod {name} under {pids}"
+        return int(procs[0].read_text().split()[0])
+
+
+@pytest.fixture
+def pods(product: None, kubectl: Any) -> Pods:
+    return Pods(kubectl)
+
+
+def binding_ready(kubectl: Any, name: str) -> Callable[[], bool]:
+    """The operator compiled the binding's current generation (so the webhook knows it)."""
+    def ready() -> bool:
+        body = json.loads(kubectl("get", "sb", name, "-n", NS, "-o", "json"))
+        return bool(body.get("status", {}).get("observedGeneration") == body["metadata"]["generation"])
+    return ready
