@@ -6,15 +6,17 @@ Run: .venv/bin/python benchmarks/load.py [--wrappers 500] [--duration 300] [--ra
                                          [--bindings 10000] [--only starts|webhook] [--json]
 Needs the local stack (it runs `cloudtaser stack up`, a no-op when it is running).
 
-Wrapper starts: N real wrappers (python -m cloudtaser.wrapper with the demo binding's compiled
-config, env + file + SDK delivery, each with its own TokenRequest token) are spawned behind a
-FIFO, moved into a memory cgroup of their own (so that running out of memory kills wrappers,
-never the shared stack), and released at once by closing the FIFO. Each app is `date +%s.%N`:
+Wrapper starts: N real wrappers (the Go binary, tests/harness/wrapper.py, with the demo
+binding's compiled config, env + file + SDK delivery, each with its own TokenRequest token) are
+spawned behind a FIFO, moved into a memory cgroup of their own (so that running out of memory
+kills wrappers, never the shared stack), and released at once by closing the FIFO. Each app is `date +%s.%N`:
 start latency = its clock reading minus the release time. Retries are the wrapper's own
 "retrying after ..." lines (transient errors, bounded by --deadline); logins are counted by
 OpenBao itself (its route metric for the kubernetes auth mount, /v1/sys/metrics); memory is
 the cgroup's peak usage. When the node agent can run (root, BPF), one agent serves the
-registrations of all N wrappers.
+registrations of all N wrappers. (The Python wrapper, measured side by side in one run before it
+was removed: p50 125 s, p99 129 s, 479 ms CPU and 24.9 MiB per start; the Go one: p99 8.1 s,
+20 ms CPU with the agent's canary, 1.2 MiB.)
 
 Webhook: --bindings SecretBindings (created in parallel in the namespace cloudtaser-load,
 deleted afterwards) in the API server; `cloudtaser operator` runs as a follower replica (its
@@ -64,6 +66,7 @@ from cloudtaser.engine.plans import CONFIG_ENV  # noqa: E402
 from cloudtaser.engine.resources import GROUP, VERSION  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402
 from tests.e2e.conftest import compiled_config  # noqa: E402
+from tests.harness import wrapper as go_wrapper  # noqa: E402
 from tests.harness.processes import stop  # noqa: E402
 
 NAMESPACE = "cloudtaser-load"
@@ -124,8 +127,11 @@ def start_agent(tmp: Path, paths: stacking.Paths, node: str | None) -> Agent:
                            check=False)
     if build.returncode != 0:
         return Agent(None, sock, pin_dir, f"scripts/build-bpf failed: {build.stderr.strip()[-200:]}")
+    # This interpreter may load tracing programs while the agent protects the load's wrappers:
+    # an agent started by tests running beside the benchmark uses it.
     command = [sys.executable, "-m", "cloudtaser.bpf.agent", "--socket", str(sock), "--pin-dir",
-               str(pin_dir), "--object", build.stdout.strip().splitlines()[-1]]
+               str(pin_dir), "--object", build.stdout.strip().splitlines()[-1],
+               "--allow-bpf-loader", os.path.realpath(sys.executable), "--io-uring", "allow"]
     if node:
         command += ["--node", node]
     process = subprocess.Popen(command, env={**os.environ, **stacking.environment(paths)},
@@ -382,7 +388,7 @@ def _starts(paths: stacking.Paths, tmp: Path, count: int, deadline: float, agent
             env = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
             with open(tmp / f"{i}.out", "wb") as out, open(tmp / f"{i}.err", "wb") as err:
                 proc = subprocess.Popen(
-                    ["sh", "-c", launcher, str(fifo), sys.executable, "-m", "cloudtaser.wrapper",
+                    ["sh", "-c", launcher, str(fifo), str(go_wrapper.binary()),
                      "--deadline", str(deadline), "--", "date", "+%s.%N"],
                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             cgroup.add(proc.pid)
@@ -457,13 +463,15 @@ def starts_rows(s: Starts) -> list[tuple[str, str, str, str]]:
     rows = [(f"wrapper starts at once: failures of {n}", "0", str(len(s.failures)),
              "ok" if not s.failures else "FAIL")]
     if s.latencies_ms:
+        p99 = percentile(s.latencies_ms, 0.99)
         rows += [
             (f"start -> app running, p50 of {ok}", "-", f"{statistics.median(s.latencies_ms):.0f} ms", "-"),
-            (f"start -> app running, p99 of {ok}", "-", f"{percentile(s.latencies_ms, 0.99):.0f} ms", "-"),
+            (f"start -> app running, p99 of {ok}", "<= 10 s", f"{p99:.0f} ms",
+             f"{p99 / 10_000:.2f} of target"),
             ("start -> app running, first / last", "-",
              f"{min(s.latencies_ms):.0f} / {max(s.latencies_ms):.0f} ms", "-"),
         ]
-    rows.append(("CPU per wrapper start (user + system, all processes)", "-",
+    rows.append(("CPU per wrapper start (user + system, all processes)", "<= 20 ms",
                  f"{s.cpu_s / n * 1000:.0f} ms ({s.cpu_s:.0f} s on {os.cpu_count()} cores)", "-"))
     total, worst = sum(s.retries), max(s.retries, default=0)
     rows.append(("retries (transient errors; bounded by --deadline)", "bounded",

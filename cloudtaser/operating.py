@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -22,6 +23,7 @@ import ssl
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -86,13 +88,17 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """Drop what the compiler never reads (managedFields, kubectl's last-applied copy of the
-    whole object, a pod's status): the operator holds every binding and pod of the cluster."""
+    whole object, all of a pod's status but how each container runs or ended): the operator
+    holds every binding and pod of the cluster."""
     meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
     if LAST_APPLIED in meta.get("annotations", {}):
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
     out = {**body, "metadata": meta}
     if kind == "Pod":
-        out.pop("status", None)
+        statuses = (out.pop("status", None) or {}).get("containerStatuses") or []
+        out["status"] = {"containerStatuses": [
+            {k: s[k] for k in ("name", "state", "lastState") if k in s} for s in statuses
+            if isinstance(s, dict)]}
     return out
 
 
@@ -605,21 +611,54 @@ def _binding_status(body: dict[str, Any], problems: list[Problem], summary: Any,
         allowed = (True, "Allowed", "; ".join(decision.reasons) or "allowed by policy")
     else:
         allowed = (False, "Denied", "; ".join(decision.reasons))
-    ready = compiled[0] is True and allowed[0] is True
-    not_ready = compiled if compiled[0] is not True else allowed
+    delivered = _delivered(summary)
+    # Ready never claims delivery while the wrappers of the selected pods only fail.
+    ready = compiled[0] is True and allowed[0] is True and delivered[0] is not False
+    not_ready = compiled if compiled[0] is not True else allowed if allowed[0] is not True \
+        else delivered
     return {
         "observedGeneration": generation,
         "matchedPods": summary.matched_pods if summary else 0,
         "injectedPods": summary.injected_pods if summary else 0,
+        "deliveredPods": summary.delivered_pods if summary else 0,
+        "failingPods": summary.failing_pods if summary else 0,
         "secrets": summary.secrets if summary else 0,
         "problems": [_problem(p) for p in problems],
         "conditions": _conditions({"conditions": (body.get("status") or {}).get("conditions", [])}, [
             ("Compiled", compiled[0], "Compiled", compiled[1], compiled[2]),
             ("PolicyAllowed", allowed[0], "Allowed", allowed[1], allowed[2]),
+            ("Delivered", delivered[0], "Delivered", delivered[1], delivered[2]),
             ("Ready", ready, "Ready", str(not_ready[1]),
-             "secrets are delivered to selected pods" if ready else str(not_ready[2])),
+             str(delivered[2]) if ready else str(not_ready[2])),
         ], generation),
     }
+
+
+def _delivered(summary: Any) -> tuple[bool | None, str, str]:
+    """The Delivered condition from the pods' own statuses (the wrappers' termination
+    messages): False while any injected pod's wrapper fails, naming the first reason."""
+    injected = summary.injected_pods if summary else 0
+    if not injected:
+        return None, "NoPods", "no selected pod is injected yet"
+    if summary.failing_pods:
+        return (False, "WrapperFailed", f"{summary.failing_pods} of {injected} injected pod(s) "
+                f"failing, {summary.delivered_pods} delivered; {summary.failure}")
+    if summary.delivered_pods == injected:
+        return True, "Delivered", f"{injected} of {injected} injected pod(s) received their secrets"
+    return (None, "Pending", f"{summary.delivered_pods} of {injected} injected pod(s) received "
+            "their secrets; the others are starting")
+
+
+def in_cluster_server(info: Any, environ: Mapping[str, str] = os.environ) -> Any:
+    """kopf's service-account login with the API server's address the way client-go (and the
+    agent's kubernetes client) takes it: the kubelet's KUBERNETES_SERVICE_HOST/PORT. kopf
+    names https://kubernetes.default.svc instead, which needs cluster DNS (the local stack's
+    node has none, nor has a pod with dnsPolicy Default)."""
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}")
 
 
 LEASE = "cloudtaser-operator"
@@ -663,6 +702,10 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
         # for a while after it starts — so convergence took 80-90 s. Retry at most every 3 s,
         # for about 5 minutes, before kopf escalates.
         settings.networking.error_backoffs = ERROR_BACKOFFS
+        # No cluster-wide scan of CRDs and namespaces: the four kinds are known (the chart
+        # installs the CRDs first), and the RBAC grants no read of CRDs (seen failing on the
+        # local node: kopf retried the forbidden list forever).
+        settings.scanning.disabled = True
         try:  # in a pod: the service account; elsewhere: $KUBECONFIG
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
@@ -680,7 +723,10 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> Any:
         # In a pod: the service account; elsewhere: $KUBECONFIG (kopf's own reader).
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        if info is None:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return in_cluster_server(info)
 
     @kopf.on.cleanup(registry=reg)
     async def cleanup(**_: Any) -> None:

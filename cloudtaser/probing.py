@@ -12,6 +12,7 @@ import mmap
 import os
 import platform
 import resource
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ CAP_IPC_LOCK = 14
 CAP_SYSLOG = 34
 SECURITYFS = Path("/sys/kernel/security")
 RECOMMENDED_MEMLOCK = 8 * 1024 * 1024
+TRACEPOINT_MEANING = ("offenders are killed (SIGKILL) after the fact rather than denied, which "
+                      "leaves races; policies with requireBackend: lsm do not schedule here")
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,7 @@ def probe_agent_backend() -> Check:
     _lsm_list()  # mounts securityfs when missing (root)
     listed, detail = loading.bpf_lsm_listed()
     if not listed:
-        return Check(name, "warn", f"tracepoint: {detail}",
-                     "offenders are killed (SIGKILL) rather than denied; io_uring reads are not "
-                     "seen by syscall tracepoints")
+        return Check(name, "warn", f"tracepoint: {detail}", TRACEPOINT_MEANING)
     if os.geteuid() != 0:
         return Check(name, "warn", f"not tested: {detail}, but loading BPF needs root",
                      "run doctor as root to see whether the LSM programs load")
@@ -134,9 +135,7 @@ def probe_agent_backend() -> Check:
     if backend == loading.LSM:
         return Check(name, "ok", f"lsm: {reason}",
                      "an offending call fails with EPERM and the offender lives")
-    return Check(name, "warn", f"tracepoint: {reason}",
-                 "offenders are killed (SIGKILL) rather than denied; io_uring reads are not "
-                 "seen by syscall tracepoints")
+    return Check(name, "warn", f"tracepoint: {reason}", TRACEPOINT_MEANING)
 
 
 def probe_btf() -> Check:
@@ -177,14 +176,15 @@ def probe_ipc_lock() -> Check:
                  "RLIMIT_MEMLOCK instead")
 
 
-def probe_swap() -> Check:
-    lines = Path("/proc/swaps").read_text().splitlines()[1:]
+def probe_swap(swaps: Path = Path("/proc/swaps")) -> Check:
+    lines = swaps.read_text().splitlines()[1:]
     if not lines:
         return Check("swap", "ok", "no swap", "no memory of any process reaches a swap device")
     devices = ", ".join(line.split()[0] for line in lines)
     return Check("swap", "warn", f"swap on {devices}",
-                 "secret pages are mlocked, but copies an app makes (e.g. env strings) can be "
-                 "swapped out; use encrypted swap or none")
+                 "memfd_secret pages are never swapped; a protected process's environment, "
+                 "heap and memfd-copy pages can reach the swap device, where root reads them "
+                 "offline and no agent guards them: use encrypted swap or none")
 
 
 def probe_confidential() -> Check:
@@ -232,15 +232,77 @@ def probe_kallsyms() -> Check:
                  "the agent needs CAP_SYSLOG; it refuses to start without it")
 
 
-def probe_io_uring() -> Check:
-    path = Path("/proc/sys/kernel/io_uring_disabled")
-    value = path.read_text().strip() if path.exists() else "absent"
-    if value == "2":
-        return Check("io-uring", "ok", "kernel.io_uring_disabled=2",
-                     "io_uring cannot bypass syscall tracepoints")
-    return Check("io-uring", "warn", f"kernel.io_uring_disabled={value}",
-                 "io_uring reads bypass the tracepoint backend; set it to 2 unless BPF LSM "
-                 "is active")
+IO_URING_SETTINGS = {
+    "0": "io_uring is open to every process",
+    "1": "io_uring only for members of kernel.io_uring_group and CAP_SYS_ADMIN",
+    "2": "io_uring is disabled for every process",
+}
+
+
+def probe_io_uring(sysctl: Path = Path("/proc/sys/kernel/io_uring_disabled")) -> Check:
+    """Informational: the agent checks io_uring's work itself; the sysctl is the operator's
+    further choice, not a precondition."""
+    meaning = ("the tracepoint backend checks io_uring requests through io_uring's own "
+               "tracepoints (the LSM backend's hooks see them like syscalls); "
+               "sysctl kernel.io_uring_disabled=2 is a further, node-wide restriction an "
+               "operator may choose")
+    try:
+        value = sysctl.read_text().strip()
+    except FileNotFoundError:
+        return Check("io_uring", "ok", "no kernel.io_uring_disabled (kernels before 6.6): "
+                     "io_uring is open to every process", meaning)
+    setting = IO_URING_SETTINGS.get(value, "an unknown setting")
+    return Check("io_uring", "ok", f"kernel.io_uring_disabled={value}: {setting}", meaning)
+
+
+KCORE_NOTE = ("/proc/kcore, whose direct map holds every process's pages but memfd_secret's "
+              "(their addresses from /proc/PID/pagemap)")
+
+
+def probe_lockdown(lockdown: Path = SECURITYFS / "lockdown") -> Check:
+    """The kernel lockdown LSM: what node root can still do to the kernel, and through it to
+    every process's memory, which no agent can stop."""
+    name = "lockdown"
+    none = ("node root can read any process's memory through the kernel (a kernel module, "
+            f"kexec, {KCORE_NOTE}), which no agent can stop")
+    if lockdown.is_relative_to(SECURITYFS):
+        _mount_if_missing(lockdown, "securityfs", str(SECURITYFS))
+    try:
+        text = lockdown.read_text()
+    except OSError as e:
+        return Check(name, "warn", f"cannot read {lockdown}: {e.strerror} (no lockdown LSM?)",
+                     f"as with lockdown none: {none}")
+    active = next((w[1:-1] for w in text.split() if w.startswith("[")), None)
+    if active == "none":
+        return Check(name, "warn", "lockdown none",
+                     f"{none}; boot with lockdown=integrity or confidentiality")
+    if active == "integrity":
+        return Check(name, "warn", "lockdown integrity",
+                     "root cannot change the running kernel (/dev/mem, kexec, unsigned modules) "
+                     f"but can still read its memory: {KCORE_NOTE}; only confidentiality closes "
+                     "that")
+    if active == "confidentiality":
+        return Check(name, "ok", "lockdown confidentiality",
+                     "root can neither change nor read kernel memory (/dev/mem, kexec, unsigned "
+                     "modules, /proc/kcore, perf, kprobes); BPF programs lose "
+                     "bpf_probe_read_kernel, which the agent's programs use: see agent-backend")
+    return Check(name, "warn", f"unexpected contents of {lockdown}: {text.strip()[:60]}",
+                 f"treat as lockdown none: {none}")
+
+
+def probe_environ(which: Callable[[str], str | None] = shutil.which) -> Check:
+    """Why `ps` and monitoring agents keep working, and when they do not (issue 12, point 6)."""
+    ps = which("ps") or "/usr/bin/ps"
+    return Check(
+        "environ", "ok",
+        "a dynamic app's environment holds no value: the interposer delivers env values in "
+        "heap memory (registration exec_environ: clean), so ps, top and monitoring agents "
+        "read /proc/PID/environ and keep working",
+        "environments that hold values (a static app with env delivery, any child after an "
+        "execve) are protected: in enforce mode, reading one kills the reader on the tracepoint "
+        "backend (EPERM on the LSM backend); exempt a named tool with allowedAccessors, e.g. "
+        f"[{{executable: {ps}}}]",
+    )
 
 
 PROBES: list[Callable[[], Check]] = [
@@ -255,6 +317,8 @@ PROBES: list[Callable[[], Check]] = [
     probe_tracepoints,
     probe_kallsyms,
     probe_io_uring,
+    probe_lockdown,
+    probe_environ,
 ]
 
 

@@ -1,8 +1,10 @@
-"""Output for people and machines: kubectl-style tables, JSON and YAML."""
+"""Output for people and machines: kubectl-style tables, JSON and YAML (and TOML for the
+local node's containerd)."""
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,3 +45,39 @@ def dump(data: Any, fmt: str) -> str:
     if fmt == "yaml":
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     raise ValueError(f"unknown output format {fmt!r}")
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml(data: Mapping[str, Any]) -> str:
+    """A TOML document from nested mappings of str, int, bool and lists of those (what the
+    node's containerd config needs; Python reads TOML but writes none). Sub-tables follow
+    the scalars of their parent, so the output reads like a hand-written config."""
+    lines: list[str] = []
+
+    def key(k: str) -> str:
+        return k if _BARE_KEY.fullmatch(k) else json.dumps(k)
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a TOML basic string
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"no TOML for {type(v).__name__}")
+
+    def emit(path: list[str], table: Mapping[str, Any]) -> None:
+        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping)]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
+        if path and (scalars or not tables):
+            lines.append(f"\n[{'.'.join(key(p) for p in path)}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in scalars)
+        for k, v in tables:
+            emit([*path, k], v)
+
+    emit([], data)
+    return "\n".join(lines).lstrip("\n") + "\n"

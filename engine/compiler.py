@@ -310,7 +310,14 @@ def effective_policy(policies: list[EnforcementPolicy]) -> EffectivePolicy:
         allowed_accessors=sorted(allowed or ()),
         kill_on_violation=kill,
         require_confidential_node=any(p.spec.require_confidential_node for p in policies),
+        # One backend can be required today, so "required by any" is the stricter setting.
+        require_backend="lsm" if any(p.spec.require_backend == "lsm" for p in policies) else None,
     )
+
+
+def _pins_nodes(policy: EnforcementPolicy) -> bool:
+    """The policy keeps its pods on particular nodes (its status lists them)."""
+    return policy.spec.require_confidential_node or policy.spec.require_backend is not None
 
 
 def _filter_source(source: WrapperSource, dropped: set[tuple[int, int, str]]) -> WrapperSource:
@@ -328,12 +335,39 @@ def _filter_source(source: WrapperSource, dropped: set[tuple[int, int, str]]) ->
     return source.model_copy(update={"secrets": secrets})
 
 
+# How the wrapper's one-line failure reason starts: it writes the line to stderr and as the
+# container's termination message (wrapper/cmd/cloudtaser-wrapper), which the kubelet reports
+# in the pod's status. Such a line names paths and OpenBao's answer, never a secret value.
+WRAPPER_PREFIX = "cloudtaser-wrapper:"
+DELIVERED, FAILING, PENDING = "delivered", "failing", "pending"
+FAILURE_MAX = 300
+
+
+def delivery(pod: Pod) -> tuple[str, str]:
+    """(state, reason) of an injected pod's delivery, from its container statuses: ``failing``
+    when a wrapper ended with its reason (now, or in the run before a restart back-off), else
+    ``delivered`` when every app container runs, else ``pending`` (created, pulling, starting)."""
+    statuses = (pod.status.container_statuses if pod.status else None) or []
+    for status in statuses:
+        ended = status.state.terminated
+        if ended is None and status.state.waiting is not None:
+            ended = status.last_state.terminated
+        message = ((ended.message if ended else None) or "").strip()
+        if message.startswith(WRAPPER_PREFIX):
+            line = message.splitlines()[-1].strip()
+            return FAILING, f"container {status.name}: {line[:FAILURE_MAX]}"
+    names = {c.name for c in pod.spec.containers}
+    running = {s.name for s in statuses if s.state.running is not None}
+    return (DELIVERED, "") if names and names <= running else (PENDING, "")
+
+
 @dataclass(slots=True)
 class _PodEntry:
     pod: Pod
     namespace: str
     key: tuple[str, str]
     injected: bool = False
+    delivery: tuple[str, str] = (PENDING, "")
     bindings: set[str] = field(default_factory=set)
     plan: PodPlan | None = None
     # What this pod's plan adds to the per-policy figures, kept so a replan can take it back.
@@ -432,10 +466,13 @@ class IncrementalCompiler:
             lambda: defaultdict(set)
         )
         # Parts every pod plan shares (plan models are never mutated after construction).
+        # The wrapper's program (not secret) on the node's disk: a Memory emptyDir would
+        # charge every pod the RAM of its own copy (unreclaimable tmpfs pages); on disk the copy
+        # is page cache, reclaimable. ~6 MiB: the static wrapper and its interposers.
         self._bundle_volume = VolumePlan(
             name=BUNDLE_VOLUME,
             mount_path=self.settings.bundle_dir,
-            source={"emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            source={"emptyDir": {"sizeLimit": "32Mi"}},
         )
         self._agent_volume = VolumePlan(
             name=AGENT_VOLUME,
@@ -465,6 +502,8 @@ class IncrementalCompiler:
         self._binding_problems: dict[str, list[Problem]] = {}
         self._matched: dict[str, int] = defaultdict(int)
         self._injected_pods: dict[str, int] = defaultdict(int)
+        self._delivered: dict[str, int] = defaultdict(int)
+        self._failing: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
         self._summaries: OrderedMap[str, BindingSummary] = OrderedMap()
         self._stale_summaries: set[str] = set()
         self._pod_plans: OrderedMap[tuple[str, str], PodPlan] = OrderedMap()
@@ -540,6 +579,8 @@ class IncrementalCompiler:
             self._unlink(self._pods[key], ref)
         self._matched.pop(ref, None)
         self._injected_pods.pop(ref, None)
+        self._delivered.pop(ref, None)
+        self._failing.pop(ref, None)
         return self._replan_keys(affected)
 
     def set_policy(self, policy: EnforcementPolicy) -> list[PodPlan]:
@@ -615,9 +656,13 @@ class IncrementalCompiler:
         for ref in self._stale_summaries:
             compiled = self._bindings.get(ref)
             if compiled is not None:
+                failing = self._failing.get(ref, {})
+                first = min(failing) if failing else None
                 self._summaries.put(ref, BindingSummary(
                     binding=ref, valid=True, matched_pods=self._matched.get(ref, 0),
-                    injected_pods=self._injected_pods.get(ref, 0), secrets=compiled.secrets))
+                    injected_pods=self._injected_pods.get(ref, 0), secrets=compiled.secrets,
+                    delivered_pods=self._delivered.get(ref, 0), failing_pods=len(failing),
+                    failure=f"{first[0]}/{first[1]}: {failing[first]}" if first else ""))
             elif ref in invalid:
                 self._summaries.put(ref, BindingSummary(
                     binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0))
@@ -648,7 +693,9 @@ class IncrementalCompiler:
 
     def _add_pod(self, pod: Pod) -> _PodEntry:
         key = _pod_key(pod)
-        entry = _PodEntry(pod=pod, namespace=key[0], key=key, injected=is_injected(pod))
+        injected = is_injected(pod)
+        entry = _PodEntry(pod=pod, namespace=key[0], key=key, injected=injected,
+                          delivery=delivery(pod) if injected else (PENDING, ""))
         self._pods[key] = entry
         self._ns_pods[key[0]].add(key)
         for item in pod.metadata.labels.items():
@@ -724,8 +771,7 @@ class IncrementalCompiler:
         names = tuple(plan.policy.policies)
         modes = {n: self._policies[n].spec.mode for n in names}
         entry.policies = names
-        entry.constrained = tuple(
-            n for n in names if self._policies[n].spec.require_confidential_node)
+        entry.constrained = tuple(n for n in names if _pins_nodes(self._policies[n]))
         entry.overlaps = tuple(
             (audit, enforce) for audit in names if modes[audit] == "audit"
             for enforce in names if modes[enforce] == "enforce"
@@ -767,6 +813,11 @@ class IncrementalCompiler:
         self._matched[ref] += 1
         if entry.injected:
             self._injected_pods[ref] += 1
+            state, reason = entry.delivery
+            if state == DELIVERED:
+                self._delivered[ref] += 1
+            elif state == FAILING:
+                self._failing[ref][entry.key] = reason
         self._stale_summaries.add(ref)
 
     def _unlink(self, entry: _PodEntry, ref: str) -> None:
@@ -776,6 +827,11 @@ class IncrementalCompiler:
         self._matched[ref] -= 1
         if entry.injected:
             self._injected_pods[ref] -= 1
+            state = entry.delivery[0]
+            if state == DELIVERED:
+                self._delivered[ref] -= 1
+            elif state == FAILING:
+                self._failing[ref].pop(entry.key, None)
         self._stale_summaries.add(ref)
 
     def _put_binding(self, compiled: CompiledBinding) -> None:

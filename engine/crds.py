@@ -149,12 +149,31 @@ def custom_resource_definitions() -> dict[str, Schema]:
                     "jsonPath": ".status.injectedPods",
                 },
                 {
+                    "name": "Delivered",
+                    "type": "integer",
+                    "description": "Injected pods whose wrapper fetched every secret.",
+                    "jsonPath": ".status.deliveredPods",
+                },
+                {
+                    "name": "Failing",
+                    "type": "integer",
+                    "priority": 1,
+                    "description": "Injected pods whose wrapper failed.",
+                    "jsonPath": ".status.failingPods",
+                },
+                {
                     "name": "Secrets",
                     "type": "integer",
                     "description": "Keys delivered to each pod.",
                     "jsonPath": ".status.secrets",
                 },
                 _age(),
+                {
+                    "name": "Message",
+                    "type": "string",
+                    "description": "Why the binding is (not) ready, e.g. a wrapper's reason.",
+                    "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+                },
             ],
         ),
         "enforcementpolicies.cloudtaser.io.yaml": _crd(

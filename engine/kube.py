@@ -207,6 +207,38 @@ class PodSpec(KubeModel):
     service_account_name: str | None = Field(default=None, description="Service account.")
 
 
+class TerminatedState(KubeModel):
+    exit_code: int = Field(default=0, description="Exit status of the container's process.")
+    reason: str | None = Field(default=None, description="Why it terminated.")
+    message: str | None = Field(default=None, description="The termination message.")
+
+
+class WaitingState(KubeModel):
+    reason: str | None = Field(default=None, description="Why it waits (CrashLoopBackOff...).")
+
+
+class ContainerState(KubeModel):
+    """One of running, waiting, terminated (the kubelet sets exactly one)."""
+
+    running: dict[str, object] | None = Field(default=None, description="Running since.")
+    waiting: WaitingState | None = Field(default=None, description="Not running yet or again.")
+    terminated: TerminatedState | None = Field(default=None, description="Exited.")
+
+
+class ContainerStatus(KubeModel):
+    name: str = Field(description="Container name.")
+    state: ContainerState = Field(default_factory=ContainerState, description="Now.")
+    last_state: ContainerState = Field(default_factory=ContainerState,
+                                       description="Its previous run, after a restart.")
+
+
+class PodStatus(KubeModel):
+    """The pod status fields cloudtaser reads: how each container's last run ended."""
+
+    container_statuses: list[ContainerStatus] | None = Field(
+        default=None, description="App containers, as the kubelet reports them.")
+
+
 class Pod(KubeModel):
     """A pod as the API server (or an AdmissionReview) presents it."""
 
@@ -214,6 +246,7 @@ class Pod(KubeModel):
     kind: Literal["Pod"] = "Pod"
     metadata: PodMeta
     spec: PodSpec
+    status: PodStatus | None = None
 
 
 class Namespace(KubeModel):

@@ -21,6 +21,7 @@ from pydantic import Field
 from cloudtaser.engine.compiler import BUNDLE_VOLUME, is_injected
 from cloudtaser.engine.kube import Container, Model, Pod
 from cloudtaser.engine.plans import (
+    AGENT_BACKEND_LABEL,
     CONFIG_ENV,
     INIT_CONTAINER,
     INJECTED_ANNOTATION,
@@ -82,7 +83,8 @@ def _init_container(settings: InjectorSettings) -> dict[str, object]:
     return {
         "name": INIT_CONTAINER,
         "image": settings.wrapper_image,
-        "command": ["/bundle/install", settings.bundle_dir],
+        # The static wrapper copies itself and the interposers next to it (no shell needed).
+        "command": ["/bundle/wrapper", "install", settings.bundle_dir],
         "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": settings.bundle_dir}],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -143,21 +145,40 @@ def _security_ops(base: str, container: Container, pod_seccomp: bool) -> list[Op
     return ops
 
 
-def _confidential_ops(pod: Pod, plan: PodPlan, settings: InjectorSettings) -> list[Operation]:
-    """Keep pods whose policy requires confidential computing on such nodes."""
-    if not plan.policy.require_confidential_node:
-        return []
+def _required_node_labels(plan: PodPlan, settings: InjectorSettings) -> dict[str, tuple[str, str]]:
+    """The node labels the pod's policy requires, each with the policy field that asks."""
+    labels: dict[str, tuple[str, str]] = {}
+    if plan.policy.require_confidential_node:
+        for key, value in settings.confidential_node_selector.items():
+            labels[key] = (value, "requireConfidentialNode")
+    if plan.policy.require_backend is not None:
+        labels[AGENT_BACKEND_LABEL] = (plan.policy.require_backend, "requireBackend")
+    return labels
+
+
+def _node_ops(pod: Pod, plan: PodPlan, settings: InjectorSettings) -> tuple[list[Operation], list[str]]:
+    """Keep pods whose policy requires particular nodes on them: the required labels merged
+    into the pod's own nodeSelector. A value the pod set differently is never overwritten (that
+    would silently change what its author asked for): it is a conflict, and the pod is refused."""
+    wanted = _required_node_labels(plan, settings)
+    required = {key: value for key, (value, _) in wanted.items()}
+    own = pod.spec.node_selector
+    conflicts = [
+        f"{key} is {own[key]!r}, but the pod's EnforcementPolicies "
+        f"({', '.join(plan.policy.policies)}) require {value!r} there ({field}); remove that entry"
+        for key, (value, field) in wanted.items() if own is not None and own.get(key, value) != value
+    ]
     ops: list[Operation] = []
-    selector = settings.confidential_node_selector
-    if pod.spec.node_selector is None:
-        if selector:
-            ops.append(_add(pointer("spec", "nodeSelector"), dict(selector)))
+    if own is None:
+        if required:
+            ops.append(_add(pointer("spec", "nodeSelector"), required))
     else:
-        for key, value in selector.items():
-            ops.append(_add(pointer("spec", "nodeSelector", key), value))
-    if settings.confidential_runtime_class and pod.spec.runtime_class_name is None:
+        ops.extend(_add(pointer("spec", "nodeSelector", key), value)
+                   for key, value in required.items() if key not in own)
+    if (plan.policy.require_confidential_node and settings.confidential_runtime_class
+            and pod.spec.runtime_class_name is None):
         ops.append(_add(pointer("spec", "runtimeClassName"), settings.confidential_runtime_class))
-    return ops
+    return ops, conflicts
 
 
 def pod_patch(
@@ -209,6 +230,12 @@ def pod_patch(
         ]
         ops.extend(_append_all(base + "/volumeMounts", container.volume_mounts, mounts))
         ops.extend(_security_ops(base, container, pod_seccomp))
+    node_ops, conflicts = _node_ops(pod, plan, settings)
+    problems.extend(
+        Problem(kind="Pod", namespace=namespace, name=pod_name, path="spec.nodeSelector",
+                message=message)
+        for message in conflicts
+    )
     if problems:
         return PatchResult(operations=[], problems=problems)
     pod_volumes = [{"name": v.name, **v.source} for v in plan.volumes]
@@ -218,7 +245,7 @@ def pod_patch(
     else:
         head.append(_add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)}))
     head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
-    head.extend(_confidential_ops(pod, plan, settings))
+    head.extend(node_ops)
     if pod.spec.init_containers is None:
         head.append(_add(pointer("spec", "initContainers"), [_init_container(settings)]))
     else:

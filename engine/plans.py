@@ -15,9 +15,9 @@ All lists are sorted so that the Plan serialises to the same bytes for the same 
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from cloudtaser.engine.kube import LabelSelector, Model
 
@@ -26,6 +26,9 @@ INJECTED_ANNOTATION = "cloudtaser.io/injected"
 INIT_CONTAINER = "cloudtaser-init"
 CONFIG_ENV = "CLOUDTASER_CONFIG"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# The Node label each agent keeps (bpf/labelling.py) and a policy's requireBackend selects on;
+# the chart's ValidatingAdmissionPolicy lets an agent write this key only, on its own node.
+AGENT_BACKEND_LABEL = "cloudtaser.io/agent-backend"
 
 
 class ProtectionFlag(enum.IntFlag):
@@ -46,7 +49,8 @@ class InjectorSettings(Model):
 
     wrapper_image: str = Field(
         default="ghcr.io/cloudtaser/wrapper-bundle:0.1.0",
-        description="Image of the init container that carries the wrapper bundle.",
+        description="Image of the init container that carries the wrapper (the static "
+        "program and its interposers, in /bundle).",
     )
     bundle_dir: str = Field(
         default="/cloudtaser", description="Where the bundle emptyDir is mounted in containers."
@@ -117,17 +121,35 @@ class AgentSettings(Model):
     required: bool = Field(description="Refuse to start the app when the agent is absent.")
 
 
-class WrapperConfig(Model):
-    """The wrapper's whole configuration for one container (paths and names only)."""
+def _exactly_one(value: object) -> object:
+    """JSON ``true`` and ``1.0`` equal 1 in Python, and a Literal takes them; the contract
+    (contracts/README.md) does not: the version is the integer 1."""
+    if type(value) is not int or value != 1:
+        raise ValueError("input should be 1")
+    return value
 
-    version: Literal[1] = 1
+
+class WrapperConfig(Model):
+    """The wrapper's whole configuration for one container (paths and names only).
+
+    On the wire it is the contract ``config.schema`` of contracts/wrapper-contract.json
+    (generated from this model, ``cloudtaser contract --write``); ``parse_wrapper_config``
+    reads it exactly as the Go wrapper does."""
+
+    version: Annotated[Literal[1], BeforeValidator(_exactly_one)] = 1
     namespace: str
     container: str
     token_path: str
     sources: list[WrapperSource]
-    refresh_seconds: int | None = None
+    refresh_seconds: int | None = Field(default=None, ge=1)
     require_secret_mem: bool = False
     agent: AgentSettings
+
+
+def parse_wrapper_config(raw: str | bytes) -> WrapperConfig:
+    """A wrapper config as the contract defines it: JSON types as they are (no coercion of
+    ``"10"`` to 10), and only the wire (camelCase) names."""
+    return WrapperConfig.model_validate_json(raw, strict=True, by_name=False)
 
 
 class VolumePlan(Model):
@@ -172,6 +194,9 @@ class EffectivePolicy(Model):
     allowed_accessors: list[str] = Field(description="exe[:uid] entries allowed to access.")
     kill_on_violation: bool
     require_confidential_node: bool
+    require_backend: Literal["lsm"] | None = Field(
+        default=None, description="The agent backend the pod's node must report (label "
+        f"{AGENT_BACKEND_LABEL}); None: any.")
 
 
 class PodPlan(Model):
@@ -220,6 +245,12 @@ class BindingSummary(Model):
     matched_pods: int
     injected_pods: int
     secrets: int
+    # Of the injected pods: those whose app containers all run (the wrapper execs the app only
+    # after every secret was fetched), and those where a wrapper exited with its one-line
+    # reason; the first of those reasons (by pod) as "namespace/pod: reason".
+    delivered_pods: int = 0
+    failing_pods: int = 0
+    failure: str = ""
 
 
 class PolicySummary(Model):
@@ -229,7 +260,8 @@ class PolicySummary(Model):
     matched_pods: int
     constrained_pods: list[str] = Field(
         default_factory=list,
-        description="namespace/name of the pods this policy pins to confidential nodes.")
+        description="namespace/name of the pods this policy pins to particular nodes "
+        "(confidential computing, an agent backend).")
 
 
 class Plan(Model):

@@ -15,7 +15,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from cloudtaser.engine.kube import (
@@ -133,6 +133,22 @@ def _check_duration(value: str) -> str:
     return value
 
 
+REQUIRABLE_BACKENDS = ("lsm",)
+
+
+def _check_required_backend(value: object) -> object:
+    """Before the Literal's own check, for a message that says why only lsm."""
+    if value in REQUIRABLE_BACKENDS:
+        return value
+    hint = (": the tracepoint backend is the fallback, no stronger than any agent"
+            if value == "tracepoint" else "")
+    raise PydanticCustomError(
+        "backend",
+        "'{value}' is not a backend a policy can require (only 'lsm'){hint}",
+        {"value": value, "hint": hint},
+    )
+
+
 def _pattern(regex: str) -> WithJsonSchema:
     return WithJsonSchema({"type": "string", "pattern": regex})
 
@@ -145,6 +161,7 @@ KvPath = Annotated[str, AfterValidator(_check_kv_path), WithJsonSchema({"type": 
 HttpsUrl = Annotated[str, AfterValidator(_check_https_url), _pattern(r"^https://.+")]
 Duration = Annotated[str, AfterValidator(_check_duration), _pattern(DURATION)]
 NonEmpty = Annotated[str, Field(min_length=1)]
+RequiredBackend = Annotated[Literal["lsm"], BeforeValidator(_check_required_backend)]
 
 
 # --- SecretBinding -------------------------------------------------------------------------
@@ -370,9 +387,15 @@ class ResourceStatus(Model):
 
 class SecretBindingStatus(ResourceStatus):
     """Observed state of a SecretBinding, written by the operator (conditions: Compiled,
-    PolicyAllowed, Ready)."""
+    PolicyAllowed, Delivered, Ready)."""
 
     injected_pods: int = Field(default=0, ge=0, description="Matched pods running the wrapper.")
+    delivered_pods: int = Field(
+        default=0, ge=0,
+        description="Injected pods whose app containers run: their wrapper fetched every secret.")
+    failing_pods: int = Field(
+        default=0, ge=0,
+        description="Injected pods whose wrapper exited with a reason (condition Delivered).")
     secrets: int = Field(default=0, ge=0, description="Number of keys delivered to each pod.")
 
 
@@ -448,6 +471,14 @@ class EnforcementPolicySpec(Model):
         default=False,
         description="Only run selected pods on confidential-computing nodes (SEV-SNP, TDX).",
     )
+    require_backend: RequiredBackend | None = Field(
+        default=None,
+        description="Only run selected pods on nodes whose cloudtaser agent reports this "
+        "enforcement backend (the node label cloudtaser.io/agent-backend, which each agent "
+        "keeps). lsm: every access the policy guards fails with EPERM; the tracepoint backend "
+        "can only kill the offender afterwards, which leaves documented races. Unset: any "
+        "node with an agent.",
+    )
 
 
 class EnforcementPolicyStatus(ResourceStatus):
@@ -459,8 +490,8 @@ class EnforcementPolicyStatus(ResourceStatus):
     violations: int = Field(default=0, ge=0, description="Violations reported by the agents.")
     constrained_pods: list[str] = Field(
         default_factory=list,
-        description="Pods this policy pins to confidential nodes (requireConfidentialNode), "
-        "namespace/name, sorted; at most 100 are listed.",
+        description="Pods this policy pins to particular nodes (requireConfidentialNode, "
+        "requireBackend), namespace/name, sorted; at most 100 are listed.",
     )
 
 

@@ -1,20 +1,29 @@
 """The MutatingWebhookConfiguration a Plan derives.
 
 Only pod CREATEs in namespaces that hold bindings reach the webhook (the Plan's scope already
-leaves out kube-system and the operator's namespace), so a pod no binding could select is
-never sent to it, and `failurePolicy: Fail` — a pod that should get secrets is never started
-without them — applies only there. Pure: the operator applies the result and repairs drift.
+leaves out kube-system and the operator's namespace), and of those only pods annotated
+``cloudtaser.io/inject: "true"`` (a CEL match condition, evaluated by the API server), so a pod
+that asked for nothing never depends on the operator being up, and `failurePolicy: Fail` — a
+pod that should get secrets is never started without them — applies only to pods that asked.
+Pure: the operator applies the result and repairs drift.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cloudtaser.engine.plans import Plan
+from cloudtaser.engine.plans import INJECT_ANNOTATION, Plan
 
 WEBHOOK_CONFIGURATION = "cloudtaser-injector"
 WEBHOOK_NAME = "inject.cloudtaser.io"
 WEBHOOK_PATH = "/mutate-v1-pod"
+# The same test as the engine's (compiler._wants_injection), in CEL.
+MATCH_CONDITIONS = [{
+    "name": "asks-for-injection",
+    "expression": f"has(object.metadata.annotations) && '{INJECT_ANNOTATION}' in "
+                  f"object.metadata.annotations && "
+                  f"object.metadata.annotations['{INJECT_ANNOTATION}'] == 'true'",
+}]
 
 
 def webhook_configuration(
@@ -50,6 +59,7 @@ def webhook_configuration(
                     }
                 ],
                 "namespaceSelector": plan.webhook.namespace_selector,
+                "matchConditions": MATCH_CONDITIONS,
             }
         ],
     }

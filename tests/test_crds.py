@@ -69,7 +69,7 @@ def test_printer_columns() -> None:
     ep = GENERATED["enforcementpolicies.cloudtaser.io.yaml"]["spec"]
     columns = [c["name"].upper() for c in sb["versions"][0]["additionalPrinterColumns"]
                if not c.get("priority")]
-    assert columns == ["READY", "PODS", "SECRETS", "AGE"]
+    assert columns == ["READY", "PODS", "DELIVERED", "SECRETS", "AGE", "MESSAGE"]
     assert [c["name"].upper() for c in ep["versions"][0]["additionalPrinterColumns"]] == [
         "MODE", "NODES", "VIOLATIONS", "AGE"]
     assert sb["names"]["shortNames"] == ["sb"] and ep["names"]["shortNames"] == ["ep", "ctep"]

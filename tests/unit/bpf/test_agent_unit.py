@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -55,34 +53,6 @@ def test_zero_kallsyms_addresses_refuse_to_start(tmp_path: Path) -> None:
         loading.check_kallsyms(kallsyms=str(fake))
     fake.write_text("ffffffff81780700 t mem_open\nffffffff817807c0 t environ_open\n")
     loading.check_kallsyms(kallsyms=str(fake))
-
-
-@pytest.mark.parametrize(
-    ("message", "error"),
-    [
-        (b"not json\n", "not one JSON line"),
-        (b'{"op": "unregister", "version": 1}\n', "unknown op"),
-        (b'{"op": "register", "version": 2}\n', "unsupported protocol version"),
-        (b'{"op": "register", "version": 1, "pid": 1}\n', None),
-    ],
-)
-def test_protocol_refusals(message: bytes, error: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pid in a message is ignored: the caller's own SO_PEERCRED pid is registered."""
-    a = agent.Agent("/nonexistent.sock")
-    written: list[int] = []
-    monkeypatch.setattr(a, "protect", lambda pid, flags=None, accessors=1: written.append(pid) or 1)
-    a.loaded = object()  # type: ignore[assignment]
-    server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with server, client:
-        client.sendall(message)
-        answer = a._register(server)
-    if error is None:
-        assert answer == {"ok": True, "backend": "tracepoint"}
-        assert written == [os.getpid()]
-    else:
-        assert answer["ok"] is False and error in str(answer["error"])
-        assert written == []
-    json.dumps(answer)
 
 
 def test_layout_sizes() -> None:

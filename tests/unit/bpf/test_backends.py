@@ -29,19 +29,32 @@ def sections(bpf_object_path: Path) -> dict[str, str]:
 def test_tracepoint_only_programs_exist(sections: dict[str, str]) -> None:
     """A renamed program would silently run under the LSM backend too (killing as well)."""
     assert loading.TRACEPOINT_ONLY <= sections.keys()
-    assert all(sections[n].startswith("tracepoint/") for n in loading.TRACEPOINT_ONLY)
+    assert all(sections[n].startswith(("tp_btf/sys_", "tp_btf/io_uring_"))
+               for n in loading.TRACEPOINT_ONLY)
+
+
+def test_every_killing_tracepoint_is_tracepoint_only(sections: dict[str, str]) -> None:
+    """Every syscall or io_uring tracepoint program kills; only the memfd ones, which record
+    secret files, serve the LSM backend too."""
+    hooks = {n for n, s in sections.items()
+             if s.startswith(("tracepoint/syscalls/", "tp_btf/sys_", "tp_btf/io_uring_"))}
+    assert hooks - loading.TRACEPOINT_ONLY == {"exit_memfd_create", "exit_memfd_secret"}
 
 
 def test_lsm_programs_cover_every_vector(sections: dict[str, str]) -> None:
     lsm = {s for s in sections.values() if s.startswith("lsm/")}
-    assert lsm == {"lsm/file_open", "lsm/file_permission", "lsm/ptrace_access_check"}
+    assert lsm == {"lsm/file_open", "lsm/file_permission", "lsm/mmap_file",
+                   "lsm/ptrace_access_check", "lsm/perf_event_open", "lsm/bpf"}
 
 
 def test_shared_programs_run_with_both_backends(sections: dict[str, str]) -> None:
     shared = {n for n, s in sections.items()
               if not s.startswith("lsm/") and n not in loading.TRACEPOINT_ONLY}
-    # fork inheritance, exit cleanup, secret-file recording, core dumps
-    assert {"on_fork", "on_exit", "exit_memfd_create", "exit_memfd_secret"} <= shared
+    # fork inheritance, exec state, exit cleanup, secret-file recording, core dumps, and the
+    # agent's only way to write its frozen maps
+    assert shared == {"on_fork", "on_exec", "on_exit", "exit_memfd_create", "exit_memfd_secret",
+                      "on_signal_deliver", loading.AGENT_OP}
+    assert sections[loading.AGENT_OP] == "syscall"
 
 
 @pytest.mark.parametrize(("text", "listed"), [

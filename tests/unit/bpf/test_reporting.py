@@ -1,7 +1,7 @@
 """The Event rate limiter of the agent (bpf/reporting.EventLimiter), with a fake clock.
 
 The API-server side (one Event per series, count patched) is proved end to end in
-tests/e2e/test_violation_events.py.
+tests/e2e/node/test_delivery.py (the chart's agent on the real node).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import yaml
 from cloudtaser import stacking
 from cloudtaser.bpf.agent import parse_flags
 from cloudtaser.cli import operator as operator_command
-from cloudtaser.engine.plans import InjectorSettings
+from cloudtaser.engine.plans import AGENT_BACKEND_LABEL, InjectorSettings
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 
 REPO = Path(__file__).resolve().parents[3]
@@ -185,10 +185,12 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     # NodeReport reads its Lease once, then creates or merge-patches it (bpf/leasing.py)
     assert reports == {("coordination.k8s.io", "leases", v, "") for v in ("get", "create", "patch")}
     agent = rules(one(default, "ClusterRole", "-agent"))
-    # the agent compiles pods, namespaces, policies and bindings; posts violation Events
+    # the agent compiles pods, namespaces, policies and bindings; posts violation Events; keeps
+    # its node's backend label (bpf/labelling.py: read, then patch)
     assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
         (ct, r, v, "") for r in ("enforcementpolicies", "secretbindings")
-        for v in ("get", "list", "watch")} | {("", "events", "create", "")}
+        for v in ("get", "list", "watch")} | {("", "events", v, "") for v in ("create", "patch")} | {
+        ("", "nodes", v, "") for v in ("get", "patch")}
     cleanup = rules(one(default, "ClusterRole", "-cleanup"))
     assert cleanup == {(ar, "mutatingwebhookconfigurations", v, WEBHOOK_CONFIGURATION)
                        for v in ("get", "delete")}
@@ -196,10 +198,23 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
         assert [s["namespace"] for s in binding["subjects"]] == [NAMESPACE]
 
 
+def test_the_node_label_policy_names_the_engines_label_key(default: list[dict[str, Any]]) -> None:
+    """The key is written once in Python (engine/plans.py); the chart's admission policy, which
+    lets an agent write only that key, must spell it the same."""
+    policy = one(default, "ValidatingAdmissionPolicy", "-node-label")["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["variables"]}
+    assert variables["key"] == f"'{AGENT_BACKEND_LABEL}'"
+    assert policy["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes"]}]
+    name = one(default, "ValidatingAdmissionPolicy", "-node-label")["metadata"]["name"]
+    binding = one(default, "ValidatingAdmissionPolicyBinding", "-node-label")["spec"]
+    assert binding == {"policyName": name, "validationActions": ["Deny"]}
+
+
 def test_the_chart_ships_no_webhook_configuration_but_removes_it(default: list[dict[str, Any]]) -> None:
     assert not by_kind(default, "MutatingWebhookConfiguration")
     job = one(default, "Job", "-cleanup")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["kubectl", "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
                        "--ignore-not-found"]
@@ -236,7 +251,7 @@ def test_operator_deployment(default: list[dict[str, Any]]) -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "webhook", "scheme": "HTTPS"}
     private = one(render("--set", "operator.readImagePullSecrets=false"), "Deployment", "-operator")
     assert "--no-image-pull-secrets" in private["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args["--webhook-url"] == f"https://ct-cloudtaser-operator.{NAMESPACE}.svc:443/mutate-v1-pod"
+    assert args["--webhook-service"] == f"{NAMESPACE}/ct-cloudtaser-operator:443"
     assert args["--opa-url"] == "http://127.0.0.1:8181"
     assert args["--port"] == str(container["ports"][0]["containerPort"])
     service = one(default, "Service", "-operator")

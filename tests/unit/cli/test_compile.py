@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from cloudtaser.cli import main
-from tests.conftest import binding_doc, pod_doc
+from tests.conftest import binding_doc, pod_doc, policy_doc
 
 
 def setup(tmp_path: Path) -> tuple[str, str]:
@@ -29,6 +29,20 @@ def test_table_output_for_people(tmp_path: Path) -> None:
     assert lines[0].split() == ["BINDING", "VALID", "PODS", "INJECTED", "SECRETS"]
     assert lines[1].split() == ["team/app", "True", "1", "0", "1"]
     assert "webhook namespaces: team" in result.stdout
+
+
+def test_table_shows_the_nodes_a_policy_pins_pods_to(tmp_path: Path) -> None:
+    objects = tmp_path / "objects.yaml"
+    objects.write_text(yaml.safe_dump_all([
+        binding_doc("app"), pod_doc(labels={"app": "app"}),
+        policy_doc("lsm-only", requireBackend="lsm"), policy_doc("other")]))
+    result = CliRunner().invoke(main, ["compile", str(objects)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()]
+    pod_header = next(i for i, r in enumerate(rows) if r[:1] == ["POD"])
+    assert rows[pod_header][-1] == "NODES" and rows[pod_header + 1][-1] == "backend=lsm"
+    policy_header = rows.index(["POLICY", "PODS", "PINNED"])
+    assert rows[policy_header + 1:policy_header + 3] == [["lsm-only", "1", "1"], ["other", "1", "0"]]
 
 
 def test_yaml_and_json_agree(tmp_path: Path) -> None:

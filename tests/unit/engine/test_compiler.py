@@ -87,6 +87,24 @@ def test_policies_combine_stricter_wins() -> None:
     assert warning.name == "audit" and "EnforcementPolicy enforce (mode enforce)" in warning.message
 
 
+def test_a_required_backend_is_required_when_any_policy_requires_it() -> None:
+    """requireBackend combines like requireConfidentialNode (stricter wins), and the policies
+    that ask for it list the pods they pin; the others do not."""
+    docs = [binding_doc("app"), pod_doc(labels={"app": "app"}, injected=True),
+            pod_doc("app-2", labels={"app": "app", "x": "y"}, injected=True)]
+    plain = compile_state(state(*docs, policy_doc("plain")))
+    assert [p.policy.require_backend for p in plain.pods] == [None, None]
+    assert plain.policies[0].constrained_pods == []
+    plan = compile_state(state(*docs, policy_doc("plain"),
+                               policy_doc("lsm", requireBackend="lsm",
+                                          podSelector={"matchLabels": {"x": "y"}})))
+    assert {p.name: p.policy.require_backend for p in plan.pods} == {"app-1": None, "app-2": "lsm"}
+    assert {p.pod: p.policy.require_backend for p in plan.bpf} == {"app-1": None, "app-2": "lsm"}
+    assert not any(p.policy.require_confidential_node for p in plan.pods)
+    assert {p.policy: p.constrained_pods for p in plan.policies} == {
+        "lsm": ["team/app-2"], "plain": []}
+
+
 def test_namespace_selector_uses_namespace_labels_and_name() -> None:
     plan = compile_state(
         state(
@@ -223,8 +241,8 @@ def test_an_object_defined_twice_is_reported_and_the_choice_ignores_order() -> N
 
 def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
     """Model-based: random sequences of every change the operator makes (bindings, pods,
-    policies, namespaces, parse problems, incl. an excluded namespace, confidential and
-    audit/enforce overlaps), checking plan() after each step against a full compile of the
+    policies, namespaces, parse problems, incl. an excluded namespace, confidential or backend
+    requirements and audit/enforce overlaps), checking plan() after each step against a full compile of the
     same objects. plan() keeps its parts between calls, so each step must move them right."""
     from cloudtaser.engine.plans import Problem
 
@@ -278,6 +296,8 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                     spec["namespaceSelector"] = {"matchLabels": {"tier": rng.choice(["prod", "dev"])}}
                 if rng.random() < 0.3:
                     spec["requireConfidentialNode"] = True
+                if rng.random() < 0.3:
+                    spec["requireBackend"] = "lsm"
                 doc = policy_doc(rng.choice(["p1", "p2", "p3"]), **spec)
                 put(doc)
                 compiler.set_policy(EnforcementPolicy.model_validate(doc))

@@ -11,9 +11,15 @@ import pytest
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.patches import ImageEntrypoint, PatchResult, pod_patch, pointer
-from cloudtaser.engine.plans import CONFIG_ENV, INJECTED_ANNOTATION, InjectorSettings, WrapperConfig
-from cloudtaser.engine.resources import SecretBinding
-from tests.conftest import binding_doc, pod_doc
+from cloudtaser.engine.plans import (
+    AGENT_BACKEND_LABEL,
+    CONFIG_ENV,
+    INJECTED_ANNOTATION,
+    InjectorSettings,
+    WrapperConfig,
+)
+from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
+from tests.conftest import binding_doc, pod_doc, policy_doc
 
 SETTINGS = InjectorSettings()
 
@@ -138,3 +144,59 @@ def test_a_forged_marker_does_not_skip_injection() -> None:
         bindings=[SecretBinding.model_validate(binding_doc("app"))],
         pods=[Pod.model_validate(pod)])).plan()
     assert plan.bindings[0].injected_pods == 0 and plan.bpf == []
+
+
+def backend_patch(pod: dict[str, Any], confidential: bool = False) -> PatchResult:
+    """The patch under a policy requiring the LSM backend (and, if asked, a confidential node)."""
+    spec: dict[str, Any] = {"requireBackend": "lsm"}
+    if confidential:
+        spec["requireConfidentialNode"] = True
+    compiler = IncrementalCompiler(ClusterState(
+        bindings=[SecretBinding.model_validate(binding_doc("app"))],
+        policies=[EnforcementPolicy.model_validate(policy_doc("lsm-only", **spec))]))
+    model = Pod.model_validate(pod)
+    plan = compiler.plan_pod(model)
+    assert plan is not None and plan.policy.require_backend == "lsm"
+    return pod_patch(model, plan, SETTINGS)
+
+
+def test_a_required_backend_adds_the_agents_node_label() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    assert "nodeSelector" not in pod["spec"]
+    patched = apply(pod, backend_patch(pod))
+    assert patched["spec"]["nodeSelector"] == {AGENT_BACKEND_LABEL: "lsm"}
+    assert apply(pod, patch(pod))["spec"].get("nodeSelector") is None  # no policy: any node
+
+
+def test_a_required_backend_merges_with_the_pods_own_node_selector() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    pod["spec"]["nodeSelector"] = {"disk": "ssd"}
+    assert apply(pod, backend_patch(pod))["spec"]["nodeSelector"] == {
+        "disk": "ssd", AGENT_BACKEND_LABEL: "lsm"}
+    pod["spec"]["nodeSelector"] = {AGENT_BACKEND_LABEL: "lsm"}  # already asks: nothing to add
+    result = backend_patch(pod)
+    assert not any(op["path"].startswith("/spec/nodeSelector") for op in result.operations)
+    assert apply(pod, result)["spec"]["nodeSelector"] == {AGENT_BACKEND_LABEL: "lsm"}
+
+
+def test_backend_and_confidential_node_share_one_new_node_selector() -> None:
+    """Two "add /spec/nodeSelector" operations would replace each other: one carries both."""
+    pod = pod_doc(labels={"app": "app"})
+    result = backend_patch(pod, confidential=True)
+    assert [op["path"] for op in result.operations].count("/spec/nodeSelector") == 1
+    assert apply(pod, result)["spec"]["nodeSelector"] == {
+        AGENT_BACKEND_LABEL: "lsm", **SETTINGS.confidential_node_selector}
+
+
+@pytest.mark.parametrize("key", [AGENT_BACKEND_LABEL, "cloudtaser.io/confidential-node"])
+def test_a_conflicting_node_selector_is_refused_never_overwritten(key: str) -> None:
+    pod = pod_doc(labels={"app": "app"})
+    pod["spec"]["nodeSelector"] = {key: "other", "disk": "ssd"}
+    result = backend_patch(pod, confidential=True)
+    assert result.operations == []
+    [problem] = result.problems
+    field = "requireBackend" if key == AGENT_BACKEND_LABEL else "requireConfidentialNode"
+    wanted = "lsm" if key == AGENT_BACKEND_LABEL else "true"
+    assert (problem.name, problem.path) == ("app-1", "spec.nodeSelector")
+    assert problem.message == (f"{key} is 'other', but the pod's EnforcementPolicies (lsm-only) "
+                               f"require '{wanted}' there ({field}); remove that entry")

@@ -109,6 +109,13 @@ def test_valid_binding_parses_with_defaults() -> None:
         ),
         (policy_doc(mode="block"), "spec.mode", "input should be 'enforce' or 'audit'"),
         (
+            policy_doc(requireBackend="tracepoint"),
+            "spec.requireBackend",
+            "'tracepoint' is not a backend a policy can require (only 'lsm'): the tracepoint "
+            "backend is the fallback",
+        ),
+        (policy_doc(requireBackend="LSM"), "spec.requireBackend", "'LSM' is not a backend"),
+        (
             policy_doc(allowedAccessors=[{"executable": "gdb"}]),
             "spec.allowedAccessors[0].executable",
             "clean absolute",

@@ -2,51 +2,27 @@
 
 Each test puts random secrets in real memfd_secret fds (or the sealed/unsealed memfd the
 wrapper falls back to), passes them to a child with the CLOUDTASER_FDS manifest and
-LD_PRELOAD, and checks what a C program, Python, cat, wc, ls and sh see. Every run also
-checks that no secret (raw or hex) reached the child's stderr.
+LD_PRELOAD (the host's glibc build), and checks what a C program, Python, cat, wc, ls and sh
+see. Every run also checks that no secret (raw or hex) reached the child's stderr. The other
+builds (musl, arm64) are proved in test_builds.py.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
-import mmap
 import os
-import re
 import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-INTERPOSER_DIR = ROOT / "wrapper" / "interposer"
-LIBRARY = INTERPOSER_DIR / "build" / "libcloudtaser_interposer.so"
+from tests.unit.interposer.conftest import (
+    KINDS, TIMEOUT, Served, fill, new_secret_fd, secret_path, secret_value,
+)
+
 PROBE_SOURCE = Path(__file__).with_name("probe.c")
-SYS_MEMFD_SECRET = 447
-TIMEOUT = 120
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-KINDS = [pytest.param("memfd_secret", marks=pytest.mark.kernel), "memfd"]
-
-
-def _need_toolchain() -> None:
-    missing = [tool for tool in ("make", "gcc") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"building the interposer needs {' and '.join(missing)}")
-
-
-@pytest.fixture(scope="session")
-def library() -> Path:
-    _need_toolchain()
-    subprocess.run(["make", "-s", "-C", str(INTERPOSER_DIR)], check=True, capture_output=True,
-                   timeout=TIMEOUT)
-    assert LIBRARY.is_file()
-    return LIBRARY
 
 
 @pytest.fixture(scope="session")
@@ -55,92 +31,6 @@ def probe(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
                     str(PROBE_SOURCE)], check=True, capture_output=True, timeout=TIMEOUT)
     return out
-
-
-def secret_value(length: int = 24) -> bytes:
-    """Random printable bytes without a newline (fgets reads the whole value)."""
-    return secrets.token_urlsafe(length * 2).encode()[:length]
-
-
-def fill(fd: int, value: bytes) -> None:
-    """Rewrite the secret fd in place, the way the wrapper and a refresher do (mmap)."""
-    if os.fstat(fd).st_size != len(value):
-        os.ftruncate(fd, len(value))
-    if value:
-        with mmap.mmap(fd, len(value), flags=mmap.MAP_SHARED,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as region:
-            region[:] = value
-
-
-def new_secret_fd(value: bytes, kind: str, sealed: bool = False) -> int:
-    if kind == "memfd_secret":
-        fd = _libc.syscall(SYS_MEMFD_SECRET, 0)
-        if fd < 0:
-            pytest.skip(f"memfd_secret unavailable: {os.strerror(ctypes.get_errno())}")
-    else:
-        fd = os.memfd_create("cloudtaser-test", os.MFD_ALLOW_SEALING)
-    fill(fd, value)
-    if sealed:
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-    return int(fd)
-
-
-def secret_path(name: str = "password") -> str:
-    """A path under a directory that does not exist on disk."""
-    path = f"/etc/ct-test-{secrets.token_hex(6)}/{name}"
-    assert not os.path.exists(os.path.dirname(path))
-    return path
-
-
-class Served:
-    """Secret fds plus the manifest that describes them; runs children with the interposer."""
-
-    def __init__(self, library: Path) -> None:
-        self.library = library
-        self.fds: list[int] = []
-        self.lines: list[str] = []
-        self.values: list[bytes] = []
-
-    def file(self, path: str, value: bytes, kind: str = "memfd", sealed: bool = False) -> int:
-        fd = new_secret_fd(value, kind, sealed)
-        self.fds.append(fd)
-        self.lines.append(f"file {fd} {path}")
-        self.remember(value)
-        return fd
-
-    def remember(self, value: bytes) -> None:
-        if len(value) >= 8:
-            self.values.append(value)
-
-    def env(self, manifest: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CLOUDTASER_FDS")}
-        env["LD_PRELOAD"] = str(self.library)
-        env["CLOUDTASER_FDS"] = "\n".join(self.lines) if manifest is None else manifest
-        return env
-
-    def check_stderr(self, stderr: bytes) -> None:
-        for value in self.values:
-            assert value not in stderr and value.hex().encode() not in stderr
-
-    def run(self, argv: Sequence[str | os.PathLike[str]], manifest: str | None = None,
-            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        result = subprocess.run([os.fspath(a) for a in argv], env=self.env(manifest),
-                                pass_fds=self.fds, input=stdin, capture_output=True,
-                                timeout=TIMEOUT, check=False)
-        self.check_stderr(result.stderr)
-        return result
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-
-
-@pytest.fixture
-def served(library: Path) -> Iterator[Served]:
-    s = Served(library)
-    yield s
-    s.close()
 
 
 def probe_all(served: Served, probe: Path, path: str, other: Path, missing: Path) -> dict[str, str]:
@@ -284,7 +174,7 @@ class Reader:
 
     def __init__(self, served: Served, probe: Path, path: str) -> None:
         self.served = served
-        self.process = subprocess.Popen([os.fspath(probe), "reader", path], env=served.env(),
+        self.process = subprocess.Popen([os.fspath(probe), "reader", path], env=served.environ(),
                                         pass_fds=served.fds, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -389,7 +279,7 @@ def test_empty_secret_is_an_empty_file(served: Served, probe: Path, kind: str) -
 
 
 @pytest.mark.kernel
-def test_several_entries_sdk_lines_and_bad_lines(served: Served, tmp_path: Path) -> None:
+def test_several_entries_sdk_lines_and_aliases(served: Served, tmp_path: Path) -> None:
     one, two, sdk_only = secret_value(), secret_value(), secret_value()
     path_one, path_two = secret_path("one"), secret_path("two")
     fd_one = served.file(path_one, one, "memfd_secret")
@@ -398,24 +288,48 @@ def test_several_entries_sdk_lines_and_bad_lines(served: Served, tmp_path: Path)
     served.fds.append(sdk_fd)
     served.remember(sdk_only)
     sdk_path = secret_path("sdk")
+    alias = path_one.replace("/one", "/./one")  # another NAME, the same normalised path
     manifest = "\n".join([
         f"sdk {sdk_fd} db-password",
         f"sdk {sdk_fd} {sdk_path}",  # an sdk name is never a file
-        "file x /etc/bad-fd",
-        "file 5",
-        "garbage",
         f"file {fd_one} {path_one}",
         f"file {fd_two} {path_two}",
-        f"file {sdk_fd} {path_one}",  # the first line for a path wins
+        f"file {sdk_fd} {alias}",  # the first line for a path wins
         "",
     ])
     assert served.run(["cat", path_one], manifest).stdout == one
+    assert served.run(["cat", alias], manifest).stdout == one
     assert served.run(["cat", path_two], manifest).stdout == two
     assert served.run(["cat", sdk_path], manifest).returncode == 1
-    # no manifest at all: the library is inert
+    # no manifest at all, or an empty one: the library serves nothing
     real = tmp_path / "real"
     real.write_bytes(b"x")
     assert served.run(["cat", real], "").stdout == b"x"
+    assert served.run(["cat", real], "\n").stdout == b"x"
+
+
+def test_a_bad_line_anywhere_stops_the_app(served: Served, tmp_path: Path) -> None:
+    """Formerly ignored; now the app must not run short of a secret it was promised."""
+    value = secret_value()
+    path = secret_path()
+    fd = served.file(path, value)
+    real = tmp_path / "real"
+    real.write_bytes(b"x")
+    for bad in ("file x /etc/bad-fd", "file 5", "garbage", f"file {fd} {path}"):
+        result = served.run(["cat", real], f"file {fd} {path}\nsdk {fd} a\n{bad}")
+        assert (result.returncode, result.stdout) == (78, b""), bad
+        assert result.stderr.startswith(b"cloudtaser interposer: CLOUDTASER_FDS line 3: ")
+        assert result.stderr.count(b"\n") == 1 and bad.encode() not in result.stderr
+
+
+def test_more_file_lines_than_the_table_holds_stop_the_app(served: Served, tmp_path: Path) -> None:
+    fd = served.file(secret_path(), secret_value())
+    real = tmp_path / "real"
+    real.write_bytes(b"x")
+    lines = [f"file {fd} /etc/ct-many/{i}" for i in range(257)]
+    assert served.run(["cat", real], "\n".join(lines[:256])).stdout == b"x"
+    result = served.run(["cat", real], "\n".join(lines))
+    assert result.returncode == 78 and b" line 257: more file lines than" in result.stderr
 
 
 @pytest.mark.kernel
@@ -467,33 +381,10 @@ def test_another_librarys_constructor_is_served_whatever_the_order(
     path = secret_path()
     served.file(path, value, "memfd")
     order = [str(served.library), str(early)]
-    env = served.env()
+    env = served.environ()
     env["LD_PRELOAD"] = ":".join(order if ours_first else reversed(order))
     env["EARLY_PATH"] = path
     result = subprocess.run(["cat", path], env=env, pass_fds=served.fds, capture_output=True,
                             timeout=TIMEOUT, check=False)
     served.check_stderr(result.stderr)
     assert result.stdout == f"early={value.hex()}\n".encode() + value
-
-
-def test_library_needs_only_old_glibc_symbol_versions(library: Path) -> None:
-    """App images often carry an older glibc than the build machine: the library must load."""
-    if shutil.which("objdump") is None:
-        pytest.skip("needs objdump (binutils)")
-    symbols = subprocess.run(["objdump", "-T", str(library)], check=True, capture_output=True,
-                             text=True, timeout=TIMEOUT).stdout
-    versions = {tuple(int(part) for part in v.split(".")) for v in
-                re.findall(r"\(GLIBC_([0-9.]+)\)", symbols)}
-    assert versions and max(versions) <= (2, 17), sorted(versions)
-
-
-def test_the_app_is_not_dumpable(served: Served) -> None:
-    """execve makes the app dumpable again; the interposer's constructor undoes that (so a
-    core dump, and ptrace by the same uid, need the privileges a non-dumpable process needs)."""
-    served.file(secret_path(), secret_value())
-    check = "import ctypes; print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"  # PR_GET_DUMPABLE
-    result = served.run([sys.executable, "-c", check])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"0\n"
-    plain = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=TIMEOUT, check=True)
-    assert plain.stdout == b"1\n"  # control: without the library
