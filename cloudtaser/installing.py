@@ -37,9 +37,10 @@ import yaml
 from cloudtaser import __version__
 from cloudtaser.bpf.agent import lift_io_uring_restriction
 from cloudtaser.bpf.loading import unpin
-from cloudtaser.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR
+from cloudtaser.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
+from cloudtaser.engine.plans import AGENT_CSI_DRIVER
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
-from cloudtaser.provisioning import SYSTEM_NAMESPACE
+from cloudtaser.provisioning import SYSTEM_NAMESPACE, kubectl
 from cloudtaser.stacking import NODE_NAME, REGISTRY, REPO, Paths, StackError, environment
 
 RELEASE = "cloudtaser"
@@ -79,13 +80,14 @@ def host_interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-def values(digests: dict[str, str]) -> dict[str, Any]:
+def values(p: Paths, digests: dict[str, str]) -> dict[str, Any]:
     return {
         "images": {key: {"repository": f"{PREFIX}/{name}", "tag": __version__,
                          "digest": digests[key]} for key, name in IMAGES.items()},
         "injector": {"agentSocketDir": str(AGENT_SOCKET_DIR)},
         "operator": {"nodeSelector": ON_THE_NODE},
         "agent": {"pinDir": str(AGENT_PIN_DIR), "bpffsMountPropagation": "None",
+                  "kubeletDir": str(kubelet_root(p)),
                   "allowBpfLoaders": [host_interpreter()], "nodeSelector": ON_THE_NODE},
     }
 
@@ -115,7 +117,7 @@ def install(p: Paths, log: Callable[[str], None], images_file: Path | None = Non
         digests = {key: registry_digest(name) for key, name in IMAGES.items()}
     file = p.state / "chart" / "values.yaml"
     file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(yaml.safe_dump(values(digests), sort_keys=False))
+    file.write_text(yaml.safe_dump(values(p, digests), sort_keys=False))
     _recover_interrupted(p, log)
     log(f"helm: installing {RELEASE} in {NAMESPACE} with {file} (images from {PREFIX}) ...")
     proc = _helm(p, "upgrade", "--install", RELEASE, str(REPO / "chart"), "--namespace", NAMESPACE,
@@ -187,10 +189,30 @@ def _wait_for_webhook(p: Paths, timeout: float) -> None:
         time.sleep(1)
 
 
+def _delete_injected_pods(p: Paths, log: Callable[[str], None], timeout: float = 100) -> None:
+    """The injected pods on the stack's node, deleted while the agent's CSI plugin still runs:
+    the kubelet tears a csi.cloudtaser.io volume down through it, so a pod deleted after the
+    uninstall would stay Terminating (and, with the agent gone, nothing protects it anyway)."""
+    listed = kubectl(p, "get", "pods", "-A", "-o", "json")
+    injected = [(pod["metadata"]["namespace"], pod["metadata"]["name"])
+                for pod in json.loads(listed)["items"]
+                if any(v.get("csi", {}).get("driver") == AGENT_CSI_DRIVER
+                       for v in pod["spec"].get("volumes", []))]
+    if not injected:
+        return
+    log(f"deleting {len(injected)} injected pod(s) before the agent goes: "
+        f"{' '.join(f'{ns}/{name}' for ns, name in injected)}")
+    for ns, name in injected:
+        kubectl(p, "delete", "pod", name, "-n", ns, "--ignore-not-found", "--wait=false")
+    for ns, name in injected:
+        kubectl(p, "wait", "--for=delete", f"pod/{name}", "-n", ns, f"--timeout={timeout:.0f}s")
+
+
 def uninstall(p: Paths, log: Callable[[str], None]) -> None:
     """helm uninstall (its post-delete hook removes the operator's webhook configuration),
     then the agent's pins: its programs keep enforcing from them after the agent is gone, by
     design (an agent restart must not open a gap), so an uninstall removes them."""
+    _delete_injected_pods(p, log)
     proc = _helm(p, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--ignore-not-found")
     if proc.returncode != 0:
         raise StackError(f"helm uninstall {RELEASE}: {_errors(proc.stderr)}")

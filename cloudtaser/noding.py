@@ -90,6 +90,11 @@ def work(p: Paths) -> Path:
     return p.state / "node"
 
 
+def kubelet_root(p: Paths) -> Path:
+    """The kubelet's --root-dir (pods, plugins, plugins_registry): the chart's agent.kubeletDir."""
+    return work(p) / "kubelet" / "root"
+
+
 def _sock(p: Paths) -> Path:
     return work(p) / "containerd" / "containerd.sock"
 
@@ -321,7 +326,7 @@ def _kubelet_argv(p: Paths) -> list[str]:
     return [
         str(p.binary("kubelet")),
         f"--config={k / 'config.yaml'}", f"--kubeconfig={k / 'kubeconfig'}",
-        f"--root-dir={k / 'root'}", f"--cert-dir={k / 'certs'}",
+        f"--root-dir={kubelet_root(p)}", f"--cert-dir={k / 'certs'}",
         f"--hostname-override={NODE_NAME}", "--v=1",
     ]
 

@@ -46,6 +46,8 @@ from cloudtaser.stacking import (
 )
 
 DEMO_NAMESPACE = "cloudtaser-demo"
+DEMO_POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted"
+                     for mode in ("enforce", "warn", "audit")}
 DEMO_ACCOUNT = "demo"
 DEMO_ROLE = "demo"
 # The demo's app team: may manage SecretBindings in the demo namespace, nothing cluster-wide
@@ -199,7 +201,10 @@ def install_product(p: Paths, log: Callable[[str], None]) -> None:
     kubectl(p, "wait", "--for", "condition=established", "--timeout", "60s",
             "crd/secretbindings.cloudtaser.io", "crd/enforcementpolicies.cloudtaser.io")
     apply_objects(p, [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}},
+        # Pod Security "restricted", as a hardened cluster sets it: the demo's app runs there
+        # injected (the patch adds no hostPath and no capability).
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": DEMO_NAMESPACE, "labels": DEMO_POD_SECURITY}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": DEMO_ACCOUNT, "namespace": DEMO_NAMESPACE}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",

@@ -28,10 +28,12 @@ from pydantic import Field
 from cloudtaser.engine.kube import LabelSelector, Model, Namespace, Pod
 from cloudtaser.engine.ordered import OrderedMap
 from cloudtaser.engine.plans import (
+    AGENT_CSI_DRIVER,
     INIT_CONTAINER,
     INJECT_ANNOTATION,
     INJECTED_ANNOTATION,
     NAMESPACE_NAME_LABEL,
+    POD_SECURITY_ENFORCE_LABEL,
     AgentSettings,
     BindingSummary,
     BpfEntry,
@@ -61,7 +63,7 @@ AGENT_VOLUME = "cloudtaser-agent"
 TOKEN_VOLUME = "cloudtaser-token"
 AGENT_MOUNT = "/run/cloudtaser"
 # Not under /var/run/cloudtaser: in most images /var/run links to /run, which would nest these
-# mounts inside the agent's hostPath mount at /run/cloudtaser (and create their mount points
+# mounts inside the agent's volume mount at /run/cloudtaser (and create their mount points
 # in the host's agent directory). Beside the service-account token's /var/run/secrets/...
 SECRET_MOUNT_ROOT = "/var/run/secrets/cloudtaser"
 TOKEN_MOUNT = f"{SECRET_MOUNT_ROOT}/token"
@@ -477,7 +479,7 @@ class IncrementalCompiler:
         self._agent_volume = VolumePlan(
             name=AGENT_VOLUME,
             mount_path=AGENT_MOUNT,
-            source={"hostPath": {"path": self.settings.agent_socket_dir, "type": "Directory"}},
+            source={"csi": {"driver": AGENT_CSI_DRIVER, "readOnly": True}},
         )
         # The wrapper logs in with its own short-lived token bound to the OpenBao audience,
         # never with the default token (whose audience is the API server).
@@ -953,6 +955,7 @@ class IncrementalCompiler:
                     bindings=[c.ref for c in chosen],
                     config=config,
                     volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, TOKEN_VOLUME, *mounted}),
+                    ipc_lock=any(c.binding.spec.ipc_lock for c in chosen),
                 )
             )
         volumes[BUNDLE_VOLUME] = self._bundle_volume
@@ -965,6 +968,7 @@ class IncrementalCompiler:
             volumes=[volumes[k] for k in sorted(volumes)],
             policy=policy,
             problems=sorted(problems, key=Problem.sort_key),
+            pod_security=self._namespace_labels_of(entry.namespace).get(POD_SECURITY_ENFORCE_LABEL),
         )
 
     def _container_sources(

@@ -25,6 +25,7 @@ from cloudtaser.engine.plans import (
     CONFIG_ENV,
     INIT_CONTAINER,
     INJECTED_ANNOTATION,
+    POD_SECURITY_ENFORCE_LABEL,
     ContainerPlan,
     InjectorSettings,
     PodPlan,
@@ -79,19 +80,31 @@ def _append_all(base: str, existing: list[Any] | None, items: list[Any]) -> list
     return [_add(base + "/-", item) for item in items]
 
 
-def _init_container(settings: InjectorSettings) -> dict[str, object]:
+# The wrapper image's user (scripts/images/wrapper-bundle.Containerfile). Set on the init
+# container itself, so a pod-level runAsUser (even 0) does not make runAsNonRoot refuse it.
+WRAPPER_IMAGE_USER = 65532
+
+
+def _init_container(settings: InjectorSettings, pod_seccomp: bool) -> dict[str, object]:
+    """Pod Security "restricted" as it stands: non-root, no privilege escalation, no
+    capability, the runtime's default seccomp profile unless the pod chose one, read-only root."""
+    security: dict[str, object] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": WRAPPER_IMAGE_USER,
+        "runAsGroup": WRAPPER_IMAGE_USER,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    if not pod_seccomp:
+        security["seccompProfile"] = {"type": "RuntimeDefault"}
     return {
         "name": INIT_CONTAINER,
         "image": settings.wrapper_image,
         # The static wrapper copies itself and the interposers next to it (no shell needed).
         "command": ["/bundle/wrapper", "install", settings.bundle_dir],
         "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": settings.bundle_dir}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": security,
     }
 
 
@@ -118,23 +131,26 @@ def _command_ops(
     return ops, None
 
 
-def _security_ops(base: str, container: Container, pod_seccomp: bool) -> list[Operation]:
-    """IPC_LOCK (mlock of secret memory), no privilege escalation, and the runtime's default
-    seccomp profile unless the pod or container chose one."""
+def _security_ops(base: str, container: Container, pod_seccomp: bool, ipc_lock: bool) -> list[Operation]:
+    """No privilege escalation and the runtime's default seccomp profile, where the container
+    (or, for seccomp, the pod) has not chosen; IPC_LOCK only when a binding asks (ipcLock).
+    What the user set is kept: the wrapper needs no capability, so nothing they drop (ALL
+    included) is taken back, and a pod that passes Pod Security passes it injected."""
     sc = container.security_context
     if sc is None:
-        value: dict[str, object] = {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"add": ["IPC_LOCK"]},
-        }
+        value: dict[str, object] = {"allowPrivilegeEscalation": False}
         if not pod_seccomp:
             value["seccompProfile"] = {"type": "RuntimeDefault"}
+        if ipc_lock:
+            value["capabilities"] = {"add": ["IPC_LOCK"]}
         return [_add(base + "/securityContext", value)]
     ops = []
     if "allowPrivilegeEscalation" not in sc:
         ops.append(_add(base + "/securityContext/allowPrivilegeEscalation", False))
     if "seccompProfile" not in sc and not pod_seccomp:
         ops.append(_add(base + "/securityContext/seccompProfile", {"type": "RuntimeDefault"}))
+    if not ipc_lock:
+        return ops
     caps = sc.get("capabilities")
     if not isinstance(caps, dict):
         ops.append(_add(base + "/securityContext/capabilities", {"add": ["IPC_LOCK"]}))
@@ -143,6 +159,18 @@ def _security_ops(base: str, container: Container, pod_seccomp: bool) -> list[Op
     elif "IPC_LOCK" not in caps["add"]:
         ops.append(_add(base + "/securityContext/capabilities/add/-", "IPC_LOCK"))
     return ops
+
+
+def _ipc_lock_problem(plan: PodPlan, cplan: ContainerPlan) -> str | None:
+    """IPC_LOCK is a capability Pod Security baseline and restricted refuse: say so here,
+    naming the binding field, rather than let admission blame a capability the user never
+    wrote."""
+    if not cplan.ipc_lock or plan.pod_security not in ("baseline", "restricted"):
+        return None
+    return (f"is selected by a SecretBinding with ipcLock: true ({', '.join(cplan.bindings)}), "
+            f"which adds the IPC_LOCK capability, but namespace {plan.namespace} enforces Pod "
+            f"Security {plan.pod_security!r} ({POD_SECURITY_ENFORCE_LABEL}), which refuses it; "
+            "remove ipcLock (secrets then count against the container's RLIMIT_MEMLOCK)")
 
 
 def _required_node_labels(plan: PodPlan, settings: InjectorSettings) -> dict[str, tuple[str, str]]:
@@ -210,6 +238,8 @@ def pod_patch(
         env_names = {e.get("name") for e in container.env or []}
         if error is None and CONFIG_ENV in env_names:
             error = f"already sets {CONFIG_ENV}; remove it, the injector owns that variable"
+        if error is None:
+            error = _ipc_lock_problem(plan, cplan)
         if error is not None:
             problems.append(
                 Problem(
@@ -229,7 +259,7 @@ def pod_patch(
             for name in cplan.volumes
         ]
         ops.extend(_append_all(base + "/volumeMounts", container.volume_mounts, mounts))
-        ops.extend(_security_ops(base, container, pod_seccomp))
+        ops.extend(_security_ops(base, container, pod_seccomp, cplan.ipc_lock))
     node_ops, conflicts = _node_ops(pod, plan, settings)
     problems.extend(
         Problem(kind="Pod", namespace=namespace, name=pod_name, path="spec.nodeSelector",
@@ -247,7 +277,7 @@ def pod_patch(
     head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
     head.extend(node_ops)
     if pod.spec.init_containers is None:
-        head.append(_add(pointer("spec", "initContainers"), [_init_container(settings)]))
+        head.append(_add(pointer("spec", "initContainers"), [_init_container(settings, pod_seccomp)]))
     else:
-        head.append(_add(pointer("spec", "initContainers", 0), _init_container(settings)))
+        head.append(_add(pointer("spec", "initContainers", 0), _init_container(settings, pod_seccomp)))
     return PatchResult(operations=head + ops, problems=[])

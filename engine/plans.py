@@ -24,6 +24,11 @@ from cloudtaser.engine.kube import LabelSelector, Model
 INJECT_ANNOTATION = "cloudtaser.io/inject"
 INJECTED_ANNOTATION = "cloudtaser.io/injected"
 INIT_CONTAINER = "cloudtaser-init"
+# The node agent's CSI driver (bpf/csi, chart/templates/csidriver.yaml): injected pods get the
+# agent's socket directory through an ephemeral inline volume of it, read-only, which every Pod
+# Security level allows (hostPath is refused by baseline and restricted).
+AGENT_CSI_DRIVER = "csi.cloudtaser.io"
+POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 CONFIG_ENV = "CLOUDTASER_CONFIG"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The Node label each agent keeps (bpf/labelling.py) and a policy's requireBackend selects on;
@@ -56,7 +61,9 @@ class InjectorSettings(Model):
         default="/cloudtaser", description="Where the bundle emptyDir is mounted in containers."
     )
     agent_socket_dir: str = Field(
-        default="/run/cloudtaser", description="Host directory of the node agent's socket."
+        default="/run/cloudtaser",
+        description="Host directory of the node agent's socket (the agent and its CSI plugin "
+        "use it; pods reach it through the csi.cloudtaser.io volume, never a hostPath).",
     )
     operator_namespace: str = Field(
         default="cloudtaser-system", description="The operator's namespace (never injected)."
@@ -167,6 +174,7 @@ class ContainerPlan(Model):
     name: str
     bindings: list[str]
     config: WrapperConfig
+    ipc_lock: bool = Field(default=False, description="A binding asks for IPC_LOCK (ipcLock).")
     volumes: list[str] = Field(description="Names of the plan volumes mounted into it.")
 
 
@@ -208,6 +216,11 @@ class PodPlan(Model):
     volumes: list[VolumePlan]
     policy: EffectivePolicy
     problems: list[Problem] = Field(default_factory=list)
+    pod_security: str | None = Field(
+        default=None,
+        description="The namespace's Pod Security enforce level (its "
+        "pod-security.kubernetes.io/enforce label), if it has one.",
+    )
 
 
 class BpfEntry(Model):

@@ -321,6 +321,14 @@ class SecretBindingSpec(Model):
         description="Refuse to start the app when memfd_secret is unavailable, instead of "
         "falling back to a sealed memfd with a warning.",
     )
+    ipc_lock: bool = Field(
+        default=False,
+        description="Add the IPC_LOCK capability to the selected containers, so secret memory "
+        "(memfd_secret, the wrapper's locked buffers) is not bounded by RLIMIT_MEMLOCK. Off by "
+        "default: the container runtime's limit (8 MiB on most nodes) holds typical secrets, "
+        "and Pod Security baseline and restricted refuse an added capability (a pod in such a "
+        "namespace is refused with a message naming this field).",
+    )
 
     @model_validator(mode="after")
     def _unique_deliveries(self) -> SecretBindingSpec:

@@ -113,7 +113,7 @@ def installed(stack: stacking.Paths, kubectl: Any, helm: Any,
     assert built.returncode == 0, built.stderr[-3000:]
     values = tmp_path_factory.mktemp("values") / "values.yaml"
     values.write_text(yaml.safe_dump(installing.values(
-        {key: installing.registry_digest(name) for key, name in installing.IMAGES.items()})))
+        stack, {key: installing.registry_digest(name) for key, name in installing.IMAGES.items()})))
     helm.check("install", RELEASE, str(REPO / "chart"), "-n", NS, "--values", str(values),
                "--wait", "--timeout", "5m", *extra)
     manifest = helm.check("get", "manifest", RELEASE, "-n", NS)

@@ -15,6 +15,7 @@ import json
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ class Pods:
                labels: dict[str, str] | None = None, inject: bool = True,
                account: str = provisioning.DEMO_ACCOUNT, restart: str = "Always") -> str:
         name = f"{name}-{secrets.token_hex(3)}"
-        container: dict[str, Any] = {"name": "app", "image": image}
+        # Pod Security "restricted" (the demo namespace enforces it): as a user writes it.
+        container: dict[str, Any] = {"name": "app", "image": image, "securityContext": {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
         if command is not None:
             container["command"] = command
         self.kubectl("create", "-f", "-", stdin=yaml.safe_dump({
@@ -77,6 +80,7 @@ class Pods:
             "metadata": {"name": name, "namespace": NS, "labels": {LABEL: "true", **(labels or {})},
                          "annotations": {"cloudtaser.io/inject": "true"} if inject else {}},
             "spec": {"serviceAccountName": account, "restartPolicy": restart,
+                     "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                      "terminationGracePeriodSeconds": 2, "containers": [container]}}))
         return name
 
@@ -108,6 +112,18 @@ class Pods:
         procs = [*pids.glob(f"*/pod{uid}/{cid}/cgroup.procs"), *pids.glob(f"pod{uid}/{cid}/cgroup.procs")]
         assert procs, f"no cgroup of container {container} of pod {name} under {pids}"
         return int(procs[0].read_text().split()[0])
+
+
+@contextmanager
+def pod_security(kubectl: Any, level: str) -> Iterator[None]:
+    """The demo namespace enforcing ``level`` instead of "restricted" for a while: what a
+    cluster admin does to run a privileged debug container there."""
+    key = "pod-security.kubernetes.io/enforce"
+    kubectl("label", "namespace", NS, f"{key}={level}", "--overwrite")
+    try:
+        yield
+    finally:
+        kubectl("label", "namespace", NS, f"{key}={provisioning.DEMO_POD_SECURITY[key]}", "--overwrite")
 
 
 @pytest.fixture

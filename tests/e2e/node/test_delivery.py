@@ -21,9 +21,9 @@ from cloudtaser.bpf.reporting import REASON
 from cloudtaser.errors import CloudtaserError
 from cloudtaser.engine.compiler import AGENT_MOUNT, TOKEN_MOUNT
 from cloudtaser.engine.patches import INIT_CONTAINER
-from cloudtaser.engine.plans import INJECTED_ANNOTATION
+from cloudtaser.engine.plans import AGENT_CSI_DRIVER, INJECTED_ANNOTATION
 from tests.e2e.conftest import sha
-from tests.e2e.node.conftest import IMAGE, NS, REGISTRY, Pods, binding_ready
+from tests.e2e.node.conftest import IMAGE, NS, REGISTRY, Pods, binding_ready, pod_security
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +63,8 @@ def test_the_injected_pod_gets_its_secrets_and_the_binding_counts_it(
     assert init["name"] == INIT_CONTAINER and init["image"].startswith(f"{REGISTRY}/wrapper-bundle@sha256:")
     volumes = {v["name"]: v for v in body["spec"]["volumes"]}
     assert "medium" not in volumes["cloudtaser-bundle"]["emptyDir"]  # disk, not RAM
-    assert volumes["cloudtaser-agent"]["hostPath"]["path"] == str(installing.AGENT_SOCKET_DIR)
+    assert volumes["cloudtaser-agent"]["csi"] == {"driver": AGENT_CSI_DRIVER, "readOnly": True}
+    assert not any("hostPath" in v for v in volumes.values())
     token = volumes["cloudtaser-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "openbao"
     container = body["spec"]["containers"][0]
@@ -87,15 +88,19 @@ def test_the_injected_pod_gets_its_secrets_and_the_binding_counts_it(
 
 
 def test_what_the_container_really_runs_with(app: tuple[str, int]) -> None:
-    """The token the kubelet projected, CAP_IPC_LOCK in the bounding set, RLIMIT_MEMLOCK as the
-    runtime gives it, and the values in secret memory (memfd_secret) or a sealed memfd."""
+    """The runtime's defaults, measured: no IPC_LOCK (the injector adds no capability), the
+    RuntimeDefault seccomp filter on, RLIMIT_MEMLOCK as containerd gives it, and within it the
+    values in secret memory: containerd's default profile allows memfd_secret."""
     _, pid = app
     status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    assert int(status["CapBnd"], 16) >> CAP_IPC_LOCK & 1, status["CapBnd"]
-    assert status["Uid"].split()[0] == "65532"  # the image's user; no capability survives exec
+    assert not int(status["CapBnd"], 16) >> CAP_IPC_LOCK & 1, status["CapBnd"]
+    assert int(status["CapEff"], 16) == 0, status["CapEff"]  # drop ALL, non-root
+    assert status["Seccomp"] == "2", status["Seccomp"]  # a filter: RuntimeDefault
+    assert status["NoNewPrivs"] == "1"
+    assert status["Uid"].split()[0] == "65532"  # the image's user
     memlock = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
                    if line.startswith("Max locked memory"))
-    print(f"app pid {pid}: {memlock}")
+    print(f"app pid {pid}: {memlock}; VmLck {status['VmLck'].strip()}")
     fds = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]  # readlink: no open
     assert "/secretmem (deleted)" in fds, fds  # memfd_secret, not the sealed-memfd fallback
 
@@ -114,11 +119,13 @@ def test_root_attackers_in_the_pod_and_on_the_node_are_killed_and_reported(
     name, pid = app
     before = _violations(kubectl)
     assert before is not None
-    # in the pod: a debug container as root with CAP_SYS_PTRACE in the app's PID namespace
+    # in the pod: a debug container as root with CAP_SYS_PTRACE in the app's PID namespace.
+    # Pod Security "restricted" refuses it (test_pod_security.py); an admin lifts that first.
     custom = json.dumps({"securityContext": {"runAsUser": 0, "runAsGroup": 0}})
-    kubectl("debug", "-n", NS, name, f"--image={IMAGE['demo-app']}", "--target=app", "--profile=sysadmin",
-            "--custom=/dev/stdin", "--", "python3.11", "-c", "open('/proc/1/mem', 'rb').read(1)",
-            stdin=custom)
+    with pod_security(kubectl, "privileged"):
+        kubectl("debug", "-n", NS, name, f"--image={IMAGE['demo-app']}", "--target=app",
+                "--profile=sysadmin", "--custom=/dev/stdin", "--", "python3.11", "-c",
+                "open('/proc/1/mem', 'rb').read(1)", stdin=custom)
     debugger = pods.get(name)["spec"]["ephemeralContainers"][-1]["name"]
 
     def ended() -> int | None:

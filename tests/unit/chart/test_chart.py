@@ -20,7 +20,7 @@ import yaml
 from cloudtaser import stacking
 from cloudtaser.bpf.agent import parse_flags
 from cloudtaser.cli import operator as operator_command
-from cloudtaser.engine.plans import AGENT_BACKEND_LABEL, InjectorSettings
+from cloudtaser.engine.plans import AGENT_BACKEND_LABEL, AGENT_CSI_DRIVER, InjectorSettings
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 
 REPO = Path(__file__).resolve().parents[3]
@@ -309,11 +309,31 @@ def test_agent_daemonset(default: list[dict[str, Any]]) -> None:
     parse_flags(args["--flags"])  # the agent's own parser accepts it
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    kubelet = "/var/lib/kubelet"
     assert host == {"bpffs": "/sys/fs/bpf", "securityfs": "/sys/kernel/security",
                     "tracefs": "/sys/kernel/tracing", "btf": "/sys/kernel/btf",
-                    "socket-dir": "/run/cloudtaser"}
+                    "socket-dir": "/run/cloudtaser", "kubelet-pods": f"{kubelet}/pods",
+                    "csi-plugin-dir": f"{kubelet}/plugins/{AGENT_CSI_DRIVER}",
+                    "csi-registration-dir": f"{kubelet}/plugins_registry"}
     assert mounts["btf"]["readOnly"] is True
-    assert {m["mountPath"] for m in mounts.values()} == set(host.values()) | {"/etc/cloudtaser/settings"}
+    agent_paths = {"/sys/fs/bpf", "/sys/kernel/security", "/sys/kernel/tracing", "/sys/kernel/btf",
+                   "/run/cloudtaser"}
+    assert {m["mountPath"] for m in mounts.values()} == agent_paths | {"/etc/cloudtaser/settings"}
+    # the CSI node plugin: the socket directory it publishes, the kubelet's directories at the
+    # same paths (the endpoint it registers is the kubelet's path), pods/ Bidirectional
+    csi = next(c for c in pod["containers"] if c["name"] == "csi")
+    assert csi["image"] == container["image"] and csi["command"] == ["/usr/lib/cloudtaser/cloudtaser-csi"]
+    csi_args = dict(arg.split("=", 1) for arg in csi["args"])
+    assert csi_args == {"--kubelet-dir": kubelet, "--source": "/run/cloudtaser", "--node": "$(NODE_NAME)"}
+    csi_mounts = {m["name"]: m for m in csi["volumeMounts"]}
+    assert {n: m["mountPath"] for n, m in csi_mounts.items()} == {
+        n: host[n] for n in ("socket-dir", "kubelet-pods", "csi-plugin-dir", "csi-registration-dir")}
+    assert csi_mounts["kubelet-pods"]["mountPropagation"] == "Bidirectional"
+    driver = one(default, "CSIDriver", AGENT_CSI_DRIVER)
+    assert driver["metadata"]["name"] == AGENT_CSI_DRIVER
+    assert driver["spec"]["volumeLifecycleModes"] == ["Ephemeral"] and driver["spec"]["attachRequired"] is False
+    go = (REPO / "bpf" / "csi" / "plugin.go").read_text()
+    assert f'const Driver = "{AGENT_CSI_DRIVER}"' in go  # one name: engine, chart, plugin
     assert {e["name"]: e.get("value") for e in container["env"]}["CLOUDTASER_SETTINGS"] == (
         "/etc/cloudtaser/settings/injector.json")  # the operator's settings: one Plan
     confidential = one(render(*VARIANTS["confidential"]), "DaemonSet", "-agent")["spec"]["template"]["spec"]

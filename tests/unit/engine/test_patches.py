@@ -62,7 +62,7 @@ def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
     assert app["env"][0] == {"name": "KEEP", "value": "1"}
     config = WrapperConfig.model_validate_json(app["env"][1]["value"])
     assert app["env"][1]["name"] == CONFIG_ENV and config.container == "app"
-    assert app["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    assert app["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # kept; nothing added
     assert app["securityContext"]["allowPrivilegeEscalation"] is False
     assert {m["name"] for m in app["volumeMounts"]} == {
         "cloudtaser-agent", "cloudtaser-bundle", "cloudtaser-token"}
@@ -72,6 +72,72 @@ def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
     assert side == {"name": "side", "image": "side:1"}  # not selected: untouched
     assert patched["spec"]["initContainers"][0]["name"] == "cloudtaser-init"
     assert patched["metadata"]["annotations"][INJECTED_ANNOTATION]
+
+
+# What Pod Security "restricted" checks (the API server's own rules, restricted:latest),
+# applied to the patched pod: the patch adds nothing that level refuses.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    spec = pod["spec"]
+    pod_sc = spec.get("securityContext", {})
+    found = [f"volume {v['name']}" for v in spec.get("volumes", [])
+             if not set(v) - {"name"} <= RESTRICTED_VOLUMES]
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            found.append(f"{c['name']}: capabilities.drop")
+        if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities.add")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            found.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            found.append(f"{c['name']}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{c['name']}: seccompProfile")
+    return found
+
+
+@pytest.mark.parametrize("seccomp_on", ["pod", "container"])
+def test_a_restricted_pod_stays_restricted_when_injected(seccomp_on: str) -> None:
+    seccomp = {"seccompProfile": {"type": "RuntimeDefault"}}
+    pod = pod_doc(labels={"app": "app"}, containers=[{
+        "name": "app", "image": "app:1", "command": ["/app"],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            **(seccomp if seccomp_on == "container" else {})}}])
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": 1000,
+                                      **(seccomp if seccomp_on == "pod" else {})}
+    assert restricted_violations(pod) == []
+    patched = apply(pod, patch(pod))
+    assert restricted_violations(patched) == []
+    init = patched["spec"]["initContainers"][0]["securityContext"]
+    assert init["runAsUser"] == 65532  # not the pod's user: the wrapper image's
+    assert ("seccompProfile" in init) == (seccomp_on == "container")  # the pod's, when it set one
+
+
+def test_the_patch_loosens_nothing_the_user_set() -> None:
+    strict = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+              "seccompProfile": {"type": "Localhost", "localhostProfile": "app.json"},
+              "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    pod = pod_doc(labels={"app": "app"}, containers=[
+        {"name": "app", "image": "app:1", "command": ["/app"], "securityContext": dict(strict)}])
+    patched = apply(pod, patch(pod))
+    assert patched["spec"]["containers"][0]["securityContext"] == strict
+
+
+def test_ipc_lock_only_when_a_binding_asks() -> None:
+    pod = pod_doc(labels={"app": "app"})
+    asked = binding_doc("app")
+    asked["spec"]["ipcLock"] = True
+    patched = apply(pod, patch(pod, binding=asked))
+    assert patched["spec"]["containers"][0]["securityContext"]["capabilities"] == {"add": ["IPC_LOCK"]}
+    plain = apply(pod, patch(pod))
+    assert "capabilities" not in plain["spec"]["containers"][0]["securityContext"]
 
 
 def test_mutate_twice_equals_mutate_once() -> None:

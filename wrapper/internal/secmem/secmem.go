@@ -10,8 +10,10 @@ package secmem
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -20,6 +22,31 @@ import (
 
 // ErrLimit is wrapped when the kernel refuses to lock a buffer in memory.
 var ErrLimit = errors.New("RLIMIT_MEMLOCK")
+
+// RaiseHint says how to give a container more locked memory.
+const RaiseHint = "set ipcLock: true on the SecretBinding (adds CAP_IPC_LOCK, which Pod Security " +
+	"baseline and restricted refuse) or raise the container runtime's memlock limit " +
+	"(containerd inherits its own RLIMIT_MEMLOCK: LimitMEMLOCK= in its systemd unit)"
+
+// LimitNote is this process's RLIMIT_MEMLOCK and what it has locked, for an error line.
+func LimitNote() string {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &r); err != nil {
+		return "RLIMIT_MEMLOCK unknown"
+	}
+	locked := ""
+	if status, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmLck:"); ok {
+				locked = ", " + strings.TrimSpace(v) + " locked"
+			}
+		}
+	}
+	if r.Cur == unix.RLIM_INFINITY {
+		return "RLIMIT_MEMLOCK unlimited" + locked
+	}
+	return fmt.Sprintf("RLIMIT_MEMLOCK %d KiB%s", r.Cur/1024, locked)
+}
 
 // Strict makes New fail when a buffer cannot be locked (the binding's
 // requireSecretMem); otherwise an unlocked buffer is used and Unlocked says so.
@@ -74,8 +101,8 @@ func mapping(capacity int) ([]byte, error) {
 	if err := unix.Mlock(mem); err != nil {
 		if Strict {
 			_ = unix.Munmap(mem)
-			return nil, fmt.Errorf("cannot lock %d bytes of secret buffers in memory (%w: %v): "+
-				"grant CAP_IPC_LOCK or raise the limit; the binding sets requireSecretMem", size, ErrLimit, err)
+			return nil, fmt.Errorf("cannot lock %d bytes of secret buffers in memory (%w: %v; %s): %s; "+
+				"the binding sets requireSecretMem", size, ErrLimit, err, LimitNote(), RaiseHint)
 		}
 		mu.Lock()
 		unlocked += size

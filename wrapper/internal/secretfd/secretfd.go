@@ -18,6 +18,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloudtaser/cloudtaser/wrapper/internal/secmem"
 )
 
 // memfdSecret is the syscall (a test stands in a kernel without it).
@@ -72,10 +74,10 @@ func Store(value []byte, requireSecretMem, sealed bool) (Fd, error) {
 			return Fd{}, errorf("memfd_secret could not be filled: %v", err)
 		}
 		if requireSecretMem {
-			return Fd{}, errorf("memfd_secret needs %d more bytes of RLIMIT_MEMLOCK (grant CAP_IPC_LOCK "+
-				"or raise the limit); the binding sets requireSecretMem", len(value))
+			return Fd{}, errorf("memfd_secret needs %d more bytes of locked memory than the container "+
+				"has (%s): %s; the binding sets requireSecretMem", len(value), secmem.LimitNote(), secmem.RaiseHint)
 		}
-		reason = fmt.Sprintf("RLIMIT_MEMLOCK has no room for %d more bytes", len(value))
+		reason = fmt.Sprintf("RLIMIT_MEMLOCK has no room for %d more bytes (%s)", len(value), secmem.LimitNote())
 	case unavailable(err):
 		if requireSecretMem {
 			return Fd{}, errorf("memfd_secret is unavailable on this node (kernel without " +

@@ -141,8 +141,11 @@ func TestNoRoomInRLIMIT_MEMLOCK(t *testing.T) {
 	testcaps.MemlockLimit(t, 0)
 	testcaps.WithoutIPCLock(t) // CAP_IPC_LOCK (root) would lift the limit
 	_, err := Store(make([]byte, 4096), true, true)
-	if err == nil || !strings.Contains(err.Error(), "RLIMIT_MEMLOCK") {
-		t.Fatalf("Store = %v", err)
+	// one line naming the limit, its value and both ways to raise it
+	for _, want := range []string{"RLIMIT_MEMLOCK 0 KiB", "ipcLock: true", "LimitMEMLOCK="} {
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("Store = %v, want %q in one line", err, want)
+		}
 	}
 	held, err := Store(make([]byte, 4096), false, true)
 	if err != nil {
