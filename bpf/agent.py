@@ -53,6 +53,9 @@ log = logging.getLogger("cloudtaser.bpf.agent")
 BACKEND = TRACEPOINT  # until start() has probed the node
 SO_PEERPIDFD = 77  # Linux >= 6.5; absent from Python 3.11's socket module
 DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
+MAX_ANSWERING = 128  # connections answered at once; more wait in the listen backlog
+MAX_PER_POD = 4  # a wrapper makes one; a pod's containers start at most a few at once
+REQUEST_DEADLINE = 2.0  # seconds for a whole request line, however slowly it trickles in
 # Every protection (what the engine's default policy compiles to), enforced.
 DEFAULT_FLAGS = (
     ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.FDS | ProtectionFlag.PTRACE
@@ -237,6 +240,12 @@ class Agent:
         self.metrics = Metrics()
         self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
         self._registered_lock = threading.Lock()
+        # Connections being answered: bounded in all and per pod, since any pod may reach the
+        # socket (the CSI volume is allowed at every Pod Security level): one pod holding
+        # connections open must not exhaust the agent's threads or delay other pods.
+        self._answering = threading.BoundedSemaphore(MAX_ANSWERING)
+        self._per_pod: dict[str, int] = {}
+        self._per_pod_lock = threading.Lock()
         # Accessor allow-lists: the specs of each distinct list -> its id, and the keys written
         # under each id. The lock spans list writes, entry writes and collect_lists().
         self._lists: dict[frozenset[str], int] = {}
@@ -684,37 +693,107 @@ class Agent:
     def _serve(self) -> None:
         assert self._server is not None
         while not self._stop.is_set():
+            if not self._answering.acquire(timeout=0.2):
+                continue  # all busy: new callers wait in the backlog
             try:
                 conn, _ = self._server.accept()
             except TimeoutError:
+                self._answering.release()
                 continue
             except OSError:
+                self._answering.release()
                 if self._stop.is_set():
                     return
                 raise
-            # One thread per connection: a client that holds its connection open must not
-            # stall other wrappers' registrations (each read has a 2 s deadline).
-            threading.Thread(target=self._answer, args=(conn,), name="agent-register",
-                             daemon=True).start()
+            key = self._caller_pod(conn)
+            if key is not None and not self._take_pod_slot(key):
+                self._answering.release()
+                self._refuse(conn, f"more than {MAX_PER_POD} connections at once from pod {key}")
+                continue
+            # One thread per connection (bounded above): a client that holds its connection
+            # open must not stall other wrappers' registrations.
+            try:
+                threading.Thread(target=self._answer, args=(conn, key), name="agent-register",
+                                 daemon=True).start()
+            except RuntimeError as e:  # no thread to be had: refuse this one, keep serving
+                self._release(key)
+                self._refuse(conn, "the agent is out of threads")
+                log.warning("registration refused: %s", e)
+                time.sleep(0.05)
 
-    def _answer(self, conn: socket.socket) -> None:
+    @staticmethod
+    def _caller_pod(conn: socket.socket) -> str | None:
+        """The caller's pod UID (None: a process outside any pod, e.g. on the host)."""
+        try:
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            return pod_uid(pid) if pid > 0 else None
+        except OSError:
+            return None
+
+    def _take_pod_slot(self, key: str) -> bool:
+        with self._per_pod_lock:
+            if self._per_pod.get(key, 0) >= MAX_PER_POD:
+                return False
+            self._per_pod[key] = self._per_pod.get(key, 0) + 1
+            return True
+
+    def _release(self, key: str | None) -> None:
+        if key is not None:
+            with self._per_pod_lock:
+                left = self._per_pod.get(key, 1) - 1
+                if left > 0:
+                    self._per_pod[key] = left
+                else:
+                    self._per_pod.pop(key, None)
+        self._answering.release()
+
+    @staticmethod
+    def _refuse(conn: socket.socket, error: str) -> None:
         with conn:
+            conn.settimeout(0.1)
             try:
-                answer = self._register(conn)
-            except Exception as e:  # a bad client must not take the agent down
-                log.warning("registration failed: %s", type(e).__name__)
-                answer = {"ok": False, "error": "internal error"}
-            try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+                conn.sendall(json.dumps({"ok": False, "error": error}).encode() + b"\n")
             except OSError:
                 pass
 
+    def _answer(self, conn: socket.socket, key: str | None = None) -> None:
+        try:
+            with conn:
+                try:
+                    answer = self._register(conn)
+                except Exception as e:  # a bad client must not take the agent down
+                    log.warning("registration failed: %s", type(e).__name__)
+                    answer = {"ok": False, "error": "internal error"}
+                try:
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    pass
+        finally:
+            self._release(key)
+
+    @staticmethod
+    def _request_line(conn: socket.socket) -> bytes:
+        """One request line within REQUEST_DEADLINE in all (not per read: a caller sending a
+        byte at a time cannot hold the connection)."""
+        deadline = time.monotonic() + REQUEST_DEADLINE
+        data = b""
+        while b"\n" not in data and len(data) < protocol.MAX_MESSAGE:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line not complete within the deadline")
+            conn.settimeout(left)
+            chunk = conn.recv(protocol.MAX_MESSAGE - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\n", 1)[0] + (b"\n" if b"\n" in data else b"")
+
     def _register(self, conn: socket.socket) -> dict[str, object]:
-        conn.settimeout(2.0)
+        conn.settimeout(REQUEST_DEADLINE)
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         pidfd = self._peer_pidfd(conn)
         try:
-            line = conn.makefile("rb").readline(protocol.MAX_MESSAGE)
+            line = self._request_line(conn)
             try:
                 request = protocol.parse_request(line)
             except protocol.ProtocolError as e:

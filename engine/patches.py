@@ -145,13 +145,16 @@ def _security_ops(base: str, container: Container, pod_seccomp: bool, ipc_lock: 
             value["capabilities"] = {"add": ["IPC_LOCK"]}
         return [_add(base + "/securityContext", value)]
     ops = []
-    if "allowPrivilegeEscalation" not in sc:
+    caps = sc.get("capabilities")
+    added = caps.get("add") if isinstance(caps, dict) else None
+    # The API server refuses allowPrivilegeEscalation: false beside privileged or CAP_SYS_ADMIN.
+    escalates = sc.get("privileged") is True or (isinstance(added, list) and "SYS_ADMIN" in added)
+    if "allowPrivilegeEscalation" not in sc and not escalates:
         ops.append(_add(base + "/securityContext/allowPrivilegeEscalation", False))
     if "seccompProfile" not in sc and not pod_seccomp:
         ops.append(_add(base + "/securityContext/seccompProfile", {"type": "RuntimeDefault"}))
     if not ipc_lock:
         return ops
-    caps = sc.get("capabilities")
     if not isinstance(caps, dict):
         ops.append(_add(base + "/securityContext/capabilities", {"add": ["IPC_LOCK"]}))
     elif not isinstance(caps.get("add"), list):

@@ -42,11 +42,12 @@ type Plugin struct {
 	csipb.UnimplementedNodeServer
 	registration.UnimplementedRegistrationServer
 
-	Version  string
-	NodeID   string
-	Source   string // the agent's socket directory, as this process sees it
-	Socket   string // the agent socket's file name in Source (Probe checks it)
-	Endpoint string // the CSI socket's path, as the kubelet sees it
+	Version    string
+	NodeID     string
+	KubeletDir string // the kubelet's --root-dir: every target path lies under its pods/
+	Source     string // the staged, read-only view of the agent's socket directory (Stage)
+	Socket     string // the agent socket's file name in Source (Probe checks it)
+	Endpoint   string // the CSI socket's path, as the kubelet sees it
 	// Registered is called with the kubelet's answer to the registration.
 	Registered func(ok bool, reason string)
 }
@@ -97,25 +98,46 @@ func (p *Plugin) NodePublishVolume(_ context.Context, req *csipb.NodePublishVolu
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "creating %s: %v", target, errors.Unwrap(err))
 	}
+	// A bind of the staged mount is born read-only, nosuid, nodev, noexec: the copy that
+	// propagates to the kubelet's namespace has those flags too (a remount after the bind
+	// would change this namespace's copy only).
 	if err := unix.Mount(p.Source, target, "", unix.MS_BIND, ""); err != nil {
 		return nil, status.Errorf(codes.Internal, "bind-mounting %s on %s: %v", p.Source, target, err)
-	}
-	const ro = unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
-	if err := unix.Mount("", target, "", ro, ""); err != nil {
-		_ = unix.Unmount(target, unix.MNT_DETACH) // never leave it writable
-		return nil, status.Errorf(codes.Internal, "making %s read-only: %v", target, err)
 	}
 	log.Printf("published the agent socket to pod %s/%s (%s)", req.GetVolumeContext()["csi.storage.k8s.io/pod.namespace"],
 		req.GetVolumeContext()["csi.storage.k8s.io/pod.name"], req.GetVolumeId())
 	return &csipb.NodePublishVolumeResponse{}, nil
 }
 
+// checkTarget: a target path is the kubelet's place for one pod's CSI volume,
+// <kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount, with no symlink on the way
+// (so a mount or an unmount cannot land anywhere else on the node).
+func (p *Plugin) checkTarget(target string) error {
+	pods := filepath.Join(p.KubeletDir, "pods") + "/"
+	rest, under := strings.CutPrefix(target, pods)
+	parts := strings.Split(rest, "/")
+	if !under || filepath.Clean(target) != target || len(parts) != 5 || parts[1] != "volumes" ||
+		parts[2] != "kubernetes.io~csi" || parts[4] != "mount" || parts[0] == "" || parts[3] == "" ||
+		parts[0] == ".." || parts[3] == ".." {
+		return status.Errorf(codes.InvalidArgument,
+			"target_path %q is not %s<pod uid>/volumes/kubernetes.io~csi/<volume>/mount", target, pods)
+	}
+	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Dir(target), &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "target_path %q: its directory: %v", target, err)
+	}
+	_ = unix.Close(fd)
+	if fi, err := os.Lstat(target); err == nil && !fi.IsDir() {
+		return status.Errorf(codes.InvalidArgument, "target_path %q is not a directory", target)
+	}
+	return nil
+}
+
 func (p *Plugin) checkPublish(req *csipb.NodePublishVolumeRequest) error {
 	switch {
 	case req.GetVolumeId() == "":
 		return status.Error(codes.InvalidArgument, "volume_id is empty")
-	case req.GetTargetPath() == "" || !filepath.IsAbs(req.GetTargetPath()):
-		return status.Errorf(codes.InvalidArgument, "target_path %q is not an absolute path", req.GetTargetPath())
 	case req.GetVolumeContext()[EphemeralKey] != "true":
 		return status.Errorf(codes.InvalidArgument,
 			"%s serves only ephemeral inline volumes (a pod's spec.volumes[].csi), not persistent ones", Driver)
@@ -129,15 +151,17 @@ func (p *Plugin) checkPublish(req *csipb.NodePublishVolumeRequest) error {
 				"volumeAttributes.%s: %s takes no attributes", key, Driver)
 		}
 	}
-	return nil
+	return p.checkTarget(req.GetTargetPath())
 }
 
 // NodeUnpublishVolume unmounts the target path and removes it; done twice is no error.
 func (p *Plugin) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
 	target := req.GetTargetPath()
-	if req.GetVolumeId() == "" || target == "" || !filepath.IsAbs(target) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id %q and an absolute target_path %q are required",
-			req.GetVolumeId(), target)
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is empty")
+	}
+	if err := p.checkTarget(target); err != nil {
+		return nil, err
 	}
 	for {
 		mounted, err := IsMountPoint(target)
@@ -151,7 +175,7 @@ func (p *Plugin) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublish
 			return nil, status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
 		}
 	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := unix.Rmdir(target); err != nil && !errors.Is(err, unix.ENOENT) {
 		return nil, status.Errorf(codes.Internal, "removing %s: %v", target, errors.Unwrap(err))
 	}
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
@@ -175,38 +199,48 @@ func (p *Plugin) NotifyRegistrationStatus(_ context.Context, s *registration.Reg
 	return &registration.RegistrationStatusResponse{}, nil
 }
 
-// IsMountPoint reports whether path is a mount point in this mount namespace.
+// IsMountPoint reports whether path is the root of a mount (statx STATX_ATTR_MOUNT_ROOT,
+// Linux 5.8: no parsing of the mount table, whose paths a pod's subPath can make ambiguous).
+// A path that does not exist is no mount point.
 func IsMountPoint(path string) (bool, error) {
-	clean := filepath.Clean(path)
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	var st unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, 0, &st)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescape(fields[4]) == clean {
-			return true, nil
-		}
+	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return false, errors.New("this kernel does not report STATX_ATTR_MOUNT_ROOT (Linux >= 5.8 needed)")
 	}
-	return false, nil
+	return st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
 }
 
-// unescape undoes mountinfo's octal escapes (\040 for a space and the like).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
+// Stage makes a private, read-only, nosuid, nodev, noexec bind of source at staging: the
+// one place every published volume is bound from, so each is born with those flags.
+func Stage(source, staging string) error {
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return err
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
+	if mounted, err := IsMountPoint(staging); err != nil {
+		return err
+	} else if mounted { // a restarted plugin in the same container
+		if err := unix.Unmount(staging, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmounting the old staging mount %s: %w", staging, err)
 		}
-		b.WriteByte(s[i])
 	}
-	return b.String()
+	if err := unix.Mount(source, staging, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s on %s: %w", source, staging, err)
+	}
+	const ro = unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("", staging, "", ro, ""); err != nil {
+		_ = unix.Unmount(staging, unix.MNT_DETACH)
+		return fmt.Errorf("making %s read-only: %w", staging, err)
+	}
+	if err := unix.Mount("", staging, "", unix.MS_PRIVATE, ""); err != nil {
+		_ = unix.Unmount(staging, unix.MNT_DETACH)
+		return fmt.Errorf("making %s private: %w", staging, err)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ started and no secret printed."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -467,3 +468,43 @@ def test_no_secret_in_the_wrappers_memory_at_exec(stack: stacking.Paths, token: 
         assert (scan["whole"], scan["pieces"]) == (0, 0), scan["found"]
     else:
         assert scan["whole"] > 0, scan
+
+
+def _under_memlock(limit: int) -> dict[str, Any]:
+    """RLIMIT_MEMLOCK at ``limit`` bytes for the wrapper (and the app it becomes)."""
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
+    return {"preexec_fn": limited}
+
+
+def test_typical_secrets_fit_the_runtimes_memlock_limit(stack: stacking.Paths, token: Path,
+                                                        demo_secret: dict[str, str]) -> None:
+    """No IPC_LOCK (Pod Security restricted): the wrapper's locked buffers and the memfd_secret
+    regions count against RLIMIT_MEMLOCK. With requireSecretMem the smallest limit that works is
+    measured (printed) and must sit far below the 8 MiB containers get by default; below it, one
+    line names the limit, its value and how to raise it."""
+    config = compiled_config(stack, token).model_copy(update={"require_secret_mem": True})
+    # IPC_LOCK out of the bounding set: root's effective set loses it at exec, as in a container
+    setpriv = ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", "--"]
+    program = ("import hashlib; from cloudtaser.sdk import get_secret; "
+               "print(hashlib.sha256(get_secret('demo-password')).hexdigest())")
+
+    def attempt(limit: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(setpriv + wrapper.command(sys.executable, "-c", program, deadline=20),
+                              env=wrapper.environment(config), capture_output=True, text=True,
+                              timeout=120, check=False, **_under_memlock(limit))
+    ladder = [kib * 1024 for kib in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192)]
+    results = {limit: attempt(limit) for limit in ladder}
+    working = [limit for limit, r in results.items() if r.returncode == 0]
+    assert working, results[ladder[-1]].stderr
+    smallest = min(working)
+    print(f"smallest RLIMIT_MEMLOCK that works: {smallest // 1024} KiB (of 8192 KiB by default)")
+    assert smallest <= 1024 * 1024
+    assert results[8192 * 1024].stdout.strip() == sha(demo_secret["password"])
+    refused = results[ladder[0]]
+    assert refused.returncode == 78, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    for needed in ("RLIMIT_MEMLOCK 4 KiB", "ipcLock: true", "LimitMEMLOCK=", "requireSecretMem"):
+        assert needed in line, line
+    for r in results.values():
+        assert_clean(r, demo_secret)

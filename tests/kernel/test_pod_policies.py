@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudtaser.bpf.agent import MAX_PER_POD, REQUEST_DEADLINE
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.kubelet import cgroup2_root
@@ -139,3 +141,49 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
     finally:
         victim.kill()
         victim.communicate()
+
+
+HOLDER = """
+import json, socket, sys, time
+path = sys.argv[1]
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"{")  # a request that trickles in, never complete
+    held.append(s)
+time.sleep(0.3)
+extra = socket.socket(socket.AF_UNIX)
+extra.connect(path)
+print(json.dumps({"extra": json.loads(extra.makefile().readline())}), flush=True)
+started = time.monotonic()
+answers = [s.makefile().readline().strip() for s in held]  # until the agent gives up on each
+print(json.dumps({"held": answers, "seconds": round(time.monotonic() - started, 1)}), flush=True)
+"""
+
+
+def test_one_pod_cannot_hold_the_agents_socket(agent_run: AgentRun, pod_cgroup: Path) -> None:
+    """Any pod may reach the socket (its CSI volume is allowed at every Pod Security level): a
+    pod holding connections open gets at most MAX_PER_POD at once, each for REQUEST_DEADLINE in
+    all however slowly it sends, while other callers are answered meanwhile."""
+    agent_run.start()
+    assert agent_run.agent is not None
+    agent_run.agent.pod_policies = PodPolicies(lambda: objects())
+    enter = f'echo $$ > "{pod_cgroup}/cgroup.procs"; '
+    holder = subprocess.Popen(
+        ["sh", "-c", enter + 'exec "$0" -c "$1" "$2" "$3"', sys.executable, HOLDER,
+         str(agent_run.socket_path), str(MAX_PER_POD)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        extra = json.loads(holder.stdout.readline())["extra"]
+        assert extra == {"ok": False, "error": f"more than {MAX_PER_POD} connections at once from pod {UID}"}
+        # meanwhile a caller outside that pod is answered at once (here: refused, no pod)
+        other, _ = spawn_in(None, agent_run.socket_path)
+        _, err = other.communicate(timeout=REQUEST_DEADLINE)
+        assert "the caller runs in no pod cgroup" in err
+        held = json.loads(holder.stdout.readline())
+        assert held["held"] == ['{"ok": false, "error": "internal error"}'] * MAX_PER_POD, held
+        assert held["seconds"] <= REQUEST_DEADLINE + 1, held
+    finally:
+        holder.kill()
+        holder.communicate()

@@ -329,6 +329,7 @@ def test_agent_daemonset(default: list[dict[str, Any]]) -> None:
     assert {n: m["mountPath"] for n, m in csi_mounts.items()} == {
         n: host[n] for n in ("socket-dir", "kubelet-pods", "csi-plugin-dir", "csi-registration-dir")}
     assert csi_mounts["kubelet-pods"]["mountPropagation"] == "Bidirectional"
+    assert csi_mounts["socket-dir"]["readOnly"] is True  # it binds from it, never writes
     driver = one(default, "CSIDriver", AGENT_CSI_DRIVER)
     assert driver["metadata"]["name"] == AGENT_CSI_DRIVER
     assert driver["spec"]["volumeLifecycleModes"] == ["Ephemeral"] and driver["spec"]["attachRequired"] is False

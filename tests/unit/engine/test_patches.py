@@ -266,3 +266,11 @@ def test_a_conflicting_node_selector_is_refused_never_overwritten(key: str) -> N
     assert (problem.name, problem.path) == ("app-1", "spec.nodeSelector")
     assert problem.message == (f"{key} is 'other', but the pod's EnforcementPolicies (lsm-only) "
                                f"require '{wanted}' there ({field}); remove that entry")
+
+
+@pytest.mark.parametrize("security", [{"privileged": True}, {"capabilities": {"add": ["SYS_ADMIN"]}}])
+def test_no_privilege_escalation_flag_where_the_api_server_refuses_it(security: dict[str, Any]) -> None:
+    pod = pod_doc(labels={"app": "app"}, containers=[
+        {"name": "app", "image": "app:1", "command": ["/app"], "securityContext": dict(security)}])
+    patched = apply(pod, patch(pod))["spec"]["containers"][0]["securityContext"]
+    assert "allowPrivilegeEscalation" not in patched

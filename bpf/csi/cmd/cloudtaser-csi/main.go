@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	registration "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
@@ -25,6 +26,9 @@ import (
 )
 
 var version = "dev"
+
+// staging: this container's private, read-only view of the agent's socket directory.
+const staging = "/run/cloudtaser-csi/agent"
 
 func main() {
 	log.SetFlags(0)
@@ -50,11 +54,15 @@ func run() error {
 	if fi, err := os.Stat(*source); err != nil || !fi.IsDir() {
 		return fmt.Errorf("--source %s is not a directory: mount the agent's socket directory there", *source)
 	}
+	if err := csi.Stage(*source, staging); err != nil {
+		return fmt.Errorf("staging the agent's socket directory: %w", err)
+	}
 	endpoint := filepath.Join(*kubeletDir, "plugins", csi.Driver, "csi.sock")
 	regSocket := filepath.Join(*kubeletDir, "plugins_registry", csi.Driver+"-reg.sock")
 	failed := make(chan error, 3)
 	plugin := &csi.Plugin{
-		Version: version, NodeID: *node, Source: *source, Socket: *socket, Endpoint: endpoint,
+		Version: version, NodeID: *node, KubeletDir: filepath.Clean(*kubeletDir), Source: staging,
+		Socket: *socket, Endpoint: endpoint,
 		Registered: func(ok bool, reason string) {
 			if ok {
 				log.Printf("registered with the kubelet as %s (node %s)", csi.Driver, *node)
@@ -64,6 +72,7 @@ func run() error {
 		},
 	}
 	servers := []*grpc.Server{}
+	ours := map[string]uint64{} // socket path -> inode: removed at exit only if still ours
 	serve := func(path string, register func(*grpc.Server)) error {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
@@ -74,6 +83,11 @@ func run() error {
 		l, err := net.Listen("unix", path)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", path, err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false) // removed below, if still ours
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err == nil {
+			ours[path] = st.Ino
 		}
 		s := grpc.NewServer()
 		register(s)
@@ -103,7 +117,13 @@ func run() error {
 	for _, s := range servers {
 		s.Stop()
 	}
-	_ = os.Remove(regSocket) // the kubelet deregisters the plugin when its socket goes
-	_ = os.Remove(endpoint)
+	// The kubelet deregisters the plugin when its socket goes; a successor (a rolling
+	// update) may have bound new sockets at the same paths already: those stay.
+	for path, ino := range ours {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && st.Ino == ino {
+			_ = os.Remove(path)
+		}
+	}
 	return err
 }
