@@ -48,9 +48,16 @@ def test_the_chart_runs_as_pods_from_the_loopback_registry(product: None, kubect
         return holder if holder in running else None
     wait_for(leader, 90, "a running operator replica holding the leader lease")
     agent = next(n for n, p in running.items() if "agent" in n)
-    log = kubectl("logs", "-n", SYSTEM, agent)
+    log = kubectl("logs", "-n", SYSTEM, agent, "-c", "agent")
     assert " programs from /usr/lib/cloudtaser/bpf/protect.bpf.o " in log, log[-2000:]
     assert f"ready: {installing.AGENT_SOCKET_DIR}/agent.sock" in log, log[-2000:]
+    # its CSI node plugin registered with the real kubelet, which lists the driver on the node
+    def registered() -> bool:
+        return "registered with the kubelet as csi.cloudtaser.io" in kubectl(
+            "logs", "-n", SYSTEM, agent, "-c", "csi")
+    wait_for(registered, 60, "the agent's CSI plugin registered with the kubelet")
+    node = json.loads(kubectl("get", "csinode", stacking.NODE_NAME, "-o", "json"))
+    assert [d["name"] for d in node["spec"]["drivers"]] == ["csi.cloudtaser.io"], node
 
 
 def test_a_missing_image_is_the_pods_real_err_image_pull(pods: Pods) -> None:
