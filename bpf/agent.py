@@ -38,6 +38,7 @@ from pathlib import Path
 
 import prometheus_client
 
+from cloudtaser import logs
 from cloudtaser.bpf import layouts, protocol, scanning
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.labelling import NodeLabel
@@ -1031,8 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", default=None,
                         help="this node's name: take each caller's flags from its pod's policy, "
                              "compiled from the API server (in-cluster or $KUBECONFIG)")
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        default=os.environ.get("CLOUDTASER_LOG_FORMAT", "text"),
+                        help="one line per record: text, or a JSON object (env CLOUDTASER_LOG_FORMAT)")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_format, args.log_level)
     policies = None
     reporter = None
     if args.node:

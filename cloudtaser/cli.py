@@ -16,7 +16,7 @@ import click
 import yaml
 from pydantic import BaseModel
 
-from cloudtaser import __version__, probing, rendering
+from cloudtaser import __version__, logs, probing, rendering
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compile_binding
 from cloudtaser.engine.contracts import CONTRACT_FILE, with_config_schema
 from cloudtaser.engine.crds import custom_resource_definitions
@@ -570,11 +570,17 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
               help="CA bundle for registries (default: the system roots).")
 @click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
               help="Registry reached over plain http (tests, local mirrors). Repeatable.")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+              envvar="CLOUDTASER_LOG_FORMAT", help="One line per record: text, or a JSON object.")
+@click.option("--log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True,
+              envvar="CLOUDTASER_LOG_LEVEL",
+              help="info: one line per admission that injected or refused a pod; debug: every one.")
 def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
              webhook_service: str | None, settings_file: str | None, host: str,
              port: int, opa_url: str | None, liveness: str | None, leader_elect: bool,
              leader_namespace: str | None, identity: str | None, image_pull_secrets: bool,
-             registry_ca_file: str | None, insecure_registry: tuple[str, ...]) -> None:
+             registry_ca_file: str | None, insecure_registry: tuple[str, ...], log_format: str,
+             log_level: str) -> None:
     """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
     import base64
     import logging
@@ -582,7 +588,7 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
     from cloudtaser import operating
     from cloudtaser.injector import serving
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(log_format, log_level)
     logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
     from pydantic import ValidationError
 

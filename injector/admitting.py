@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ from cloudtaser.engine.plans import InjectorSettings
 from cloudtaser.injector.resolving import ResolveError
 
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit for objects
+# INFO: one line per decision that changed something (a pod injected or refused); DEBUG: the
+# rest. Names, counts and reasons only: a pod's env values never reach a log line.
+log = logging.getLogger("cloudtaser.injector")
 
 
 @dataclass(frozen=True)
@@ -101,21 +105,29 @@ def admit(
     except ValidationError as e:
         path, message = validation_problems(e)[0]
         return _response(uid, False, status={"code": 400, "message": f"{path}: {message}"})
+    where = f"pod {pod.metadata.namespace}/{pod.metadata.display_name}"
     plan = compiler.plan_pod(pod)
     if plan is None:
+        log.debug("%s: no binding selects it; admitted unchanged", where)
         return _response(uid, True)
     if resolve is not None:
         resolved, errors = _entrypoints(pod, {c.name for c in plan.containers}, resolve)
         if errors:
+            log.info("%s: refused: %s", where, "; ".join(errors))
             return _response(uid, False, status={"code": 403, "reason": "Forbidden",
                                                  "message": "cloudtaser: " + "; ".join(errors)})
         entrypoints = {**resolved, **(entrypoints or {})}
     result = pod_patch(pod, plan, settings, entrypoints)
     if result.problems:
         message = "; ".join(f"{p.path}: {p.message}" for p in result.problems)
+        log.info("%s: refused: %s", where, message)
         return _response(uid, False, status={"code": 403, "reason": "Forbidden",
                                              "message": f"cloudtaser: {message}"})
     if not result.operations:
+        log.debug("%s: already injected; admitted unchanged", where)
         return _response(uid, True)
+    bindings = sorted({b for c in plan.containers for b in c.bindings})
+    log.info("%s: injected into %s (bindings %s; %d patch operation(s))", where,
+             ", ".join(c.name for c in plan.containers), ", ".join(bindings), len(result.operations))
     patch = base64.b64encode(json.dumps(result.operations).encode()).decode()
     return _response(uid, True, patchType="JSONPatch", patch=patch)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 from typing import Any
 
 import jsonpatch
 import pytest
 
+from cloudtaser import logs
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.plans import INJECTED_ANNOTATION, InjectorSettings
 from cloudtaser.engine.resources import SecretBinding
@@ -150,3 +152,42 @@ def test_entrypoint_comes_from_the_resolver_or_the_pod_is_denied_with_its_reason
     assert answer.body["response"]["status"]["message"] == (
         "cloudtaser: spec.containers[0]: could not resolve the entrypoint of registry.test/app:1: "
         "manifest unknown (HTTP 404); set command so the wrapper knows what to start")
+
+
+def test_info_logs_one_line_per_decision_that_changed_something(caplog: pytest.LogCaptureFixture) -> None:
+    """An injected or refused pod: one INFO line with names and reasons; a pod passed unchanged:
+    DEBUG only. No line holds an env value the pod spec carried."""
+    planted = "plaintext-" + "x" * 20
+    pod = pod_doc(labels={"app": "app"})
+    pod["spec"]["containers"][0]["env"] = [{"name": "OTHER", "value": planted}]
+    refused = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "nginx"}])
+    with caplog.at_level(logging.DEBUG, logger="cloudtaser.injector"):
+        decide(review(json.loads(json.dumps(pod))))
+        decide(review(refused))
+        decide(review(pod_doc(labels={"app": "other"})))
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(info) == 2, info
+    assert info[0].startswith("pod team/") and ": injected into app (bindings team/app; " in info[0]
+    assert ": refused: spec.containers[0]: container 'app' has no command" in info[1]
+    assert len(debug) == 1 and "no binding selects it; admitted unchanged" in debug[0]
+    assert planted not in caplog.text
+
+
+def test_json_log_lines_are_one_object_each(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("json", "info")
+    try:
+        logging.getLogger("cloudtaser.injector").info("pod %s/%s: injected", "team", "web")
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            logging.getLogger("cloudtaser.operator").exception("reconcile failed")
+    finally:
+        logs.configure("text", "info")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(d["level"], d["logger"], d["message"]) for d in lines] == [
+        ("info", "cloudtaser.injector", "pod team/web: injected"),
+        ("error", "cloudtaser.operator", "reconcile failed")]
+    assert lines[1]["error"] == "ValueError: bad" and "Traceback" not in json.dumps(lines)
+    with pytest.raises(ValueError, match="log format must be one of text, json"):
+        logs.configure("yaml")
