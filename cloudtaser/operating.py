@@ -48,7 +48,10 @@ log = logging.getLogger("cloudtaser.operator")
 DEBOUNCE = 0.2
 OPA_TIMEOUT = 2.0
 OPA_PACKAGE = "cloudtaser.binding"  # policies/binding.rego: package cloudtaser.binding, rule deny
-OPA_TTL = 60.0
+# How often the operator looks for a new OPA policy (its modules and bundle revisions): two
+# small requests, never a question per binding. Bindings are asked again only when their spec
+# or that policy revision changed (env CLOUDTASER_OPA_RECHECK: seconds, for tests).
+OPA_TTL = float(os.environ.get("CLOUDTASER_OPA_RECHECK", "60"))
 ERROR_BACKOFFS = (0.5, 1.0, 1.0, 2.0, 2.0) + (3.0,) * 100  # kopf's API retries (seconds)
 REPORT_PERIOD = 10.0
 CERT_POLL = 5.0
@@ -125,9 +128,10 @@ class Operator:
     parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
     # (kind, namespace/name) -> version the compiler holds (bindings: only allowed ones).
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
-    # binding -> (spec version, decision, when OPA answered): re-asked after OPA_TTL so a
-    # changed Rego policy reaches existing bindings without an edit.
-    decisions: dict[str, tuple[str, Decision, float]] = field(default_factory=dict)
+    # binding -> (spec version, decision, OPA policy revision): re-asked when either changes,
+    # so a changed Rego policy reaches existing bindings without an edit.
+    decisions: dict[str, tuple[str, Decision, str | None]] = field(default_factory=dict)
+    opa_requests: int = 0  # questions and revision checks sent to OPA (benchmarks, tests)
     written: dict[str, str] = field(default_factory=dict)  # object -> digest of the last status
     announced: dict[str, str] = field(default_factory=dict)  # binding -> digest of its problems
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -184,7 +188,7 @@ class Operator:
                 log.warning("initial list failed (%s); retrying", type(e).__name__)
                 await asyncio.sleep(2)
         while True:
-            try:  # on every change, and at least every OPA_TTL (OPA's answers may change)
+            try:  # on every change, and every OPA_TTL (a new OPA policy revision is asked again)
                 await asyncio.wait_for(self.changed.wait(), timeout=OPA_TTL)
             except TimeoutError:
                 pass
@@ -308,8 +312,9 @@ class Operator:
                 if "slim" not in body and self.bodies[kind].get(key) is body:
                     self.bodies[kind][key] = slim(body)
         bindings = self._models("SecretBinding")
+        revision = await asyncio.to_thread(self._policy_revision)
         decisions = await asyncio.to_thread(
-            lambda: {m.ref: self._decide(m, v) for v, m in bindings.values()})
+            lambda: {m.ref: self._decide(m, v, revision) for v, m in bindings.values()})
         self.decisions = {ref: v for ref, v in self.decisions.items() if ref in decisions}
         allowed = {key: (f"{v}/{decisions[m.ref].allowed}", m) for key, (v, m) in bindings.items()
                    if decisions[m.ref].allowed}
@@ -350,17 +355,39 @@ class Operator:
                                  ssl=https, timeout=OPA_TIMEOUT, retries=0)
         return self.opa
 
-    def _decide(self, binding: SecretBinding, digest: str) -> Decision:
-        """``digest``: the binding's spec version (uid/generation)."""
+    def _policy_revision(self) -> str | None:
+        """A digest of what OPA decides with: its policy modules and its bundles' manifests
+        (revisions). None: no OPA, or OPA did not answer (then known decisions stand)."""
+        if self.opa_url is None:
+            return None
+        base = self.opa_url.rstrip("/")
+        digest = hashlib.sha256()
+        try:
+            for path in ("/v1/policies", "/v1/data/system/bundles"):
+                self.opa_requests += 1
+                answer = requests.get(base + path, timeout=OPA_TIMEOUT,
+                                      verify=True)
+                answer.raise_for_status()
+                result = answer.json().get("result")
+                if path == "/v1/policies" and isinstance(result, list):
+                    result = sorted((m.get("id"), m.get("raw")) for m in result if isinstance(m, dict))
+                digest.update(json.dumps(result, sort_keys=True).encode())
+        except (requests.RequestException, ValueError, AttributeError, TypeError):
+            return None
+        return digest.hexdigest()
+
+    def _decide(self, binding: SecretBinding, digest: str, revision: str | None) -> Decision:
+        """``digest``: the binding's spec version (uid/generation); ``revision``: OPA's
+        policy revision now (``_policy_revision``). Asked only when either changed."""
         known = self.decisions.get(binding.ref)
-        now = time.monotonic()
-        if known and known[0] == digest and now - known[2] < OPA_TTL:
+        if known and known[0] == digest and (revision is None or known[2] == revision):
             return known[1]
         if self.opa_url is None:
             decision = Decision(True, [])
         else:
             body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
             try:
+                self.opa_requests += 1
                 answer = self._opa().query_rule(body, OPA_PACKAGE, "deny")
                 reasons = sorted(answer.get("result") or [])
                 decision = Decision(not reasons, reasons)
@@ -371,7 +398,7 @@ class Operator:
                     return known[1]
                 reason = f"OPA unreachable at {self.opa_url} ({type(e).__name__})"
                 return Decision(None, [reason])
-        self.decisions[binding.ref] = (digest, decision, now)
+        self.decisions[binding.ref] = (digest, decision, revision)
         return decision
 
     # --- status ------------------------------------------------------------------------

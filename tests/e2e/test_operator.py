@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from cloudtaser import stacking
@@ -26,6 +27,8 @@ from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 PORT = 18444
+OPA_RECHECK = 2  # seconds between the operator's looks at OPA's policy revision
+OPA = f"http://127.0.0.1:{stacking.OPA_PORT}"
 NS = "operator-e2e"
 
 
@@ -38,7 +41,8 @@ def start_operator(stack: stacking.Paths, *extra: str, port: int = PORT) -> subp
         [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
          "--ca-file", str(stack.ca), "--port", str(port),
          "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}", *extra],
-        env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL,
+        env={**__import__("os").environ, **env, "CLOUDTASER_OPA_RECHECK": str(OPA_RECHECK)},
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
 
 
@@ -115,6 +119,40 @@ def test_opa_denial_is_a_condition_and_keeps_the_binding_out(operator: Any, kube
     wait_for(lambda: "denied by policy" in kubectl(
         "get", "events", "-n", NS, "--field-selector", "involvedObject.name=preload"),
         what="a Warning event on the binding")
+
+
+def _opa_questions() -> int:
+    """Decisions OPA was asked for (POST /v1/data), from its own Prometheus metrics."""
+    metrics = requests.get(f"{OPA}/metrics", timeout=5).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+               if line.startswith("http_request_duration_seconds_count{")
+               and 'handler="v1/data"' in line and 'method="post"' in line.lower())
+
+
+def test_opa_is_asked_again_only_when_a_binding_or_the_policy_changes(operator: Any, kubectl: Any) -> None:
+    """No question per binding per minute (10k bindings made 10k requests a minute): a settled
+    operator only checks OPA's policy revision; a new Rego module reaches an existing binding
+    without an edit, and its removal lets it in again."""
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+        binding_doc("late", NS, selector={"matchLabels": {"app": "late"}})))
+    wait_for(lambda: conditions(sb(kubectl, "late")).get("PolicyAllowed", ("",))[0] == "True",
+             what="PolicyAllowed=True")
+    asked = _opa_questions()
+    time.sleep(4 * OPA_RECHECK)  # several revision checks, and no change
+    assert _opa_questions() == asked
+    module = ('package cloudtaser.binding\n\ndeny contains msg if {\n'
+              '\tinput.metadata.name == "late"\n\tmsg := "e2e: late bindings are refused"\n}\n')
+    requests.put(f"{OPA}/v1/policies/e2e-late", data=module, timeout=5).raise_for_status()
+    try:
+        body = wait_for(lambda: (b := sb(kubectl, "late")) and conditions(b).get("PolicyAllowed", ("",))[0] == "False" and b,
+                        what="PolicyAllowed=False after the policy changed")
+        allowed = next(c for c in body["status"]["conditions"] if c["type"] == "PolicyAllowed")
+        assert "e2e: late bindings are refused" in allowed["message"]
+    finally:
+        requests.delete(f"{OPA}/v1/policies/e2e-late", timeout=5).raise_for_status()
+    wait_for(lambda: conditions(sb(kubectl, "late")).get("PolicyAllowed", ("",))[0] == "True",
+             what="PolicyAllowed=True after the module went")
+    kubectl("delete", "sb", "late", "-n", NS, "--ignore-not-found")
 
 
 def test_conflict_names_the_other_binding(operator: Any, kubectl: Any) -> None:
