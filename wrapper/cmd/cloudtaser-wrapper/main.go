@@ -234,8 +234,10 @@ func prepareAndExec(o options) *failure {
 	// buffers zeroed, the buffers wiped, exec.
 	debug.SetGCPercent(-1)
 	secrets := append(fetched.Secrets(), jwt.Bytes())
+	restore := sweep.Quiet() // no signal writes registers back until execve
 	swept, err := sweep.Sweep(secrets)
 	if err != nil {
+		restore()
 		delivery.Close()
 		return fail(exConfig, "cannot sweep the process's memory before exec: %v", err)
 	}
@@ -244,6 +246,7 @@ func prepareAndExec(o options) *failure {
 	}
 	fetched.Free()
 	jwt.Free()
+	restore() // the app starts with the signal mask the wrapper had
 	errno := delivery.Image.Exec()
 	delivery.Close()
 	return cannotStart(o.command[0], errno)

@@ -147,9 +147,11 @@ func Run() int {
 		secrets = append(secrets, jwt.Bytes())
 	}
 	debug.SetGCPercent(-1)
+	restore := sweep.Quiet() // no signal writes registers back until execve
 	_, _ = sweep.Sweep(secrets)
 	fetched.Free()
 	jwt.Free()
+	restore()
 	err = syscall.Exec("/proc/self/exe", os.Args, os.Environ())
 	log("cannot start the next refresh: " + err.Error())
 	return 1

@@ -27,6 +27,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -127,6 +128,31 @@ func Resident(start, end uintptr, f func(lo, hi uintptr)) {
 // a Go object: the address comes from /proc/self/maps).
 func memory(lo, hi uintptr) []byte {
 	return unsafe.Slice(*(**byte)(unsafe.Pointer(&lo)), hi-lo)
+}
+
+// Quiet blocks every signal on the calling goroutine's thread (locked to it)
+// until restore, which the caller runs right before execve. The sweep and the
+// memory scan compare memory with secret bytes in vector registers; a signal
+// arriving meanwhile would write those registers back into memory the sweep
+// has already passed: the kernel's signal frame (the full FP state on the
+// signal stack) and Go's asynchronous preemption (asyncPreempt spills X0-X15
+// onto the goroutine's stack). Blocked, such signals (SIGURG: preemption) wait
+// until restore, after which only execve runs: it discards the address space.
+// A process-directed signal (SIGTERM) goes to another thread meanwhile.
+func Quiet() (restore func()) {
+	runtime.LockOSThread()
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		runtime.UnlockOSThread()
+		return func() {}
+	}
+	return func() {
+		_ = unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+		runtime.UnlockOSThread()
+	}
 }
 
 // Hook, when set (the memscan build only), runs just before exec with the
