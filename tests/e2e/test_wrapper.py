@@ -504,6 +504,7 @@ def test_typical_secrets_fit_the_runtimes_memlock_limit(stack: stacking.Paths, t
     refused = results[ladder[0]]
     assert refused.returncode == 78, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
+    print(f"at 4 KiB: {line}")
     for needed in ("RLIMIT_MEMLOCK 4 KiB", "ipcLock: true", "LimitMEMLOCK=", "requireSecretMem"):
         assert needed in line, line
     for r in results.values():

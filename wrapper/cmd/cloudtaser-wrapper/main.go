@@ -204,6 +204,9 @@ func prepareAndExec(o options) *failure {
 		return fail(exConfig, "refusing to fetch secrets: this process is traced (TracerPid %d)", tracer)
 	}
 	jwt, err := secmem.ReadFile(cfg.TokenPath)
+	if errors.Is(err, secmem.ErrLimit) { // its message says what to raise, and how
+		return fail(exConfig, "cannot hold the service-account token in locked memory: %v", err)
+	}
 	if err != nil {
 		return fail(exConfig, "cannot read the service-account token %s: %s", cfg.TokenPath, strerror(err))
 	}
