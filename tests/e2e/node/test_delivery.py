@@ -121,7 +121,7 @@ def test_root_attackers_in_the_pod_and_on_the_node_are_killed_and_reported(
     assert before is not None
     # in the pod: a debug container as root with CAP_SYS_PTRACE in the app's PID namespace.
     # Pod Security "restricted" refuses it (test_pod_security.py); an admin lifts that first.
-    custom = json.dumps({"securityContext": {"runAsUser": 0, "runAsGroup": 0}})
+    custom = json.dumps({"securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}})
     with pod_security(kubectl, "privileged"):
         kubectl("debug", "-n", NS, name, f"--image={IMAGE['demo-app']}", "--target=app",
                 "--profile=sysadmin", "--custom=/dev/stdin", "--", "python3.11", "-c",

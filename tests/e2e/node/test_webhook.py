@@ -23,7 +23,11 @@ def _pod(name: str, annotated: bool) -> str:
     return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": name, "namespace": NS, "labels": {"app": "demo-app"},
         "annotations": {"cloudtaser.io/inject": "true"} if annotated else {}},
-        "spec": {"containers": [{"name": "app", "image": IMAGE["demo-app"], "command": ["true"]}]}})
+        "spec": {  # Pod Security "restricted", which the demo namespace enforces
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "app", "image": IMAGE["demo-app"], "command": ["true"],
+                            "securityContext": {"allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}}}]}})
 
 
 def test_with_the_operator_stopped_only_annotated_pods_are_refused(product: None, kubectl: Any) -> None:
