@@ -143,7 +143,7 @@ def test_install_creates_every_object(installed: list[dict[str, Any]], kubectl: 
     kinds = {o["kind"] for o in installed}
     assert kinds == {"ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
                      "Role", "RoleBinding", "Service", "DaemonSet", "Deployment", "PodDisruptionBudget",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "CSIDriver"}
     for obj in installed:
         assert exists(kubectl, obj), f"{obj['kind']}/{obj['metadata']['name']} missing"
     for crd in ("secretbindings.cloudtaser.io", "enforcementpolicies.cloudtaser.io"):

@@ -81,7 +81,8 @@ def test_selected_pod_is_stored_mutated(webhook: Any, kubectl: Any) -> None:
     config = WrapperConfig.model_validate_json(
         next(e["value"] for e in orders["env"] if e["name"] == CONFIG_ENV))
     assert config.sources[0].binding == "payments/orders-db"
-    assert "IPC_LOCK" in orders["securityContext"]["capabilities"]["add"]
+    assert "capabilities" not in orders["securityContext"]  # no capability added (Pod Security)
+    assert orders["securityContext"]["allowPrivilegeEscalation"] is False
     assert metrics["command"] == ["/exporter"]  # the binding names only "orders"
     assert pod["spec"]["initContainers"][0]["name"] == "cloudtaser-init"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}

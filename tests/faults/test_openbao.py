@@ -241,8 +241,11 @@ def test_token_of_a_deleted_pod_is_permission_denied_without_retries(
     name = f"fault-token-{secrets.token_hex(3)}"
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": provisioning.DEMO_NAMESPACE},
-           "spec": {"serviceAccountName": provisioning.DEMO_ACCOUNT,
-                    "containers": [{"name": "app", "image": "app:1", "command": ["/app"]}]}}
+           "spec": {"serviceAccountName": provisioning.DEMO_ACCOUNT,  # restricted, as the namespace enforces
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "app", "image": "app:1", "command": ["/app"],
+                                    "securityContext": {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}}]}}
     created = json.loads(kubectl("create", "-o", "json", "-f", "-", stdin=yaml.safe_dump(pod)))
     try:
         path = tmp_path / "token"
