@@ -143,13 +143,22 @@ func FetchAll(cfg *config.Config, jwt []byte, deadline time.Duration, log func(s
 		}
 		last = e
 		wait := backoff(attempt)
-		if time.Since(start)+wait >= deadline {
+		// An attempt needs some time of its own: one started at the deadline's edge (the
+		// sleep overran on a loaded node) would end "too slow" when the server is simply
+		// unreachable.
+		if time.Since(start)+wait+minAttempt >= deadline {
 			return nil, transient("%s — gave up after %d attempts within %ss", e.Msg, attempt, seconds(deadline))
 		}
 		log("retrying after " + e.Msg)
 		time.Sleep(wait)
+		if time.Until(hard) < minAttempt {
+			return nil, transient("%s — gave up after %d attempts within %ss", e.Msg, attempt, seconds(deadline))
+		}
 	}
 }
+
+// minAttempt is the least time left for which another attempt is started.
+const minAttempt = 200 * time.Millisecond
 
 var errExpired = errors.New("deadline reached between requests")
 
