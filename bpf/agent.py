@@ -761,7 +761,7 @@ class Agent:
         try:
             with conn:
                 try:
-                    answer = self._register(conn)
+                    answer = self._register(conn, key)
                 except Exception as e:  # a bad client must not take the agent down
                     log.warning("registration failed: %s", type(e).__name__)
                     answer = {"ok": False, "error": "internal error"}
@@ -789,7 +789,8 @@ class Agent:
             data += chunk
         return data.split(b"\n", 1)[0] + (b"\n" if b"\n" in data else b"")
 
-    def _register(self, conn: socket.socket) -> dict[str, object]:
+    def _register(self, conn: socket.socket, caller_pod: str | None = None) -> dict[str, object]:
+        """``caller_pod``: the pod UID ``_serve`` already read from the caller's cgroup."""
         conn.settimeout(REQUEST_DEADLINE)
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         pidfd = self._peer_pidfd(conn)
@@ -807,7 +808,7 @@ class Agent:
             allowed: list[str] | None = None  # the pod's accessors (pod-policy mode)
             pod: str | None = None
             if self.pod_policies is not None:
-                pod = pod_uid(pid)
+                pod = caller_pod if caller_pod is not None else pod_uid(pid)
                 if pod is None:
                     return {"ok": False, "error": "the caller runs in no pod cgroup on this node"}
                 entry = self.pod_policies.entry(pod)
