@@ -9,7 +9,7 @@ interleaved rounds (the loop's CPU time, best of --rounds kept per side: other t
 machine only ever add time). The agent runs as its own process (`python -m cloudtaser.bpf.agent`) with its maps and
 links pinned in a temporary bpffs directory, unpinned (detached) between rounds. Also: the
 agent's RSS once ready, its load+attach time (its own log line) and its start-to-ready time,
-and the fd scan a registration runs (bpf/scanning.py) over this machine's /proc, and again
+and the fd scan a registration runs (bpf/cloudtaser/bpf/scanning.py) over this machine's /proc, and again
 with 200 extra processes holding 64 fds each.
 A floor row times the same loops with only a no-op program on sys_exit_openat: what the
 syscall-tracepoint mechanism itself costs (the perf-event path of syscall tracepoints, and the
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` importable
 
 from benchmarks.figures import add_json_flag, emit  # noqa: E402
 from cloudtaser.bpf import scanning  # noqa: E402
-from cloudtaser.bpf.loading import ensure_bpffs, load, unpin  # noqa: E402
+from cloudtaser.bpf.programs import ensure_bpffs, load, unpin  # noqa: E402
 RATIO_TARGET = 1.02
 RSS_TARGET_MIB = 64.0
 

@@ -60,8 +60,9 @@ import aiohttp  # noqa: E402
 import kubernetes  # noqa: E402
 
 from benchmarks.figures import add_json_flag, emit, paced, percentile  # noqa: E402
-from cloudtaser import provisioning, stacking  # noqa: E402
-from cloudtaser.certificates import CertificateAuthority  # noqa: E402
+from cloudtaser.testbed import stacking  # noqa: E402
+from cloudtaser.testbed import provisioning
+from cloudtaser.testbed.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.plans import CONFIG_ENV  # noqa: E402
 from cloudtaser.engine.resources import GROUP, VERSION  # noqa: E402
 from tests.conftest import binding_doc, pod_doc  # noqa: E402
@@ -112,7 +113,7 @@ class Agent:
             for stream in (self.process.stdout, self.process.stderr):
                 if stream is not None:
                     stream.close()
-        from cloudtaser.bpf.loading import unpin
+        from cloudtaser.bpf.programs import unpin
         unpin(self.pin_dir)
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import add_json_flag, emit, paced, percentile  # noqa: E402
-from cloudtaser.certificates import CertificateAuthority  # noqa: E402
+from cloudtaser.testbed.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler  # noqa: E402
 from cloudtaser.engine.plans import InjectorSettings  # noqa: E402
 from cloudtaser.engine.resources import SecretBinding  # noqa: E402

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * cloudtaser: keeps every other process from reading or writing a registered process's memory,
- * environment and secret fds. Two backends in one object (bpf/loading.py picks):
+ * environment and secret fds. Two backends in one object (bpf/cloudtaser/bpf/programs.py picks):
  *
  * - tracepoint backend (kernels where BPF LSM programs do not load): syscall tracepoints and
  *   io_uring's own tracepoints see the access and SIGKILL the offender (bpf_send_signal). A

@@ -2,8 +2,8 @@
 /*
  * The contract between protect.bpf.c and the node agent (Python): every constant and struct
  * both sides use. Enums, not #defines, so that they reach the object's BTF, where
- * tests/unit/bpf/test_layouts.py compares them with bpf/layouts.py and engine/plans.py (a
- * renumbering on one side fails there, without root). Structs are mirrored in bpf/layouts.py.
+ * tests/unit/bpf/test_layouts.py compares them with bpf/cloudtaser/bpf/layouts.py and engine/cloudtaser/engine/plans.py (a
+ * renumbering on one side fails there, without root). Structs are mirrored in bpf/cloudtaser/bpf/layouts.py.
  */
 #ifndef CLOUDTASER_PROTECT_H
 #define CLOUDTASER_PROTECT_H

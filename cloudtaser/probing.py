@@ -113,13 +113,13 @@ def probe_bpf_lsm() -> Check:
 def probe_agent_backend() -> Check:
     """The backend the node agent would choose here: its LSM programs are test-loaded and
     attached (unpinned, with empty maps, detached at once), as the agent does at start."""
-    from cloudtaser.bpf import loading
+    from cloudtaser.bpf import programs
     from cloudtaser.bpf.agent import default_object
     from cloudtaser.errors import PermanentError
 
     name = "agent-backend"
     _lsm_list()  # mounts securityfs when missing (root)
-    listed, detail = loading.bpf_lsm_listed()
+    listed, detail = programs.bpf_lsm_listed()
     if not listed:
         return Check(name, "warn", f"tracepoint: {detail}", TRACEPOINT_MEANING)
     if os.geteuid() != 0:
@@ -127,12 +127,12 @@ def probe_agent_backend() -> Check:
                      "run doctor as root to see whether the LSM programs load")
     try:
         env = os.environ.get("CLOUDTASER_BPF_OBJECT")
-        loaded, reason = loading.load_backend(Path(env) if env else default_object(), pin_dir=None)
+        loaded, reason = programs.load_backend(Path(env) if env else default_object(), pin_dir=None)
     except PermanentError as e:
         return Check(name, "warn", f"not tested: {e}", "the agent probes again at start")
     backend = loaded.backend
     loaded.close()
-    if backend == loading.LSM:
+    if backend == programs.LSM:
         return Check(name, "ok", f"lsm: {reason}",
                      "an offending call fails with EPERM and the offender lives")
     return Check(name, "warn", f"tracepoint: {reason}", TRACEPOINT_MEANING)

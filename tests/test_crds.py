@@ -22,7 +22,7 @@ def test_committed_crd_matches_generation(name: str) -> None:
     committed = ROOT / "crds" / name
     assert committed.exists(), f"{committed} missing: run `cloudtaser crds --write crds/`"
     assert committed.read_text() == render_crd(GENERATED[name]), (
-        f"{committed} drifted from engine/resources.py: run `cloudtaser crds --write crds/`"
+        f"{committed} drifted from engine/cloudtaser/engine/resources.py: run `cloudtaser crds --write crds/`"
     )
 
 

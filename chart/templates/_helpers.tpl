@@ -28,7 +28,7 @@
 {{- printf "%s.%s.svc" (include "cloudtaser.operatorName" .) .Release.Namespace -}}
 {{- end -}}
 
-{{/* The name the operator gives its MutatingWebhookConfiguration (engine/webhooks.py). */}}
+{{/* The name the operator gives its MutatingWebhookConfiguration (engine/cloudtaser/engine/webhooks.py). */}}
 {{- define "cloudtaser.webhookConfiguration" -}}cloudtaser-injector{{- end -}}
 
 {{/* Labels ------------------------------------------------------------------------------ */}}

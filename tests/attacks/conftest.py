@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 from cloudtaser.bpf import layouts
 from tests.attacks import apps
 from tests.attacks.matrix import RESULTS, Target, render

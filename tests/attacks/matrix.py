@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudtaser.bpf.agent import Violation
-from cloudtaser.bpf.loading import LSM
+from cloudtaser.bpf.programs import LSM
 from cloudtaser.rendering import table
 from tests.harness.attacking import Attack, run_attacker
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 from cloudtaser.bpf.agent import DEFAULT_FLAGS
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.attacks import apps

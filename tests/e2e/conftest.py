@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser import provisioning, stacking
+from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.plans import WrapperConfig

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudtaser import installing, stacking
+from cloudtaser.testbed import installing, stacking
 from cloudtaser.bpf.agent import lift_io_uring_restriction
 from cloudtaser.bpf.labelling import NodeLabel
-from cloudtaser.bpf.loading import unpin
+from cloudtaser.bpf.programs import unpin
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import AGENT_BACKEND_LABEL
@@ -281,7 +281,7 @@ def test_an_agent_labels_only_its_own_node_and_only_with_its_backend(
         caplog: pytest.LogCaptureFixture) -> None:
     """RBAC lets the agent's ServiceAccount get and patch every node; the -node-label
     ValidatingAdmissionPolicy admits only cloudtaser.io/agent-backend=lsm|tracepoint, on the node
-    of the pod its token is bound to. The agent's own code (bpf/labelling.py) with such tokens:
+    of the pod its token is bound to. The agent's own code (bpf/cloudtaser/bpf/labelling.py) with such tokens:
     agent A labels node A and removes the label at close; agent B is refused on node A, which
     costs it warning lines, never an exception."""
     import kubernetes

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser import provisioning, stacking
+from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
 from tests.e2e.conftest import compiled_config, sha
 from tests.harness import wrapper

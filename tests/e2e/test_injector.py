@@ -16,8 +16,8 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import stacking
-from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.testbed import stacking
+from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.plans import CONFIG_ENV, INJECTED_ANNOTATION, WrapperConfig
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 

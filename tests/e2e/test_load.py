@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import load
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 
 pytestmark = pytest.mark.e2e
 

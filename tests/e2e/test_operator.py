@@ -18,10 +18,10 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import stacking
-from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.testbed import stacking
+from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
-from cloudtaser.stacking import StackError
+from cloudtaser.testbed.stacking import StackError
 from tests.conftest import binding_doc, pod_doc
 from tests.harness.waiting import wait_for
 

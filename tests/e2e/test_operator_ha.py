@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from tests.conftest import binding_doc
 from tests.e2e.test_operator import conditions, start_operator, stop
@@ -95,7 +95,7 @@ def test_rotated_certificate_is_served_and_becomes_the_ca_bundle(
     import subprocess
     import sys
 
-    from cloudtaser.certificates import CertificateAuthority
+    from cloudtaser.testbed.certificates import CertificateAuthority
 
     tls = tmp_path / "tls"
     tls.mkdir()

@@ -291,8 +291,8 @@ def test_webhook_reads_the_pods_image_pull_secret(
     import kubernetes
     import yaml
 
-    from cloudtaser import operating
-    from cloudtaser.certificates import CertificateAuthority
+    from cloudtaser.operator import operating
+    from cloudtaser.testbed.certificates import CertificateAuthority
     from cloudtaser.injector import serving
 
     if registry.auth is None:

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import noding, provisioning, stacking
+from cloudtaser.testbed import noding, provisioning, stacking
 from cloudtaser.errors import CloudtaserError
 from tests.conftest import binding_doc
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 
 # The stack fixtures live with the e2e tests, the BPF ones with the kernel tests.
 from tests.e2e.conftest import demo_secret, kubectl, stack, token  # noqa: F401

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf.loading import ensure_bpffs, unpin
+from cloudtaser.bpf.programs import ensure_bpffs, unpin
 from tests.kernel.conftest import INTERPRETER, Victim
 
 pytestmark = pytest.mark.kernel

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from cloudtaser import provisioning, stacking
-from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.testbed import provisioning, stacking
+from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.plans import WrapperConfig
 from tests.e2e.conftest import compiled_config, sha
 from tests.harness import wrapper

@@ -26,8 +26,8 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import stacking
-from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.testbed import stacking
+from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from tests.conftest import binding_doc

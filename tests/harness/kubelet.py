@@ -1,7 +1,7 @@
 """What is left of the kubelet stand-in: the cgroup v2 root of this machine.
 
 The stand-in that ran admitted pods as local processes is gone: the local stack has a real
-node (kubelet, containerd, runc; cloudtaser/noding.py) and the e2e tests run their pods there
+node (kubelet, containerd, runc; testbed/cloudtaser/testbed/noding.py) and the e2e tests run their pods there
 (tests/e2e/node). The kernel tests (tests/kernel) still make cgroups of their own to stand in
 for a pod's, because they test the BPF programs and the agent without any cluster: for that
 they need only to know where the cgroup v2 hierarchy is mounted.

@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from cloudtaser.bpf.agent import Agent, Violation
-from cloudtaser.bpf.loading import LSM, BpfError, check_kallsyms, ensure_bpffs, ensure_tracefs, unpin
+from cloudtaser.bpf.programs import LSM, BpfError, check_kallsyms, ensure_bpffs, ensure_tracefs, unpin
 from cloudtaser.engine.plans import ProtectionFlag
 
 REPO = Path(__file__).resolve().parents[2]

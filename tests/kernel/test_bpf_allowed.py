@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.bpf import layouts, loading
+from cloudtaser.bpf import layouts, programs
 from cloudtaser.bpf.agent import DEFAULT_LIST, RESERVED_LISTS
 from cloudtaser.bpf.reporting import event_message
 from cloudtaser.bpf.watching import PodPolicies
@@ -212,4 +212,4 @@ def test_node_wide_map_of_an_earlier_version_is_unpinned(agent_run: AgentRun) ->
         os.close(fd)
     agent_run.start()
     assert sorted(p.name for p in maps.iterdir()) == sorted(
-        list(loading.PINNED_MAPS))
+        list(programs.PINNED_MAPS))

@@ -1,7 +1,7 @@
 """An fd on /proc/PID/environ or /proc/PID/mem opened BEFORE the process registered.
 
 The kernel side checks opens, not reads, so the agent scans every fd table at registration
-(bpf/scanning.py): in enforce mode the holder is killed before the registration is answered,
+(bpf/cloudtaser/bpf/scanning.py): in enforce mode the holder is killed before the registration is answered,
 so the read it tries afterwards never happens; audit mode reports it and lets it read.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.bpf import scanning
-from cloudtaser.bpf.loading import LSM
+from cloudtaser.bpf.programs import LSM
 from cloudtaser.engine.plans import ProtectionFlag
 
 from .conftest import PROTECT_ALL, REPO, AgentRun, Victim, launch

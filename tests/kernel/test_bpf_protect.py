@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf.loading import TRACEPOINT_ONLY, bpf_lsm_listed
+from cloudtaser.bpf.programs import TRACEPOINT_ONLY, bpf_lsm_listed
 from cloudtaser.engine.plans import ProtectionFlag
 
 from .conftest import PROTECT_ALL, AgentRun, Attack, Victim, assert_blocked, attack

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudtaser import __version__, installing, provisioning, stacking
+from cloudtaser.version import __version__
+from cloudtaser.testbed import installing, provisioning, stacking
 from tests.harness.waiting import wait_for
 
 NS = provisioning.DEMO_NAMESPACE

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser import installing
+from cloudtaser.testbed import installing
 from cloudtaser.bpf.reporting import REASON
 from cloudtaser.errors import CloudtaserError
 from cloudtaser.engine.compiler import AGENT_MOUNT, TOKEN_MOUNT
@@ -173,7 +173,7 @@ def _violations(kubectl: Any, at_least: int = 0) -> tuple[int, int] | None:
 
 def test_an_attack_loop_gives_a_handful_of_events_counting_every_attempt(
         app: tuple[str, int], kubectl: Any, demo_secret: dict[str, str]) -> None:
-    """Violation Events are rate-limited per pod + vector + offender (bpf/reporting.py): a loop
+    """Violation Events are rate-limited per pod + vector + offender (bpf/cloudtaser/bpf/reporting.py): a loop
     of root reads of the app's memory on the node ends as a few Events whose counts add up to
     every attempt, and the agent's metric counts them all."""
     name, pid = app

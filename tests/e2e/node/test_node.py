@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser import installing, stacking
+from cloudtaser.testbed import installing, stacking
 from cloudtaser.bpf.cgroups import pod_uid
 from tests.e2e.node.conftest import IMAGE, REGISTRY, SYSTEM, Pods
 from tests.harness.waiting import wait_for

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudtaser import installing, noding, provisioning, stacking
+from cloudtaser.testbed import installing, noding, provisioning, stacking
 from cloudtaser.engine.compiler import AGENT_MOUNT
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER, POD_SECURITY_ENFORCE_LABEL
 from cloudtaser.errors import CloudtaserError

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudtaser import installing
+from cloudtaser.testbed import installing
 from cloudtaser.errors import CloudtaserError
 from tests.e2e.node.conftest import IMAGE, NS, SYSTEM
 from tests.harness.waiting import wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf import agent, layouts, loading
+from cloudtaser.bpf import agent, layouts, programs
 from cloudtaser.engine.plans import ProtectionFlag
 
 
@@ -46,13 +46,13 @@ def test_violation_from_record() -> None:
 def test_zero_kallsyms_addresses_refuse_to_start(tmp_path: Path) -> None:
     fake = tmp_path / "kallsyms"
     fake.write_text("0000000000000000 t mem_open\n0000000000000000 t environ_open\n")
-    with pytest.raises(loading.BpfError, match="zero addresses"):
-        loading.check_kallsyms(kallsyms=str(fake))
+    with pytest.raises(programs.BpfError, match="zero addresses"):
+        programs.check_kallsyms(kallsyms=str(fake))
     fake.write_text("ffffffff81780700 t mem_open\n")
-    with pytest.raises(loading.BpfError, match="missing.*environ_open"):
-        loading.check_kallsyms(kallsyms=str(fake))
+    with pytest.raises(programs.BpfError, match="missing.*environ_open"):
+        programs.check_kallsyms(kallsyms=str(fake))
     fake.write_text("ffffffff81780700 t mem_open\nffffffff817807c0 t environ_open\n")
-    loading.check_kallsyms(kallsyms=str(fake))
+    programs.check_kallsyms(kallsyms=str(fake))
 
 
 def test_layout_sizes() -> None:

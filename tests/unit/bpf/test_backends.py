@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf import loading
+from cloudtaser.bpf import programs
 
 
 @pytest.fixture(scope="module")
 def sections(bpf_object_path: Path) -> dict[str, str]:
     """Program name -> ELF section of the compiled protect.bpf.o (opened, not loaded)."""
-    lib = loading.lib()
+    lib = programs.lib()
     obj = lib.bpf_object__open_file(str(bpf_object_path).encode(), None)
     assert obj
     try:
@@ -28,9 +28,9 @@ def sections(bpf_object_path: Path) -> dict[str, str]:
 
 def test_tracepoint_only_programs_exist(sections: dict[str, str]) -> None:
     """A renamed program would silently run under the LSM backend too (killing as well)."""
-    assert loading.TRACEPOINT_ONLY <= sections.keys()
+    assert programs.TRACEPOINT_ONLY <= sections.keys()
     assert all(sections[n].startswith(("tp_btf/sys_", "tp_btf/io_uring_"))
-               for n in loading.TRACEPOINT_ONLY)
+               for n in programs.TRACEPOINT_ONLY)
 
 
 def test_every_killing_tracepoint_is_tracepoint_only(sections: dict[str, str]) -> None:
@@ -38,7 +38,7 @@ def test_every_killing_tracepoint_is_tracepoint_only(sections: dict[str, str]) -
     secret files, serve the LSM backend too."""
     hooks = {n for n, s in sections.items()
              if s.startswith(("tracepoint/syscalls/", "tp_btf/sys_", "tp_btf/io_uring_"))}
-    assert hooks - loading.TRACEPOINT_ONLY == {"exit_memfd_create", "exit_memfd_secret"}
+    assert hooks - programs.TRACEPOINT_ONLY == {"exit_memfd_create", "exit_memfd_secret"}
 
 
 def test_lsm_programs_cover_every_vector(sections: dict[str, str]) -> None:
@@ -49,12 +49,12 @@ def test_lsm_programs_cover_every_vector(sections: dict[str, str]) -> None:
 
 def test_shared_programs_run_with_both_backends(sections: dict[str, str]) -> None:
     shared = {n for n, s in sections.items()
-              if not s.startswith("lsm/") and n not in loading.TRACEPOINT_ONLY}
+              if not s.startswith("lsm/") and n not in programs.TRACEPOINT_ONLY}
     # fork inheritance, exec state, exit cleanup, secret-file recording, core dumps, and the
     # agent's only way to write its frozen maps
     assert shared == {"on_fork", "on_exec", "on_exit", "exit_memfd_create", "exit_memfd_secret",
-                      "on_signal_deliver", loading.AGENT_OP}
-    assert sections[loading.AGENT_OP] == "syscall"
+                      "on_signal_deliver", programs.AGENT_OP}
+    assert sections[programs.AGENT_OP] == "syscall"
 
 
 @pytest.mark.parametrize(("text", "listed"), [
@@ -66,7 +66,7 @@ def test_shared_programs_run_with_both_backends(sections: dict[str, str]) -> Non
 def test_bpf_lsm_listed(tmp_path: Path, text: str, listed: bool) -> None:
     path = tmp_path / "lsm"
     path.write_text(text)
-    ok, detail = loading.bpf_lsm_listed(path)
+    ok, detail = programs.bpf_lsm_listed(path)
     assert ok is listed
     assert text.strip() in detail
     if not listed:
@@ -74,10 +74,10 @@ def test_bpf_lsm_listed(tmp_path: Path, text: str, listed: bool) -> None:
 
 
 def test_unreadable_lsm_list_names_the_file(tmp_path: Path) -> None:
-    ok, detail = loading.bpf_lsm_listed(tmp_path / "missing")
+    ok, detail = programs.bpf_lsm_listed(tmp_path / "missing")
     assert not ok and str(tmp_path / "missing") in detail
 
 
 def test_unknown_backend_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(loading.BpfError, match="unknown backend 'kprobe'"):
-        loading.load(tmp_path / "x.o", pin_dir=None, backend="kprobe")
+    with pytest.raises(programs.BpfError, match="unknown backend 'kprobe'"):
+        programs.load(tmp_path / "x.o", pin_dir=None, backend="kprobe")

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from cloudtaser.bpf import leasing
-from cloudtaser.operating import aggregate_reports
+from cloudtaser.operator.operating import aggregate_reports
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.timezone.utc)
 

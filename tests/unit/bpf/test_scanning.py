@@ -1,4 +1,4 @@
-"""The fd scan's path matching (bpf/scanning.py); the scan itself runs in tests/kernel."""
+"""The fd scan's path matching (bpf/cloudtaser/bpf/scanning.py); the scan itself runs in tests/kernel."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # no py.typed
 import pytest
 import yaml
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 from cloudtaser.bpf.agent import parse_flags
 from cloudtaser.cli import operator as operator_command
 from cloudtaser.engine.plans import AGENT_BACKEND_LABEL, AGENT_CSI_DRIVER, InjectorSettings
@@ -182,11 +182,11 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
     assert leader == {("coordination.k8s.io", "leases", v, "cloudtaser-operator") for v in ("get", "update")} | {
         ("coordination.k8s.io", "leases", v, "") for v in ("create", "list")}
     reports = rules(one(default, "Role", "-agent-report"))
-    # NodeReport reads its Lease once, then creates or merge-patches it (bpf/leasing.py)
+    # NodeReport reads its Lease once, then creates or merge-patches it (bpf/cloudtaser/bpf/leasing.py)
     assert reports == {("coordination.k8s.io", "leases", v, "") for v in ("get", "create", "patch")}
     agent = rules(one(default, "ClusterRole", "-agent"))
     # the agent compiles pods, namespaces, policies and bindings; posts violation Events; keeps
-    # its node's backend label (bpf/labelling.py: read, then patch)
+    # its node's backend label (bpf/cloudtaser/bpf/labelling.py: read, then patch)
     assert agent == {("", r, v, "") for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | {
         (ct, r, v, "") for r in ("enforcementpolicies", "secretbindings")
         for v in ("get", "list", "watch")} | {("", "events", v, "") for v in ("create", "patch")} | {
@@ -199,7 +199,7 @@ def test_operator_rbac_is_exactly_what_it_uses(default: list[dict[str, Any]]) ->
 
 
 def test_the_node_label_policy_names_the_engines_label_key(default: list[dict[str, Any]]) -> None:
-    """The key is written once in Python (engine/plans.py); the chart's admission policy, which
+    """The key is written once in Python (engine/cloudtaser/engine/plans.py); the chart's admission policy, which
     lets an agent write only that key, must spell it the same."""
     policy = one(default, "ValidatingAdmissionPolicy", "-node-label")["spec"]
     variables = {v["name"]: v["expression"] for v in policy["variables"]}

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cloudtaser import stacking
+from cloudtaser.testbed import stacking
 
 
 def _paths(tmp_path: Path) -> stacking.Paths:

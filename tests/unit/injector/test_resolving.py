@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cloudtaser.certificates import CertificateAuthority
+from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.patches import ImageEntrypoint
 from cloudtaser.errors import PermanentError, TemporaryError
 from cloudtaser.injector.resolving import (

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from cloudtaser.engine.plans import BindingSummary
-from cloudtaser.operating import Decision, _binding_status, in_cluster_server, trimmed
+from cloudtaser.operator.operating import Decision, _binding_status, in_cluster_server, trimmed
 
 REASON = "team/app-1: container app: cloudtaser-wrapper: binding team/app: permission denied"
 

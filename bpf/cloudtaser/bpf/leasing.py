@@ -10,7 +10,7 @@ expires with the Lease), and writes two annotations:
 - ``cloudtaser.io/violations``: violations per policy since the Lease was created (JSON object).
   A restarted agent continues the counts it reads back, so they never go backwards.
 
-The operator (cloudtaser/operating.py) lists these Leases and writes each policy's
+The operator (operator/cloudtaser/operator/operating.py) lists these Leases and writes each policy's
 ``nodesEnforcing`` and ``violations``. Nothing secret is reported: names and counts only.
 """
 

@@ -33,7 +33,7 @@ import yaml
 
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.errors import PermanentError, TemporaryError
-from cloudtaser.stacking import (
+from cloudtaser.testbed.stacking import (
     APISERVER_PORT,
     BAO_PORT,
     HOST,

@@ -9,7 +9,7 @@ loopback listener behind it. TLS passes through untouched (the certificates name
 service addresses). Nothing listens outside this machine: the addresses exist only on the
 stack's bridge.
 
-    python -m cloudtaser.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...
+    python -m cloudtaser.testbed.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloudtaser-forwarding: {e}", file=sys.stderr)
         return 2
     if not rules:
-        print("usage: python -m cloudtaser.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...",
+        print("usage: python -m cloudtaser.testbed.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...",
               file=sys.stderr)
         return 2
     try:

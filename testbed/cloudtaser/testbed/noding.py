@@ -37,8 +37,9 @@ import requests
 import urllib3
 import yaml
 
-from cloudtaser import __version__, rendering
-from cloudtaser.stacking import (
+from cloudtaser.version import __version__
+from cloudtaser import rendering
+from cloudtaser.testbed.stacking import (
     APISERVER_PORT,
     BAO_PORT,
     HOST,
@@ -74,7 +75,7 @@ FORWARDS = {
 CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, KUBELET_HEALTH_PORT = 10257, 10259, 10248
 SANDBOX_IMAGE = f"{REGISTRY}/cloudtaser/pause:{__version__}"
 # Set by the kubelet (its "kernel defaults") or by the chart's agent (io_uring restricted while
-# the node protects a pod, bpf/agent.py); restored by ``down``.
+# the node protects a pod, bpf/cloudtaser/bpf/agent.py); restored by ``down``.
 SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "kernel.io_uring_disabled")
 # Created by the kubelet, containerd or libcni whatever their configured roots.
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni",
@@ -289,7 +290,7 @@ def _containerd_ok(p: Paths) -> str | None:
 def _forwarder_argv(p: Paths) -> list[str]:
     rules = [f"{a}:{b}={c}:{d}" for (a, b), (c, d) in FORWARDS.items()]
     # the venv's interpreter by its own path (resolved, it would lose the venv)
-    return [sys.executable, "-m", "cloudtaser.forwarding", *rules]
+    return [sys.executable, "-m", "cloudtaser.testbed.forwarding", *rules]
 
 
 def _controller_manager_argv(p: Paths) -> list[str]:

@@ -1,13 +1,13 @@
 """The node agent (BPF LSM or tracepoint backend): registration socket, kernel maps, violation log.
 
-Registration protocol v2 (contracts/README.md; parser and a Python client in bpf/protocol.py,
+Registration protocol v2 (contracts/README.md; parser and a Python client in bpf/cloudtaser/bpf/protocol.py,
 the wrapper's client is Go): one JSON line ``{"op": "register", "version": 2, "exec_environ":
 "clean" | "secret"}``; the caller's PID comes from SO_PEERCRED, never from the message, so a
 process can register only itself; the answer is one JSON line ``{"ok": true, "backend": "lsm" |
 "tracepoint", "mode": "enforce" | "audit", "protections": [...]}`` or ``{"ok": false, "error":
 "..."}``.
 
-The agent holds the agent role of its pinned maps (bpf/loading.py: frozen maps, written only
+The agent holds the agent role of its pinned maps (bpf/cloudtaser/bpf/programs.py: frozen maps, written only
 through the agent_op program by the role's holder) and writes (tgid -> start time, flags,
 allow-list id) into the pinned ``protected`` map
 and each distinct accessor allow-list of its node's pods, under its own id, into ``accessors``;
@@ -43,7 +43,7 @@ from cloudtaser.bpf import layouts, protocol, scanning
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
-from cloudtaser.bpf.loading import DEFAULT_PIN_DIR, LSM, TRACEPOINT, Loaded, RingBuffer, load_backend
+from cloudtaser.bpf.programs import DEFAULT_PIN_DIR, LSM, TRACEPOINT, Loaded, RingBuffer, load_backend
 from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
@@ -164,7 +164,7 @@ def start_time_ticks(pid: int) -> int:
 
 def default_object() -> Path:
     """The object scripts/build-bpf produced for the current sources (builds if needed)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "build-bpf"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "build-bpf"  # bpf/cloudtaser/bpf/
     try:
         out = subprocess.run([str(script)], check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as e:
@@ -236,7 +236,7 @@ class Agent:
         self.io_uring = io_uring  # restrict: kernel.io_uring_disabled=2 while protecting
         self._io_uring_raised = False  # this agent set kernel.io_uring_disabled=2
         self._credential_owners: dict[int, str] = {}  # volume dev -> its owner's cgroups
-        self.backend = BACKEND  # what start() chose (loading.load_backend)
+        self.backend = BACKEND  # what start() chose (programs.load_backend)
         self.backend_reason = ""
         self.metrics = Metrics()
         self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
@@ -870,7 +870,7 @@ class Agent:
     def _deal_with_early_fds(self, pid: int, flags: int, list_id: int = DEFAULT_LIST) -> None:
         """Fds on ``pid``'s environ/mem that other processes opened before its entry was
         written (the kernel side checks opens, not reads): their holders are killed unless
-        the entry is audit-only, and reported either way (bpf/scanning.py). Not with the LSM
+        the entry is audit-only, and reported either way (bpf/cloudtaser/bpf/scanning.py). Not with the LSM
         backend: its file_permission hook denies (or audits) every read through such an fd."""
         if self.backend == LSM:
             return

@@ -1,7 +1,7 @@
 """Violations as Kubernetes Events on the protected pod, rate-limited.
 
 The ring buffer says which process was accessed (target tgid), how, and by whom; the target's
-cgroup names its pod, and the compiled policy (bpf/watching.py) knows the pod's namespace and
+cgroup names its pod, and the compiled policy (bpf/cloudtaser/bpf/watching.py) knows the pod's namespace and
 name. Events are posted from a worker thread so the ring-buffer poll never waits on the API
 server. An Event carries the vector, the action and the offender's pid/uid/comm and executable
 (its basename, read by the kernel side: the offender may be killed before user space could look)

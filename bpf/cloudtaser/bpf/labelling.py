@@ -2,7 +2,7 @@
 
 Why a label: a policy with ``requireBackend: lsm`` keeps its pods off nodes that can only kill
 offenders after the fact, through a nodeSelector on ``cloudtaser.io/agent-backend``
-(engine/patches.py). Only the agent knows which backend loaded here, so the agent keeps the
+(engine/cloudtaser/engine/patches.py). Only the agent knows which backend loaded here, so the agent keeps the
 label: ``lsm`` or ``tracepoint`` once its programs are loaded, gone when it stops (no agent, no
 new registrations, whatever the pinned programs still enforce). A started agent overwrites
 what an earlier one left (say, a SIGKILLed agent of another backend).

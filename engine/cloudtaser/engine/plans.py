@@ -31,7 +31,7 @@ AGENT_CSI_DRIVER = "csi.cloudtaser.io"
 POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 CONFIG_ENV = "CLOUDTASER_CONFIG"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-# The Node label each agent keeps (bpf/labelling.py) and a policy's requireBackend selects on;
+# The Node label each agent keeps (bpf/cloudtaser/bpf/labelling.py) and a policy's requireBackend selects on;
 # the chart's ValidatingAdmissionPolicy lets an agent write this key only, on its own node.
 AGENT_BACKEND_LABEL = "cloudtaser.io/agent-backend"
 

@@ -34,14 +34,14 @@ from typing import Any
 import requests
 import yaml
 
-from cloudtaser import __version__
+from cloudtaser.version import __version__
 from cloudtaser.bpf.agent import lift_io_uring_restriction
-from cloudtaser.bpf.loading import unpin
-from cloudtaser.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
+from cloudtaser.bpf.programs import unpin
+from cloudtaser.testbed.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
-from cloudtaser.provisioning import SYSTEM_NAMESPACE, kubectl
-from cloudtaser.stacking import NODE_NAME, REGISTRY, REPO, Paths, StackError, environment
+from cloudtaser.testbed.provisioning import SYSTEM_NAMESPACE, kubectl
+from cloudtaser.testbed.stacking import NODE_NAME, REGISTRY, REPO, Paths, StackError, environment
 
 RELEASE = "cloudtaser"
 NAMESPACE = SYSTEM_NAMESPACE

@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from cloudtaser.certificates import CertificateAuthority, Pair, service_account_keys
+from cloudtaser.testbed.certificates import CertificateAuthority, Pair, service_account_keys
 from cloudtaser.errors import PermanentError, TemporaryError
 
 HOST = "127.0.0.1"
@@ -51,7 +51,7 @@ BINARIES = ("etcd", "kube-apiserver", "kubectl", "bao", "opa", "helm",
             "containerd", "containerd-shim-runc-v2", "ctr", "bridge", "host-local", "loopback")
 # Debian's docker-registry (scripts/system-deps), not built here.
 REGISTRY_BINARY = "/usr/bin/docker-registry"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]  # testbed/cloudtaser/testbed/stacking.py
 
 
 # Components this process started: kept so they are reaped by ``down`` (no zombies in a long
@@ -467,7 +467,7 @@ def start_all(p: Paths, components: list[Component], log: Callable[[str], None])
 
 def component(name: str) -> Component:
     """The component called ``name``; StackError naming the known ones otherwise."""
-    from cloudtaser import noding  # the node's components (noding imports this module)
+    from cloudtaser.testbed import noding  # the node's components (noding imports this module)
 
     for c in [*COMPONENTS, *noding.COMPONENTS]:
         if c.name == name:
@@ -509,7 +509,7 @@ def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: fl
 
 def down(p: Paths, log: Callable[[str], None], timeout: float = 15.0) -> None:
     """The node first (its pods leave while the API server answers), then the rest."""
-    from cloudtaser import noding  # noding imports this module
+    from cloudtaser.testbed import noding  # noding imports this module
 
     noding.down(p, log)
     for c in reversed(COMPONENTS):

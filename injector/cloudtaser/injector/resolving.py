@@ -3,7 +3,7 @@
 Why: Kubernetes ignores the image's ENTRYPOINT *and* CMD once a container sets ``command``.
 The injector must set ``command`` (wrapper first), so for a container without one it has to
 know what the image would have run: ``command = wrapper + ENTRYPOINT`` and, when the pod has
-no ``args``, ``args = CMD`` (see engine/patches.py). If that cannot be known the webhook
+no ``args``, ``args = CMD`` (see engine/cloudtaser/engine/patches.py). If that cannot be known the webhook
 refuses the pod rather than start it without its secrets or with the wrong program.
 
 How: parse the reference (default registry docker.io -> registry-1.docker.io with

@@ -139,7 +139,7 @@ class Operator:
     ready: bool = False  # ... and were compiled: the webhook answers from a complete state
     leading: bool = True  # only the leader writes statuses and the webhook configuration
     tombstones: set[tuple[str, str]] | None = None  # deletions seen while listing
-    # policy -> (nodes enforcing, violations), from the agents' node reports (bpf/leasing.py)
+    # policy -> (nodes enforcing, violations), from the agents' node reports (bpf/cloudtaser/bpf/leasing.py)
     reports: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # --- inputs ------------------------------------------------------------------------

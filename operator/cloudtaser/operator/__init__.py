@@ -1,0 +1,1 @@
+"""The operator: watches the cluster (kopf), compiles, and makes the cluster say so."""
