@@ -1,5 +1,6 @@
 /*
- * The fd manifest (CLOUDTASER_FDS) as contracts/README.md defines it, parsed and validated.
+ * The fd manifest (CLOUDTASER_FDS) as contracts/README.md defines it ("The fd manifest":
+ * grammar, limits, errors), parsed and validated: C's one implementation.
  *
  * Kept apart from the interposer so that a test program compiles exactly this code and runs
  * every `manifest` vector of contracts/wrapper-contract.json through it

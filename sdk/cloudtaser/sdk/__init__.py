@@ -79,7 +79,11 @@ def _problem(line: str) -> str | None:
 
 
 def parse_manifest(text: str) -> list[Entry]:
-    """The entries of a manifest; every line is checked, of every kind (contracts/README.md)."""
+    """The entries of a manifest; every line is checked, of every kind.
+
+    Python's one parser of the fd manifest as contracts/README.md defines it ("The fd
+    manifest"); tests/unit/test_sdk.py runs it over every ``manifest`` vector of
+    contracts/wrapper-contract.json."""
     text = text.removesuffix("\n")
     if not text:
         return []

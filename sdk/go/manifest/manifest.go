@@ -1,6 +1,8 @@
-// Package manifest is the fd manifest of contracts/README.md (CLOUDTASER_FDS),
-// parsed and written in one place for the Go SDK (which reads it) and the Go
-// wrapper (which writes it).
+// Package manifest is the fd manifest (CLOUDTASER_FDS) as contracts/README.md
+// defines it ("The fd manifest": grammar, limits, errors), parsed and written in
+// one place for the Go SDK (which reads it) and the Go wrapper (which writes
+// it): Go's one implementation, run over every "manifest" vector of
+// contracts/wrapper-contract.json by its tests.
 //
 //	MANIFEST = [ LINE *( "\n" LINE ) [ "\n" ] ]
 //	LINE     = KIND " " FD " " NAME        ; KIND: file | sdk | env
