@@ -59,6 +59,36 @@ type Key struct {
 	SDK  string
 }
 
+// KeyPlan is one key of a config where it sits: the key (the engine's KeyPlan)
+// and the source and secret it is read from. A fetched value carries the plan
+// it was fetched for, and a delivery the plan of the value it holds: pointers
+// into the Config, which nothing changes after Parse. Index is the key's place
+// in the config's order (sources, their secrets, their keys), the same in
+// every process that parses the same text: the refresher, a process of its
+// own, names keys by it.
+type KeyPlan struct {
+	Index  int
+	Source *Source
+	Secret *Secret
+	Key    *Key
+}
+
+// Plans is every key of c, in the config's order (Plans()[i].Index == i); new
+// plans on each call (a fetched value's plan is the one its fetch made).
+func (c *Config) Plans() []*KeyPlan {
+	var out []*KeyPlan
+	for i := range c.Sources {
+		src := &c.Sources[i]
+		for j := range src.Secrets {
+			secret := &src.Secrets[j]
+			for k := range secret.Keys {
+				out = append(out, &KeyPlan{Index: len(out), Source: src, Secret: secret, Key: &secret.Keys[k]})
+			}
+		}
+	}
+	return out
+}
+
 // Agent is how the wrapper registers with the node agent.
 type Agent struct {
 	Socket   string

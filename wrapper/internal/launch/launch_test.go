@@ -120,15 +120,34 @@ func configWith(keys ...config.Key) *config.Config {
 			ClientCertFile: "/c", ClientKeyFile: "/k", Secrets: []config.Secret{{Mount: "secret", Path: "p", Keys: keys}}}}}
 }
 
-func fetched(t *testing.T, values map[string]string) *openbao.Fetched {
+// fetched is what FetchAll returns for cfg when OpenBao holds values (by key).
+func fetched(t *testing.T, cfg *config.Config, values map[string]string) *openbao.Fetched {
 	t.Helper()
-	f := &openbao.Fetched{Values: map[openbao.ValueKey]*secmem.Buffer{}}
-	for k, v := range values {
-		b, _ := secmem.From([]byte(v))
-		f.Values[openbao.ValueKey{Binding: "ns/b", Mount: "secret", Path: "p", Key: k}] = b
+	f := &openbao.Fetched{}
+	for _, plan := range cfg.Plans() {
+		b, _ := secmem.From([]byte(values[plan.Key.Key]))
+		f.Values = append(f.Values, openbao.Value{Plan: plan, Buf: b})
 	}
 	t.Cleanup(f.Free)
 	return f
+}
+
+// fdOf is the fd of the one delivery of key.
+func fdOf(t *testing.T, d *Delivery, key string) int {
+	t.Helper()
+	fd := -1
+	for plan, held := range d.Fds {
+		if plan.Key.Key == key {
+			if fd != -1 {
+				t.Fatalf("two fds for key %s", key)
+			}
+			fd = held
+		}
+	}
+	if fd == -1 {
+		t.Fatalf("no fd for key %s", key)
+	}
+	return fd
 }
 
 // strings reads back what the image passes to execve.
@@ -167,7 +186,7 @@ func TestAStaticAppGetsEnvValuesInEnvpAndSDKFds(t *testing.T) {
 	if err != nil || plan.Preload != "" || plan.EnvLines || plan.ExecEnviron != agent.EnvironSecret {
 		t.Fatalf("plan = %+v, %v", plan, err)
 	}
-	d, err := Prepare(cfg, plan, fetched(t, map[string]string{"a": "value-a", "b": "value-b"}),
+	d, err := Prepare(cfg, plan, fetched(t, cfg, map[string]string{"a": "value-a", "b": "value-b"}),
 		[]string{"/app", "-v"}, []string{"PATH=/bin", "CLOUDTASER_CONFIG=x", "B=old", "CLOUDTASER_FDS=junk"})
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +197,7 @@ func TestAStaticAppGetsEnvValuesInEnvpAndSDKFds(t *testing.T) {
 	if path != "/app" || strings.Join(argv, " ") != "/app -v" {
 		t.Fatalf("path %q argv %q", path, argv)
 	}
-	fd := d.Fds[openbao.ValueKey{Binding: "ns/b", Mount: "secret", Path: "p", Key: "b"}]
+	fd := fdOf(t, d, "b")
 	if env["A"] != "value-a" || env["B"] != "value-b" || env["PATH"] != "/bin" || len(env) != 4 ||
 		env["CLOUDTASER_FDS"] != "sdk "+itoa(fd)+" bee" {
 		t.Fatalf("env %q", envp)
@@ -202,7 +221,7 @@ func TestADynamicAppGetsTheInterposerAndEnvLines(t *testing.T) {
 	if err != nil || plan.Preload != lib || !plan.EnvLines || plan.ExecEnviron != agent.EnvironClean {
 		t.Fatalf("plan = %+v, %v", plan, err)
 	}
-	d, err := Prepare(cfg, plan, fetched(t, map[string]string{"a": "value-a"}), []string{"app"},
+	d, err := Prepare(cfg, plan, fetched(t, cfg, map[string]string{"a": "value-a"}), []string{"app"},
 		[]string{"LD_PRELOAD=/opt/app.so", "A=stale"})
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +229,7 @@ func TestADynamicAppGetsTheInterposerAndEnvLines(t *testing.T) {
 	defer d.Close()
 	_, _, envp := d.Image.strings()
 	env := envMap(envp)
-	fd := itoa(d.Fds[openbao.ValueKey{Binding: "ns/b", Mount: "secret", Path: "p", Key: "a"}])
+	fd := itoa(fdOf(t, d, "a"))
 	if env["LD_PRELOAD"] != lib+":/opt/app.so" || env["CLOUDTASER_FDS"] != "file "+fd+" /etc/a\nsdk "+fd+" a\nenv "+fd+" A" {
 		t.Fatalf("env %q", envp)
 	}
@@ -231,10 +250,39 @@ func TestFileDeliveryWithoutItsInterposerIsRefused(t *testing.T) {
 	}
 }
 
+// A key the config names twice (one OpenBao key, two deliveries) is two plans, each with
+// its own fd, both kept current by the refresher.
+func TestAKeyNamedTwiceIsTwoDeliveries(t *testing.T) {
+	cfg := configWith(config.Key{Key: "a", SDK: "a"}, config.Key{Key: "a", File: "/etc/a"})
+	cfg.RefreshSeconds = 60
+	plan, _ := PlanFor(cfg, App{Path: "/app", Why: "is statically linked"}, t.TempDir())
+	f := fetched(t, cfg, map[string]string{"a": "value-a"})
+	d, err := Prepare(cfg, plan, f, []string{"/app"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	plans := []*config.KeyPlan{f.Values[0].Plan, f.Values[1].Plan}
+	if len(d.Fds) != 2 || len(d.Refresh) != 2 || d.Fds[plans[0]] == d.Fds[plans[1]] {
+		t.Fatalf("fds %v, refresh %v", d.Fds, d.Refresh)
+	}
+	for _, p := range plans {
+		if same, _ := secretfd.Equal(d.Refresh[p], []byte("value-a")); !same || d.Refresh[p] != d.Fds[p] {
+			t.Fatalf("the fd of key %d holds another value", p.Index)
+		}
+	}
+	_, _, envp := d.Image.strings()
+	if got := envMap(envp)["CLOUDTASER_FDS"]; got != "sdk "+itoa(d.Fds[plans[0]])+" a\nfile "+
+		itoa(d.Fds[plans[1]])+" /etc/a" {
+		t.Fatalf("manifest %q", got)
+	}
+}
+
 func TestAValueWithANulByteIsNoEnvironmentVariable(t *testing.T) {
 	cfg := configWith(config.Key{Key: "a", Env: "A"})
 	plan, _ := PlanFor(cfg, App{Path: "/app", Why: "is statically linked"}, t.TempDir())
-	_, err := Prepare(cfg, plan, fetched(t, map[string]string{"a": "before\x00after"}), []string{"/app"}, nil)
+	f := fetched(t, cfg, map[string]string{"a": "before\x00after"})
+	_, err := Prepare(cfg, plan, f, []string{"/app"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "key 'a' holds a NUL byte") || strings.Contains(err.Error(), "before") {
 		t.Fatalf("Prepare = %v", err)
 	}

@@ -113,65 +113,61 @@ func PlanFor(cfg *config.Config, app App, dir string) (Plan, error) {
 // Delivery is the prepared app: its exec image and the secret fds.
 type Delivery struct {
 	Image    *Image
-	Fds      map[openbao.ValueKey]int // every secret fd, by value
-	Refresh  map[openbao.ValueKey]int // those a refresher keeps current (file and SDK)
+	Fds      map[*config.KeyPlan]int // every secret fd, by the plan of the key it holds
+	Refresh  map[*config.KeyPlan]int // those a refresher keeps current (file and SDK)
 	Warnings []string
 }
 
 // Prepare puts each value to deliver by fd into a secret fd of its own
 // (shared by its file, SDK and env lines), writes the manifest, and builds the
 // exec image: argv, and the environment less the wrapper's own variables with
-// the deliveries added.
+// the deliveries added. Each fetched value says how it is delivered: the plan
+// of the key it was fetched for.
 func Prepare(cfg *config.Config, plan Plan, fetched *openbao.Fetched, argv, environ []string) (*Delivery, error) {
-	d := &Delivery{Fds: map[openbao.ValueKey]int{}, Refresh: map[openbao.ValueKey]int{}}
+	d := &Delivery{Fds: map[*config.KeyPlan]int{}, Refresh: map[*config.KeyPlan]int{}}
 	var entries []manifest.Entry
 	var secretEnv []EnvValue
 	var placeholders []string // NAME= for each env line: the slot the interposer points at the value
 	delivered := map[string]bool{}
-	for _, src := range cfg.Sources {
-		for _, secret := range src.Secrets {
-			for _, key := range secret.Keys {
-				vk := openbao.ValueKey{Binding: src.Binding, Mount: secret.Mount, Path: secret.Path, Key: key.Key}
-				value := fetched.Values[vk]
-				if key.Env != "" {
-					if bytes.IndexByte(value.Bytes(), 0) >= 0 {
-						d.Close()
-						return nil, fmt.Errorf("binding %s: %s/%s: key '%s' holds a NUL byte: it cannot be "+
-							"the environment variable %s (deliver it as a file or to the SDK)",
-							src.Binding, secret.Mount, secret.Path, key.Key, key.Env)
-					}
-					delivered[key.Env] = true
-					if plan.EnvLines {
-						placeholders = append(placeholders, key.Env+"=")
-					} else {
-						secretEnv = append(secretEnv, EnvValue{Name: key.Env, Value: value.Bytes()})
-					}
-				}
-				byFd := key.File != "" || key.SDK != "" || (key.Env != "" && plan.EnvLines)
-				if !byFd {
-					continue
-				}
-				held, err := secretfd.Store(value.Bytes(), cfg.RequireSecretMem, cfg.RefreshSeconds == 0)
-				if err != nil {
-					d.Close()
-					return nil, err
-				}
-				d.Fds[vk] = held.FD
-				if held.Fallback != "" {
-					d.Warnings = append(d.Warnings, fmt.Sprintf("warning: %s, %s/%s key %s is in a sealed memfd "+
-						"(root can read it unless the node agent protects this process)",
-						held.Fallback, secret.Mount, secret.Path, key.Key))
-				}
-				for _, e := range []manifest.Entry{{Kind: manifest.File, Name: key.File},
-					{Kind: manifest.SDK, Name: key.SDK}, {Kind: manifest.Env, Name: key.Env}} {
-					if e.Name != "" && (e.Kind != manifest.Env || plan.EnvLines) {
-						entries = append(entries, manifest.Entry{Kind: e.Kind, FD: held.FD, Name: e.Name})
-					}
-				}
-				if key.File != "" || key.SDK != "" {
-					d.Refresh[vk] = held.FD
-				}
+	for _, v := range fetched.Values {
+		src, secret, key, value := v.Plan.Source, v.Plan.Secret, v.Plan.Key, v.Buf
+		if key.Env != "" {
+			if bytes.IndexByte(value.Bytes(), 0) >= 0 {
+				d.Close()
+				return nil, fmt.Errorf("binding %s: %s/%s: key '%s' holds a NUL byte: it cannot be "+
+					"the environment variable %s (deliver it as a file or to the SDK)",
+					src.Binding, secret.Mount, secret.Path, key.Key, key.Env)
 			}
+			delivered[key.Env] = true
+			if plan.EnvLines {
+				placeholders = append(placeholders, key.Env+"=")
+			} else {
+				secretEnv = append(secretEnv, EnvValue{Name: key.Env, Value: value.Bytes()})
+			}
+		}
+		byFd := key.File != "" || key.SDK != "" || (key.Env != "" && plan.EnvLines)
+		if !byFd {
+			continue
+		}
+		held, err := secretfd.Store(value.Bytes(), cfg.RequireSecretMem, cfg.RefreshSeconds == 0)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.Fds[v.Plan] = held.FD
+		if held.Fallback != "" {
+			d.Warnings = append(d.Warnings, fmt.Sprintf("warning: %s, %s/%s key %s is in a sealed memfd "+
+				"(root can read it unless the node agent protects this process)",
+				held.Fallback, secret.Mount, secret.Path, key.Key))
+		}
+		for _, e := range []manifest.Entry{{Kind: manifest.File, Name: key.File},
+			{Kind: manifest.SDK, Name: key.SDK}, {Kind: manifest.Env, Name: key.Env}} {
+			if e.Name != "" && (e.Kind != manifest.Env || plan.EnvLines) {
+				entries = append(entries, manifest.Entry{Kind: e.Kind, FD: held.FD, Name: e.Name})
+			}
+		}
+		if key.File != "" || key.SDK != "" {
+			d.Refresh[v.Plan] = held.FD
 		}
 	}
 	text, err := manifest.Format(entries)

@@ -51,12 +51,16 @@ func transient(format string, args ...any) *Error {
 	return &Error{Msg: fmt.Sprintf(format, args...), Transient: true}
 }
 
-// ValueKey names one fetched value.
-type ValueKey struct{ Binding, Mount, Path, Key string }
+// Value is one fetched value and the plan of the key it was fetched for.
+type Value struct {
+	Plan *config.KeyPlan
+	Buf  *secmem.Buffer
+}
 
 // Fetched holds the values and what the sweep must look for.
 type Fetched struct {
-	Values   map[ValueKey]*secmem.Buffer
+	// One per key of the config, in its order: Values[i].Plan.Index == i.
+	Values   []Value
 	Needles  []*secmem.Buffer // the raw JSON text of escaped values, client tokens
 	Attempts int
 }
@@ -67,12 +71,12 @@ func (f *Fetched) Free() {
 		return
 	}
 	for _, v := range f.Values {
-		v.Free()
+		v.Buf.Free()
 	}
 	for _, n := range f.Needles {
 		n.Free()
 	}
-	f.Values, f.Needles = map[ValueKey]*secmem.Buffer{}, nil
+	f.Values, f.Needles = nil, nil
 }
 
 // Secrets lists every secret byte string the fetch held: values, their raw
@@ -80,7 +84,7 @@ func (f *Fetched) Free() {
 func (f *Fetched) Secrets() [][]byte {
 	var out [][]byte
 	for _, v := range f.Values {
-		out = append(out, v.Bytes())
+		out = append(out, v.Buf.Bytes())
 	}
 	for _, n := range f.Needles {
 		out = append(out, n.Bytes())
@@ -112,13 +116,14 @@ func seconds(d time.Duration) string {
 func FetchAll(cfg *config.Config, jwt []byte, deadline time.Duration, log func(string)) (*Fetched, error) {
 	start := time.Now()
 	hard := start.Add(deadline)
-	out := &Fetched{Values: map[ValueKey]*secmem.Buffer{}}
+	out := &Fetched{}
+	plans := cfg.Plans()
 	var last *Error
 	for attempt := 1; ; attempt++ {
 		out.Attempts = attempt
 		out.Free() // a failed attempt's partial results
 		inFlight := ""
-		err := fetchOnce(cfg, jwt, hard, out, &inFlight)
+		err := fetchOnce(cfg, plans, jwt, hard, out, &inFlight)
 		if err == nil {
 			return out, nil
 		}
@@ -162,12 +167,15 @@ const minAttempt = 200 * time.Millisecond
 
 var errExpired = errors.New("deadline reached between requests")
 
-func fetchOnce(cfg *config.Config, jwt []byte, hard time.Time, out *Fetched, inFlight *string) error {
+// fetchOnce fetches every key of plans (cfg.Plans()), source by source and secret by
+// secret, so that out.Values are in the config's order.
+func fetchOnce(cfg *config.Config, plans []*config.KeyPlan, jwt []byte, hard time.Time,
+	out *Fetched, inFlight *string) error {
 	for i := range cfg.Sources {
 		if !time.Now().Before(hard) {
 			return errExpired
 		}
-		if err := fetchSource(&cfg.Sources[i], jwt, hard, out, inFlight); err != nil {
+		if err := fetchSource(&cfg.Sources[i], plans, jwt, hard, out, inFlight); err != nil {
 			return err
 		}
 	}
@@ -215,7 +223,8 @@ func (s *session) do(req httpc.Request) (httpc.Response, error) {
 	}
 }
 
-func fetchSource(src *config.Source, jwt []byte, hard time.Time, out *Fetched, inFlight *string) error {
+func fetchSource(src *config.Source, plans []*config.KeyPlan, jwt []byte, hard time.Time,
+	out *Fetched, inFlight *string) error {
 	where := fmt.Sprintf("binding %s: login to %s (role %s)", src.Binding, src.Address, src.Role)
 	s, err := newSession(src, hard)
 	if err != nil {
@@ -228,10 +237,11 @@ func fetchSource(src *config.Source, jwt []byte, hard time.Time, out *Fetched, i
 		return err
 	}
 	out.Needles = append(out.Needles, token)
-	for _, secret := range src.Secrets {
+	for i := range src.Secrets {
+		secret := &src.Secrets[i]
 		where = fmt.Sprintf("binding %s: %s/%s", src.Binding, secret.Mount, secret.Path)
 		*inFlight = where
-		if err := s.read(secret, token.Bytes(), where, out); err != nil {
+		if err := s.read(secret, plans, token.Bytes(), where, out); err != nil {
 			return err
 		}
 	}
@@ -345,7 +355,9 @@ func lookup(body []byte, path ...string) ([]byte, bool) {
 	return jsonscan.Lookup(body, path...)
 }
 
-func (s *session) read(secret config.Secret, token []byte, where string, out *Fetched) error {
+// read fetches secret and takes from it the key of each of plans that is one of its keys.
+func (s *session) read(secret *config.Secret, plans []*config.KeyPlan, token []byte, where string,
+	out *Fetched) error {
 	resp, err := s.do(httpc.Request{Method: "GET",
 		Path: "/v1/" + escapePath(secret.Mount) + "/data/" + escapePath(secret.Path), Token: token})
 	if err != nil {
@@ -361,7 +373,11 @@ func (s *session) read(secret config.Secret, token []byte, where string, out *Fe
 	if !ok || jsonscan.IsNull(data) {
 		data = []byte("{}")
 	}
-	for _, key := range secret.Keys {
+	for _, plan := range plans {
+		if plan.Secret != secret {
+			continue
+		}
+		key := plan.Key
 		var raw []byte
 		found := false
 		if err := jsonscan.Members(data, func(k, v []byte) bool {
@@ -386,7 +402,7 @@ func (s *session) read(secret config.Secret, token []byte, where string, out *Fe
 			value.Free()
 			return permanent("%s: key '%s': %v", where, key.Key, err)
 		}
-		out.Values[ValueKey{s.src.Binding, secret.Mount, secret.Path, key.Key}] = value
+		out.Values = append(out.Values, Value{Plan: plan, Buf: value})
 		// The raw JSON text differs from the value where it holds escapes: the
 		// sweep looks for that form too (it is what crypto/tls decrypted).
 		if quoted := raw[1 : len(raw)-1]; !bytes.Equal(quoted, value.Bytes()) {

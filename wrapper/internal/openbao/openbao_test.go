@@ -49,8 +49,9 @@ func TestTheValuesArriveOverMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Free()
-	got := f.Values[ValueKey{"ns/b", "secret", "p", "a"}]
-	if got == nil || string(got.Bytes()) != `value-of-a "quoted"` || len(logged) != 0 {
+	if len(f.Values) != 1 || f.Values[0].Plan.Key.Key != "a" ||
+		f.Values[0].Plan.Source.Binding != "ns/b" ||
+		string(f.Values[0].Buf.Bytes()) != `value-of-a "quoted"` || len(logged) != 0 {
 		t.Fatalf("values %v, logged %q", f.Values, logged)
 	}
 	if s.Tokens[0] != "s.test-token" || s.Logins[0] != "jwt-of-the-pod r" {
@@ -63,6 +64,40 @@ func TestTheValuesArriveOverMutualTLS(t *testing.T) {
 	}
 	if !raw["s.test-token"] || !raw[`value-of-a \"quoted\"`] {
 		t.Fatalf("needles %v", raw)
+	}
+}
+
+// Each value carries the plan of the key it was fetched for (pointers into the config), in
+// the config's order; a key the config names twice is fetched for each of its plans.
+func TestEachValueCarriesThePlanOfItsKey(t *testing.T) {
+	s := &script{Answers: map[string][]answer{"login": {loginOK}, "read": {
+		testbao.ReadOK(map[string]any{"a": "p-a", "b": "p-b"}),
+		testbao.ReadOK(map[string]any{"a": "q-a"})}}}
+	p := testbao.NewPKI(t)
+	cfg := cfgFor(p, testbao.Serve(t, p, s))
+	cfg.Sources[0].Secrets = []config.Secret{
+		{Mount: "secret", Path: "p", Keys: []config.Key{
+			{Key: "a", Env: "A"}, {Key: "b", SDK: "b"}, {Key: "a", File: "/a"}}},
+		{Mount: "secret", Path: "q", Keys: []config.Key{{Key: "a", SDK: "qa"}}}}
+	f, err := FetchAll(cfg, []byte("jwt"), 20*time.Second, func(string) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Free()
+	want := []struct {
+		secret, key int
+		value       string
+	}{{0, 0, "p-a"}, {0, 1, "p-b"}, {0, 2, "p-a"}, {1, 0, "q-a"}}
+	if len(f.Values) != len(want) {
+		t.Fatalf("%d values, want %d", len(f.Values), len(want))
+	}
+	for i, w := range want {
+		v, secret := f.Values[i], &cfg.Sources[0].Secrets[w.secret]
+		if v.Plan.Index != i || v.Plan.Source != &cfg.Sources[0] || v.Plan.Secret != secret ||
+			v.Plan.Key != &secret.Keys[w.key] || string(v.Buf.Bytes()) != w.value {
+			t.Fatalf("value %d: plan %+v, %q; want secret %d key %d, %q", i, *v.Plan, v.Buf.Bytes(),
+				w.secret, w.key, w.value)
+		}
 	}
 }
 

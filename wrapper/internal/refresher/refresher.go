@@ -52,27 +52,31 @@ const (
 	configEnv   = "CLOUDTASER_CONFIG"
 )
 
+// held is one fd the refresher keeps current and the key whose value it holds,
+// named by its place in the config's order (config.KeyPlan.Index): the
+// refresher parses the same config text, so its plans are the wrapper's.
 type held struct {
-	FD int `json:"fd"`
-	openbao.ValueKey
+	FD  int `json:"fd"`
+	Key int `json:"key"`
 }
 
 // Start starts the refresher and returns its PID. rawConfig is the config as
-// the wrapper got it; fds are the values it keeps current.
+// the wrapper got it; fds are the fds it keeps current, by the plan of the key
+// whose value each holds.
 //
 // It locks the calling goroutine to its thread for good: the caller execs the
 // app from the thread that forked the refresher, so the refresher's
 // parent-death signal stays tied to the app (PR_SET_PDEATHSIG fires when the
 // thread that forked the child exits, and execve ends every other thread).
-func Start(rawConfig string, fds map[openbao.ValueKey]int, deadline time.Duration) (int, error) {
+func Start(rawConfig string, fds map[*config.KeyPlan]int, deadline time.Duration) (int, error) {
 	runtime.LockOSThread()
 	var list []held
 	highest := 2
-	for key, fd := range fds {
-		list = append(list, held{fd, key})
+	for plan, fd := range fds {
+		list = append(list, held{fd, plan.Index})
 		highest = max(highest, fd)
 	}
-	fdMap, err := json.Marshal(list) // fd numbers and names: nothing secret
+	fdMap, err := json.Marshal(list) // fd numbers and key indexes: nothing secret
 	if err != nil {
 		return 0, err
 	}
@@ -171,16 +175,16 @@ func Once(cfg *config.Config, list []held, deadline time.Duration) (*openbao.Fet
 	}
 	changed := 0
 	for _, h := range list {
-		value, ok := fetched.Values[h.ValueKey]
-		if !ok {
+		if h.Key < 0 || h.Key >= len(fetched.Values) {
 			continue
 		}
+		value, plan := fetched.Values[h.Key].Buf, fetched.Values[h.Key].Plan
 		same, err := secretfd.Equal(h.FD, value.Bytes())
 		if err == nil && same {
 			continue
 		}
 		if err := secretfd.Rewrite(h.FD, value.Bytes()); err != nil {
-			log(fmt.Sprintf("%s/%s key %s: %v", h.Mount, h.Path, h.Key, err))
+			log(fmt.Sprintf("%s/%s key %s: %v", plan.Secret.Mount, plan.Secret.Path, plan.Key.Key, err))
 			continue
 		}
 		changed++
