@@ -20,6 +20,7 @@ from cloudtaser.engine.compiler import ClusterState, compile_state
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import BpfEntry, InjectorSettings
 from cloudtaser.engine.resources import GROUP, VERSION
+from cloudtaser.gcpause import gc_paused
 
 log = logging.getLogger("cloudtaser.bpf.watching")
 Lister = Callable[[], dict[str, list[dict[str, Any]]]]
@@ -29,11 +30,12 @@ def flags_by_pod(objects: dict[str, list[dict[str, Any]]],
                  settings: InjectorSettings | None = None) -> dict[str, BpfEntry]:
     """Pod UID -> BpfEntry, from raw objects by kind (pure: the engine does the work)."""
     parsed = parse_objects(objects)
-    plan = compile_state(ClusterState(
-        bindings=parsed.bindings, policies=parsed.policies, pods=parsed.pods,
-        namespaces=parsed.namespaces, problems=parsed.problems,
-        settings=settings or InjectorSettings(),
-    ))
+    with gc_paused():  # a bulk compile (cloudtaser/gcpause.py)
+        plan = compile_state(ClusterState(
+            bindings=parsed.bindings, policies=parsed.policies, pods=parsed.pods,
+            namespaces=parsed.namespaces, problems=parsed.problems,
+            settings=settings or InjectorSettings(),
+        ))
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
 

@@ -15,11 +15,9 @@ change that moves it, and the Plan's lists are kept in key order (engine.ordered
 from __future__ import annotations
 
 import bisect
-import gc
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -92,27 +90,12 @@ class ClusterState(Model):
 
 
 def compile_state(state: ClusterState) -> Plan:
-    """The Plan for a whole cluster state."""
-    with gc_paused():
-        return IncrementalCompiler(state).plan()
+    """The Plan for a whole cluster state.
 
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector during a bulk compile.
-
-    A full compile allocates a few objects per pod and binding, none of them cyclic; with
-    10k bindings the collector rescanned the growing young generations so often that the
-    compile took 3x longer (benchmarks/compile.py). Reference counting still frees
-    everything; the collector resumes (if it was on) when the block ends.
+    A caller compiling a large state at once may pause the garbage collector around this
+    (cloudtaser/gcpause.py says why); the engine leaves process state alone.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return IncrementalCompiler(state).plan()
 
 
 def _short_hash(text: str) -> str:

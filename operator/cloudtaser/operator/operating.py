@@ -35,12 +35,13 @@ import requests
 import urllib3
 
 from cloudtaser.bpf import leasing
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, gc_paused
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Plan, Problem
 from cloudtaser.engine.resources import GROUP, VERSION, SecretBinding
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
 from cloudtaser.errors import CloudtaserError
+from cloudtaser.gcpause import gc_paused
 from cloudtaser.injector import serving
 from cloudtaser.injector.resolving import RegistryCredential, credentials_from_dockerconfigjson
 
