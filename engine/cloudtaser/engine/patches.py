@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import Field
 
-from cloudtaser.engine.compiler import BUNDLE_VOLUME, is_injected
 from cloudtaser.engine.kube import Container, Model, Pod
 from cloudtaser.engine.plans import (
     AGENT_BACKEND_LABEL,
@@ -31,6 +30,7 @@ from cloudtaser.engine.plans import (
     PodPlan,
     Problem,
 )
+from cloudtaser.engine.pods import BUNDLE_VOLUME, is_injected
 
 Operation = dict[str, Any]
 
