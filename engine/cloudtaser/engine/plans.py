@@ -31,8 +31,11 @@ AGENT_CSI_DRIVER = "csi.cloudtaser.io"
 POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 CONFIG_ENV = "CLOUDTASER_CONFIG"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-# The Node label each agent keeps (bpf/cloudtaser/bpf/labelling.py) and a policy's requireBackend selects on;
-# the chart's ValidatingAdmissionPolicy lets an agent write this key only, on its own node.
+# The Node label an agent run with --node (as the chart runs it) keeps while it runs: its
+# backend, lsm or tracepoint, removed when it stops (bpf/cloudtaser/bpf/labelling.py). The
+# webhook adds it to the nodeSelector of a pod whose policy has requireBackend (patches.py).
+# The chart's ValidatingAdmissionPolicy <agent>-node-label (chart/templates/agent.yaml) lets an
+# agent change only this label, only to lsm or tracepoint, only on the node its token names.
 AGENT_BACKEND_LABEL = "cloudtaser.io/agent-backend"
 
 
