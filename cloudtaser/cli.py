@@ -59,7 +59,7 @@ def _parse_all(
 
 def _identity(model: BaseModel) -> tuple[str, str, str]:
     meta = getattr(model, "metadata")
-    namespace = meta.namespace or ("" if isinstance(model, EnforcementPolicy) else "default")
+    namespace = "" if isinstance(model, EnforcementPolicy) else meta.namespace_or_default
     return (getattr(model, "kind"), namespace, meta.name)
 
 

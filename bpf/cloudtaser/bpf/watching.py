@@ -18,6 +18,7 @@ from typing import Any
 
 from cloudtaser.engine.compiler import ClusterState, compile_state
 from cloudtaser.engine.documents import parse_objects
+from cloudtaser.engine.kube import namespace_of
 from cloudtaser.engine.plans import BpfEntry, InjectorSettings
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.gcpause import gc_paused
@@ -62,7 +63,7 @@ def kubernetes_lister(node: str) -> Lister:
         # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere; the
         # agent's memory must not grow with them). Policies are cluster-wide and few.
         pods = items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}"))
-        namespaces = sorted({p.get("metadata", {}).get("namespace") or "default" for p in pods})
+        namespaces = sorted({namespace_of(p) for p in pods})
         bindings: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         for namespace in namespaces:

@@ -58,7 +58,7 @@ class CompiledBinding:
 
 def compile_binding(binding: SecretBinding) -> CompiledBinding:
     """Compile one binding on its own: its wrapper source and the volumes it needs."""
-    namespace = binding.metadata.namespace or "default"
+    namespace = binding.metadata.namespace_or_default
     ref = f"{namespace}/{binding.metadata.name}"
     spec = binding.spec
     tls = spec.vault.tls

@@ -130,7 +130,7 @@ class IncrementalCompiler:
                            parse_problems)
         pods = _unique("Pod", state.pods, pod_key, parse_problems)
         bindings = _unique("SecretBinding", state.bindings,
-                           lambda b: (b.metadata.namespace or "default", b.metadata.name),
+                           lambda b: (b.metadata.namespace_or_default, b.metadata.name),
                            parse_problems)
         for ns in namespaces:
             self._policies.set_namespace(ns)
@@ -192,7 +192,7 @@ class IncrementalCompiler:
 
     def plan_pod(self, pod: Pod) -> PodPlan | None:
         """The plan for a pod not (yet) in the state, e.g. one under admission."""
-        namespace = pod.metadata.namespace or "default"
+        namespace = pod.metadata.namespace_or_default
         return self._build_plan(pod, namespace, self._ledger.bindings_for(namespace, pod))
 
     def plan(self) -> Plan:

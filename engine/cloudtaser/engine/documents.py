@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cloudtaser.engine.fields import validation_problems
-from cloudtaser.engine.kube import Namespace, Pod
+from cloudtaser.engine.kube import DEFAULT_NAMESPACE, Namespace, Pod
 from cloudtaser.engine.plans import Problem
 from cloudtaser.engine.resources import API_VERSION, EnforcementPolicy, SecretBinding
 
@@ -67,7 +67,7 @@ def as_problems(doc: object, found: list[tuple[str, str]]) -> list[Problem]:
         kind = raw_kind if isinstance(raw_kind, str) and raw_kind else "(unknown)"
         namespace, name = _identity(doc)
     if kind == "SecretBinding":
-        namespace = namespace or "default"
+        namespace = namespace or DEFAULT_NAMESPACE
     return [
         Problem(kind=kind, namespace=namespace, name=name, path=path, message=message)
         for path, message in found

@@ -8,8 +8,8 @@ apimachinery's ``LabelSelectorAsSelector``: an empty selector matches everything
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -89,6 +89,17 @@ LabelKey = Annotated[str, AfterValidator(_check_label_key)]
 LabelValue = Annotated[str, AfterValidator(_check_label_value)]
 
 
+# Where a namespaced object without metadata.namespace lives (the API server's default).
+DEFAULT_NAMESPACE = "default"
+
+
+def namespace_of(obj: Mapping[str, Any]) -> str:
+    """The namespace of a raw namespaced object (a dict as the API returns it)."""
+    meta = obj.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE
+
+
 class ObjectMeta(KubeModel):
     """The metadata fields cloudtaser reads."""
 
@@ -104,6 +115,11 @@ class ObjectMeta(KubeModel):
     generation: int | None = Field(
         default=None, description="Spec generation, set by the API server."
     )
+
+    @property
+    def namespace_or_default(self) -> str:
+        """The namespace a namespaced object lives in (DEFAULT_NAMESPACE when unset)."""
+        return self.namespace or DEFAULT_NAMESPACE
 
 
 class LabelSelectorRequirement(Model):

@@ -225,7 +225,7 @@ def pod_patch(
     problems: list[Problem] = []
     ops: list[Operation] = []
     pod_name = pod.metadata.display_name
-    namespace = pod.metadata.namespace or "default"
+    namespace = pod.metadata.namespace_or_default
     wrapper = [f"{settings.bundle_dir}/wrapper", "--"]
     pod_seccomp = "seccompProfile" in (pod.spec.security_context or {})
     volumes = {v.name: v for v in plan.volumes}

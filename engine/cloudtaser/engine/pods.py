@@ -41,7 +41,7 @@ FAILURE_MAX = 300
 
 def pod_key(pod: Pod) -> tuple[str, str]:
     """(namespace, name): how the compiler knows a pod."""
-    return (pod.metadata.namespace or "default", pod.metadata.name)
+    return (pod.metadata.namespace_or_default, pod.metadata.name)
 
 
 def is_injected(pod: Pod) -> bool:

@@ -27,7 +27,7 @@ def binding_problem(binding: SecretBinding, path: str, message: str, severity: s
     return Problem.model_validate(
         {
             "kind": "SecretBinding",
-            "namespace": binding.metadata.namespace or "default",
+            "namespace": binding.metadata.namespace_or_default,
             "name": binding.metadata.name,
             "path": path,
             "message": message,

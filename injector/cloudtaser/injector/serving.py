@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cloudtaser.engine.compiler import IncrementalCompiler
+from cloudtaser.engine.kube import namespace_of
 from cloudtaser.engine.patches import ImageEntrypoint
 from cloudtaser.engine.plans import InjectorSettings
 from cloudtaser.engine.webhooks import WEBHOOK_PATH
@@ -53,7 +54,7 @@ def _pull_secret_names(body: bytes) -> tuple[str, list[str]]:
     the body, so the shape is known to be an AdmissionReview with a pod object)."""
     request = json.loads(body)["request"]
     pod = request.get("object") or {}
-    namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace") or "default"
+    namespace = request.get("namespace") or namespace_of(pod)
     refs = (pod.get("spec") or {}).get("imagePullSecrets") or []
     return namespace, [r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)]
 
