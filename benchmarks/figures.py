@@ -11,10 +11,8 @@ produce its figures or a hard requirement (e.g. 0 failures) was missed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from cloudtaser.rendering import table
 
@@ -50,17 +48,3 @@ def emit(name: str, rows: Sequence[Sequence[object]], json_mode: bool, notes: Se
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-async def paced(rate: float, seconds: float, one: Callable[[float], Awaitable[None]]) -> None:
-    """Start ``one(begin)`` ``rate`` times a second for ``seconds``, open loop (a slow answer
-    does not delay the next request, as with real admission traffic), then wait for all.
-    ``begin`` is the run's perf_counter start, for timelines."""
-    tasks = []
-    begin = time.perf_counter()
-    for i in range(int(seconds * rate)):
-        delay = begin + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(begin)))
-    await asyncio.gather(*tasks)

@@ -44,10 +44,10 @@ import kubernetes  # noqa: E402
 import yaml  # noqa: E402
 
 from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
-from benchmarks.load import api_client, drive, rss_bytes  # noqa: E402
 from cloudtaser.testbed import stacking  # noqa: E402
 from cloudtaser.testbed.certificates import CertificateAuthority  # noqa: E402
-from tests.conftest import binding_doc, pod_doc  # noqa: E402
+from tests.harness.documents import binding_doc, pod_doc  # noqa: E402
+from tests.harness.loading import api_client, drive, rss_bytes  # noqa: E402
 from tests.harness.processes import stop  # noqa: E402
 
 NAMESPACE = "cloudtaser-load"

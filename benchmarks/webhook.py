@@ -26,14 +26,15 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.figures import add_json_flag, emit, paced, percentile  # noqa: E402
+from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
 from cloudtaser.testbed.certificates import CertificateAuthority  # noqa: E402
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler  # noqa: E402
 from cloudtaser.engine.plans import InjectorSettings  # noqa: E402
 from cloudtaser.engine.resources import SecretBinding  # noqa: E402
 from cloudtaser.injector import serving  # noqa: E402
 from cloudtaser.injector.admitting import admit  # noqa: E402
-from tests.conftest import binding_doc, pod_doc  # noqa: E402
+from tests.harness.documents import binding_doc, pod_doc  # noqa: E402
+from tests.harness.loading import paced  # noqa: E402
 
 PORT = 18450
 

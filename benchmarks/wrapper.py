@@ -45,12 +45,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
-from benchmarks.load import MemoryCgroup  # noqa: E402
 from cloudtaser.testbed import stacking  # noqa: E402
 from cloudtaser.testbed import provisioning
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig  # noqa: E402
-from tests.e2e.conftest import compiled_config  # noqa: E402
+from tests.harness.stack import compiled_config  # noqa: E402
 from tests.harness import wrapper as go_wrapper  # noqa: E402
+from tests.harness.loading import MemoryCgroup  # noqa: E402
 
 MIB = 1024 * 1024
 Row = tuple[str, str, str, str]

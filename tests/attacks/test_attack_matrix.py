@@ -1,6 +1,6 @@
 """The attack matrix (docs/THREAT-MODEL.md): every vector class, every attacker, both modes.
 
-``test_matrix``: a dynamic and a static app (tests/attacks/apps.py) under the agent, in enforce
+``test_matrix``: a dynamic and a static app (tests/harness/attack_apps.py) under the agent, in enforce
 and audit mode, with whichever backend the agent picks (the tracepoint one on this host, the
 LSM one in the guest: tests/guest). ``test_wrapped_app``: the same rows against an app the real
 wrapper started from the running stack's OpenBao, plus real tools (gdb's gcore, strace) and a
@@ -22,14 +22,14 @@ import pytest
 from cloudtaser.testbed import stacking
 from cloudtaser.bpf.agent import DEFAULT_FLAGS
 from cloudtaser.engine.plans import ProtectionFlag
-from tests.attacks import apps
-from tests.e2e.conftest import compiled_config
+from tests.harness import attack_apps as apps
+from tests.harness.stack import compiled_config
 from tests.harness import wrapper
 from tests.harness.attacking import run_attacker
-from tests.attacks.matrix import (
+from tests.harness.attack_matrix import (
     RESULTS, ROOT, VECTORS, Row, Target, attempt, obtained, resume, wait_report,
 )
-from tests.kernel.conftest import AgentRun
+from tests.harness.agents import AgentRun
 
 pytestmark = pytest.mark.kernel
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")

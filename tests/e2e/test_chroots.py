@@ -27,7 +27,7 @@ import pytest
 
 from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
-from tests.e2e.conftest import compiled_config, sha
+from tests.harness.stack import compiled_config, sha
 from tests.harness import wrapper
 
 pytestmark = pytest.mark.e2e

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.test_registry import running_registry
+from tests.harness.registry import running_registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.images]
 

@@ -8,10 +8,8 @@ import json
 import re
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,41 +17,15 @@ import requests
 import yaml
 
 from cloudtaser.testbed import stacking
-from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.testbed.stacking import StackError
-from tests.conftest import binding_doc, pod_doc
+from tests.harness.documents import binding_doc, pod_doc
+from tests.harness.operators import OPA_RECHECK, conditions, start_operator, stop
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-PORT = 18444
-OPA_RECHECK = 2  # seconds between the operator's looks at OPA's policy revision
 OPA = f"http://127.0.0.1:{stacking.OPA_PORT}"
 NS = "operator-e2e"
-
-
-def start_operator(stack: stacking.Paths, *extra: str, port: int = PORT) -> subprocess.Popen[str]:
-    pair = CertificateAuthority(stack.pki).issue("operator", "cloudtaser-operator", server=True,
-                                                 hosts=("127.0.0.1",))
-    exe = Path(sys.executable).parent / "cloudtaser"
-    env = stacking.environment(stack)
-    return subprocess.Popen(
-        [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
-         "--ca-file", str(stack.ca), "--port", str(port),
-         "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}", *extra],
-        env={**__import__("os").environ, **env, "CLOUDTASER_OPA_RECHECK": str(OPA_RECHECK)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    process.terminate()
-    try:
-        _, err = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +47,6 @@ def operator(stack: stacking.Paths, kubectl: Any) -> Iterator[subprocess.Popen[s
 def sb(kubectl: Any, name: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(kubectl("get", "sb", name, "-n", NS, "-o", "json"))
     return found
-
-
-def conditions(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    return {c["type"]: (c["status"], c["reason"]) for c in body.get("status", {}).get("conditions", [])}
 
 
 def test_ready_binding_status_counts_and_webhook_scope(operator: Any, kubectl: Any) -> None:

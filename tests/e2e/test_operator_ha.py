@@ -20,8 +20,8 @@ import yaml
 
 from cloudtaser.testbed import stacking
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
-from tests.conftest import binding_doc
-from tests.e2e.test_operator import conditions, start_operator, stop
+from tests.harness.documents import binding_doc
+from tests.harness.operators import conditions, start_operator, stop
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ import yaml
 
 from cloudtaser.testbed import noding, provisioning, stacking
 from cloudtaser.errors import CloudtaserError
-from tests.conftest import binding_doc
+from tests.harness.documents import binding_doc
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import pytest
 from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.plans import WrapperConfig
-from tests.e2e.conftest import compiled_config, sha
+from tests.harness.stack import compiled_config, sha
 from tests.harness import wrapper
 from tests.harness.processes import stop
 

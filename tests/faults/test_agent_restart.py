@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.bpf.programs import ensure_bpffs, unpin
-from tests.kernel.conftest import INTERPRETER, Victim
+from tests.harness.agents import INTERPRETER, Victim
 
 pytestmark = pytest.mark.kernel
 CAT = "/usr/bin/cat"

@@ -24,11 +24,11 @@ from cryptography import x509
 from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.plans import WrapperConfig
-from tests.e2e.conftest import compiled_config, sha
+from tests.harness.stack import compiled_config, sha
 from tests.harness import wrapper
 from tests.harness.waiting import wait_for
 
-from .conftest import LatencyProxy, Outage, latency_proxy
+from tests.harness.faults import LatencyProxy, Outage, latency_proxy
 
 pytestmark = pytest.mark.e2e
 EX_TEMPFAIL, EX_CONFIG = 75, 78

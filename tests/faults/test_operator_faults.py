@@ -30,11 +30,11 @@ from cloudtaser.testbed import stacking
 from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
-from tests.conftest import binding_doc
-from tests.e2e.test_operator import stop
+from tests.harness.documents import binding_doc
+from tests.harness.operators import stop
 from tests.harness.waiting import wait_for
 
-from .conftest import Outage
+from tests.harness.faults import Outage
 
 pytestmark = pytest.mark.e2e
 NS = "faults-operator"

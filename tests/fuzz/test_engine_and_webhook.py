@@ -17,8 +17,8 @@ from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import InjectorSettings
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.injector.admitting import admit
-from tests.conftest import binding_doc, pod_doc
-from tests.strategies import binding, mutated, pod, policy
+from tests.harness.documents import binding_doc, pod_doc
+from tests.harness.strategies import binding, mutated, pod, policy
 
 EXAMPLES = int(os.environ.get("CLOUDTASER_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,

@@ -21,11 +21,10 @@ from cloudtaser.bpf import layouts, programs
 from cloudtaser.bpf.agent import DEFAULT_LIST, RESERVED_LISTS
 from cloudtaser.bpf.reporting import event_message
 from cloudtaser.bpf.watching import PodPolicies
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 from tests.harness.kubelet import cgroup2_root
 
-from .conftest import AgentRun, Victim, assert_blocked
-from .test_pod_policies import spawn_in
+from tests.harness.agents import AgentRun, Victim, assert_blocked, spawn_in
 
 pytestmark = pytest.mark.kernel
 

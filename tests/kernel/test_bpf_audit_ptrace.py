@@ -10,7 +10,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, AgentRun, Victim, attack
+from tests.harness.agents import PROTECT_ALL, AgentRun, Victim, attack
 
 pytestmark = pytest.mark.kernel
 

@@ -21,7 +21,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, AgentRun, Launched, Victim
+from tests.harness.agents import PROTECT_ALL, AgentRun, Launched, Victim
 
 pytestmark = pytest.mark.kernel
 

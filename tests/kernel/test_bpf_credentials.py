@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness.attacking import run_attacker
 
-from .conftest import REPO, AgentRun, assert_blocked
+from tests.harness.agents import REPO, AgentRun, assert_blocked
 
 pytestmark = pytest.mark.kernel
 

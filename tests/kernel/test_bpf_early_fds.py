@@ -19,7 +19,7 @@ from cloudtaser.bpf import scanning
 from cloudtaser.bpf.programs import LSM
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, REPO, AgentRun, Victim, launch
+from tests.harness.agents import PROTECT_ALL, REPO, AgentRun, Victim, launch
 
 pytestmark = pytest.mark.kernel
 

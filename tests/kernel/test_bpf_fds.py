@@ -10,7 +10,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from .conftest import PROTECT_ALL, AgentRun, Launched, Victim, assert_blocked, attack
+from tests.harness.agents import PROTECT_ALL, AgentRun, Launched, Victim, assert_blocked, attack
 
 pytestmark = pytest.mark.kernel
 

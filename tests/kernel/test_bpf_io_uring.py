@@ -11,7 +11,7 @@ import pytest
 from cloudtaser.bpf.agent import IO_URING_SYSCTL
 from tests.harness.attacking import run_attacker
 
-from .conftest import AgentRun, Victim
+from tests.harness.agents import AgentRun, Victim
 
 pytestmark = pytest.mark.kernel
 

@@ -3,7 +3,7 @@
 Each attacker is a separate root process. Tracepoint backend (this host): the kernel delivered
 SIGKILL from the BPF program before the read returned to user space (returncode -9, nothing
 printed). LSM backend (the KVM guest, scripts/run-guest-tests): the call failed with EPERM and
-the attacker lived on (conftest.assert_blocked).
+the attacker lived on (tests/harness/agents.py, assert_blocked).
 """
 
 from __future__ import annotations
@@ -19,17 +19,11 @@ import pytest
 
 from cloudtaser.bpf.programs import TRACEPOINT_ONLY, bpf_lsm_listed
 from cloudtaser.engine.plans import ProtectionFlag
-
-from .conftest import PROTECT_ALL, AgentRun, Attack, Victim, assert_blocked, attack
+from tests.harness.agents import (
+    PROTECT_ALL, READ_FILE, AgentRun, Attack, Victim, assert_blocked, attack,
+)
 
 pytestmark = pytest.mark.kernel
-
-READ_FILE = r"""
-import sys
-with open(sys.argv[1], "rb") as f:
-    data = f.read()
-sys.stdout.buffer.write(data)
-"""
 
 READ_MEM = r"""
 import os, sys

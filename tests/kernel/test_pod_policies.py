@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import uuid
@@ -16,11 +14,9 @@ import pytest
 from cloudtaser.bpf.agent import MAX_PER_POD, REQUEST_DEADLINE
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import ProtectionFlag
+from tests.harness.agents import READ_FILE, AgentRun, assert_blocked, attack, spawn_in
 from tests.harness.kubelet import cgroup2_root
-from tests.unit.bpf.test_pod_policies import UID, objects
-
-from .conftest import VICTIM, AgentRun, assert_blocked, attack
-from .test_bpf_protect import READ_FILE
+from tests.harness.pod_policies import UID, objects
 
 pytestmark = pytest.mark.kernel
 
@@ -38,16 +34,6 @@ def pod_cgroup() -> Iterator[Path]:
                 p.rmdir()
             except OSError:
                 break
-
-
-def spawn_in(cgroup: Path | None, socket_path: Path) -> tuple[subprocess.Popen[str], str]:
-    secret = "s3cr3t-" + secrets.token_hex(16)
-    enter = f'echo $$ > "{cgroup}/cgroup.procs"; ' if cgroup else ""
-    proc = subprocess.Popen(
-        ["sh", "-c", enter + 'exec "$0" -c "$1" 1 "$2" 0', sys.executable, VICTIM, str(socket_path)],
-        env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=Path(__file__).resolve().parents[2])
-    return proc, secret
 
 
 def test_pod_flags_reach_the_kernel(agent_run: AgentRun, pod_cgroup: Path) -> None:
@@ -111,7 +97,7 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
     rewrites its flags (before, it kept the old ones until it exited)."""
     from cloudtaser.bpf.agent import Agent
 
-    from .conftest import PROTECT_ALL
+    from tests.harness.agents import PROTECT_ALL
 
     current = {"mode": "enforce"}
     policies = PodPolicies(lambda: objects(current["mode"]))

@@ -22,8 +22,8 @@ from cloudtaser.errors import CloudtaserError
 from cloudtaser.engine.compiler import AGENT_MOUNT, TOKEN_MOUNT
 from cloudtaser.engine.patches import INIT_CONTAINER
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER, INJECTED_ANNOTATION
-from tests.e2e.conftest import sha
-from tests.e2e.node.conftest import IMAGE, NS, REGISTRY, Pods, binding_ready, pod_security
+from tests.harness.stack import sha
+from tests.harness.nodes import IMAGE, NS, REGISTRY, Pods, binding_ready, pod_security
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

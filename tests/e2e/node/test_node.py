@@ -12,7 +12,7 @@ import pytest
 
 from cloudtaser.testbed import installing, stacking
 from cloudtaser.bpf.cgroups import pod_uid
-from tests.e2e.node.conftest import IMAGE, REGISTRY, SYSTEM, Pods
+from tests.harness.nodes import IMAGE, REGISTRY, SYSTEM, Pods
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

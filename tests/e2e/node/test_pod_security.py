@@ -18,8 +18,8 @@ from cloudtaser.testbed import installing, noding, provisioning, stacking
 from cloudtaser.engine.compiler import AGENT_MOUNT
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER, POD_SECURITY_ENFORCE_LABEL
 from cloudtaser.errors import CloudtaserError
-from tests.e2e.conftest import sha
-from tests.e2e.node.conftest import IMAGE, LABEL, NS, Pods, binding_ready
+from tests.harness.stack import sha
+from tests.harness.nodes import IMAGE, LABEL, NS, Pods, binding_ready
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

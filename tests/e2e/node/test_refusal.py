@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cloudtaser.testbed import installing
-from tests.e2e.node.conftest import IMAGE, NS, Pods, binding_ready
+from tests.harness.nodes import IMAGE, NS, Pods, binding_ready
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

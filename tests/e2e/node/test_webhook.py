@@ -12,7 +12,7 @@ import yaml
 
 from cloudtaser.testbed import installing
 from cloudtaser.errors import CloudtaserError
-from tests.e2e.node.conftest import IMAGE, NS, SYSTEM
+from tests.harness.nodes import IMAGE, NS, SYSTEM
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -9,9 +9,7 @@ import pytest
 from cloudtaser.bpf.cgroups import pod_uid_from_cgroups
 from cloudtaser.bpf.watching import PodPolicies, flags_by_pod
 from cloudtaser.engine.plans import ProtectionFlag
-from tests.conftest import binding_doc, pod_doc, policy_doc
-
-UID = "0b9f3c1e-7d2a-4c55-9e61-2f1d8c3b4a70"
+from tests.harness.pod_policies import UID, objects
 
 
 @pytest.mark.parametrize(("cgroup", "uid"), [
@@ -24,18 +22,6 @@ UID = "0b9f3c1e-7d2a-4c55-9e61-2f1d8c3b4a70"
 ])
 def test_pod_uid_from_kubelet_cgroup_names(cgroup: str, uid: str | None) -> None:
     assert pod_uid_from_cgroups(cgroup) == uid
-
-
-def objects(mode: str = "enforce") -> dict[str, list[dict[str, Any]]]:
-    pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
-    pod["metadata"]["uid"] = UID
-    binding = binding_doc("app", "team")
-    policy = policy_doc("only-environ", mode=mode, protections={
-        "mem": False, "fds": False, "ptrace": False, "pidfdGetfd": False, "coreDump": False})
-    for doc in (pod, binding, policy):
-        doc.pop("apiVersion")
-        doc.pop("kind")
-    return {"Pod": [pod], "SecretBinding": [binding], "EnforcementPolicy": [policy], "Namespace": []}
 
 
 def test_flags_come_from_the_engine_for_injected_pods_only() -> None:

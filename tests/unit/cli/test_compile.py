@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from cloudtaser.cli import main
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 
 def setup(tmp_path: Path) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from cloudtaser.cli import main
-from tests.conftest import binding_doc, policy_doc
+from tests.harness.documents import binding_doc, policy_doc
 
 
 def run(*args: str) -> tuple[int, str, str]:

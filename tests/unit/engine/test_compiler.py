@@ -9,7 +9,7 @@ from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, compil
 from cloudtaser.engine.kube import Namespace, Pod
 from cloudtaser.engine.plans import ProtectionFlag
 from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 
 def state(*docs: dict[str, Any]) -> ClusterState:

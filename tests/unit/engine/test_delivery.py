@@ -16,7 +16,7 @@ from cloudtaser.engine.compiler import (
 )
 from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.resources import SecretBinding
-from tests.conftest import binding_doc, pod_doc
+from tests.harness.documents import binding_doc, pod_doc
 
 REFUSED = ("cloudtaser-wrapper: binding team/app: login to OpenBao at https://bao.example:8200 "
            "refused: permission denied")

@@ -18,8 +18,8 @@ from cloudtaser.engine.kube import Namespace, Pod
 from cloudtaser.engine.ledger import Ledger
 from cloudtaser.engine.plans import Problem
 from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
-from tests.conftest import binding_doc, pod_doc, policy_doc
-from tests.strategies import LABELS, binding, pod, policy
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
+from tests.harness.strategies import LABELS, binding, pod, policy
 
 EXAMPLES = int(os.environ.get("CLOUDTASER_FUZZ_EXAMPLES", "150"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,

@@ -19,7 +19,7 @@ from cloudtaser.engine.plans import (
     WrapperConfig,
 )
 from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 SETTINGS = InjectorSettings()
 

@@ -9,7 +9,7 @@ import pytest
 from cloudtaser.engine.documents import RESOURCE_KINDS, parse_document
 from cloudtaser.engine.kube import LabelSelector
 from cloudtaser.engine.resources import SecretBinding, duration_seconds
-from tests.conftest import binding_doc, policy_doc
+from tests.harness.documents import binding_doc, policy_doc
 
 
 def problems(doc: dict[str, Any]) -> list[tuple[str, str]]:

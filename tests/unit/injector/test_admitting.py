@@ -16,7 +16,7 @@ from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.plans import INJECTED_ANNOTATION, InjectorSettings
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.injector.admitting import admit
-from tests.conftest import binding_doc, json_paths, pod_doc
+from tests.harness.documents import binding_doc, json_paths, pod_doc
 
 SETTINGS = InjectorSettings()
 COMPILER = IncrementalCompiler(ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))]))

@@ -1,8 +1,9 @@
 """Every build (amd64/arm64 x glibc/musl) delivers env and file lines to a real program.
 
 The program (deliver.c) is compiled for each build with that build's compiler and run as
-conftest.Target says: natively, in a glibc-free musl chroot, or under qemu-user. Checks that
-depend on the host kernel seeing the program itself are made where they can fail:
+Target (tests/harness/interposer.py) says: natively, in a glibc-free musl chroot, or under
+qemu-user. Checks that depend on the host kernel seeing the program itself are made where they
+can fail:
   - /proc/self/environ: under qemu-user the guest's environment is a copy qemu makes in guest
     memory, and /proc/self/environ is qemu's own, which never held the value either way;
   - exec: without binfmt_misc (not mounted here) the host kernel cannot exec the aarch64
@@ -17,7 +18,7 @@ import subprocess
 
 import pytest
 
-from tests.unit.interposer.conftest import (
+from tests.harness.interposer import (
     MUSL_LOADERS, QEMU, TIMEOUT, Target, env_name, facts, secret_path, secret_value,
 )
 

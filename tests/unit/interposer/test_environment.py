@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.interposer.conftest import (
-    HERE, KINDS, TIMEOUT, Served, env_name, secret_path, secret_value,
+from tests.harness.interposer import (
+    KINDS, PROGRAMS, TIMEOUT, Served, env_name, secret_path, secret_value,
 )
 
 
@@ -175,7 +175,7 @@ def world_readable(library: Path) -> Iterator[Path]:
     try:
         place.chmod(0o755)
         shutil.copy2(library, place / library.name)
-        subprocess.run(["gcc", "-O2", "-o", str(place / "victim"), str(HERE / "deliver.c")],
+        subprocess.run(["gcc", "-O2", "-o", str(place / "victim"), str(PROGRAMS / "deliver.c")],
                        check=True, capture_output=True, timeout=TIMEOUT)
         yield place
     finally:

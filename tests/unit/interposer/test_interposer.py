@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.interposer.conftest import (
+from tests.harness.interposer import (
     KINDS, TIMEOUT, Served, fill, new_secret_fd, secret_path, secret_value,
 )
 

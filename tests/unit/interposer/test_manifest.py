@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.unit.interposer.conftest import (
-    HERE, ROOT, TIMEOUT, Served, Target, facts, new_secret_fd, secret_value,
+from tests.harness.interposer import (
+    PROGRAMS, ROOT, TIMEOUT, Served, Target, facts, new_secret_fd, secret_value,
 )
 
 VECTORS: list[dict[str, Any]] = json.loads(
@@ -39,7 +39,7 @@ def test_the_contract_has_vectors_of_both_outcomes() -> None:
 
 
 def test_every_vector_through_the_c_parser(target: Target) -> None:
-    checker = target.compile(HERE / "manifest_check.c", "manifest_check", "-static")
+    checker = target.compile(PROGRAMS / "manifest_check.c", "manifest_check", "-static")
     stdin = b"".join(f"{len(v['text'].encode())}\n".encode() + v["text"].encode()
                      for v in VECTORS)
     result = target.run([checker], env={}, stdin=stdin)
@@ -94,5 +94,5 @@ def test_every_vector_through_the_library(served: Served, deliver_native: str,
 def deliver_native(library: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("deliver") / "deliver"
     subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                    str(HERE / "deliver.c")], check=True, capture_output=True, timeout=TIMEOUT)
+                    str(PROGRAMS / "deliver.c")], check=True, capture_output=True, timeout=TIMEOUT)
     return str(out)

@@ -1,5 +1,6 @@
-"""Fixtures for the fault tests: take a piece of the shared stack away for a moment (and always
-bring it back), and put a latency-injecting TCP proxy in front of OpenBao.
+"""For the fault tests: take a piece of the shared stack away for a moment (and always bring it
+back), and put a latency-injecting TCP proxy in front of OpenBao. A pytest plugin
+(tests/conftest.py loads it); the stack's fixtures are tests/harness/stack.py's.
 
 The stack is shared with other sessions, so every outage is short and restored in a
 ``finally``: a component is stopped by its PID file (``stacking.stop``) and started again with
@@ -23,10 +24,6 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.testbed import stacking
-
-# The stack fixtures live with the e2e tests, the BPF ones with the kernel tests.
-from tests.e2e.conftest import demo_secret, kubectl, stack, token  # noqa: F401
-from tests.kernel.conftest import bpf_object, launched, spawn_victim  # noqa: F401
 
 
 @dataclass
@@ -72,7 +69,7 @@ class Outage:
 
 
 @pytest.fixture
-def outage(stack: stacking.Paths) -> Iterator[Callable[[str], Outage]]:  # noqa: F811
+def outage(stack: stacking.Paths) -> Iterator[Callable[[str], Outage]]:
     """``outage("openbao")`` stops that component now; it is always restored afterwards."""
     taken: list[Outage] = []
 

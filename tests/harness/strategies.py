@@ -1,5 +1,5 @@
 """Hypothesis strategies for cluster objects, shared by the property tests (tests/fuzz, the
-engine's ledger tests): valid documents from tests/conftest.py with up to three fields
+engine's ledger tests): valid documents from tests/harness/documents.py with up to three fields
 replaced by arbitrary JSON, so a drawn document may or may not parse."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.conftest import binding_doc, json_paths, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, json_paths, pod_doc, policy_doc
 
 NAMES = st.sampled_from(["a", "b", "app", "db", "x-1"])
 LABELS = st.dictionaries(st.sampled_from(["app", "tier", "team"]), NAMES, max_size=2)

@@ -11,6 +11,8 @@
 Each app keeps the secret in every place a wrapped app has it: its environment (as delivered),
 the memfd_secret fd, a sealed memfd copy (what the interposer serves a file delivery from), a
 heap copy; and a thread and a child forked after registration.
+
+A pytest plugin (tests/conftest.py loads it): ``wrapped_app`` starts the wrapped one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.attacks.matrix import Target
+import pytest
+
+from cloudtaser.bpf import layouts
+from cloudtaser.testbed import stacking
+from tests.harness import wrapper
+from tests.harness.agents import AgentRun
+from tests.harness.attack_matrix import Target
+from tests.harness.stack import compiled_config
 
 REPO = Path(__file__).resolve().parents[2]
 INTERPOSER = REPO / "wrapper" / "interposer" / "build" / "amd64" / "libcloudtaser-glibc.so"
@@ -157,3 +167,41 @@ def stop(target: Target) -> str:
     proc.kill()
     _out, err = proc.communicate(timeout=30)
     return err
+
+
+@pytest.fixture
+def wrapped_app(stack: stacking.Paths) -> Iterator[Callable[[AgentRun, Path, str], Target]]:
+    """Start the app under the real wrapper (its own namespaces), which fetches ``secret``
+    from the stack's OpenBao and registers with the test's agent."""
+    def start(run: AgentRun, token: Path, secret: str) -> Target:
+        config = compiled_config(stack, token, mode="enforce")
+        source = config.sources[0]
+        # The pod's credentials on a tmpfs volume of the app's mount namespace, as the kubelet
+        # mounts a projected token and a Secret: the wrapper names them, the agent guards them.
+        files = {"token": str(token), "tls.crt": source.client_cert_file,
+                 "tls.key": source.client_key_file}
+        config = config.model_copy(update={
+            "token_path": f"{CREDENTIALS}/token",
+            "agent": config.agent.model_copy(update={"socket": str(run.socket_path)}),
+            "sources": [source.model_copy(update={
+                "client_cert_file": f"{CREDENTIALS}/tls.crt",
+                "client_key_file": f"{CREDENTIALS}/tls.key"})]})
+        prelude = (f'mkdir -p {CREDENTIALS} && mount -t tmpfs tmpfs {CREDENTIALS} && '
+                   + " && ".join(f'cp "{src}" {CREDENTIALS}/{name}' for name, src in files.items())
+                   + ' && exec "$@"')
+        proc = in_namespaces(
+            ["sh", "-c", prelude, "prelude",
+             *wrapper.command(sys.executable, "-c", APP, "DEMO_PASSWORD", "demo-password",
+                              deadline=20)], wrapper.environment(config))
+        target = attach(proc, secret, environ_clean=False, pins=run.pin_dir,
+                        socket_path=run.socket_path)
+        target.env = wrapper.environment(config)
+        target.credentials = tuple(Path(src).read_bytes().strip() for src in files.values()
+                                   if not src.endswith(".crt"))
+        assert run.agent is not None
+        entry = run.agent.entry(target.pid)
+        assert entry is not None, "the wrapped app is not registered"
+        target.environ_clean = bool(entry.flags & layouts.EntryState.ENVIRON_CLEAN)
+        return target
+
+    yield start

@@ -1,4 +1,6 @@
-"""Fixtures for the interposer tests: the four builds, and real programs run against them.
+"""For the interposer tests (tests/unit/interposer): the four builds, and real programs run
+against them. A pytest plugin (tests/conftest.py loads it): ``library``, ``served``, ``target``
+and ``deliver``; the C test programs (deliver.c, ...) are in PROGRAMS.
 
 `Served` holds secret fds (real memfd_secret, or the sealed/unsealed memfd the wrapper falls
 back to) and the CLOUDTASER_FDS manifest describing them, and runs children with the
@@ -29,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAMS = ROOT / "tests" / "unit" / "interposer"  # the C programs the tests build
 INTERPOSER_DIR = ROOT / "wrapper" / "interposer"
 SYS_MEMFD_SECRET = 447
 TIMEOUT = 120
@@ -312,4 +314,4 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def deliver(target: Target) -> str:
     """deliver.c built for TARGET (dynamic: it loads the library)."""
-    return target.compile(HERE / "deliver.c", "deliver")
+    return target.compile(PROGRAMS / "deliver.c", "deliver")

@@ -1,4 +1,9 @@
-"""Fixtures for the BPF kernel tests: a built object, a running agent, victims and attackers."""
+"""The BPF agent under test: a built object, a running agent, victims and attackers.
+
+A pytest plugin (tests/conftest.py loads it) for the kernel tests, the fault tests (an agent
+restarted) and the attack matrix; ``bpf_object_path`` is the unit tests' object (layouts,
+backends), which skips where the object cannot be built.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +72,19 @@ def bpf_object() -> Iterator[Path]:
                          text=True)
     yield Path(out.stdout.strip().splitlines()[-1])
 
+
+
+@pytest.fixture(scope="session")
+def bpf_object_path() -> Path:
+    """The unit tests' object (layouts, backends): built by scripts/build-bpf (cached); skips,
+    saying why, where it cannot be built. Needs no root, unlike ``bpf_object``."""
+    for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian package {package})")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("no kernel BTF at /sys/kernel/btf/vmlinux (needed to generate vmlinux.h)")
+    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 @dataclass
 class AgentRun:
@@ -171,6 +189,18 @@ time.sleep(120)
 """
 
 
+def spawn_in(cgroup: Path | None, socket_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """A VICTIM that registers on ``socket_path`` from inside ``cgroup`` (a pod's, found by
+    the agent through it); it is the caller's to kill. The process and its secret."""
+    secret = "s3cr3t-" + secrets.token_hex(16)
+    enter = f'echo $$ > "{cgroup}/cgroup.procs"; ' if cgroup else ""
+    proc = subprocess.Popen(
+        ["sh", "-c", enter + 'exec "$0" -c "$1" 1 "$2" 0', sys.executable, VICTIM, str(socket_path)],
+        env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO)
+    return proc, secret
+
+
 V = TypeVar("V", bound=Victim)
 
 
@@ -229,6 +259,14 @@ def spawn_victim(launched: Launched) -> Iterator[Callable[..., Victim]]:
             except ProcessLookupError:
                 pass
 
+
+# An attacker's code (argv: a path): it prints what it read.
+READ_FILE = r"""
+import sys
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+sys.stdout.buffer.write(data)
+"""
 
 @dataclass
 class Attack:

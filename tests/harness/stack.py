@@ -1,4 +1,6 @@
-"""The local real stack for e2e tests: brought up once per run, or reused when running.
+"""The local real stack for the e2e, fault and attack tests: brought up once per run, or
+reused when running. A pytest plugin (tests/conftest.py loads it); the benchmarks use
+``compiled_config``.
 
 When this session started the stack it also stops it, and then checks that no process of
 the stack's binaries is left. Set CLOUDTASER_KEEP_STACK=1 to leave it running.
