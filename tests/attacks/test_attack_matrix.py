@@ -1,10 +1,10 @@
 """The attack matrix (docs/THREAT-MODEL.md): every vector class, every attacker, both modes.
 
-``test_matrix``: a dynamic and a static app (tests/harness/attack_apps.py) under the agent, in enforce
-and audit mode, with whichever backend the agent picks (the tracepoint one on this host, the
-LSM one in the guest: tests/guest). ``test_wrapped_app``: the same rows against an app the real
-wrapper started from the running stack's OpenBao, plus real tools (gdb's gcore, strace) and a
-core dump. The table is printed at the end of the session (tests/attacks/conftest.py), also by
+``test_matrix``: a dynamic and a static app (tests/harness/attack_apps.py) under the agent, in
+enforce and audit mode, with whichever backend the agent picks (the tracepoint one on this host,
+the LSM one in the guest: tests/guest). ``test_wrapped_app``: the same rows against an app the
+real wrapper started from the running stack's OpenBao, plus real tools (gdb's gcore, strace) and
+a core dump. The table is printed at the end of the session (tests/attacks/conftest.py), also by
 ``python -m tests.attacks``.
 """
 

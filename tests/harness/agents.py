@@ -83,7 +83,8 @@ def bpf_object_path() -> Path:
             pytest.skip(f"{tool} not installed (Debian package {package})")
     if not Path("/sys/kernel/btf/vmlinux").exists():
         pytest.skip("no kernel BTF at /sys/kernel/btf/vmlinux (needed to generate vmlinux.h)")
-    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True)
+    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True,
+                         text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 @dataclass
