@@ -133,7 +133,7 @@ def main() -> None:
     t_large = best(lambda: full_compile(large), args.repeat)
 
     def first_reconcile(state: ClusterState) -> None:
-        with gc_paused():  # as operating.Operator.reconcile does
+        with gc_paused():  # as reconciling.Operator.reconcile does
             one_by_one(state)
 
     t_first = best(lambda: first_reconcile(large), args.repeat)

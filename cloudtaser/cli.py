@@ -429,7 +429,7 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
     import base64
     import logging
 
-    from cloudtaser.operator import operating
+    from cloudtaser.operator import running
     from cloudtaser.injector import serving
 
     logs.configure(log_format, log_level)
@@ -461,15 +461,15 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
             raise click.ClickException(f"{settings_file}: {path}: {message}") from None
     holder = serving.Holder(
         settings=settings, resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
-        pull_secrets=operating.read_pull_secrets if image_pull_secrets else None)
-    op = operating.Operator(client_config=client_config, opa_url=opa_url, holder=holder,
-                            ca_file=ca_file)
+        pull_secrets=running.read_pull_secrets if image_pull_secrets else None)
+    op = running.Operator(client_config=client_config, opa_url=opa_url, holder=holder,
+                          ca_file=ca_file)
     election = None
     if leader_elect:
         import socket
 
         election = (leader_namespace or settings.operator_namespace, identity or socket.gethostname())
-    operating.run(op, host, port, tls_cert, tls_key, liveness, election)
+    running.run(op, host, port, tls_cert, tls_key, liveness, election)
 
 
 # --- commands other distributions add --------------------------------------------------------

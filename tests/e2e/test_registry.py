@@ -219,7 +219,7 @@ def test_webhook_reads_the_pods_image_pull_secret(
     registry: Registry, image: tuple[str, str], stack: Any, kubectl: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The operator's webhook server (serving.application with operating.read_pull_secrets)
+    """The operator's webhook server (serving.application with running.read_pull_secrets)
     over HTTPS: a private image resolves only with the pod's imagePullSecrets, read from the
     real API server by name; without them the pod is denied with a message that says to set
     command; the credential appears in no answer."""
@@ -229,7 +229,7 @@ def test_webhook_reads_the_pods_image_pull_secret(
     import kubernetes
     import yaml
 
-    from cloudtaser.operator import operating
+    from cloudtaser.operator import running
     from cloudtaser.testbed.certificates import CertificateAuthority
     from cloudtaser.injector import serving
 
@@ -250,7 +250,7 @@ def test_webhook_reads_the_pods_image_pull_secret(
     compiler = IncrementalCompiler(ClusterState(
         bindings=[SecretBinding.model_validate(binding_doc("app", namespace))]))
     holder = serving.Holder(compiler=compiler, resolver=Resolver(insecure=[registry.host]),
-                            pull_secrets=operating.read_pull_secrets)
+                            pull_secrets=running.read_pull_secrets)
     pair = CertificateAuthority(stack.pki).issue("registry-e2e-webhook", "webhook", server=True,
                                                  hosts=("127.0.0.1",))
     port = free_port()

@@ -57,7 +57,7 @@ from tests.harness.stack import compiled_config
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "cloudtaser-load"
-LEASE = "cloudtaser-operator"  # the name operating.py elects on
+LEASE = "cloudtaser-operator"  # operator/cloudtaser/operator/election.py
 OPERATOR_PORT, PROBE_PORT = 18460, 18461
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")  # cgroup v1 here; v2 handled too
 

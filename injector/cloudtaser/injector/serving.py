@@ -40,7 +40,7 @@ class Holder:
     resolver: Resolver | None = None
     pull_secrets: PullSecretReader | None = None
     # The serving context: load_cert_chain on it again serves a rotated certificate to every
-    # new connection without a restart (operating.Operator.watch_certificates).
+    # new connection without a restart (reconciling.Operator.watch_certificates).
     tls: ssl.SSLContext | None = None
 
 

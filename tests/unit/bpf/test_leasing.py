@@ -1,4 +1,5 @@
-"""Node reports: what an agent's Lease says and how the operator adds them up."""
+"""The agent's node report: the Lease it writes says, in the engine's format, which policies
+protect pods on this node and how many violations each had, continuing a predecessor's counts."""
 
 from __future__ import annotations
 
@@ -6,29 +7,75 @@ import datetime
 import json
 from typing import Any
 
-from cloudtaser.bpf import leasing
-from cloudtaser.operator.operating import aggregate_reports
+from cloudtaser.bpf.leasing import NodeReport
+from cloudtaser.bpf.watching import PodPolicies
+from cloudtaser.engine import reports
+from tests.conftest import binding_doc, pod_doc, policy_doc
 
-NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.timezone.utc)
-
-
-def lease(policies: Any, violations: Any, age: float) -> dict[str, Any]:
-    renewed = (NOW - datetime.timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"metadata": {"annotations": {leasing.POLICIES: json.dumps(policies),
-                                         leasing.VIOLATIONS: json.dumps(violations)}},
-            "spec": {"renewTime": renewed, "leaseDurationSeconds": 60}}
+UID = "0b9f3c1e-7d2a-4c55-9e61-2f1d8c3b4a70"
 
 
-def test_live_nodes_count_and_all_violations_add_up() -> None:
-    leases = [lease(["baseline", "strict"], {"baseline": 2}, 5),
-              lease(["baseline"], {"baseline": 1, "strict": 4}, 30),
-              lease(["baseline"], {"baseline": 10}, 600)]  # expired: not enforcing, counts stay
-    assert aggregate_reports(leases, NOW) == {"baseline": (2, 13), "strict": (1, 4)}
+def node(*policies: str) -> PodPolicies:
+    """This node's protected pods as the agent lists them: one injected pod under
+    ``policies`` (none: the default policy)."""
+    pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
+    pod["metadata"]["uid"] = UID
+    docs = [pod, binding_doc("app", "team"), *(policy_doc(name, mode="enforce") for name in policies)]
+    for doc in docs:
+        doc.pop("apiVersion")
+    objects: dict[str, list[dict[str, Any]]] = {"Pod": [], "SecretBinding": [],
+                                                "EnforcementPolicy": [], "Namespace": []}
+    for doc in docs:
+        objects[doc.pop("kind")].append(doc)
+    listed = PodPolicies(lambda: objects)
+    listed.refresh()
+    return listed
 
 
-def test_malformed_reports_count_as_nothing() -> None:
-    broken = [lease("baseline", {"x": 1}, 1), lease(["ok"], {"ok": -3, "y": "many"}, 1),
-              {"metadata": {"annotations": {leasing.POLICIES: "{not json"}}, "spec": {}},
-              {"metadata": {}, "spec": {"renewTime": "yesterday"}}]
-    assert aggregate_reports(broken, NOW) == {"ok": (1, 0)}
-    assert not leasing.fresh({"spec": {}}, NOW)
+def lease(report: NodeReport) -> dict[str, Any]:
+    """The Lease the report writes, as the API would hand it to the operator."""
+    return dict(json.loads(json.dumps(report.body())))
+
+
+def test_the_lease_names_the_policies_and_counts_each_violation() -> None:
+    report = NodeReport(node("strict", "baseline"), "node-a", "cloudtaser-system", "lsm", api=object())
+    for uid in (UID, UID, "not-on-this-node", None):
+        report.record(uid)
+    before = datetime.datetime.now(datetime.timezone.utc)
+    body = lease(report)
+    read = reports.decode(body)
+    assert (body["metadata"]["name"], body["metadata"]["namespace"]) == (
+        "cloudtaser-agent-node-a", "cloudtaser-system")
+    assert read.policies == ["baseline", "strict"]
+    assert read.violations == {"baseline": 2, "strict": 2}
+    assert (read.node, read.backend, read.duration) == ("node-a", "lsm", reports.DURATION)
+    assert read.renewed is not None
+    renewed = datetime.datetime.fromisoformat(read.renewed.replace("Z", "+00:00"))
+    assert abs((renewed - before).total_seconds()) < 5
+
+
+def test_a_pod_under_no_policy_reports_the_default_one() -> None:
+    report = NodeReport(node(), "node-a", "cloudtaser-system", "tracepoint", api=object())
+    report.record(UID)
+    read = reports.decode(lease(report))
+    assert (read.policies, read.violations) == (["default"], {"default": 1})
+
+
+class Leases:
+    """A CoordinationV1Api holding one Lease, as a restarted agent finds it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> dict[str, Any]:
+        assert (name, namespace) == ("cloudtaser-agent-node-a", "cloudtaser-system")
+        return self.body
+
+
+def test_a_restarted_agent_continues_the_counts_it_reads_back() -> None:
+    old = reports.encode(reports.Report(node="node-a", policies=["baseline"],
+                                        violations={"baseline": 5, "retired": 2}), "cloudtaser-system")
+    report = NodeReport(node("baseline"), "node-a", "cloudtaser-system", "lsm", api=Leases(old))
+    report._load()
+    report.record(UID)
+    assert reports.decode(lease(report)).violations == {"baseline": 6, "retired": 2}

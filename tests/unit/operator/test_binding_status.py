@@ -7,8 +7,11 @@ import dataclasses
 from typing import Any
 
 from cloudtaser.engine.plans import BindingSummary
-from cloudtaser.operator.operating import Decision, _binding_status, in_cluster_server, trimmed
+from cloudtaser.operator.listing import trimmed
+from cloudtaser.operator.running import in_cluster_server
+from cloudtaser.operator.statuses import Decision, binding_status
 
+NOW = "2026-11-27T12:00:00Z"
 REASON = "team/app-1: container app: cloudtaser-wrapper: binding team/app: permission denied"
 
 
@@ -17,7 +20,7 @@ def status(**figures: Any) -> dict[str, Any]:
                              injected_pods=figures.get("injected", 1), secrets=1,
                              delivered_pods=figures.get("delivered", 0),
                              failing_pods=figures.get("failing", 0), failure=figures.get("failure", ""))
-    return _binding_status({"metadata": {"generation": 1}}, [], summary, Decision(True, []))
+    return binding_status({"metadata": {"generation": 1}}, [], summary, Decision(True, []), NOW)
 
 
 def conditions(s: dict[str, Any]) -> dict[str, tuple[str, str, str]]:

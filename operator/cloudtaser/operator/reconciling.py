@@ -1,0 +1,292 @@
+"""The operator's state and its loop: watch the cluster, compile, and make the cluster say so.
+
+kopf event handlers (running.py) only record the latest body of every SecretBinding,
+EnforcementPolicy, Pod, Namespace and our MutatingWebhookConfiguration and wake the
+reconciler; the reconciler (debounced) asks OPA about each binding (opa.py), compiles
+everything with the engine, hands the new compiler to the webhook, writes each CR's status
+when it changed, posts Events when a binding's problems change, and keeps the webhook
+configuration equal to the Plan's (writing.py, statuses.py). Nothing is kept that the cluster
+cannot rebuild: a restart re-lists everything (listing.py) and derives the same statuses and
+configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import hashlib
+import json
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import urllib3
+
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, gc_paused
+from cloudtaser.engine.documents import parse_objects
+from cloudtaser.engine.plans import Problem
+from cloudtaser.injector import serving
+from cloudtaser.operator import listing
+from cloudtaser.operator.opa import OPA_TTL, Opa
+from cloudtaser.operator.statuses import aggregate_reports
+from cloudtaser.operator.writing import Writer
+
+log = logging.getLogger("cloudtaser.operator")
+DEBOUNCE = 0.2
+REPORT_PERIOD = 10.0
+CERT_POLL = 5.0
+
+
+@dataclass
+class Parsed:
+    """One object as the compiler last saw it: its version, model or parse problems."""
+
+    version: str
+    model: Any | None
+    problems: list[Problem]
+
+
+def version_of(kind: str, body: dict[str, Any]) -> str:
+    """What must change for the compiler to look again. Our own status writes bump a CR's
+    resourceVersion but not its generation, so CRs are keyed on uid + generation (labels and
+    annotations of CRs do not affect the compile); pods and namespaces on resourceVersion."""
+    meta = body.get("metadata", {})
+    if kind in ("SecretBinding", "EnforcementPolicy"):
+        return f"{meta.get('uid')}/{meta.get('generation')}"
+    return str(meta.get("resourceVersion") or hashlib.sha256(
+        json.dumps(body, sort_keys=True, default=str).encode()).hexdigest())
+
+
+@dataclass
+class Operator:
+    """One operator replica: what it knows of the cluster, and the loop that acts on it."""
+
+    client_config: dict[str, Any]
+    opa_url: str | None
+    holder: serving.Holder
+    ca_file: str | None = None  # the caBundle's source, re-read when it rotates
+    opa: Opa = field(init=False)  # asks OPA about each binding (opa_url)
+    writer: Writer = field(default_factory=Writer)  # statuses, Events, webhook configuration
+    bodies: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: {k: {} for k in listing.KINDS})
+    # (kind, namespace/name) -> the parse of the body version the compiler was last given.
+    parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
+    # (kind, namespace/name) -> version the compiler holds (bindings: only allowed ones).
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    listed: bool = False  # the initial lists of every kind are in self.bodies
+    ready: bool = False  # ... and were compiled: the webhook answers from a complete state
+    leading: bool = True  # only the leader writes statuses and the webhook configuration
+    tombstones: set[tuple[str, str]] | None = None  # deletions seen while listing
+    # policy -> (nodes enforcing, violations), from the agents' node reports
+    # (engine/cloudtaser/engine/reports.py)
+    reports: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.opa = Opa(self.opa_url)
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def observe(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event (kopf): keep the body, or forget it when deleted."""
+        meta = body.get("metadata", {})
+        key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
+        if event_type == "DELETED":
+            self.bodies[kind].pop(key, None)
+            if self.tombstones is not None:
+                self.tombstones.add((kind, key))
+        else:
+            self.bodies[kind][key] = listing.trimmed(kind, body)
+        self.changed.set()
+
+    async def list_all(self) -> None:
+        """The initial state, listed before the first compile so that readiness means "every
+        binding and policy that existed at start is compiled". kopf's watch events keep the
+        bodies current; what they delivered (or deleted) meanwhile wins over the list."""
+        self.tombstones = set()
+        listed = await asyncio.to_thread(listing.list_all)
+        for kind, items in listed.items():
+            for body in items:
+                meta = body.get("metadata", {})
+                key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
+                if (kind, key) not in self.tombstones:
+                    self.bodies[kind].setdefault(key, listing.trimmed(kind, body))
+        self.tombstones = None
+        self.listed = True
+        self.changed.set()
+
+    def lead(self, leading: bool) -> None:
+        """Leader election moved (called on the event loop)."""
+        self.leading = leading
+        if leading:  # another replica may have written since: write everything once
+            self.writer.forget()
+            self.changed.set()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, then reconcile on every change (debounced) until cancelled."""
+        while not self.listed:
+            try:
+                await self.list_all()
+            except Exception as e:  # the API server away (urllib3 errors, HTTP 5xx): retry
+                log.warning("initial list failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(2)
+        while True:
+            try:  # on every change, and every OPA_TTL (a new OPA policy revision is asked again)
+                await asyncio.wait_for(self.changed.wait(), timeout=OPA_TTL)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(DEBOUNCE)
+            self.changed.clear()
+            try:
+                await self.reconcile()
+                self.ready = True
+            except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as e:
+                # The API server away or restarting: one line, keep serving the last good
+                # compile, retry.
+                log.warning("reconcile failed: %s%s; retrying", type(e).__name__,
+                            f" (HTTP {e.status})" if isinstance(e, kubernetes.client.ApiException) else "")
+                await asyncio.sleep(1)
+                self.changed.set()
+            except Exception:  # a bug: the traceback, and retry on the next change
+                log.exception("reconcile failed")
+                await asyncio.sleep(1)
+                self.changed.set()
+
+    async def watch_certificates(self, cert: str, key: str, ca_file: str) -> None:
+        """Serve a rotated certificate without a restart: cert-manager renewing the Secret, or
+        `helm upgrade` generating a new one, changes the mounted files; the new pair is loaded
+        into the serving context (new connections get it) and the new CA becomes the webhook's
+        caBundle. A half-written pair (key not matching) is retried on the next poll."""
+        paths = [Path(cert), Path(key), Path(ca_file)]
+
+        def stamp() -> list[tuple[int, int]]:
+            return [(p.stat().st_mtime_ns, p.stat().st_size) for p in paths]
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(CERT_POLL)
+            try:
+                now = stamp()
+                if now == last:
+                    continue
+                if self.holder.tls is not None:
+                    self.holder.tls.load_cert_chain(cert, key)
+                ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+            except (OSError, ssl.SSLError) as e:
+                log.warning("rotated certificate not loaded yet: %s", type(e).__name__)
+                continue
+            last = now
+            if self.client_config.get("caBundle") != ca:
+                self.client_config = {**self.client_config, "caBundle": ca}
+                self.changed.set()
+            log.info("serving certificate reloaded from %s", cert)
+
+    async def watch_reports(self) -> None:
+        """Poll the agents' node reports (Leases in the operator's namespace); a change in
+        what they say (not a mere renewal) triggers a reconcile, which writes the policies'
+        nodesEnforcing and violations."""
+        namespace = self.holder.settings.operator_namespace
+        while True:
+            try:
+                leases = await asyncio.to_thread(listing.list_reports, namespace)
+                reports = aggregate_reports(leases, datetime.datetime.now(datetime.timezone.utc))
+                if reports != self.reports:
+                    self.reports = reports
+                    self.changed.set()
+            except Exception as e:  # the API server away: keep the last known figures
+                log.warning("node reports not read: %s", type(e).__name__)
+            await asyncio.sleep(REPORT_PERIOD)
+
+    def _parse(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Parse what is new or changed since the last reconcile; forget what is gone."""
+        seen = set()
+        for kind, bodies in snapshot.items():
+            for key, body in bodies.items():
+                seen.add((kind, key))
+                version = version_of(kind, body)
+                known = self.parsed.get((kind, key))
+                if known is not None and known.version == version:
+                    continue
+                out = parse_objects({kind: [body]})
+                models = out.bindings or out.policies or out.pods or out.namespaces
+                self.parsed[(kind, key)] = Parsed(version, models[0] if models else None, out.problems)
+        for gone in set(self.parsed) - seen:
+            del self.parsed[gone]
+
+    def _models(self, kind: str) -> dict[str, tuple[str, Any]]:
+        return {key: (p.version, p.model) for (k, key), p in self.parsed.items()
+                if k == kind and p.model is not None}
+
+    def _update(self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Any]]) -> None:
+        """Hand the compiler what changed of one kind since the last reconcile."""
+        have = {key: v for (k, key), v in self.applied.items() if k == kind}
+        for key in sorted(set(have) - set(wanted)):
+            namespace, name = key.split("/", 1)
+            if kind == "SecretBinding":
+                compiler.remove_binding(key)
+            elif kind == "EnforcementPolicy":
+                compiler.remove_policy(name)
+            elif kind == "Pod":
+                compiler.remove_pod(namespace, name)
+            else:
+                compiler.remove_namespace(name)
+            del self.applied[(kind, key)]
+        for key in sorted(wanted):
+            version, model = wanted[key]
+            if have.get(key) == version:
+                continue
+            if kind == "SecretBinding":
+                compiler.set_binding(model)
+            elif kind == "EnforcementPolicy":
+                compiler.set_policy(model)
+            elif kind == "Pod":
+                compiler.set_pod(model)
+            else:
+                compiler.set_namespace(model)
+            self.applied[(kind, key)] = version
+
+    async def reconcile(self) -> None:
+        """One round: parse what changed, ask OPA, compile, and (the leader) write."""
+        # A snapshot: kopf handlers keep updating self.bodies on the loop while the status
+        # writes below run in a thread.
+        snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
+        self._parse(snapshot)
+        for kind, bodies in snapshot.items():  # parsed: keep only what statuses need
+            for key, body in bodies.items():
+                if "slim" not in body and self.bodies[kind].get(key) is body:
+                    self.bodies[kind][key] = listing.slim(body)
+        bindings = self._models("SecretBinding")
+        revision = await asyncio.to_thread(self.opa.revision)
+        decisions = await asyncio.to_thread(
+            lambda: {m.ref: self.opa.decide(m, v, revision) for v, m in bindings.values()})
+        self.opa.forget_all_but(decisions)
+        allowed = {key: (f"{v}/{decisions[m.ref].allowed}", m) for key, (v, m) in bindings.items()
+                   if decisions[m.ref].allowed}
+        problems = [p for parsed in self.parsed.values() for p in parsed.problems]
+        compiler = self.holder.compiler
+        # Incremental on the event loop thread, which is also where the webhook reads the
+        # compiler (serving.py), so no admission ever sees a half-applied change.
+        if compiler is None:
+            compiler = IncrementalCompiler(ClusterState(settings=self.holder.settings))
+        # The first reconcile hands over the whole cluster; the collector's rescans of the
+        # parsed objects made that 3.5x slower (10k bindings, benchmarks/compile.py).
+        with gc_paused():
+            for kind, wanted in (("Namespace", self._models("Namespace")),
+                                 ("EnforcementPolicy", self._models("EnforcementPolicy")),
+                                 ("SecretBinding", allowed), ("Pod", self._models("Pod"))):
+                self._update(compiler, kind, wanted)
+            compiler.set_parse_problems(problems)
+            self.holder.compiler = compiler
+            plan = compiler.plan()
+        if not self.leading:
+            return
+        await asyncio.to_thread(self.writer.write_statuses, plan, decisions, snapshot, self.reports)
+        if not await asyncio.to_thread(self.writer.apply_webhook, plan, self.client_config):
+            await asyncio.sleep(0.5)
+            self.changed.set()
