@@ -161,7 +161,8 @@ def test_node_reports_become_policy_nodes_and_violations(
         operator: Any, kubectl: Any, stack: stacking.Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     """An agent's node report (bpf/leasing.NodeReport, the Lease the agent keeps) is what the
     operator writes into each EnforcementPolicy's nodesEnforcing and violations."""
-    from cloudtaser.bpf.leasing import NodeReport, lease_name
+    from cloudtaser.bpf.leasing import NodeReport
+    from cloudtaser.engine.reports import lease_name
     from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 
     monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
