@@ -96,4 +96,5 @@ def _reported(notes: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
     if not isinstance(policies, list) or not isinstance(violations, dict):
         return [], {}
     return ([p for p in policies if isinstance(p, str)],
-            {k: v for k, v in violations.items() if isinstance(k, str) and isinstance(v, int) and v >= 0})
+            {k: v for k, v in violations.items()
+             if isinstance(k, str) and isinstance(v, int) and v >= 0})

@@ -45,7 +45,8 @@ def list_reports(namespace: str) -> list[reports.Report]:
     (engine/cloudtaser/engine/reports.py)."""
     leases = kubernetes.client.CoordinationV1Api().list_namespaced_lease(
         namespace, label_selector=reports.SELECTOR)
-    found: list[dict[str, Any]] = kubernetes.client.ApiClient().sanitize_for_serialization(leases.items)
+    found: list[dict[str, Any]] = kubernetes.client.ApiClient().sanitize_for_serialization(
+        leases.items)
     return [reports.decode(lease) for lease in found]
 
 

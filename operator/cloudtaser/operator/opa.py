@@ -67,7 +67,8 @@ class Opa:
                 answer.raise_for_status()
                 result = answer.json().get("result")
                 if path == "/v1/policies" and isinstance(result, list):
-                    result = sorted((m.get("id"), m.get("raw")) for m in result if isinstance(m, dict))
+                    result = sorted((m.get("id"), m.get("raw")) for m in result
+                                    if isinstance(m, dict))
                 digest.update(json.dumps(result, sort_keys=True).encode())
         except (requests.RequestException, ValueError, AttributeError, TypeError):
             return None
@@ -82,7 +83,8 @@ class Opa:
         if self.url is None:
             decision = Decision(True, [])
         else:
-            body = binding.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+            body = binding.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                      exclude={"status"})
             try:
                 self.sent += 1
                 answer = self._client().query_rule(body, OPA_PACKAGE, "deny")

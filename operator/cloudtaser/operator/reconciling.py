@@ -149,8 +149,9 @@ class Operator:
             except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as e:
                 # The API server away or restarting: one line, keep serving the last good
                 # compile, retry.
+                api = e if isinstance(e, kubernetes.client.ApiException) else None
                 log.warning("reconcile failed: %s%s; retrying", type(e).__name__,
-                            f" (HTTP {e.status})" if isinstance(e, kubernetes.client.ApiException) else "")
+                            f" (HTTP {api.status})" if api is not None else "")
                 await asyncio.sleep(1)
                 self.changed.set()
             except Exception:  # a bug: the traceback, and retry on the next change
@@ -215,7 +216,8 @@ class Operator:
                     continue
                 out = parse_objects({kind: [body]})
                 models = out.bindings or out.policies or out.pods or out.namespaces
-                self.parsed[(kind, key)] = Parsed(version, models[0] if models else None, out.problems)
+                self.parsed[(kind, key)] = Parsed(version, models[0] if models else None,
+                                                  out.problems)
         for gone in set(self.parsed) - seen:
             del self.parsed[gone]
 
@@ -223,7 +225,8 @@ class Operator:
         return {key: (p.version, p.model) for (k, key), p in self.parsed.items()
                 if k == kind and p.model is not None}
 
-    def _update(self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Any]]) -> None:
+    def _update(self, compiler: IncrementalCompiler, kind: str,
+                wanted: dict[str, tuple[str, Any]]) -> None:
         """Hand the compiler what changed of one kind since the last reconcile."""
         have = {key: v for (k, key), v in self.applied.items() if k == kind}
         for key in sorted(set(have) - set(wanted)):

@@ -38,7 +38,8 @@ def in_cluster_server(info: Any, environ: Mapping[str, str] = os.environ) -> Any
     if not host:
         return info
     host = f"[{host}]" if ":" in host else host
-    return dataclasses.replace(info, server=f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}")
+    port = environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
 def registry(op: Operator, host: str, port: int, cert: str, key: str,
@@ -111,5 +112,5 @@ def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str |
         election: tuple[str, str] | None = None) -> None:
     """Run the operator until the process is stopped. ``election``: (namespace, identity) to
     run leader election with, or None (one replica)."""
-    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key, election), clusterwide=True,
-                              standalone=True, liveness_endpoint=liveness))
+    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key, election),
+                              clusterwide=True, standalone=True, liveness_endpoint=liveness))

@@ -47,7 +47,8 @@ def conditions(old: dict[str, Any], wanted: list[tuple[str, bool | None, str, st
         status = "Unknown" if ok is None else ("True" if ok else "False")
         before = previous.get(kind, {})
         out.append({
-            "type": kind, "status": status, "reason": good if ok else bad, "message": message[:1000],
+            "type": kind, "status": status, "reason": good if ok else bad,
+            "message": message[:1000],
             "lastTransitionTime": before.get("lastTransitionTime", now)
             if before.get("status") == status else now,
             **({"observedGeneration": generation} if generation is not None else {}),

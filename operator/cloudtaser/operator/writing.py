@@ -74,14 +74,16 @@ class Writer:
             return
         try:
             if namespace is None:
-                api.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, {"status": status})
+                api.patch_cluster_custom_object_status(GROUP, VERSION, plural, name,
+                                                       {"status": status})
             else:
                 api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
                                                           {"status": status})
             self.written[key] = digest
         except kubernetes.client.ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to say
-                log.warning("status of %s %s/%s not written: HTTP %s", plural, namespace, name, e.status)
+                log.warning("status of %s %s/%s not written: HTTP %s", plural, namespace, name,
+                            e.status)
 
     def announce(self, ref: str, body: dict[str, Any], problems: list[Problem],
                  decision: Decision | None) -> None:
@@ -122,7 +124,8 @@ class Writer:
             except kubernetes.client.ApiException as e:
                 if e.status != 404:
                     raise
-                api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]  # dicts serialise as is
+                # The client wants its model classes; dicts serialise as they are.
+                api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]
                 log.info("webhook configuration created (namespaces: %s)", plan.webhook.namespaces)
                 return True
             client = kubernetes.client.ApiClient()
@@ -130,7 +133,8 @@ class Writer:
             if same_webhooks(have, wanted):
                 return True
             wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
-            api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
+            api.replace_mutating_webhook_configuration(
+                WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
         except kubernetes.client.ApiException as e:
             if e.status != 409:  # 409: created or changed meanwhile
                 raise

@@ -20,7 +20,8 @@ def node(*policies: str) -> PodPolicies:
     ``policies`` (none: the default policy)."""
     pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
     pod["metadata"]["uid"] = UID
-    docs = [pod, binding_doc("app", "team"), *(policy_doc(name, mode="enforce") for name in policies)]
+    docs = [pod, binding_doc("app", "team"),
+            *(policy_doc(name, mode="enforce") for name in policies)]
     for doc in docs:
         doc.pop("apiVersion")
     objects: dict[str, list[dict[str, Any]]] = {"Pod": [], "SecretBinding": [],
@@ -38,7 +39,8 @@ def lease(report: NodeReport) -> dict[str, Any]:
 
 
 def test_the_lease_names_the_policies_and_counts_each_violation() -> None:
-    report = NodeReport(node("strict", "baseline"), "node-a", "cloudtaser-system", "lsm", api=object())
+    report = NodeReport(node("strict", "baseline"), "node-a", "cloudtaser-system", "lsm",
+                        api=object())
     for uid in (UID, UID, "not-on-this-node", None):
         report.record(uid)
     before = datetime.datetime.now(datetime.timezone.utc)
@@ -74,7 +76,8 @@ class Leases:
 
 def test_a_restarted_agent_continues_the_counts_it_reads_back() -> None:
     old = reports.encode(reports.Report(node="node-a", policies=["baseline"],
-                                        violations={"baseline": 5, "retired": 2}), "cloudtaser-system")
+                                        violations={"baseline": 5, "retired": 2}),
+                         "cloudtaser-system")
     report = NodeReport(node("baseline"), "node-a", "cloudtaser-system", "lsm", api=Leases(old))
     report._load()
     report.record(UID)

@@ -25,7 +25,7 @@ def lease(node: str, policies: list[str], violations: dict[str, int], age: float
 def test_live_nodes_count_and_all_violations_add_up() -> None:
     leases = [lease("a", ["baseline", "strict"], {"baseline": 2}, 5),
               lease("b", ["baseline"], {"baseline": 1, "strict": 4}, 30),
-              lease("c", ["baseline"], {"baseline": 10}, 600)]  # expired: not enforcing, counts stay
+              lease("c", ["baseline"], {"baseline": 10}, 600)]  # expired: not enforcing, counted
     assert aggregate_reports(leases, NOW) == {"baseline": (2, 13), "strict": (1, 4)}
     assert list(aggregate_reports(leases, NOW)) == ["baseline", "strict"]  # sorted
 
@@ -36,7 +36,8 @@ def test_malformed_reports_count_as_nothing() -> None:
 
     renewed = {"renewTime": NOW.strftime(reports.RENEW_TIME_FORMAT)}
     broken = [raw({reports.POLICIES: '"baseline"', reports.VIOLATIONS: '{"x": 1}'}, renewed),
-              raw({reports.POLICIES: '["ok"]', reports.VIOLATIONS: '{"ok": -3, "y": "many"}'}, renewed),
+              raw({reports.POLICIES: '["ok"]', reports.VIOLATIONS: '{"ok": -3, "y": "many"}'},
+                  renewed),
               raw({reports.POLICIES: "{not json"}, {}),
               raw({}, {"renewTime": "yesterday"})]
     assert aggregate_reports(broken, NOW) == {"ok": (1, 0)}
