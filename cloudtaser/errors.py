@@ -19,10 +19,3 @@ class TemporaryError(CloudtaserError):
 class PermanentError(CloudtaserError):
     """Retrying will not help (bad input, permission denied): report and stop."""
 
-
-class InvalidInput(PermanentError):
-    """Input failed validation; ``problems`` holds one entry per field at fault."""
-
-    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.problems: list[tuple[str, str]] = problems or []
