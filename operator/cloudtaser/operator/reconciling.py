@@ -26,7 +26,8 @@ from typing import Any
 import kubernetes
 import urllib3
 
-from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler, gc_paused
+from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
+from cloudtaser.gcpause import gc_paused
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Problem
 from cloudtaser.injector import serving

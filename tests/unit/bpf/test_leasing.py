@@ -10,7 +10,7 @@ from typing import Any
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine import reports
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 UID = "0b9f3c1e-7d2a-4c55-9e61-2f1d8c3b4a70"
 

@@ -14,7 +14,7 @@ from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
 from cloudtaser.operator.statuses import (
     Decision, announcement, binding_status, conditions, policy_status, problems_by_object,
     timestamp)
-from tests.conftest import binding_doc, pod_doc, policy_doc
+from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 EARLIER, NOW = "2026-11-27T11:00:00Z", "2026-11-27T12:00:00Z"
 
