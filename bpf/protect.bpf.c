@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * cloudtaser: keeps every other process from reading or writing a registered process's memory,
- * environment and secret fds. Two backends in one object (bpf/cloudtaser/bpf/programs.py picks):
+ * cloudtaser: keeps every other process (but the executables its allow-list names, in the
+ * `accessors` map) from a registered process's memory, environment and secret files (memfd,
+ * memfd_secret; its protected family may use the ones it inherited): /proc/PID/{environ,mem,
+ * fd,map_files}, ptrace, process_vm_*, pidfd_getfd, process_madvise; and from its pod's
+ * credential volume. A core-dumping signal kills it without a dump. Which of these apply is the
+ * entry's protection_flag bits (protect.h). Two backends in one object
+ * (bpf/cloudtaser/bpf/programs.py picks):
  *
  * - tracepoint backend (kernels where BPF LSM programs do not load): syscall tracepoints and
  *   io_uring's own tracepoints see the access and SIGKILL the offender (bpf_send_signal). A

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The contract between protect.bpf.c and the node agent (Python): every constant and struct
- * both sides use. Enums, not #defines, so that they reach the object's BTF, where
- * tests/unit/bpf/test_layouts.py compares them with bpf/cloudtaser/bpf/layouts.py and engine/cloudtaser/engine/plans.py (a
- * renumbering on one side fails there, without root). Structs are mirrored in bpf/cloudtaser/bpf/layouts.py.
+ * both sides use. Enums, not #defines, so that they reach the object's BTF (protect.bpf.c
+ * anchors each one), where tests/unit/bpf/test_layouts.py compares them, names and values,
+ * with bpf/cloudtaser/bpf/layouts.py and engine/cloudtaser/engine/plans.py (a renumbering on
+ * either side fails there, without root). Structs are mirrored in bpf/cloudtaser/bpf/layouts.py.
  */
 #ifndef CLOUDTASER_PROTECT_H
 #define CLOUDTASER_PROTECT_H
 
-/* Policy bits of a protected process (engine.plans.ProtectionFlag). */
+/* Policy bits of a protected process (engine.plans.ProtectionFlag, which also names them). */
 enum protection_flag {
 	PF_ENVIRON = 1u << 0,
 	PF_MEM = 1u << 1,

@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 # an operator lets another node agent (--allow-bpf-loader): other test sessions on this machine
 # start their agents with it. The attackers are the static tests/harness/attacker.c, not it.
 INTERPRETER = os.path.realpath(sys.executable)
-PROTECT_ALL = int(
-    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.PIDFD_GETFD
-)
+# What the tests protect with unless they test FDS or CORE_DUMP, which they add (and test
+# without): every protection but those two.
+PROTECT_BASE = int(ProtectionFlag.ALL & ~(ProtectionFlag.FDS | ProtectionFlag.CORE_DUMP))
 
 
 def _skip_reason() -> str | None:
@@ -95,7 +95,7 @@ class AgentRun:
     violations: list[Violation] = field(default_factory=list)
     agent: Agent | None = None
 
-    def start(self, flags: int = PROTECT_ALL, io_uring: str = "allow") -> Agent:
+    def start(self, flags: int = PROTECT_BASE, io_uring: str = "allow") -> Agent:
         """The agent in this process. io_uring stays allowed unless asked: the attack rows
         exercise the per-request checks, and this machine's sysctl stays as it is."""
         self.agent = Agent(self.socket_path, self.bpf_object, flags, self.pin_dir,

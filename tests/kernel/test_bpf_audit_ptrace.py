@@ -10,7 +10,7 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from tests.harness.agents import PROTECT_ALL, AgentRun, Victim, attack
+from tests.harness.agents import PROTECT_BASE, AgentRun, Victim, attack
 
 pytestmark = pytest.mark.kernel
 
@@ -31,7 +31,7 @@ libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
 def test_debugger_attach_completes_in_audit_mode(
     agent_run: AgentRun, spawn_victim: Callable[..., Victim]
 ) -> None:
-    agent_run.start(flags=PROTECT_ALL | int(ProtectionFlag.AUDIT_ONLY))
+    agent_run.start(flags=PROTECT_BASE | int(ProtectionFlag.AUDIT_ONLY))
     victim = spawn_victim(agent_run.socket_path)
     result = attack(ATTACH_AND_WAIT, str(victim.pid))
     assert result.returncode == 0 and result.stdout == b"stopped\n", result

@@ -21,11 +21,11 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from tests.harness.agents import PROTECT_ALL, AgentRun, Launched, Victim
+from tests.harness.agents import PROTECT_BASE, AgentRun, Launched, Victim
 
 pytestmark = pytest.mark.kernel
 
-CORE_FLAGS = PROTECT_ALL | int(ProtectionFlag.CORE_DUMP)
+CORE_FLAGS = PROTECT_BASE | int(ProtectionFlag.CORE_DUMP)
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 
 # argv: register (0/1), socket path, RLIMIT_CORE ("inf" or "0"), fault ("1": SIGSEGV by a
@@ -175,7 +175,7 @@ def test_without_the_flag_dumps_as_usual(
     agent_run: AgentRun, victims: Callable[..., Victim], core_pattern: Callable[[str], None],
     tmp_path: Path,
 ) -> None:
-    agent_run.start(flags=PROTECT_ALL)
+    agent_run.start(flags=PROTECT_BASE)
     dumps = tmp_path / "cores"
     dumps.mkdir()
     core_pattern(f"{dumps}/core.%p")

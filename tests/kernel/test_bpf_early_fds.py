@@ -19,7 +19,7 @@ from cloudtaser.bpf import scanning
 from cloudtaser.bpf.programs import LSM
 from cloudtaser.engine.plans import ProtectionFlag
 
-from tests.harness.agents import PROTECT_ALL, REPO, AgentRun, Victim, launch
+from tests.harness.agents import PROTECT_BASE, REPO, AgentRun, Victim, launch
 
 pytestmark = pytest.mark.kernel
 
@@ -151,7 +151,7 @@ def test_control_without_registration_the_early_fd_leaks(scenario: Scenario, age
 
 
 def test_audit_mode_reports_and_lets_it_read(scenario: Scenario, agent_run: AgentRun) -> None:
-    agent_run.start(flags=PROTECT_ALL | int(ProtectionFlag.AUDIT_ONLY))
+    agent_run.start(flags=PROTECT_BASE | int(ProtectionFlag.AUDIT_ONLY))
     v, trigger = scenario.victim()
     attacker = scenario.attacker(f"/proc/{v.pid}/environ")
     scenario.register(v, trigger)

@@ -10,11 +10,11 @@ import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
 
-from tests.harness.agents import PROTECT_ALL, AgentRun, Launched, Victim, assert_blocked, attack
+from tests.harness.agents import PROTECT_BASE, AgentRun, Launched, Victim, assert_blocked, attack
 
 pytestmark = pytest.mark.kernel
 
-FDS_FLAGS = PROTECT_ALL | int(ProtectionFlag.FDS)
+FDS_FLAGS = PROTECT_BASE | int(ProtectionFlag.FDS)
 
 # argv: register (0/1), socket path. A memfd created before registration (found by the
 # agent's scan), then a memfd_secret and a memfd created after it (recorded by the BPF side).
@@ -134,7 +134,7 @@ def test_fd_audit_mode_reports_without_killing(agent_run: AgentRun, fd_victim: S
 
 
 def test_fds_flag_not_set_leaves_fds_open(agent_run: AgentRun, fd_victim: Spawn) -> None:
-    agent_run.start(flags=PROTECT_ALL)
+    agent_run.start(flags=PROTECT_BASE)
     victim = fd_victim(agent_run.socket_path)
     result = attack(READ_MAPPED, victim.paths()["fd-late-memfd"], victim.info["len"])
     assert result.returncode == 0 and victim.secret.encode() in result.stdout

@@ -20,7 +20,7 @@ import pytest
 from cloudtaser.bpf.programs import TRACEPOINT_ONLY, bpf_lsm_listed
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.agents import (
-    PROTECT_ALL, READ_FILE, AgentRun, Attack, Victim, assert_blocked, attack,
+    PROTECT_BASE, READ_FILE, AgentRun, Attack, Victim, assert_blocked, attack,
 )
 
 pytestmark = pytest.mark.kernel
@@ -174,7 +174,7 @@ def test_protected_process_reads_itself(agent_run: AgentRun, spawn_victim: Calla
 def test_audit_mode_reports_without_killing(
     agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
 ) -> None:
-    agent_run.start(flags=PROTECT_ALL | int(ProtectionFlag.AUDIT_ONLY))
+    agent_run.start(flags=PROTECT_BASE | int(ProtectionFlag.AUDIT_ONLY))
     victim = spawn_victim(agent_run.socket_path)
     for vector in sorted(VECTORS):
         if vector.startswith("ptrace"):
@@ -191,7 +191,7 @@ def test_audit_mode_reports_without_killing(
 def test_audit_mode_lets_ptrace_through(
     vector: str, agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
 ) -> None:
-    agent_run.start(flags=PROTECT_ALL | int(ProtectionFlag.AUDIT_ONLY))
+    agent_run.start(flags=PROTECT_BASE | int(ProtectionFlag.AUDIT_ONLY))
     victim = spawn_victim(agent_run.socket_path)
     result = run_vector(vector, victim, tmp_path)
     assert result.returncode == 0, result
@@ -220,7 +220,7 @@ def test_child_forked_after_registration_is_protected(
     victim = spawn_victim(agent_run.socket_path, fork_child=True)
     child = int(victim.info["child"])
     entry = agent.entry(child)
-    assert entry is not None and entry.flags == PROTECT_ALL
+    assert entry is not None and entry.flags == PROTECT_BASE
     assert_blocked(attack(READ_FILE, f"/proc/{child}/environ"), agent_run.backend)
     assert victim.alive() and Path(f"/proc/{child}").exists()
 
@@ -250,7 +250,7 @@ def test_restart_keeps_protection(
     assert_blocked(run_vector("environ", victim, tmp_path), backend, victim)
     agent = agent_run.start()
     entry = agent.entry(victim.pid)
-    assert entry is not None and entry.flags == PROTECT_ALL
+    assert entry is not None and entry.flags == PROTECT_BASE
     assert_blocked(run_vector("mem", victim, tmp_path), agent_run.backend, victim)
     agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == "mem")
     # The event raised while the agent was down waited in the pinned ring buffer.

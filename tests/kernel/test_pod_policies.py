@@ -97,7 +97,7 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
     rewrites its flags (before, it kept the old ones until it exited)."""
     from cloudtaser.bpf.agent import Agent
 
-    from tests.harness.agents import PROTECT_ALL
+    from tests.harness.agents import PROTECT_BASE
 
     current = {"mode": "enforce"}
     policies = PodPolicies(lambda: objects(current["mode"]))
@@ -112,7 +112,7 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
         agent_run.stop()  # the pinned maps, and the protection, stay
         current["mode"] = "audit"
         policies.refresh()  # main() lists before it starts the agent
-        agent_run.agent = Agent(agent_run.socket_path, agent_run.bpf_object, PROTECT_ALL,
+        agent_run.agent = Agent(agent_run.socket_path, agent_run.bpf_object, PROTECT_BASE,
                                 agent_run.pin_dir, agent_run.violations.append,
                                 pod_policies=policies, io_uring="allow")
         agent_run.agent.start()

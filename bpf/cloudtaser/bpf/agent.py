@@ -57,12 +57,8 @@ DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
 MAX_ANSWERING = 128  # connections answered at once; more wait in the listen backlog
 MAX_PER_POD = 4  # a wrapper makes one; a pod's containers start at most a few at once
 REQUEST_DEADLINE = 2.0  # seconds for a whole request line, however slowly it trickles in
-# Every protection (what the engine's default policy compiles to), enforced.
-DEFAULT_FLAGS = (
-    ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.FDS | ProtectionFlag.PTRACE
-    | ProtectionFlag.PIDFD_GETFD | ProtectionFlag.CORE_DUMP
-)
-KNOWN_FLAGS = int(sum(ProtectionFlag))
+DEFAULT_FLAGS = ProtectionFlag.ALL  # what the engine's default policy compiles to, enforced
+KNOWN_FLAGS = ProtectionFlag.known()
 STATE_BITS = int(sum(layouts.EntryState))  # per-process state beside the policy in an entry
 NO_ACCESSORS = 0  # allow-list id of a policy that allows nobody: no map lookup at all
 DEFAULT_LIST = 1  # allow-list of processes registered without pod policies (Agent.allow)
@@ -72,8 +68,6 @@ RESERVED_LISTS = {BPF_LOADERS_LIST, CREDENTIAL_READERS_LIST}  # never a pod's li
 TMPFS_MAGIC = 0x01021994
 IO_URING_CHOICES = ("auto", "restrict", "allow")  # auto: restrict on the tracepoint backend
 IO_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
-PROTECTION_NAMES = [(flag, (flag.name or "").lower()) for flag in ProtectionFlag
-                    if flag not in (ProtectionFlag.AUDIT_ONLY, ProtectionFlag.KILL)]
 
 
 @dataclass(frozen=True)
@@ -845,7 +839,7 @@ class Agent:
                      start, flags, list_id)
             return {"ok": True, "backend": self.backend,
                     "mode": "audit" if flags & ProtectionFlag.AUDIT_ONLY else "enforce",
-                    "protections": [name for flag, name in PROTECTION_NAMES if flags & flag]}
+                    "protections": ProtectionFlag(flags).names()}
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -979,18 +973,11 @@ def _accessor_key(ident: tuple[int, int, int], list_id: int) -> layouts.Accessor
 
 
 def parse_flags(text: str) -> int:
-    """``environ,mem,ptrace`` (names of ProtectionFlag, any case) or a number."""
+    """--flags: ProtectionFlag.parse (``environ,mem,ptrace``, ``all`` or a number)."""
     try:
-        return int(text, 0)
-    except ValueError:
-        pass
-    value = 0
-    for name in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            value |= ProtectionFlag[name.upper()]
-        except KeyError:
-            raise argparse.ArgumentTypeError(f"unknown protection {name!r}") from None
-    return value
+        return int(ProtectionFlag.parse(text))
+    except PermanentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _refresh_every(policies: PodPolicies, seconds: float) -> None:

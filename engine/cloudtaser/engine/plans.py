@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from cloudtaser.engine.kube import LabelSelector, Model
+from cloudtaser.errors import PermanentError
 
 INJECT_ANNOTATION = "cloudtaser.io/inject"
 INJECTED_ANNOTATION = "cloudtaser.io/injected"
@@ -40,7 +41,10 @@ AGENT_BACKEND_LABEL = "cloudtaser.io/agent-backend"
 
 
 class ProtectionFlag(enum.IntFlag):
-    """Bits of a protected pod's policy word in the agent's maps (mirrored in bpf/*.h)."""
+    """Bits of a protected pod's policy word in the agent's maps: the one definition of the
+    protections, their names and their set (C: enum protection_flag in bpf/protect.h, which
+    tests/unit/bpf/test_layouts.py compares with this). A protection's name is its member's
+    name in lower case, as in EnforcementPolicy's ``protections`` and the agent's answer."""
 
     ENVIRON = 1 << 0
     MEM = 1 << 1
@@ -48,8 +52,44 @@ class ProtectionFlag(enum.IntFlag):
     PTRACE = 1 << 3
     PIDFD_GETFD = 1 << 4
     CORE_DUMP = 1 << 5
-    AUDIT_ONLY = 1 << 8
-    KILL = 1 << 9
+    AUDIT_ONLY = 1 << 8  # a mode, not a protection: report, do not stop
+    KILL = 1 << 9  # a mode: kill the offender where the backend would only deny
+    # Every protection (no mode bit): what the default policy compiles to. An alias, so
+    # iterating the class still yields the single bits only.
+    ALL = ENVIRON | MEM | FDS | PTRACE | PIDFD_GETFD | CORE_DUMP
+
+    @classmethod
+    def protections(cls) -> dict[str, ProtectionFlag]:
+        """Each protection by its name (``environ``, ..., ``core_dump``), in bit order."""
+        return {(flag.name or "").lower(): flag for flag in cls if flag & cls.ALL}
+
+    def names(self) -> list[str]:
+        """The names of the protections set in these bits, in bit order."""
+        return [name for name, flag in self.protections().items() if self & flag]
+
+    @classmethod
+    def parse(cls, text: str) -> ProtectionFlag:
+        """``environ,mem,ptrace`` (member names, any case; ``all`` for every protection,
+        ``audit_only`` and ``kill`` for the modes) or a number (``0x103``). Unknown names and
+        bits are refused."""
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = 0
+            for name in filter(None, (p.strip() for p in text.split(","))):
+                try:
+                    value |= cls[name.upper()]
+                except KeyError:
+                    raise PermanentError(f"unknown protection {name!r}") from None
+        unknown = value & ~cls.known()
+        if unknown or value < 0:
+            raise PermanentError(f"unknown protection flag bits: {unknown or value:#x}")
+        return cls(value)
+
+    @classmethod
+    def known(cls) -> int:
+        """Every bit the kernel side knows: the protections and the modes."""
+        return int(sum(cls))
 
 
 class InjectorSettings(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -58,6 +59,12 @@ def test_enum_mirror_matches_btf(btf_enums: dict[str, dict[str, Any]], name: str
     assert name in btf_enums, f"enum {name} missing from the object's BTF (no anchor?)"
     mirror, prefix = layouts.ENUMS[name]
     assert _values(btf_enums[name], prefix) == {m.name: int(m) for m in mirror}
+
+
+def test_every_enum_of_the_header_has_a_mirror() -> None:
+    """A new enum in protect.h without a Python mirror (or one dropped) fails here."""
+    declared = set(re.findall(r"^enum (\w+) \{", (REPO / "bpf/protect.h").read_text(), re.M))
+    assert declared == {*layouts.ENUMS, "protection_flag"}
 
 
 def test_protection_flags_match_the_engine(btf_enums: dict[str, dict[str, Any]]) -> None:
