@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from cloudtaser.testbed import installing, stacking
-from cloudtaser.bpf.agent import lift_io_uring_restriction
+from cloudtaser.bpf.iouring import lift_io_uring_restriction
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.programs import unpin
 from cloudtaser.bpf.leasing import NodeReport

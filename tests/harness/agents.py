@@ -21,7 +21,8 @@ from typing import TypeVar
 
 import pytest
 
-from cloudtaser.bpf.agent import Agent, Violation
+from cloudtaser.bpf.agent import Agent
+from cloudtaser.bpf.violations import Violation
 from cloudtaser.bpf.programs import LSM, BpfError, check_kallsyms, ensure_bpffs, ensure_tracefs, unpin
 from cloudtaser.engine.plans import ProtectionFlag
 

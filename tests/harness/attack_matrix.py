@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudtaser.bpf.agent import Violation
+from cloudtaser.bpf.violations import Violation
 from cloudtaser.bpf.programs import LSM
 from cloudtaser.rendering import table
 from tests.harness.attacking import Attack, run_attacker

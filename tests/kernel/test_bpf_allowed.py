@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloudtaser.bpf import layouts, programs
-from cloudtaser.bpf.agent import DEFAULT_LIST, RESERVED_LISTS
+from cloudtaser.bpf.allowlists import DEFAULT_LIST, RESERVED_LISTS
 from cloudtaser.bpf.reporting import event_message
 from cloudtaser.bpf.watching import PodPolicies
 from tests.harness.documents import binding_doc, pod_doc, policy_doc

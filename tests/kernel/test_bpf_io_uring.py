@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf.agent import IO_URING_SYSCTL
+from cloudtaser.bpf.iouring import IO_URING_SYSCTL
 from tests.harness.attacking import run_attacker
 
 from tests.harness.agents import AgentRun, Victim

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf.agent import MAX_PER_POD, REQUEST_DEADLINE
+from cloudtaser.bpf.serving import MAX_PER_POD, REQUEST_DEADLINE
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.agents import READ_FILE, AgentRun, assert_blocked, attack, spawn_in

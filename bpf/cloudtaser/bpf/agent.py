@@ -15,36 +15,64 @@ the BPF side protects forked children (with the parent's flags and list) and rem
 exit. With pod policies the flags and list come from each caller's pod (PID -> cgroup -> pod ->
 the engine's BpfEntry); without, from the constructor and Agent.allow.
 Violations arrive on the ring buffer and are logged (they never carry secret data).
+
+This module is the entry point (``python -m cloudtaser.bpf.agent``: main, arguments) and the
+Agent (start/stop, the ``protected`` entries, registration); its other jobs are in serving.py
+(the socket, per-pod caps), allowlists.py, violations.py and iouring.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import enum
-import json
 import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import prometheus_client
 
 from cloudtaser import logs
 from cloudtaser.bpf import layouts, protocol, scanning
+from cloudtaser.bpf.allowlists import (
+    BPF_LOADERS_LIST,
+    CREDENTIAL_READERS_LIST,
+    DEFAULT_LIST,
+    AllowLists,
+    parse_accessor,
+    running_kubelets,
+)
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
-from cloudtaser.bpf.programs import DEFAULT_PIN_DIR, LSM, TRACEPOINT, Loaded, RingBuffer, load_backend
+from cloudtaser.bpf.programs import (
+    DEFAULT_PIN_DIR,
+    LSM,
+    TRACEPOINT,
+    Loaded,
+    Map,
+    RingBuffer,
+    load_backend,
+)
+from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
 from cloudtaser.bpf.reporting import EventReporter
+from cloudtaser.bpf.serving import (
+    DEFAULT_SOCKET,
+    REQUEST_DEADLINE,
+    SocketServer,
+    accepted,
+    peer_credentials,
+    peer_pidfd,
+    refused,
+    request_line,
+)
+from cloudtaser.bpf.violations import Metrics, Violation, ViolationLog, deal_with_early_holders
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
 from cloudtaser.errors import PermanentError
@@ -52,72 +80,10 @@ from cloudtaser.errors import PermanentError
 log = logging.getLogger("cloudtaser.bpf.agent")
 
 BACKEND = TRACEPOINT  # until start() has probed the node
-SO_PEERPIDFD = 77  # Linux >= 6.5; absent from Python 3.11's socket module
-DEFAULT_SOCKET = "/run/cloudtaser/agent.sock"
-MAX_ANSWERING = 128  # connections answered at once; more wait in the listen backlog
-MAX_PER_POD = 4  # a wrapper makes one; a pod's containers start at most a few at once
-REQUEST_DEADLINE = 2.0  # seconds for a whole request line, however slowly it trickles in
 DEFAULT_FLAGS = ProtectionFlag.ALL  # what the engine's default policy compiles to, enforced
 KNOWN_FLAGS = ProtectionFlag.known()
 STATE_BITS = int(sum(layouts.EntryState))  # per-process state beside the policy in an entry
-NO_ACCESSORS = 0  # allow-list id of a policy that allows nobody: no map lookup at all
-DEFAULT_LIST = 1  # allow-list of processes registered without pod policies (Agent.allow)
-BPF_LOADERS_LIST = 0xFFFFFFFE  # executables that may load tracing BPF programs (protect.bpf.c)
-CREDENTIAL_READERS_LIST = 0xFFFFFFFD  # executables that may read credential volumes: the kubelet
-RESERVED_LISTS = {BPF_LOADERS_LIST, CREDENTIAL_READERS_LIST}  # never a pod's list, never collected
 TMPFS_MAGIC = 0x01021994
-IO_URING_CHOICES = ("auto", "restrict", "allow")  # auto: restrict on the tracepoint backend
-IO_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
-
-
-@dataclass(frozen=True)
-class Violation:
-    kind: str
-    action: str
-    target_tgid: int
-    opener_tgid: int
-    opener_pid: int
-    opener_uid: int
-    opener_comm: str
-    flags: int
-    opener_exe: str = ""  # basename of the offender's executable, recorded by the kernel side
-    via: str = "open"  # how: open, read, write, mmap, transfer, io_uring, syscall, signal, agent_op
-    note: int = 0  # layouts.Note bits
-
-    @property
-    def canary(self) -> bool:
-        """The wrapper's canary probe (contracts/README.md): proof of protection, no attack."""
-        return bool(self.note & layouts.Note.CANARY)
-
-    @classmethod
-    def from_record(cls, data: bytes) -> Violation:
-        size = ctypes.sizeof(layouts.Event)
-        ev = layouts.Event.from_buffer_copy(data[:size].ljust(size, b"\0"))
-        try:
-            kind = layouts.EventKind(ev.kind).name.lower()
-        except ValueError:
-            kind = f"unknown-{ev.kind}"
-        return cls(
-            kind=kind,
-            action=_name(layouts.Action, ev.action),
-            target_tgid=ev.target_tgid,
-            opener_tgid=ev.opener_tgid,
-            opener_pid=ev.opener_pid,
-            opener_uid=ev.opener_uid,
-            opener_comm=ev.comm.decode(errors="replace"),
-            flags=ev.flags,
-            opener_exe=ev.exe.decode(errors="replace"),
-            via=_name(layouts.Via, ev.via),
-            note=ev.note,
-        )
-
-
-def _name(kind: type[enum.IntEnum], value: int) -> str:
-    """``kind(value)``'s name in lower case, or ``unknown-VALUE``."""
-    try:
-        return kind(value).name.lower()
-    except ValueError:
-        return f"unknown-{value}"
 
 
 # readlink of /proc/PID/fd/N for a memfd ("/memfd:NAME (deleted)") and memfd_secret.
@@ -128,23 +94,6 @@ def secret_file_key(st: os.stat_result) -> layouts.FileKey:
     """The ``protected_files`` key of a stat result: the kernel's dev_t, not st_dev's encoding."""
     dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
     return layouts.FileKey(ino=st.st_ino, dev=dev)
-
-
-def parse_accessor(spec: str) -> tuple[str, int | None]:
-    """``/usr/bin/x`` -> (path, None); ``/usr/bin/x:1000`` -> (path, 1000)."""
-    path, sep, uid = spec.rpartition(":")
-    if sep and uid.isdigit():
-        return path, int(uid)
-    return spec, None
-
-
-def exe_basename(pid: int) -> str:
-    """The basename of ``pid``'s executable, as the kernel side reports it ("" if unknown)."""
-    try:
-        target = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
-    return os.path.basename(target.removesuffix(" (deleted)"))
 
 
 def start_time_ticks(pid: int) -> int:
@@ -165,40 +114,6 @@ def default_object() -> Path:
         detail = getattr(e, "stderr", "") or str(e)
         raise PermanentError(f"cannot build the BPF object: {detail.strip()[-300:]}") from None
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-class Metrics:
-    """Prometheus metrics of one agent (its own registry: several agents in one test process)."""
-
-    def __init__(self) -> None:
-        self.registry = prometheus_client.CollectorRegistry()
-        self.violations = prometheus_client.Counter(
-            "cloudtaser_violations", "Accesses to protected processes, by vector and action.",
-            ["vector", "action"], registry=self.registry)
-        self.registrations = prometheus_client.Counter(
-            "cloudtaser_registrations", "Processes registered for protection.", ["result"],
-            registry=self.registry)
-
-    def text(self) -> str:
-        return prometheus_client.generate_latest(self.registry).decode()
-
-
-def io_uring_record(socket_dir: Path) -> Path:
-    """Where an agent keeps kernel.io_uring_disabled's value from before it raised it."""
-    return socket_dir / "io_uring_disabled.before"
-
-
-def lift_io_uring_restriction(socket_dir: Path) -> str | None:
-    """After the agent is gone and its pins removed (nothing is protected any more): put the
-    sysctl back as the agent found it. The value written, or None when no agent raised it."""
-    record = io_uring_record(socket_dir)
-    try:
-        before = record.read_text().strip()
-    except OSError:
-        return None
-    IO_URING_SYSCTL.write_text(before + "\n")
-    record.unlink()
-    return before
 
 
 class Agent:
@@ -222,41 +137,44 @@ class Agent:
         self.object_path = object_path
         self.flags = flags
         self.pin_dir = pin_dir
-        self.on_violation = on_violation
         self.pod_policies = pod_policies
         self.requested_backend = backend  # auto | lsm | tracepoint
         if io_uring not in IO_URING_CHOICES:
             raise PermanentError(f"io_uring must be one of {', '.join(IO_URING_CHOICES)}, not {io_uring!r}")
         self.io_uring = io_uring  # restrict: kernel.io_uring_disabled=2 while protecting
-        self._io_uring_raised = False  # this agent set kernel.io_uring_disabled=2
+        # The sysctl's value before an agent raised it is kept beside the socket (a host
+        # directory): a restarted agent, not only this one, can put it back.
+        self._io_uring = IoUringRestriction(io_uring, self.socket_path.parent, self._live_protected)
         self._credential_owners: dict[int, str] = {}  # volume dev -> its owner's cgroups
         self.backend = BACKEND  # what start() chose (programs.load_backend)
         self.backend_reason = ""
         self.metrics = Metrics()
+        self._violations = ViolationLog(self.metrics, on_violation)
         self._registered: dict[int, str] = {}  # tgid -> pod UID (pod-policy mode)
         self._registered_lock = threading.Lock()
-        # Connections being answered: bounded in all and per pod, since any pod may reach the
-        # socket (the CSI volume is allowed at every Pod Security level): one pod holding
-        # connections open must not exhaust the agent's threads or delay other pods.
-        self._answering = threading.BoundedSemaphore(MAX_ANSWERING)
-        self._per_pod: dict[str, int] = {}
-        self._per_pod_lock = threading.Lock()
-        # Accessor allow-lists: the specs of each distinct list -> its id, and the keys written
-        # under each id. The lock spans list writes, entry writes and collect_lists().
-        self._lists: dict[frozenset[str], int] = {}
-        self._list_keys: dict[int, set[tuple[int, int, int]]] = {}
-        self._lists_lock = threading.RLock()
-        self._next_list = DEFAULT_LIST + 1
+        self._server = SocketServer(self.socket_path, self._register)
+        self._lists = AllowLists(lambda: self._map("accessors"), self._list_ids_in_use)
         if pod_policies is not None:
             pod_policies.listeners.append(self.reapply)
         self.loaded: Loaded | None = None
         self._ring: RingBuffer | None = None
-        self._server: socket.socket | None = None
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._poller: threading.Thread | None = None
         self.load_seconds = 0.0
         self.last_scan_seconds = 0.0  # the fd scan of the latest registration
         self._scans = scanning.Coalescer()  # a burst of registrations shares one scan
+
+    @property
+    def on_violation(self) -> Callable[[Violation], None] | None:
+        return self._violations.on_violation
+
+    @on_violation.setter
+    def on_violation(self, handler: Callable[[Violation], None] | None) -> None:
+        self._violations.on_violation = handler
+
+    def _map(self, name: str) -> Map:
+        assert self.loaded is not None, "agent not started"
+        return self.loaded.map(name)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -271,46 +189,30 @@ class Agent:
             len(self.loaded.programs), path, self.load_seconds, self.backend,
             self.backend_reason, self.pin_dir,
         )
-        self._adopt_lists()
+        self._lists.adopt()
         self._adopt_registrations()
         kubelets = self.allow_kubelet()
         if kubelets:
             log.info("credential volumes may be read by the kubelet: %s", ", ".join(kubelets))
         if self._live_protected() is not None:  # protection adopted from an earlier agent
-            self._restrict_io_uring()
+            self._io_uring.restrict(self.backend)
         else:
-            self._relax_io_uring()  # an earlier agent left it raised with nothing protected
-        self._ring = self.loaded.ring_buffer("events", self._on_record)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.socket_path.is_socket():
-            self.socket_path.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(self.socket_path))
-        os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not from access
-        server.listen(socket.SOMAXCONN)  # bursts of pods starting at once (capped by net.core.somaxconn)
-        server.settimeout(0.2)
-        self._server = server
+            self._io_uring.relax()  # an earlier agent left it raised with nothing protected
+        self._ring = self.loaded.ring_buffer("events", self._violations.record)
         self._stop.clear()
-        for target, name in ((self._serve, "agent-socket"), (self._poll, "agent-events")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._server.start()
+        self._poller = threading.Thread(target=self._poll, name="agent-events", daemon=True)
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop serving; pinned maps and links stay, so protection continues (and io_uring
         stays restricted while any protected process lives)."""
-        self._relax_io_uring()
+        self._io_uring.relax()
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-            try:
-                self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
+        self._server.stop()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
         if self._ring is not None:
             self._ring.poll(0)  # deliver what is already queued
             self._ring.free()
@@ -326,55 +228,12 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- io_uring -----------------------------------------------------------------------------
-
-    def _restricts_io_uring(self) -> bool:
-        return self.io_uring == "restrict" or (self.io_uring == "auto" and self.backend == TRACEPOINT)
-
-    @property
-    def _io_uring_record(self) -> Path:
-        """The sysctl's value before an agent raised it, kept beside the socket (a host
-        directory): a restarted agent, not only this one, can put it back."""
-        return io_uring_record(self.socket_path.parent)
-
-    def _restrict_io_uring(self) -> None:
-        """While this node protects something, on the tracepoint backend: no new io_uring ring
-        anywhere (kernel.io_uring_disabled=2). The agent checks each request of the rings that
-        exist from io_uring's own tracepoints; this is the further, node-wide restriction
-        (docs/THREAT-MODEL.md). --io-uring allow turns it off."""
-        if not self._restricts_io_uring() or self._io_uring_raised:
-            return
-        try:
-            before = IO_URING_SYSCTL.read_text().strip()
-            if before != "2":
-                if not self._io_uring_record.exists():
-                    self._io_uring_record.write_text(before + "\n")
-                IO_URING_SYSCTL.write_text("2\n")
-                log.info("io_uring restricted while this node protects processes "
-                         "(kernel.io_uring_disabled %s -> 2; --io-uring allow keeps it)", before)
-        except OSError as e:
-            log.warning("cannot restrict io_uring (%s: %s); its requests are still checked",
-                        IO_URING_SYSCTL, e.strerror)
-            return
-        self._io_uring_raised = True
-
-    def _relax_io_uring(self) -> None:
-        """Put the sysctl back as an agent found it, unless a protected process still lives."""
-        self._io_uring_raised = False
-        try:
-            before = self._io_uring_record.read_text().strip()
-        except OSError:
-            return  # no agent raised it
-        alive = self._live_protected()
-        if alive is not None:
-            log.info("io_uring stays restricted: pid %d is still protected", alive)
-            return
-        try:
-            IO_URING_SYSCTL.write_text(before + "\n")
-            self._io_uring_record.unlink()
-            log.info("io_uring restriction lifted (kernel.io_uring_disabled -> %s)", before)
-        except OSError as e:
-            log.warning("cannot restore %s to %s: %s", IO_URING_SYSCTL, before, e.strerror)
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            ring = self._ring
+            if ring is None:
+                return
+            ring.poll(200)
 
     def _live_protected(self) -> int | None:
         """A tgid of the ``protected`` map whose process still lives, if any."""
@@ -436,13 +295,7 @@ class Agent:
         pod policies). By inode, so a copy or a replaced file is not allowed, and a rename of
         the same file still is."""
         assert self.loaded is not None, "agent not started"
-        ident = self._accessor_ident(path, uid)
-        with self._lists_lock:
-            self.loaded.map("accessors").update(_accessor_key(ident, list_id), ctypes.c_uint32(1))
-            self._list_keys.setdefault(list_id, set()).add(ident)
-        log.info("allowed accessor %s (uid %s) on list %d", path, "any" if uid is None else uid,
-                 list_id)
-        return _accessor_key(ident, list_id)
+        return self._lists.allow(path, uid, list_id)
 
     def allow_bpf_loader(self, path: str | Path, uid: int | None = None) -> layouts.AccessorKey:
         """Let the executable at ``path`` load tracing BPF programs while this node protects
@@ -460,13 +313,8 @@ class Agent:
         host's pid namespace); run at start and at every relist, as a kubelet may restart
         from another binary."""
         found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
+        for exe in running_kubelets():
             try:
-                if (proc / "comm").read_text().strip() != "kubelet":
-                    continue
-                exe = proc / "exe"
                 self.allow_credential_reader(exe)
                 found.append(os.readlink(exe))
             except OSError:
@@ -534,54 +382,12 @@ class Agent:
 
     def disallow(self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST) -> bool:
         assert self.loaded is not None, "agent not started"
-        ident = self._accessor_ident(path, uid)
-        with self._lists_lock:
-            self._list_keys.get(list_id, set()).discard(ident)
-            return self.loaded.map("accessors").delete(_accessor_key(ident, list_id))
+        return self._lists.disallow(path, uid, list_id)
 
     def accessor_list(self, accessors: Iterable[str]) -> int:
-        """The id of the allow-list ``accessors`` (a policy's "exe" or "exe:uid" entries), its
-        executables (re)written into the ``accessors`` map under that id; NO_ACCESSORS when it
-        is empty. Each distinct list among the pods of this node has its own id, so an
-        executable one pod's policy allows reaches no other pod's processes. A path that does
-        not exist on this node is skipped with a warning; paths are resolved to inodes again
-        on every call (registration, relist)."""
+        """The id of the allow-list ``accessors`` (allowlists.AllowLists.list_for)."""
         assert self.loaded is not None, "agent not started"
-        specs = frozenset(accessors)
-        if not specs:
-            return NO_ACCESSORS
-        wanted: set[tuple[int, int, int]] = set()
-        for spec in sorted(specs):
-            path, uid = parse_accessor(spec)
-            try:
-                wanted.add(self._accessor_ident(path, uid))
-            except OSError as e:
-                log.warning("allowed accessor %s not applied: %s", spec, e.strerror)
-        accessors_map = self.loaded.map("accessors")
-        with self._lists_lock:
-            list_id = self._lists.get(specs)
-            if list_id is None:
-                list_id = self._next_list
-                self._next_list += 1
-                self._lists[specs] = list_id
-                log.info("allow-list %d: %s", list_id, ", ".join(sorted(specs)))
-            written = self._list_keys.setdefault(list_id, set())
-            for ident in wanted - written:
-                accessors_map.update(_accessor_key(ident, list_id), ctypes.c_uint32(1))
-            for ident in written - wanted:
-                accessors_map.delete(_accessor_key(ident, list_id))
-            self._list_keys[list_id] = wanted
-        return list_id
-
-    def _adopt_lists(self) -> None:
-        """After (re)start: new ids above every id the pinned maps hold (an earlier agent's
-        lists stay with the processes that use them), and the unused ones removed."""
-        assert self.loaded is not None
-        with self._lists_lock:
-            used = set(self._list_ids_in_use())
-            used.update(k.list for k in self.loaded.map("accessors").keys(layouts.AccessorKey))
-            self._next_list = max((used | {DEFAULT_LIST}) - RESERVED_LISTS) + 1
-            self.collect_lists()
+        return self._lists.list_for(accessors)
 
     def _adopt_registrations(self) -> None:
         """After a restart, in pod-policy mode: the processes an earlier agent registered are
@@ -625,25 +431,7 @@ class Agent:
         """Remove the allow-lists no protected process uses any more (forked children keep
         theirs); the default list stays. Returns how many map entries were removed."""
         assert self.loaded is not None
-        accessors_map = self.loaded.map("accessors")
-        removed = 0
-        with self._lists_lock:
-            keep = set(self._list_ids_in_use()) | {DEFAULT_LIST} | RESERVED_LISTS
-            for key in list(accessors_map.keys(layouts.AccessorKey)):
-                if key.list not in keep and accessors_map.delete(key):
-                    removed += 1
-            for specs, list_id in list(self._lists.items()):
-                if list_id not in keep:
-                    del self._lists[specs]
-                    self._list_keys.pop(list_id, None)
-        return removed
-
-    @staticmethod
-    def _accessor_ident(path: str | Path, uid: int | None) -> tuple[int, int, int]:
-        """(inode, kernel dev_t, uid or ALLOWED_ANY_UID) of an accessor."""
-        st = os.stat(path)
-        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
-        return st.st_ino, dev, layouts.ALLOWED_ANY_UID if uid is None else uid
+        return self._lists.collect()
 
     def reapply(self) -> None:
         """After a relist: rewrite the flags and allow-lists of registered processes whose
@@ -668,7 +456,7 @@ class Agent:
                     self._registered.pop(pid, None)
                 continue
             assert current is not None
-            with self._lists_lock:
+            with self._lists.lock:
                 list_id = self.accessor_list(entry.policy.allowed_accessors)
                 policy = current.flags & ~STATE_BITS
                 if policy != entry.policy.flags or current.accessors != list_id:
@@ -685,117 +473,21 @@ class Agent:
 
     # -- registration -----------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        assert self._server is not None
-        while not self._stop.is_set():
-            if not self._answering.acquire(timeout=0.2):
-                continue  # all busy: new callers wait in the backlog
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                self._answering.release()
-                continue
-            except OSError:
-                self._answering.release()
-                if self._stop.is_set():
-                    return
-                raise
-            key = self._caller_pod(conn)
-            if key is not None and not self._take_pod_slot(key):
-                self._answering.release()
-                self._refuse(conn, f"more than {MAX_PER_POD} connections at once from pod {key}")
-                continue
-            # One thread per connection (bounded above): a client that holds its connection
-            # open must not stall other wrappers' registrations.
-            try:
-                threading.Thread(target=self._answer, args=(conn, key), name="agent-register",
-                                 daemon=True).start()
-            except RuntimeError as e:  # no thread to be had: refuse this one, keep serving
-                self._release(key)
-                self._refuse(conn, "the agent is out of threads")
-                log.warning("registration refused: %s", e)
-                time.sleep(0.05)
-
-    @staticmethod
-    def _caller_pod(conn: socket.socket) -> str | None:
-        """The caller's pod UID (None: a process outside any pod, e.g. on the host)."""
-        try:
-            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-            return pod_uid(pid) if pid > 0 else None
-        except OSError:
-            return None
-
-    def _take_pod_slot(self, key: str) -> bool:
-        with self._per_pod_lock:
-            if self._per_pod.get(key, 0) >= MAX_PER_POD:
-                return False
-            self._per_pod[key] = self._per_pod.get(key, 0) + 1
-            return True
-
-    def _release(self, key: str | None) -> None:
-        if key is not None:
-            with self._per_pod_lock:
-                left = self._per_pod.get(key, 1) - 1
-                if left > 0:
-                    self._per_pod[key] = left
-                else:
-                    self._per_pod.pop(key, None)
-        self._answering.release()
-
-    @staticmethod
-    def _refuse(conn: socket.socket, error: str) -> None:
-        with conn:
-            conn.settimeout(0.1)
-            try:
-                conn.sendall(json.dumps({"ok": False, "error": error}).encode() + b"\n")
-            except OSError:
-                pass
-
-    def _answer(self, conn: socket.socket, key: str | None = None) -> None:
-        try:
-            with conn:
-                try:
-                    answer = self._register(conn, key)
-                except Exception as e:  # a bad client must not take the agent down
-                    log.warning("registration failed: %s", type(e).__name__)
-                    answer = {"ok": False, "error": "internal error"}
-                try:
-                    conn.sendall(json.dumps(answer).encode() + b"\n")
-                except OSError:
-                    pass
-        finally:
-            self._release(key)
-
-    @staticmethod
-    def _request_line(conn: socket.socket) -> bytes:
-        """One request line within REQUEST_DEADLINE in all (not per read: a caller sending a
-        byte at a time cannot hold the connection)."""
-        deadline = time.monotonic() + REQUEST_DEADLINE
-        data = b""
-        while b"\n" not in data and len(data) < protocol.MAX_MESSAGE:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("request line not complete within the deadline")
-            conn.settimeout(left)
-            chunk = conn.recv(protocol.MAX_MESSAGE - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\n", 1)[0] + (b"\n" if b"\n" in data else b"")
-
     def _register(self, conn: socket.socket, caller_pod: str | None = None) -> dict[str, object]:
-        """``caller_pod``: the pod UID ``_serve`` already read from the caller's cgroup."""
+        """Answer one connection of the socket (serving.SocketServer): protect the caller with
+        its pod's policy (or the agent's flags). ``caller_pod``: the pod UID the server already
+        read from the caller's cgroup."""
         conn.settimeout(REQUEST_DEADLINE)
-        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        pidfd = self._peer_pidfd(conn)
+        pid, uid, _gid = peer_credentials(conn)
+        pidfd = peer_pidfd(conn)
         try:
-            line = self._request_line(conn)
+            line = request_line(conn)
             try:
                 request = protocol.parse_request(line)
             except protocol.ProtocolError as e:
-                return {"ok": False, "error": str(e)}
+                return refused(str(e))
             if pid <= 0:
-                return {"ok": False, "error": "no peer credentials (caller outside the host pid namespace?)"}
+                return refused("no peer credentials (caller outside the host pid namespace?)")
             assert self.loaded is not None
             flags = self.flags
             list_id = DEFAULT_LIST
@@ -804,18 +496,18 @@ class Agent:
             if self.pod_policies is not None:
                 pod = caller_pod if caller_pod is not None else pod_uid(pid)
                 if pod is None:
-                    return {"ok": False, "error": "the caller runs in no pod cgroup on this node"}
+                    return refused("the caller runs in no pod cgroup on this node")
                 entry = self.pod_policies.entry(pod)
                 if entry is None:
-                    return {"ok": False, "error": f"pod {pod} has no cloudtaser protection on "
-                                                  "this node (not injected, or no binding selects it)"}
+                    return refused(f"pod {pod} has no cloudtaser protection on this node (not "
+                                   "injected, or no binding selects it)")
                 flags = entry.policy.flags
                 allowed = entry.policy.allowed_accessors
             if request.exec_environ == "clean":
                 # Neither its own environment area nor the next execve's holds a value: reading
                 # them is no violation (ps, monitoring agents); a later execve ends that.
                 flags |= layouts.EntryState.ENVIRON_CLEAN | layouts.EntryState.EXEC_KEEPS_CLEAN
-            with self._lists_lock:  # no collect_lists() between the list and the entry
+            with self._lists.lock:  # no collect_lists() between the list and the entry
                 if allowed is not None:
                     list_id = self.accessor_list(allowed)
                 start = self.protect(pid, flags, list_id)
@@ -823,7 +515,7 @@ class Agent:
                 with self._registered_lock:
                     self._registered[pid] = pod
             self.metrics.registrations.labels(result="ok").inc()
-            self._restrict_io_uring()
+            self._io_uring.restrict(self.backend)
             if pidfd is not None:
                 # The pid was read from the connection; a pidfd taken at the same time proves
                 # the start time read afterwards is of the same process (no reuse meanwhile).
@@ -831,111 +523,35 @@ class Agent:
                     signal.pidfd_send_signal(pidfd, 0)
                 except ProcessLookupError:
                     self.loaded.map("protected").delete(ctypes.c_uint32(pid))
-                    return {"ok": False, "error": "caller exited during registration"}
+                    return refused("caller exited during registration")
             for problem in self._protect_credentials(pid, flags, request.credentials):
                 log.warning("pid %d: credential %s", pid, problem)
             self._deal_with_early_fds(pid, flags, list_id)
             log.info("registered pid %d (uid %d, start %d, flags %#x, allow-list %d)", pid, uid,
                      start, flags, list_id)
-            return {"ok": True, "backend": self.backend,
-                    "mode": "audit" if flags & ProtectionFlag.AUDIT_ONLY else "enforce",
-                    "protections": ProtectionFlag(flags).names()}
+            return accepted(self.backend, flags)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
 
-    @staticmethod
-    def _peer_pidfd(conn: socket.socket) -> int | None:
-        try:
-            fd: int = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
-            return fd
-        except OSError:
-            return None
-
     # -- violations -------------------------------------------------------------------------
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            ring = self._ring
-            if ring is None:
-                return
-            ring.poll(200)
 
     def _deal_with_early_fds(self, pid: int, flags: int, list_id: int = DEFAULT_LIST) -> None:
         """Fds on ``pid``'s environ/mem that other processes opened before its entry was
         written (the kernel side checks opens, not reads): their holders are killed unless
-        the entry is audit-only, and reported either way (bpf/cloudtaser/bpf/scanning.py). Not with the LSM
-        backend: its file_permission hook denies (or audits) every read through such an fd."""
+        the entry is audit-only, and reported either way (violations.deal_with_early_holders).
+        Not with the LSM backend: its file_permission hook denies (or audits) every read
+        through such an fd."""
         if self.backend == LSM:
             return
         wanted = {"environ": ProtectionFlag.ENVIRON, "mem": ProtectionFlag.MEM}
         t0 = time.monotonic()
         holders = [h for h in self._scans.holders(pid) if flags & wanted[h.vector]]
         self.last_scan_seconds = time.monotonic() - t0
-        kill = not flags & ProtectionFlag.AUDIT_ONLY
-        for h in holders:
-            comm, uid = scanning.comm_and_uid(h.pid)
-            if self._runs_allowed_exe(h.pid, uid, list_id):
-                continue
-            if kill:
-                try:
-                    pidfd = os.pidfd_open(h.pid)
-                except OSError:
-                    continue  # gone already
-                try:
-                    if not scanning.still_holds(h):
-                        continue
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                finally:
-                    os.close(pidfd)
-            self._violation(Violation(
-                kind=h.vector, action="killed" if kill else "audited", target_tgid=pid,
-                opener_tgid=h.pid, opener_pid=h.pid, opener_uid=uid, opener_comm=comm,
-                flags=flags, opener_exe=exe_basename(h.pid)))
-
-    def _runs_allowed_exe(self, pid: int, uid: int, list_id: int) -> bool:
-        """``pid`` runs an executable allow-list ``list_id`` allows (as the BPF side decides)."""
-        assert self.loaded is not None
-        if list_id == NO_ACCESSORS:
-            return False
-        try:
-            st = os.stat(f"/proc/{pid}/exe")
-        except OSError:
-            return False
-        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
-        accessors_map = self.loaded.map("accessors")
-        value = ctypes.c_uint32()
-        return any(accessors_map.lookup(_accessor_key((st.st_ino, dev, u), list_id), value)
-                   for u in (uid, layouts.ALLOWED_ANY_UID))
-
-    def _on_record(self, data: bytes) -> None:
-        self._violation(Violation.from_record(data))
-
-    def _violation(self, v: Violation) -> None:
-        if v.canary:
-            log.debug("canary of pid %d stopped (%s via %s: %s)", v.target_tgid, v.kind, v.via,
-                      v.action)
-            return
-        if v.kind == "agent" and v.action == "audited":
-            if v.via == "agent_op":  # a claim: the first agent, a successor, or an impostor
-                mine = v.opener_tgid == os.getpid()
-                (log.info if mine else log.warning)(
-                    "the agent role was claimed by pid %d (comm %r, exe %r)%s", v.opener_tgid,
-                    v.opener_comm, v.opener_exe, " (this agent)" if mine else "")
-                return
-            log.warning("the agent role's holder (pid %d) exited; a successor may claim it",
-                        v.target_tgid)
-        target = "the node" if v.note & layouts.Note.NODE_WIDE else f"pid {v.target_tgid}"
-        log.warning(
-            "violation: %s of %s via %s by pid %d (tgid %d, uid %d, comm %r, exe %r): %s",
-            v.kind, target, v.via, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm,
-            v.opener_exe, v.action,
-        )
-        self.metrics.violations.labels(vector=v.kind, action=v.action).inc()
-        if self.on_violation is not None:
-            self.on_violation(v)
+        deal_with_early_holders(
+            holders, pid, flags, kill=not flags & ProtectionFlag.AUDIT_ONLY,
+            allowed=lambda holder, uid: self._lists.allows(holder, uid, list_id),
+            report=self._violations.report)
 
 
 def _mountinfo_dev(line: str) -> int:
@@ -965,11 +581,6 @@ def _fs_type(path: str) -> int:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _accessor_key(ident: tuple[int, int, int], list_id: int) -> layouts.AccessorKey:
-    ino, dev, uid = ident
-    return layouts.AccessorKey(ino=ino, dev=dev, uid=uid, list=list_id)
 
 
 def parse_flags(text: str) -> int:

@@ -31,7 +31,7 @@ from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.watching import PodPolicies
 
 if TYPE_CHECKING:
-    from cloudtaser.bpf.agent import Violation
+    from cloudtaser.bpf.violations import Violation
 
 log = logging.getLogger("cloudtaser.bpf.reporting")
 REASON = "ProtectedProcessAccess"

@@ -35,7 +35,7 @@ import requests
 import yaml
 
 from cloudtaser.version import __version__
-from cloudtaser.bpf.agent import lift_io_uring_restriction
+from cloudtaser.bpf.iouring import lift_io_uring_restriction
 from cloudtaser.bpf.programs import unpin
 from cloudtaser.testbed.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER

@@ -75,7 +75,7 @@ FORWARDS = {
 CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, KUBELET_HEALTH_PORT = 10257, 10259, 10248
 SANDBOX_IMAGE = f"{REGISTRY}/cloudtaser/pause:{__version__}"
 # Set by the kubelet (its "kernel defaults") or by the chart's agent (io_uring restricted while
-# the node protects a pod, bpf/cloudtaser/bpf/agent.py); restored by ``down``.
+# the node protects a pod, bpf/cloudtaser/bpf/iouring.py); restored by ``down``.
 SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "kernel.io_uring_disabled")
 # Created by the kubelet, containerd or libcni whatever their configured roots.
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni",

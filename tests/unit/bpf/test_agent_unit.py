@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf import agent, layouts, programs
+from cloudtaser.bpf import agent, allowlists, layouts, programs, violations
 from cloudtaser.engine.plans import ProtectionFlag
 
 
@@ -23,7 +24,8 @@ def test_flags_by_names_or_number() -> None:
         ProtectionFlag.ENVIRON | ProtectionFlag.MEM | ProtectionFlag.PTRACE
     )
     assert agent.parse_flags("0x103") == 0x103
-    with pytest.raises(Exception, match="unknown protection"):
+    assert agent.parse_flags("all") == agent.DEFAULT_FLAGS == ProtectionFlag.ALL
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown protection"):
         agent.parse_flags("environ,bogus")
 
 
@@ -38,7 +40,7 @@ def test_violation_from_record() -> None:
         target_tgid=10, opener_tgid=20, opener_pid=21, opener_uid=0, comm=b"cat",
         exe=b"cat-copy",
     )
-    v = agent.Violation.from_record(bytes(ev))
+    v = violations.Violation.from_record(bytes(ev))
     assert (v.kind, v.action, v.target_tgid, v.opener_pid, v.opener_comm, v.opener_exe) == (
         "mem", "killed", 10, 21, "cat", "cat-copy")
 
@@ -70,7 +72,7 @@ def test_layout_sizes() -> None:
     ],
 )
 def test_parse_accessor(spec: str, expected: tuple[str, int | None]) -> None:
-    assert agent.parse_accessor(spec) == expected
+    assert allowlists.parse_accessor(spec) == expected
 
 
 def test_secret_file_key_uses_the_kernel_dev_encoding() -> None:
