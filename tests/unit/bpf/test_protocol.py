@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.bpf import agent, protocol
+from cloudtaser.bpf import agent, iouring, protocol
 
 REPO = Path(__file__).resolve().parents[3]
 VECTORS: list[dict[str, Any]] = json.loads(
@@ -31,10 +31,16 @@ def test_request_vectors(vector: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
     """The caller's own SO_PEERCRED pid is registered, whatever the message says; a clean
-    environment marks the entry; a refusal writes nothing and says why."""
-    a = agent.Agent("/nonexistent.sock")
+    environment marks the entry; a registration restricts io_uring (tracepoint backend); a
+    refusal writes nothing and says why. The sysctl is a stand-in: run as root, the real one
+    would stay raised with its record in a directory of no agent."""
+    sysctl = tmp_path / "io_uring_disabled"
+    sysctl.write_text("0\n")
+    monkeypatch.setattr(iouring, "IO_URING_SYSCTL", sysctl)
+    a = agent.Agent(tmp_path / "agent.sock")
     written: list[tuple[int, int]] = []
     monkeypatch.setattr(a, "protect", lambda pid, flags=None, accessors=1: written.append((pid, flags)) or 1)
     named: list[tuple[str, ...]] = []
@@ -47,8 +53,9 @@ def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pyte
     json.dumps(answer)
     if not vector["valid"]:
         assert answer == {"ok": False, "error": vector["error"]}
-        assert written == []
+        assert written == [] and sysctl.read_text() == "0\n"
         return
+    assert sysctl.read_text() == "2\n" and iouring.io_uring_record(tmp_path).read_text() == "0\n"
     assert answer == {"ok": True, "backend": "tracepoint", "mode": "enforce",
                       "protections": ["environ", "mem", "fds", "ptrace", "pidfd_getfd", "core_dump"]}
     [(pid, flags)] = written
