@@ -18,7 +18,7 @@ Violations arrive on the ring buffer and are logged (they never carry secret dat
 
 This module is the entry point (``python -m cloudtaser.bpf.agent``: main, arguments) and the
 Agent (start/stop, the ``protected`` entries, registration); its other jobs are in serving.py
-(the socket, per-pod caps), allowlists.py, violations.py and iouring.py.
+(the socket, per-pod caps), allowlists.py, violations.py, credentials.py and iouring.py.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from cloudtaser.bpf.programs import (
     RingBuffer,
     load_backend,
 )
+from cloudtaser.bpf.credentials import CredentialVolumes
 from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
 from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.serving import (
@@ -83,7 +84,6 @@ BACKEND = TRACEPOINT  # until start() has probed the node
 DEFAULT_FLAGS = ProtectionFlag.ALL  # what the engine's default policy compiles to, enforced
 KNOWN_FLAGS = ProtectionFlag.known()
 STATE_BITS = int(sum(layouts.EntryState))  # per-process state beside the policy in an entry
-TMPFS_MAGIC = 0x01021994
 
 
 # readlink of /proc/PID/fd/N for a memfd ("/memfd:NAME (deleted)") and memfd_secret.
@@ -145,7 +145,8 @@ class Agent:
         # The sysctl's value before an agent raised it is kept beside the socket (a host
         # directory): a restarted agent, not only this one, can put it back.
         self._io_uring = IoUringRestriction(io_uring, self.socket_path.parent, self._live_protected)
-        self._credential_owners: dict[int, str] = {}  # volume dev -> its owner's cgroups
+        self._credentials = CredentialVolumes(lambda: self._map("protected_mounts"),
+                                              lambda pid: self.entry(pid) is not None)
         self.backend = BACKEND  # what start() chose (programs.load_backend)
         self.backend_reason = ""
         self.metrics = Metrics()
@@ -322,63 +323,14 @@ class Agent:
         return found
 
     def _protect_credentials(self, pid: int, flags: int, paths: tuple[str, ...]) -> list[str]:
-        """Protect the filesystems of ``paths`` (as ``pid`` sees them) for ``pid`` and its
-        family, with ``flags`` (which still apply when it died: the volume is nobody's until
-        free_credentials() sees it unmounted): tmpfs volumes only (the projected token, a Secret
-        volume); an owner still alive keeps them. Returns one line per path it could not
-        protect."""
-        assert self.loaded is not None
-        problems: list[str] = []
-        if not paths:
-            return problems
-        mounts = self.loaded.map("protected_mounts")
-        cgroup = _cgroup_of(pid)
-        owner = layouts.FileOwner()
-        for path in paths:
-            where = f"/proc/{pid}/root{path}"
-            try:
-                st = os.stat(where)
-                magic = _fs_type(where)
-            except OSError as e:
-                problems.append(f"{path}: {e.strerror}")
-                continue
-            if magic != TMPFS_MAGIC:
-                problems.append(f"{path}: not on a tmpfs volume (its filesystem is not protected)")
-                continue
-            key = ctypes.c_uint32((os.major(st.st_dev) << 20) | os.minor(st.st_dev))
-            if mounts.lookup(key, owner) and owner.tgid != pid:
-                if self.entry(owner.tgid) is not None:
-                    continue  # its owner, still protected, keeps it (a second wrapper is no owner)
-                if self._credential_owners.get(key.value) == cgroup:
-                    # Its owner died, but this caller runs in the same container: a restarted
-                    # container has a cgroup of its own; this is a process that outlived (or
-                    # killed) the app, and it is no owner.
-                    problems.append(f"{path}: its volume stays its dead owner's (pid {owner.tgid}, "
-                                    "same container)")
-                    continue
-            mounts.update(key, layouts.FileOwner(tgid=pid, flags=flags))
-            self._credential_owners[key.value] = cgroup
-        return problems
+        """credentials.CredentialVolumes.protect: one line per path it could not protect."""
+        return self._credentials.protect(pid, flags, paths)
 
     def free_credentials(self, mountinfo: str = "/proc/1/mountinfo") -> int:
-        """Forget the credential volumes no longer mounted on the node whose owner died (a
-        tmpfs's dev_t is reused by the next one): run at every relist. Returns how many."""
+        """Forget the credential volumes no longer mounted whose owner died (at every relist)."""
         if self.loaded is None:
             return 0
-        try:
-            mounted = {_mountinfo_dev(line) for line in Path(mountinfo).read_text().splitlines()}
-        except OSError:
-            return 0
-        mounts = self.loaded.map("protected_mounts")
-        owner = layouts.FileOwner()
-        freed = 0
-        for key in list(mounts.keys_u32()):
-            if key in mounted or not mounts.lookup(ctypes.c_uint32(key), owner):
-                continue
-            if self.entry(owner.tgid) is None and mounts.delete(ctypes.c_uint32(key)):
-                self._credential_owners.pop(key, None)
-                freed += 1
-        return freed
+        return self._credentials.free(mountinfo)
 
     def disallow(self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST) -> bool:
         assert self.loaded is not None, "agent not started"
@@ -552,35 +504,6 @@ class Agent:
             holders, pid, flags, kill=not flags & ProtectionFlag.AUDIT_ONLY,
             allowed=lambda holder, uid: self._lists.allows(holder, uid, list_id),
             report=self._violations.report)
-
-
-def _mountinfo_dev(line: str) -> int:
-    """The kernel dev_t (major << 20 | minor) of one /proc/PID/mountinfo line (field 3)."""
-    try:
-        major, minor = line.split()[2].split(":")
-        return (int(major) << 20) | int(minor)
-    except (IndexError, ValueError):
-        return -1
-
-
-def _cgroup_of(pid: int) -> str:
-    """/proc/PID/cgroup: a container's identity on this node ("" when unreadable)."""
-    try:
-        return Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return ""
-
-
-def _fs_type(path: str) -> int:
-    """statfs(2)'s f_type of ``path`` (Python's statvfs has none)."""
-    buf = ctypes.create_string_buffer(256)
-    if _LIBC.statfs(path.encode(), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def parse_flags(text: str) -> int:
