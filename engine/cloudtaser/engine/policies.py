@@ -12,14 +12,7 @@ from cloudtaser.engine.kube import Namespace, Pod
 from cloudtaser.engine.plans import NAMESPACE_NAME_LABEL, EffectivePolicy, ProtectionFlag
 from cloudtaser.engine.resources import EnforcementPolicy
 
-_PROTECTION_BITS = {
-    "environ": ProtectionFlag.ENVIRON,
-    "mem": ProtectionFlag.MEM,
-    "fds": ProtectionFlag.FDS,
-    "ptrace": ProtectionFlag.PTRACE,
-    "pidfd_getfd": ProtectionFlag.PIDFD_GETFD,
-    "core_dump": ProtectionFlag.CORE_DUMP,
-}
+_PROTECTION_BITS = ProtectionFlag.protections()  # Protections' field names -> their bits
 
 
 def _accessor_key(executable: str, uid: int | None) -> str:

@@ -1,16 +1,15 @@
-"""ProtectionFlag is the one table of protections: the policy's fields, what compile() writes,
+"""ProtectionFlag is the one table of protections: the policy's fields, what a policy compiles to,
 and what the agent parses all follow it (tests/unit/bpf/test_layouts.py ties it to the C)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cloudtaser.engine.compiler import compile_state
 from cloudtaser.engine.plans import ProtectionFlag
-from cloudtaser.engine.resources import Protections
+from cloudtaser.engine.policies import effective_policy
+from cloudtaser.engine.resources import EnforcementPolicy, Protections
 from cloudtaser.errors import PermanentError
-from tests.conftest import binding_doc, pod_doc, policy_doc
-from tests.unit.engine.test_compiler import state
+from tests.harness.documents import policy_doc
 
 MODES = ProtectionFlag.AUDIT_ONLY | ProtectionFlag.KILL
 
@@ -30,17 +29,16 @@ def test_the_policy_fields_are_the_protections() -> None:
 def test_compile_writes_each_protection_by_its_name(name: str) -> None:
     """A policy turning off one protection compiles to every other bit, and names them."""
     alias = Protections.model_fields[name].alias or name
-    plan = compile_state(state(binding_doc("app"), pod_doc(labels={"app": "app"}, injected=True),
-                               policy_doc("one-off", protections={alias: False})))
-    policy = plan.bpf[0].policy
+    policy = effective_policy([EnforcementPolicy.model_validate(
+        policy_doc("one-off", protections={alias: False}))])
     flag = ProtectionFlag.protections()[name]
     assert policy.flags == ProtectionFlag.ALL & ~flag
     assert sorted(policy.protections) == sorted(ProtectionFlag(policy.flags).names())
 
 
 def test_the_default_policy_compiles_to_all() -> None:
-    plan = compile_state(state(binding_doc("app"), pod_doc(labels={"app": "app"}, injected=True)))
-    assert plan.bpf[0].policy.flags == ProtectionFlag.ALL
+    assert effective_policy([]).flags == ProtectionFlag.ALL
+    assert effective_policy([]).protections == sorted(ProtectionFlag.ALL.names())
 
 
 def test_names_in_bit_order() -> None:
