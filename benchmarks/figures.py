@@ -20,22 +20,34 @@ HEADERS = ("figure", "target", "measured", "ratio")
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (for benchmarks/report) instead of the table")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (for benchmarks/report) instead of the table",
+    )
 
 
-def as_json(name: str, rows: Sequence[Sequence[object]], notes: Sequence[str] = (),
-            failed: bool = False) -> str:
-    return json.dumps({
-        "benchmark": name,
-        "rows": [dict(zip(HEADERS, (str(c) for c in row), strict=True)) for row in rows],
-        "notes": list(notes),
-        "failed": failed,
-    })
+def as_json(
+    name: str, rows: Sequence[Sequence[object]], notes: Sequence[str] = (), failed: bool = False
+) -> str:
+    return json.dumps(
+        {
+            "benchmark": name,
+            "rows": [dict(zip(HEADERS, (str(c) for c in row), strict=True)) for row in rows],
+            "notes": list(notes),
+            "failed": failed,
+        }
+    )
 
 
-def emit(name: str, rows: Sequence[Sequence[object]], json_mode: bool, notes: Sequence[str] = (),
-         failed: bool = False, headers: Sequence[str] = HEADERS) -> None:
+def emit(
+    name: str,
+    rows: Sequence[Sequence[object]],
+    json_mode: bool,
+    notes: Sequence[str] = (),
+    failed: bool = False,
+    headers: Sequence[str] = HEADERS,
+) -> None:
     """The table (notes after it), or the JSON object."""
     if json_mode:
         print(as_json(name, rows, notes, failed))

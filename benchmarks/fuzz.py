@@ -27,19 +27,37 @@ def main() -> None:
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz"],
-        cwd=REPO, env={**os.environ, "CLOUDTASER_FUZZ_EXAMPLES": str(args.examples)},
-        capture_output=True, text=True, check=False)
+        cwd=REPO,
+        env={**os.environ, "CLOUDTASER_FUZZ_EXAMPLES": str(args.examples)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     seconds = time.monotonic() - start
     verdict = "pass" if proc.returncode == 0 else "FAIL"
     rows = [
-        ("engine: random bindings/policies/pods, compile never raises, deterministic",
-         f">= {args.examples} cases", verdict, f"{seconds:.0f} s total"),
-        ("webhook: random/truncated AdmissionReviews, 200 or 400, never raises",
-         f">= {args.examples} cases", verdict, "-"),
+        (
+            "engine: random bindings/policies/pods, compile never raises, deterministic",
+            f">= {args.examples} cases",
+            verdict,
+            f"{seconds:.0f} s total",
+        ),
+        (
+            "webhook: random/truncated AdmissionReviews, 200 or 400, never raises",
+            f">= {args.examples} cases",
+            verdict,
+            "-",
+        ),
     ]
     notes = [proc.stdout[-4000:]] if proc.returncode != 0 else []
-    emit("fuzz", rows, args.json, notes, failed=proc.returncode != 0,
-         headers=["figure", "target", "measured", "time"])
+    emit(
+        "fuzz",
+        rows,
+        args.json,
+        notes,
+        failed=proc.returncode != 0,
+        headers=["figure", "target", "measured", "time"],
+    )
     if proc.returncode != 0:
         sys.exit(1)
 

@@ -39,14 +39,17 @@ sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` importable
 from benchmarks.figures import add_json_flag, emit  # noqa: E402
 from cloudtaser.bpf import scanning  # noqa: E402
 from cloudtaser.bpf.programs import ensure_bpffs, load, unpin  # noqa: E402
+
 RATIO_TARGET = 1.02
 RSS_TARGET_MIB = 64.0
 
 
 def build(tmp: Path) -> Path:
     out = tmp / "kernel_loop"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                    str(HERE / "kernel_loop.c")], check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(HERE / "kernel_loop.c")],
+        check=True,
+    )
     return out
 
 
@@ -66,8 +69,13 @@ def build_noop(tmp: Path) -> Path:
 
 
 def loop(program: Path, mode: str, iterations: int) -> float:
-    out = subprocess.run([str(program), mode, str(iterations)], capture_output=True, text=True,
-                         check=True, timeout=600)
+    out = subprocess.run(
+        [str(program), mode, str(iterations)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return float(out.stdout)
 
 
@@ -78,9 +86,22 @@ class AgentProcess:
         self.pin_dir = Path(f"/sys/fs/bpf/cloudtaser-bench-{uuid.uuid4().hex[:8]}")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudtaser.bpf.agent", "--socket", str(tmp / "agent.sock"),
-             "--object", str(obj), "--pin-dir", str(self.pin_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "cloudtaser.bpf.agent",
+                "--socket",
+                str(tmp / "agent.sock"),
+                "--object",
+                str(obj),
+                "--pin-dir",
+                str(self.pin_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ready:"):
@@ -98,7 +119,9 @@ class AgentProcess:
 
     def rss_mib(self) -> float:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        kib = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+        )
         return kib / 1024
 
     def stop(self) -> None:
@@ -137,19 +160,40 @@ def fd_count() -> int:
 
 def scan_figures() -> list[tuple[str, str, str, str]]:
     procs_now = sum(1 for e in os.scandir("/proc") if e.name.isdigit())
-    rows = [(f"registration fd scan, this machine ({procs_now} processes, {fd_count()} fds)",
-             "-", f"{scan_ms():.1f} ms", "-")]
-    holders = [subprocess.Popen(
-        [sys.executable, "-c", "import os, sys, time\n"
-         "fds = [os.open('/etc/hostname', os.O_RDONLY) for _ in range(64)]\n"
-         "print('ok', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True) for _ in range(200)]
+    rows = [
+        (
+            f"registration fd scan, this machine ({procs_now} processes, {fd_count()} fds)",
+            "-",
+            f"{scan_ms():.1f} ms",
+            "-",
+        )
+    ]
+    holders = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys, time\n"
+                "fds = [os.open('/etc/hostname', os.O_RDONLY) for _ in range(64)]\n"
+                "print('ok', flush=True); time.sleep(300)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(200)
+    ]
     try:
         for p in holders:
             assert p.stdout is not None and p.stdout.readline() == "ok\n"
         procs = sum(1 for e in os.scandir("/proc") if e.name.isdigit())
-        rows.append((f"registration fd scan, {procs} processes, {fd_count()} fds", "-",
-                     f"{scan_ms():.1f} ms", "-"))
+        rows.append(
+            (
+                f"registration fd scan, {procs} processes, {fd_count()} fds",
+                "-",
+                f"{scan_ms():.1f} ms",
+                "-",
+            )
+        )
     finally:
         for p in holders:
             p.kill()
@@ -162,21 +206,37 @@ def scan_figures() -> list[tuple[str, str, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (best kept)")
-    parser.add_argument("--iterations", type=int, default=100_000,
-                        help="loop iterations per /etc/hostname run (/proc/self/status: a quarter)")
-    parser.add_argument("--object", type=Path, default=None,
-                        help="protect.bpf.o to measure (default: scripts/build-bpf's)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=100_000,
+        help="loop iterations per /etc/hostname run (/proc/self/status: a quarter)",
+    )
+    parser.add_argument(
+        "--object",
+        type=Path,
+        default=None,
+        help="protect.bpf.o to measure (default: scripts/build-bpf's)",
+    )
     add_json_flag(parser)
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/kernel.py needs root (it loads the agent's BPF programs)")
     ensure_bpffs()
-    obj = args.object or Path(subprocess.run(
-        [str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True,
-        check=True).stdout.strip().splitlines()[-1])
-    modes = {"hostname": args.iterations, "status": max(args.iterations // 4, 1000),
-             "pread-ext4": args.iterations * 4, "pread-tmpfs": args.iterations * 4,
-             "write-null": args.iterations * 4}
+    obj = args.object or Path(
+        subprocess.run(
+            [str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    modes = {
+        "hostname": args.iterations,
+        "status": max(args.iterations // 4, 1000),
+        "pread-ext4": args.iterations * 4,
+        "pread-tmpfs": args.iterations * 4,
+        "write-null": args.iterations * 4,
+    }
     without: dict[str, float] = {m: float("inf") for m in modes}
     with_agent: dict[str, float] = {m: float("inf") for m in modes}
     with_noop: dict[str, float] = {m: float("inf") for m in modes}
@@ -211,30 +271,52 @@ def main() -> None:
             finally:
                 loaded.close()
     rows: list[tuple[str, str, str, str]] = []
-    for mode, label in (("hostname", "open/read/close /etc/hostname"),
-                        ("status", "open/read/close /proc/self/status"),
-                        ("pread-ext4", "pread 64 B of /etc/hostname (ext4)"),
-                        ("pread-tmpfs", "pread 64 B of a /dev/shm file (tmpfs)"),
-                        ("write-null", "write 64 B to /dev/null")):
+    for mode, label in (
+        ("hostname", "open/read/close /etc/hostname"),
+        ("status", "open/read/close /proc/self/status"),
+        ("pread-ext4", "pread 64 B of /etc/hostname (ext4)"),
+        ("pread-tmpfs", "pread 64 B of a /dev/shm file (tmpfs)"),
+        ("write-null", "write 64 B to /dev/null"),
+    ):
         ratio = with_agent[mode] / without[mode]
         rows.append((f"{label}, without agent", "-", f"{without[mode] / 1000:.3f} us", "-"))
-        rows.append((f"{label}, with agent (with/without)", f"<= {RATIO_TARGET}",
-                     f"{with_agent[mode] / 1000:.3f} us ({ratio:.3f}{'?' if foreign else ''})",
-                     f"{(ratio - 1) / (RATIO_TARGET - 1):.2f} of target overhead"))
+        rows.append(
+            (
+                f"{label}, with agent (with/without)",
+                f"<= {RATIO_TARGET}",
+                f"{with_agent[mode] / 1000:.3f} us ({ratio:.3f}{'?' if foreign else ''})",
+                f"{(ratio - 1) / (RATIO_TARGET - 1):.2f} of target overhead",
+            )
+        )
         floor = with_noop[mode] / without[mode]
-        rows.append((f"{label}, floor: no-op sys_exit_openat program", "-",
-                     f"{with_noop[mode] / 1000:.3f} us ({floor:.3f})", "-"))
+        rows.append(
+            (
+                f"{label}, floor: no-op sys_exit_openat program",
+                "-",
+                f"{with_noop[mode] / 1000:.3f} us ({floor:.3f})",
+                "-",
+            )
+        )
     peak = max(rss)
-    rows.append(("agent RSS once ready (max of rounds)", f"<= {RSS_TARGET_MIB:.0f} MiB",
-                 f"{peak:.1f} MiB", f"{peak / RSS_TARGET_MIB:.2f} of target"))
+    rows.append(
+        (
+            "agent RSS once ready (max of rounds)",
+            f"<= {RSS_TARGET_MIB:.0f} MiB",
+            f"{peak:.1f} MiB",
+            f"{peak / RSS_TARGET_MIB:.2f} of target",
+        )
+    )
     rows.append(("agent load+attach+pin (its log, best)", "-", f"{min(loads):.3f} s", "-"))
-    rows.append(("agent start to ready, incl. Python start (best)", "-", f"{min(readies):.3f} s",
-                 "-"))
+    rows.append(
+        ("agent start to ready, incl. Python start (best)", "-", f"{min(readies):.3f} s", "-")
+    )
     rows.extend(scan_figures())
     notes = []
     if foreign:
-        notes.append(f"? not a clean 'without': other agents had programs attached during the "
-                     f"run ({', '.join(sorted(map(str, foreign)))})")
+        notes.append(
+            f"? not a clean 'without': other agents had programs attached during the "
+            f"run ({', '.join(sorted(map(str, foreign)))})"
+        )
     emit("kernel", rows, args.json, notes)
 
 

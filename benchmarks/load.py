@@ -44,7 +44,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
 from cloudtaser.testbed import stacking  # noqa: E402
 from tests.harness.loading import (  # noqa: E402
-    Starts, WebhookLoad, webhook_load, wrapper_starts,
+    Starts,
+    WebhookLoad,
+    webhook_load,
+    wrapper_starts,
 )
 
 MIB = 1024 * 1024
@@ -54,41 +57,95 @@ OPERATOR_TARGET_MIB, AGENT_TARGET_MIB = 128, 64
 def starts_rows(s: Starts) -> list[tuple[str, str, str, str]]:
     n = s.count
     ok = len(s.latencies_ms)
-    rows = [(f"wrapper starts at once: failures of {n}", "0", str(len(s.failures)),
-             "ok" if not s.failures else "FAIL")]
+    rows = [
+        (
+            f"wrapper starts at once: failures of {n}",
+            "0",
+            str(len(s.failures)),
+            "ok" if not s.failures else "FAIL",
+        )
+    ]
     if s.latencies_ms:
         p99 = percentile(s.latencies_ms, 0.99)
         rows += [
-            (f"start -> app running, p50 of {ok}", "-", f"{statistics.median(s.latencies_ms):.0f} ms", "-"),
-            (f"start -> app running, p99 of {ok}", "<= 10 s", f"{p99:.0f} ms",
-             f"{p99 / 10_000:.2f} of target"),
-            ("start -> app running, first / last", "-",
-             f"{min(s.latencies_ms):.0f} / {max(s.latencies_ms):.0f} ms", "-"),
+            (
+                f"start -> app running, p50 of {ok}",
+                "-",
+                f"{statistics.median(s.latencies_ms):.0f} ms",
+                "-",
+            ),
+            (
+                f"start -> app running, p99 of {ok}",
+                "<= 10 s",
+                f"{p99:.0f} ms",
+                f"{p99 / 10_000:.2f} of target",
+            ),
+            (
+                "start -> app running, first / last",
+                "-",
+                f"{min(s.latencies_ms):.0f} / {max(s.latencies_ms):.0f} ms",
+                "-",
+            ),
         ]
-    rows.append(("CPU per wrapper start (user + system, all processes)", "<= 20 ms",
-                 f"{s.cpu_s / n * 1000:.0f} ms ({s.cpu_s:.0f} s on {os.cpu_count()} cores)", "-"))
+    rows.append(
+        (
+            "CPU per wrapper start (user + system, all processes)",
+            "<= 20 ms",
+            f"{s.cpu_s / n * 1000:.0f} ms ({s.cpu_s:.0f} s on {os.cpu_count()} cores)",
+            "-",
+        )
+    )
     total, worst = sum(s.retries), max(s.retries, default=0)
-    rows.append(("retries (transient errors; bounded by --deadline)", "bounded",
-                 f"{total} total, max {worst} per wrapper", "-"))
+    rows.append(
+        (
+            "retries (transient errors; bounded by --deadline)",
+            "bounded",
+            f"{total} total, max {worst} per wrapper",
+            "-",
+        )
+    )
     if s.logins is not None and s.window_s > 0:
-        rows.append(("OpenBao logins/s (OpenBao's count / release -> last app start)", "-",
-                     f"{s.logins / s.window_s:.1f}/s ({s.logins} in {s.window_s:.1f} s)", "-"))
-        rows.append(("OpenBao logins in its busiest 10 s interval", "-",
-                     f"{s.logins_peak_interval} ({(s.logins_peak_interval or 0) / 10:.1f}/s)", "-"))
+        rows.append(
+            (
+                "OpenBao logins/s (OpenBao's count / release -> last app start)",
+                "-",
+                f"{s.logins / s.window_s:.1f}/s ({s.logins} in {s.window_s:.1f} s)",
+                "-",
+            )
+        )
+        rows.append(
+            (
+                "OpenBao logins in its busiest 10 s interval",
+                "-",
+                f"{s.logins_peak_interval} ({(s.logins_peak_interval or 0) / 10:.1f}/s)",
+                "-",
+            )
+        )
     else:
         rows.append(("OpenBao logins/s", "-", "metrics unavailable", "-"))
     if s.memory_peak is not None:
-        rows.append((f"peak memory of the {n} wrappers (their cgroup)", "-",
-                     f"{s.memory_peak / MIB:.0f} MiB ({s.memory_peak / MIB / n:.1f} MiB each; "
-                     f"limit {s.memory_limit / MIB:.0f} MiB, OOM kills {s.oom_kills})", "-"))
+        rows.append(
+            (
+                f"peak memory of the {n} wrappers (their cgroup)",
+                "-",
+                f"{s.memory_peak / MIB:.0f} MiB ({s.memory_peak / MIB / n:.1f} MiB each; "
+                f"limit {s.memory_limit / MIB:.0f} MiB, OOM kills {s.oom_kills})",
+                "-",
+            )
+        )
     else:
         rows.append((f"peak memory of the {n} wrappers", "-", s.memory_note, "-"))
-    agent = (f"{s.registered}/{n} registered" if s.agent == "running" else f"not running: {s.agent}")
+    agent = f"{s.registered}/{n} registered" if s.agent == "running" else f"not running: {s.agent}"
     rows.append(("node agent registrations", "-", agent[:120], "-"))
     if s.agent_rss:
-        rows.append(("agent RSS during the starts, peak", f"<= {AGENT_TARGET_MIB} MiB",
-                     f"{max(s.agent_rss) / MIB:.1f} MiB",
-                     f"{max(s.agent_rss) / MIB / AGENT_TARGET_MIB:.2f} of target"))
+        rows.append(
+            (
+                "agent RSS during the starts, peak",
+                f"<= {AGENT_TARGET_MIB} MiB",
+                f"{max(s.agent_rss) / MIB:.1f} MiB",
+                f"{max(s.agent_rss) / MIB / AGENT_TARGET_MIB:.2f} of target",
+            )
+        )
     return rows
 
 
@@ -96,15 +153,35 @@ def webhook_rows(w: WebhookLoad) -> list[tuple[str, str, str, str]]:
     label = f"{w.rate:.0f}/s for {w.duration:.0f} s, {w.bindings} bindings"
     distinct = sorted(set(w.errors))
     rows = [
-        (f"webhook requests / failures ({label})", "0 failures",
-         f"{len(w.latencies_ms)} / {len(w.errors)}" + (f" ({distinct[0][:80]})" if distinct else ""),
-         "ok" if not w.errors else "FAIL"),
+        (
+            f"webhook requests / failures ({label})",
+            "0 failures",
+            f"{len(w.latencies_ms)} / {len(w.errors)}"
+            + (f" ({distinct[0][:80]})" if distinct else ""),
+            "ok" if not w.errors else "FAIL",
+        ),
     ]
     if w.latencies_ms:
-        rows += [("webhook HTTPS p50 (operator process)", "-", f"{statistics.median(w.latencies_ms):.2f} ms", "-"),
-                 ("webhook HTTPS p99 (operator process)", "-", f"{percentile(w.latencies_ms, 0.99):.2f} ms", "-"),
-                 ("webhook requests over 100 ms / slowest", "-",
-                  f"{sum(x > 100 for x in w.latencies_ms)} / {max(w.latencies_ms):.0f} ms", "-")]
+        rows += [
+            (
+                "webhook HTTPS p50 (operator process)",
+                "-",
+                f"{statistics.median(w.latencies_ms):.2f} ms",
+                "-",
+            ),
+            (
+                "webhook HTTPS p99 (operator process)",
+                "-",
+                f"{percentile(w.latencies_ms, 0.99):.2f} ms",
+                "-",
+            ),
+            (
+                "webhook requests over 100 ms / slowest",
+                "-",
+                f"{sum(x > 100 for x in w.latencies_ms)} / {max(w.latencies_ms):.0f} ms",
+                "-",
+            ),
+        ]
         if w.slow:  # when the stalls happened: periodic ones point at a periodic task
             stalls: list[list[float]] = []
             for offset, latency in sorted(w.slow):
@@ -112,46 +189,96 @@ def webhook_rows(w: WebhookLoad) -> list[tuple[str, str, str, str]]:
                     stalls.append([offset, latency])
                 else:
                     stalls[-1][1] = max(stalls[-1][1], latency)
-            rows.append(("webhook stalls (s into the run: slowest ms)", "-",
-                         ", ".join(f"{o:.0f}: {lat:.0f}" for o, lat in stalls[:12]), "-"))
-    rows.append((f"bindings created / operator ready (all compiled)", "-",
-                 f"{w.create_s:.1f} s / {w.ready_s:.1f} s", "-"))
+            rows.append(
+                (
+                    "webhook stalls (s into the run: slowest ms)",
+                    "-",
+                    ", ".join(f"{o:.0f}: {lat:.0f}" for o, lat in stalls[:12]),
+                    "-",
+                )
+            )
+    rows.append(
+        (
+            "bindings created / operator ready (all compiled)",
+            "-",
+            f"{w.create_s:.1f} s / {w.ready_s:.1f} s",
+            "-",
+        )
+    )
     if w.operator_rss:
         peak = max(w.operator_rss) / MIB
-        rows.append(("operator RSS, peak of samples", f"<= {OPERATOR_TARGET_MIB} MiB", f"{peak:.1f} MiB",
-                     f"{peak / OPERATOR_TARGET_MIB:.2f} of target"))
-        rows.append(("operator RSS, first / median / last sample", "-",
-                     f"{w.operator_rss[0] / MIB:.1f} / {statistics.median(w.operator_rss) / MIB:.1f} / "
-                     f"{w.operator_rss[-1] / MIB:.1f} MiB ({len(w.operator_rss)} samples)", "-"))
+        rows.append(
+            (
+                "operator RSS, peak of samples",
+                f"<= {OPERATOR_TARGET_MIB} MiB",
+                f"{peak:.1f} MiB",
+                f"{peak / OPERATOR_TARGET_MIB:.2f} of target",
+            )
+        )
+        rows.append(
+            (
+                "operator RSS, first / median / last sample",
+                "-",
+                f"{w.operator_rss[0] / MIB:.1f} / {statistics.median(w.operator_rss) / MIB:.1f} / "
+                f"{w.operator_rss[-1] / MIB:.1f} MiB ({len(w.operator_rss)} samples)",
+                "-",
+            )
+        )
     if w.agent_rss:
         peak = max(w.agent_rss) / MIB
-        rows.append((f"agent RSS (--node, {w.bindings} bindings), peak", f"<= {AGENT_TARGET_MIB} MiB",
-                     f"{peak:.1f} MiB", f"{peak / AGENT_TARGET_MIB:.2f} of target"))
-        rows.append(("agent RSS, first / median / last sample", "-",
-                     f"{w.agent_rss[0] / MIB:.1f} / {statistics.median(w.agent_rss) / MIB:.1f} / "
-                     f"{w.agent_rss[-1] / MIB:.1f} MiB", "-"))
+        rows.append(
+            (
+                f"agent RSS (--node, {w.bindings} bindings), peak",
+                f"<= {AGENT_TARGET_MIB} MiB",
+                f"{peak:.1f} MiB",
+                f"{peak / AGENT_TARGET_MIB:.2f} of target",
+            )
+        )
+        rows.append(
+            (
+                "agent RSS, first / median / last sample",
+                "-",
+                f"{w.agent_rss[0] / MIB:.1f} / {statistics.median(w.agent_rss) / MIB:.1f} / "
+                f"{w.agent_rss[-1] / MIB:.1f} MiB",
+                "-",
+            )
+        )
     else:
-        rows.append(("agent RSS", f"<= {AGENT_TARGET_MIB} MiB", f"not running: {w.agent}"[:120], "-"))
+        rows.append(
+            ("agent RSS", f"<= {AGENT_TARGET_MIB} MiB", f"not running: {w.agent}"[:120], "-")
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wrappers", type=int, default=500, help="wrappers started at once")
-    parser.add_argument("--deadline", type=float, default=120,
-                        help="each wrapper's --deadline: how long it retries transient errors")
-    parser.add_argument("--memory-limit-mib", type=int, default=None,
-                        help="memory limit of the wrappers' cgroup (default: MemAvailable - 4 GiB, "
-                             "at most 16 GiB)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=120,
+        help="each wrapper's --deadline: how long it retries transient errors",
+    )
+    parser.add_argument(
+        "--memory-limit-mib",
+        type=int,
+        default=None,
+        help="memory limit of the wrappers' cgroup (default: MemAvailable - 4 GiB, at most 16 GiB)",
+    )
     parser.add_argument("--duration", type=float, default=300, help="seconds of webhook load")
     parser.add_argument("--rate", type=float, default=200, help="webhook requests per second")
-    parser.add_argument("--bindings", type=int, default=10_000, help="SecretBindings in the API server")
+    parser.add_argument(
+        "--bindings", type=int, default=10_000, help="SecretBindings in the API server"
+    )
     parser.add_argument("--no-agent", action="store_true", help="do not start the node agent")
     parser.add_argument("--only", choices=("starts", "webhook"), default=None)
     add_json_flag(parser)
     args = parser.parse_args()
-    subprocess.run([str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
+        check=True,
+        capture_output=True,
+    )
     paths = stacking.Paths(state=stacking.default_state_dir(), bin=stacking.default_bin_dir())
     rows: list[tuple[str, str, str, str]] = []
     notes: list[str] = []
@@ -161,8 +288,10 @@ def main() -> None:
         starts = wrapper_starts(paths, args.wrappers, args.deadline, not args.no_agent, limit)
         rows += starts_rows(starts)
         notes += starts.failures[:10]
-        notes += [f"wrapper stderr, {n} x: {line}" for line, n in
-                  sorted(starts.messages.items(), key=lambda kv: -kv[1])]
+        notes += [
+            f"wrapper stderr, {n} x: {line}"
+            for line, n in sorted(starts.messages.items(), key=lambda kv: -kv[1])
+        ]
         failed |= bool(starts.failures)
     if args.only in (None, "webhook"):
         try:

@@ -59,52 +59,109 @@ OURS_PORT, VAULT_K8S_PORT = 18470, 18471
 
 def build_vault_k8s() -> tuple[Path, str]:
     """The binary, and what scripts/build-stack said (built in N s, or cached)."""
-    proc = subprocess.run([str(REPO / "scripts" / "build-stack"), "vault-k8s"], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "build-stack"), "vault-k8s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/build-stack vault-k8s failed: {proc.stderr.strip()[-800:]}")
-    line = next((ln for ln in proc.stderr.splitlines() if "vault-k8s v" in ln and
-                 (" built in " in ln or "cached" in ln)), "")
-    directory = subprocess.run([str(REPO / "scripts" / "build-stack"), "--print-dir"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+    line = next(
+        (
+            ln
+            for ln in proc.stderr.splitlines()
+            if "vault-k8s v" in ln and (" built in " in ln or "cached" in ln)
+        ),
+        "",
+    )
+    directory = subprocess.run(
+        [str(REPO / "scripts" / "build-stack"), "--print-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return Path(directory) / "vault-k8s", line.removeprefix("build-stack: ").split(" [")[0]
 
 
 def review() -> bytes:
     pod = pod_doc("app-500-x", BENCH_NAMESPACE, labels={"app": "app-500"})
     del pod["metadata"]["namespace"]
-    pod["metadata"]["annotations"].update({
-        "vault.hashicorp.com/agent-inject": "true",
-        "vault.hashicorp.com/role": "app-500",
-        "vault.hashicorp.com/agent-inject-secret-password": f"secret/data/{BENCH_NAMESPACE}/app-500",
-    })
+    pod["metadata"]["annotations"].update(
+        {
+            "vault.hashicorp.com/agent-inject": "true",
+            "vault.hashicorp.com/role": "app-500",
+            "vault.hashicorp.com/agent-inject-secret-password": f"secret/data/{BENCH_NAMESPACE}/app-500",
+        }
+    )
     pod["spec"]["serviceAccountName"] = "app"
     # What the API server's ServiceAccount admission adds before mutating webhooks run.
-    pod["spec"]["volumes"] = [{"name": "kube-api-access-x", "projected": {"sources": [
-        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
-            "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]
+    pod["spec"]["volumes"] = [
+        {
+            "name": "kube-api-access-x",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {
+                                        "apiVersion": "v1",
+                                        "fieldPath": "metadata.namespace",
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                ]
+            },
+        }
+    ]
     for container in pod["spec"]["containers"]:
-        container["volumeMounts"] = [{"name": "kube-api-access-x", "readOnly": True,
-                                      "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "operation": "CREATE", "namespace": BENCH_NAMESPACE, "object": pod},
-    }).encode()
+        container["volumeMounts"] = [
+            {
+                "name": "kube-api-access-x",
+                "readOnly": True,
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            }
+        ]
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": BENCH_NAMESPACE,
+                "object": pod,
+            },
+        }
+    ).encode()
 
 
 def rbac(paths: stacking.Paths, create: bool) -> str:
     """Create (and return a token of) or delete the ServiceAccount vault-k8s runs as."""
     client = api_client(paths)
-    core, authz = kubernetes.client.CoreV1Api(client), kubernetes.client.RbacAuthorizationV1Api(client)
+    core, authz = (
+        kubernetes.client.CoreV1Api(client),
+        kubernetes.client.RbacAuthorizationV1Api(client),
+    )
     if not create:
         deletions: list[Callable[[], object]] = [
             lambda: authz.delete_cluster_role_binding(ROLE),
             lambda: authz.delete_cluster_role(ROLE),
-            lambda: core.delete_namespaced_service_account(ACCOUNT, NAMESPACE)]
+            lambda: core.delete_namespaced_service_account(ACCOUNT, NAMESPACE),
+        ]
         for call in deletions:
             try:
                 call()
@@ -114,14 +171,35 @@ def rbac(paths: stacking.Paths, create: bool) -> str:
         return ""
     objects: list[tuple[Any, dict[str, Any]]] = [
         (lambda b: core.create_namespace(b), {"metadata": {"name": NAMESPACE}}),
-        (lambda b: core.create_namespaced_service_account(NAMESPACE, b), {"metadata": {"name": ACCOUNT}}),
-        (lambda b: authz.create_cluster_role(b), {"metadata": {"name": ROLE}, "rules": [{
-            "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-            "verbs": ["get", "list", "watch"]}]}),
-        (lambda b: authz.create_cluster_role_binding(b), {
-            "metadata": {"name": ROLE},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ROLE},
-            "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}]}),
+        (
+            lambda b: core.create_namespaced_service_account(NAMESPACE, b),
+            {"metadata": {"name": ACCOUNT}},
+        ),
+        (
+            lambda b: authz.create_cluster_role(b),
+            {
+                "metadata": {"name": ROLE},
+                "rules": [
+                    {
+                        "apiGroups": ["admissionregistration.k8s.io"],
+                        "resources": ["mutatingwebhookconfigurations"],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+            },
+        ),
+        (
+            lambda b: authz.create_cluster_role_binding(b),
+            {
+                "metadata": {"name": ROLE},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": ROLE,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}],
+            },
+        ),
     ]
     for create_one, body in objects:
         try:
@@ -130,26 +208,36 @@ def rbac(paths: stacking.Paths, create: bool) -> str:
             if e.status != 409:
                 raise
     answer = core.create_namespaced_service_account_token(
-        ACCOUNT, NAMESPACE, kubernetes.client.AuthenticationV1TokenRequest(
-            spec=kubernetes.client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)))
+        ACCOUNT,
+        NAMESPACE,
+        kubernetes.client.AuthenticationV1TokenRequest(
+            spec=kubernetes.client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    )
     assert answer.status is not None
     return str(answer.status.token)
 
 
-def wait_https(port: int, context: ssl.SSLContext, process: subprocess.Popen[Any], what: str,
-               log: Path) -> None:
+def wait_https(
+    port: int, context: ssl.SSLContext, process: subprocess.Popen[Any], what: str, log: Path
+) -> None:
     import socket
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited: {log.read_text()[-1500:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, \
-                    context.wrap_socket(raw, server_hostname="127.0.0.1"):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
                 return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"{what} not serving on 127.0.0.1:{port} after 60 s: {log.read_text()[-1500:]}")
+    raise RuntimeError(
+        f"{what} not serving on 127.0.0.1:{port} after 60 s: {log.read_text()[-1500:]}"
+    )
 
 
 def main() -> None:
@@ -163,19 +251,32 @@ def main() -> None:
         rows, notes = run(args.seconds, args.rate, args.bindings)
         failed = any(r[3] == "FAIL" for r in rows)
     except RuntimeError as e:
-        rows, notes, failed = [("side by side with vault-k8s", "-", "not run", "FAIL")], [str(e)], True
+        rows, notes, failed = (
+            [("side by side with vault-k8s", "-", "not run", "FAIL")],
+            [str(e)],
+            True,
+        )
     emit("sidebyside", rows, args.json, notes, failed)
     sys.exit(1 if failed else 0)
 
 
-def run(seconds: float, rate: float, bindings: int) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+def run(
+    seconds: float, rate: float, bindings: int
+) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     if shutil.which("unshare") is None:
-        raise RuntimeError("unshare (util-linux) not found: vault-k8s runs in a private mount namespace")
+        raise RuntimeError(
+            "unshare (util-linux) not found: vault-k8s runs in a private mount namespace"
+        )
     if os.geteuid() != 0:
-        raise RuntimeError("not root: vault-k8s's in-cluster config is mounted in a private mount namespace")
+        raise RuntimeError(
+            "not root: vault-k8s's in-cluster config is mounted in a private mount namespace"
+        )
     binary, build_line = build_vault_k8s()
-    subprocess.run([str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
+        check=True,
+        capture_output=True,
+    )
     paths = stacking.Paths(state=stacking.default_state_dir(), bin=stacking.default_bin_dir())
     body = review()
     with tempfile.TemporaryDirectory(prefix="cloudtaser-sidebyside-") as tmpdir:
@@ -192,31 +293,71 @@ def run(seconds: float, rate: float, bindings: int) -> tuple[list[tuple[str, str
         shutil.copy(paths.ca, sa / "ca.crt")
         (sa / "namespace").write_text(NAMESPACE)
         target = "/run/secrets/kubernetes.io/serviceaccount"
-        launcher = (f'mount -t tmpfs -o mode=0755 cloudtaser-sidebyside /run && mkdir -p {target} && '
-                    f'cp "$0"/token "$0"/ca.crt "$0"/namespace {target}/ && exec "$@"')
+        launcher = (
+            f"mount -t tmpfs -o mode=0755 cloudtaser-sidebyside /run && mkdir -p {target} && "
+            f'cp "$0"/token "$0"/ca.crt "$0"/namespace {target}/ && exec "$@"'
+        )
         ours_log, theirs_log = tmp / "ours.log", tmp / "vault-k8s.log"
         procs: list[subprocess.Popen[Any]] = []
         try:
             with open(ours_log, "w") as out:
                 ours = subprocess.Popen(
-                    [str(Path(sys.executable).parent / "cloudtaser"), "injector", "serve",
-                     str(tmp / "bindings.yaml"), "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
-                     "--port", str(OURS_PORT)], stdout=out, stderr=out)
+                    [
+                        str(Path(sys.executable).parent / "cloudtaser"),
+                        "injector",
+                        "serve",
+                        str(tmp / "bindings.yaml"),
+                        "--tls-cert",
+                        str(pair.cert),
+                        "--tls-key",
+                        str(pair.key),
+                        "--port",
+                        str(OURS_PORT),
+                    ],
+                    stdout=out,
+                    stderr=out,
+                )
             procs.append(ours)
             with open(theirs_log, "w") as out:
                 theirs = subprocess.Popen(
-                    ["unshare", "--mount", "--propagation", "private", "sh", "-c", launcher, str(sa),
-                     str(binary), "agent-inject", "-listen", f"127.0.0.1:{VAULT_K8S_PORT}",
-                     "-tls-cert-file", str(pair.cert), "-tls-key-file", str(pair.key),
-                     "-vault-address", f"https://127.0.0.1:{stacking.BAO_PORT}", "-log-level", "error"],
-                    env={**os.environ, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                         "KUBERNETES_SERVICE_PORT": str(stacking.APISERVER_PORT), "NAMESPACE": NAMESPACE},
-                    stdout=out, stderr=out)
+                    [
+                        "unshare",
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "sh",
+                        "-c",
+                        launcher,
+                        str(sa),
+                        str(binary),
+                        "agent-inject",
+                        "-listen",
+                        f"127.0.0.1:{VAULT_K8S_PORT}",
+                        "-tls-cert-file",
+                        str(pair.cert),
+                        "-tls-key-file",
+                        str(pair.key),
+                        "-vault-address",
+                        f"https://127.0.0.1:{stacking.BAO_PORT}",
+                        "-log-level",
+                        "error",
+                    ],
+                    env={
+                        **os.environ,
+                        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                        "KUBERNETES_SERVICE_PORT": str(stacking.APISERVER_PORT),
+                        "NAMESPACE": NAMESPACE,
+                    },
+                    stdout=out,
+                    stderr=out,
+                )
             procs.append(theirs)
             wait_https(OURS_PORT, context, ours, "cloudtaser injector serve", ours_log)
             wait_https(VAULT_K8S_PORT, context, theirs, "vault-k8s agent-inject", theirs_log)
-            urls = {"cloudtaser": f"https://127.0.0.1:{OURS_PORT}/mutate-v1-pod",
-                    "vault-k8s": f"https://127.0.0.1:{VAULT_K8S_PORT}/mutate"}
+            urls = {
+                "cloudtaser": f"https://127.0.0.1:{OURS_PORT}/mutate-v1-pod",
+                "vault-k8s": f"https://127.0.0.1:{VAULT_K8S_PORT}/mutate",
+            }
             for name, url in urls.items():  # one warm-up request each, checked
                 _, errors = asyncio.run(drive(url, body, 1, 1, context))
                 if errors:
@@ -227,21 +368,38 @@ def run(seconds: float, rate: float, bindings: int) -> tuple[list[tuple[str, str
             for proc in procs:
                 stop(proc)
             rbac(paths, create=False)
-    (ours_l, ours_e), (theirs_l, theirs_e) = results["cloudtaser"], results["vault-k8s"]
+    (ours_l, _), (theirs_l, _) = results["cloudtaser"], results["vault-k8s"]
     rows = [("vault-k8s build (scripts/build-stack vault-k8s)", "-", build_line or "?", "-")]
     for name, (lat, err) in results.items():
         distinct = sorted(set(err))
-        rows.append((f"{name}: requests / errors ({rate:.0f}/s for {seconds:.0f} s)", "0 errors",
-                     f"{len(lat)} / {len(err)}" + (f" ({distinct[0][:60]})" if distinct else ""),
-                     "ok" if not err else "FAIL"))
+        rows.append(
+            (
+                f"{name}: requests / errors ({rate:.0f}/s for {seconds:.0f} s)",
+                "0 errors",
+                f"{len(lat)} / {len(err)}" + (f" ({distinct[0][:60]})" if distinct else ""),
+                "ok" if not err else "FAIL",
+            )
+        )
     for q, label in ((0.5, "p50"), (0.99, "p99")):
         mine = statistics.median(ours_l) if q == 0.5 else percentile(ours_l, q)
         other = statistics.median(theirs_l) if q == 0.5 else percentile(theirs_l, q)
-        rows.append((f"HTTPS {label}: cloudtaser ({bindings} bindings) / vault-k8s", "-",
-                     f"{mine:.2f} ms / {other:.2f} ms", f"{mine / other:.2f}x vault-k8s"))
+        rows.append(
+            (
+                f"HTTPS {label}: cloudtaser ({bindings} bindings) / vault-k8s",
+                "-",
+                f"{mine:.2f} ms / {other:.2f} ms",
+                f"{mine / other:.2f}x vault-k8s",
+            )
+        )
     for name, value in rss.items():
-        rows.append((f"{name}: RSS after the run", "-",
-                     f"{value / 1024 / 1024:.1f} MiB" if value else "?", "-"))
+        rows.append(
+            (
+                f"{name}: RSS after the run",
+                "-",
+                f"{value / 1024 / 1024:.1f} MiB" if value else "?",
+                "-",
+            )
+        )
     return rows, []
 
 
@@ -254,8 +412,9 @@ def _tree_rss(pid: int) -> int | None:
     return _tree_rss(int(children[0])) if children else rss_bytes(pid)
 
 
-async def _both(urls: dict[str, str], body: bytes, rate: float, seconds: float,
-                context: ssl.SSLContext) -> dict[str, tuple[list[float], list[str]]]:
+async def _both(
+    urls: dict[str, str], body: bytes, rate: float, seconds: float, context: ssl.SSLContext
+) -> dict[str, tuple[list[float], list[str]]]:
     names = list(urls)
     results = await asyncio.gather(*(drive(urls[n], body, rate, seconds, context) for n in names))
     return dict(zip(names, results, strict=True))

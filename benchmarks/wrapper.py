@@ -45,12 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
-from cloudtaser.testbed import stacking  # noqa: E402
-from cloudtaser.testbed import provisioning
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig  # noqa: E402
-from tests.harness.stack import compiled_config  # noqa: E402
+from cloudtaser.testbed import (  # noqa: E402
+    provisioning,
+    stacking,
+)
 from tests.harness import wrapper as go_wrapper  # noqa: E402
 from tests.harness.loading import MemoryCgroup  # noqa: E402
+from tests.harness.stack import compiled_config  # noqa: E402
 
 MIB = 1024 * 1024
 Row = tuple[str, str, str, str]
@@ -64,16 +66,26 @@ def env_only(config: WrapperConfig) -> WrapperConfig:
     """The config with its env deliveries only (the interposer's own cost is
     benchmarks/interposer's)."""
     source = config.sources[0]
-    secrets = [s.model_copy(update={"keys": [k.model_copy(update={"file": None, "sdk": None})
-                                             for k in s.keys if k.env]}) for s in source.secrets]
+    secrets = [
+        s.model_copy(
+            update={
+                "keys": [k.model_copy(update={"file": None, "sdk": None}) for k in s.keys if k.env]
+            }
+        )
+        for s in source.secrets
+    ]
     return config.model_copy(update={"sources": [source.model_copy(update={"secrets": secrets})]})
 
 
 def without_files(config: WrapperConfig) -> WrapperConfig:
     """The config less its file deliveries (env and SDK: a refresher keeps the SDK value)."""
     source = config.sources[0]
-    secrets = [s.model_copy(update={"keys": [k.model_copy(update={"file": None})
-                                             for k in s.keys if k.env or k.sdk]}) for s in source.secrets]
+    secrets = [
+        s.model_copy(
+            update={"keys": [k.model_copy(update={"file": None}) for k in s.keys if k.env or k.sdk]}
+        )
+        for s in source.secrets
+    ]
     return config.model_copy(update={"sources": [source.model_copy(update={"secrets": secrets})]})
 
 
@@ -155,12 +167,19 @@ def pod_memory(wrapped: bool, config: WrapperConfig) -> PodMemory:
         with _volume() as volume:
             command = ["sleep", "120"]
             if wrapped:
-                subprocess.run(_in(cgroup, [str(go_wrapper.binary()), "install", str(volume)]),
-                               check=True, capture_output=True)
+                subprocess.run(
+                    _in(cgroup, [str(go_wrapper.binary()), "install", str(volume)]),
+                    check=True,
+                    capture_output=True,
+                )
                 command = [str(volume / "wrapper"), "--", *command]
-            env = {"PATH": os.environ["PATH"], CONFIG_ENV: config.model_dump_json(exclude_none=True)}
-            app = subprocess.Popen(_in(cgroup, command), env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+            env = {
+                "PATH": os.environ["PATH"],
+                CONFIG_ENV: config.model_dump_json(exclude_none=True),
+            }
+            app = subprocess.Popen(
+                _in(cgroup, command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             try:
                 deadline = time.monotonic() + 60
                 while Path(f"/proc/{app.pid}/comm").read_text().strip() != "sleep":
@@ -191,10 +210,15 @@ def memory_rows(config: WrapperConfig) -> list[Row]:
         total = (pod.usage - base.usage) / MIB
         unreclaimable = (pod.rss + pod.shmem - base.rss - base.shmem) / MIB
         label = "with a refresher" if refresh else "no refresher"
-        rows.append((f"per-pod memory, {label} (pod cgroup usage - app alone)", "<= 2 MiB",
-                     f"{total:.1f} MiB: anon+shmem {unreclaimable:+.1f}, page cache "
-                     f"{(pod.cache - pod.shmem - base.cache + base.shmem) / MIB:+.1f}",
-                     f"{unreclaimable / 2:.2f} of target (unreclaimable)"))
+        rows.append(
+            (
+                f"per-pod memory, {label} (pod cgroup usage - app alone)",
+                "<= 2 MiB",
+                f"{total:.1f} MiB: anon+shmem {unreclaimable:+.1f}, page cache "
+                f"{(pod.cache - pod.shmem - base.cache + base.shmem) / MIB:+.1f}",
+                f"{unreclaimable / 2:.2f} of target (unreclaimable)",
+            )
+        )
     return rows
 
 
@@ -204,32 +228,66 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-pod memory figure")
     add_json_flag(parser)
     args = parser.parse_args()
-    subprocess.run([str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
+        check=True,
+        capture_output=True,
+    )
     paths = stacking.Paths(state=stacking.default_state_dir(), bin=stacking.default_bin_dir())
     notes: list[str] = []
     built, arm = go_wrapper.directory(), go_wrapper.directory("arm64")
     size = (built / "wrapper").stat().st_size / MIB
     libs = sorted(built.glob("libcloudtaser-*.so"))
     rows: list[Row] = [
-        ("binary size (amd64 / arm64)", "<= 10 MiB (goal 8)",
-         f"{size:.1f} / {(arm / 'wrapper').stat().st_size / MIB:.1f} MiB", f"{size / 10:.2f} of target"),
-        ("with the interposers (what install copies)", "-",
-         f"{tree_size(built) / MIB:.1f} MiB ({len(libs)} interposers)", "-"),
+        (
+            "binary size (amd64 / arm64)",
+            "<= 10 MiB (goal 8)",
+            f"{size:.1f} / {(arm / 'wrapper').stat().st_size / MIB:.1f} MiB",
+            f"{size / 10:.2f} of target",
+        ),
+        (
+            "with the interposers (what install copies)",
+            "-",
+            f"{tree_size(built) / MIB:.1f} MiB ({len(libs)} interposers)",
+            "-",
+        ),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token"
-        token.write_text(provisioning.kubectl(
-            paths, "create", "token", provisioning.DEMO_ACCOUNT, "-n",
-            provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
+        token.write_text(
+            provisioning.kubectl(
+                paths,
+                "create",
+                "token",
+                provisioning.DEMO_ACCOUNT,
+                "-n",
+                provisioning.DEMO_NAMESPACE,
+                "--audience",
+                "openbao",
+            )
+        )
         full = compiled_config(paths, token)
         s = starts(env_only(full), args.runs)
         p50 = statistics.median(s.latencies_ms)
         rows += [
-            (f"start -> exec, p50 of {args.runs}", "<= 30 ms", f"{p50:.1f} ms", f"{p50 / 30:.2f} of target"),
-            (f"start -> exec, p95 of {args.runs}", "-", f"{percentile(s.latencies_ms, 0.95):.1f} ms", "-"),
-            ("CPU per start (user + system, app's own taken out)", "<= 20 ms", f"{s.cpu_ms:.1f} ms",
-             f"{s.cpu_ms / 20:.2f} of target"),
+            (
+                f"start -> exec, p50 of {args.runs}",
+                "<= 30 ms",
+                f"{p50:.1f} ms",
+                f"{p50 / 30:.2f} of target",
+            ),
+            (
+                f"start -> exec, p95 of {args.runs}",
+                "-",
+                f"{percentile(s.latencies_ms, 0.95):.1f} ms",
+                "-",
+            ),
+            (
+                "CPU per start (user + system, app's own taken out)",
+                "<= 20 ms",
+                f"{s.cpu_ms:.1f} ms",
+                f"{s.cpu_ms / 20:.2f} of target",
+            ),
         ]
         if not args.no_memory and os.geteuid() == 0:
             rows += memory_rows(without_files(full))

@@ -58,9 +58,9 @@ def _parse_all(
 
 
 def _identity(model: BaseModel) -> tuple[str, str, str]:
-    meta = getattr(model, "metadata")
+    meta = getattr(model, "metadata")  # noqa: B009 (BaseModel: typed by what it holds)
     namespace = "" if isinstance(model, EnforcementPolicy) else meta.namespace_or_default
-    return (getattr(model, "kind"), namespace, meta.name)
+    return (getattr(model, "kind"), namespace, meta.name)  # noqa: B009
 
 
 def _duplicates(parsed: list[tuple[Document, BaseModel]]) -> list[LoadProblem]:
@@ -140,9 +140,7 @@ def _load_pod(path: str) -> Pod:
         raise click.ClickException(f"{path}: expected exactly one Pod document, found {len(pods)}")
     model, found = parse_document(pods[0].body, CORE_KINDS)
     if model is None:
-        raise click.ClickException(
-            "\n".join(f"{path}:{pods[0].index}: {p}: {m}" for p, m in found)
-        )
+        raise click.ClickException("\n".join(f"{path}:{pods[0].index}: {p}: {m}" for p, m in found))
     assert isinstance(model, Pod)
     return model
 
@@ -156,17 +154,19 @@ def _plan_tables(plan: Plan) -> str:
     for pod in plan.pods:
         for c in pod.containers:
             keys = [k for s in c.config.sources for sec in s.secrets for k in sec.keys]
-            rows.append([
-                f"{pod.namespace}/{pod.name}",
-                c.name,
-                ",".join(c.bindings),
-                sum(1 for k in keys if k.env),
-                sum(1 for k in keys if k.file),
-                sum(1 for k in keys if k.sdk),
-                pod.policy.mode,
-                ",".join(pod.policy.policies) or "(default)",
-                _node_requirements(pod.policy),
-            ])
+            rows.append(
+                [
+                    f"{pod.namespace}/{pod.name}",
+                    c.name,
+                    ",".join(c.bindings),
+                    sum(1 for k in keys if k.env),
+                    sum(1 for k in keys if k.file),
+                    sum(1 for k in keys if k.sdk),
+                    pod.policy.mode,
+                    ",".join(pod.policy.policies) or "(default)",
+                    _node_requirements(pod.policy),
+                ]
+            )
     if rows:
         out += "\n" + rendering.table(
             ["pod", "container", "bindings", "env", "files", "sdk", "mode", "policies", "nodes"],
@@ -287,8 +287,14 @@ def crds(directory: str | None) -> None:
 
 
 @main.command()
-@click.option("--file", "path", default=CONTRACT_FILE, show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The contract file.")
+@click.option(
+    "--file",
+    "path",
+    default=CONTRACT_FILE,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The contract file.",
+)
 @click.option("--write", is_flag=True, help="Rewrite the file instead of printing it.")
 def contract(path: Path, write: bool) -> None:
     """Print (or write) the wrapper contract with config.schema generated from the model."""
@@ -365,8 +371,12 @@ def serve(files: tuple[str, ...], tls_cert: str, tls_key: str, host: str, port: 
 @injector.command(name="webhook-config")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--url", required=True, help="https:// URL of /mutate-v1-pod.")
-@click.option("--ca-file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="PEM CA that signed the webhook's serving certificate.")
+@click.option(
+    "--ca-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA that signed the webhook's serving certificate.",
+)
 def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
     """Print the MutatingWebhookConfiguration the Plan of FILES derives (YAML)."""
     import base64
@@ -375,62 +385,134 @@ def webhook_config(files: tuple[str, ...], url: str, ca_file: str) -> None:
 
     plan = _compiler_from(files).plan()
     ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
-    click.echo(rendering.dump(webhook_configuration(plan, {"url": url, "caBundle": ca}), "yaml"),
-               nl=False)
+    click.echo(
+        rendering.dump(webhook_configuration(plan, {"url": url, "caBundle": ca}), "yaml"), nl=False
+    )
 
 
 # --- the operator ------------------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--tls-cert", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Serving certificate of the webhook.")
+@click.option(
+    "--tls-cert",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serving certificate of the webhook.",
+)
 @click.option("--tls-key", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--ca-file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CA that signed the serving certificate (the webhook's caBundle).")
-@click.option("--webhook-url", default=None,
-              help="URL the API server calls (default https://HOST:PORT/mutate-v1-pod).")
-@click.option("--webhook-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
-              help="Reach the webhook through this Service instead of a URL (in-cluster).")
-@click.option("--settings", "settings_file", default=None, envvar="CLOUDTASER_SETTINGS",
-              type=click.Path(exists=True, dir_okay=False),
-              help="InjectorSettings JSON (the chart's injector.json; env CLOUDTASER_SETTINGS); "
-                   "default: built-in.")
+@click.option(
+    "--ca-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA that signed the serving certificate (the webhook's caBundle).",
+)
+@click.option(
+    "--webhook-url",
+    default=None,
+    help="URL the API server calls (default https://HOST:PORT/mutate-v1-pod).",
+)
+@click.option(
+    "--webhook-service",
+    default=None,
+    metavar="NAMESPACE/NAME[:PORT]",
+    help="Reach the webhook through this Service instead of a URL (in-cluster).",
+)
+@click.option(
+    "--settings",
+    "settings_file",
+    default=None,
+    envvar="CLOUDTASER_SETTINGS",
+    type=click.Path(exists=True, dir_okay=False),
+    help="InjectorSettings JSON (the chart's injector.json; env CLOUDTASER_SETTINGS); "
+    "default: built-in.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8443, show_default=True)
-@click.option("--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181).")
+@click.option(
+    "--opa-url", default=None, help="OPA to ask about each binding (e.g. http://127.0.0.1:18181)."
+)
 @click.option("--liveness", default=None, help="Health endpoint, e.g. http://0.0.0.0:8080/healthz.")
-@click.option("--leader-elect/--no-leader-elect", default=False, show_default=True,
-              help="Run leader election on a Lease so several replicas can run: all serve the "
-                   "webhook, only the leader writes statuses and the webhook configuration.")
-@click.option("--leader-namespace", default=None, metavar="NAMESPACE",
-              help="Namespace of the leader Lease (default: the settings' operatorNamespace).")
-@click.option("--identity", default=None, envvar="POD_NAME",
-              help="This replica's name in the election (env POD_NAME; default: the hostname).")
-@click.option("--image-pull-secrets/--no-image-pull-secrets", default=True, show_default=True,
-              help="Read a pod's imagePullSecrets (get by name) to resolve private images' "
-                   "ENTRYPOINT/CMD; off: such pods must set command.")
-@click.option("--registry-ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="CA bundle for registries (default: the system roots).")
-@click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
-              help="Registry reached over plain http (tests, local mirrors). Repeatable.")
-@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
-              envvar="CLOUDTASER_LOG_FORMAT", help="One line per record: text, or a JSON object.")
-@click.option("--log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True,
-              envvar="CLOUDTASER_LOG_LEVEL",
-              help="info: one line per admission that injected or refused a pod; debug: every one.")
-def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
-             webhook_service: str | None, settings_file: str | None, host: str,
-             port: int, opa_url: str | None, liveness: str | None, leader_elect: bool,
-             leader_namespace: str | None, identity: str | None, image_pull_secrets: bool,
-             registry_ca_file: str | None, insecure_registry: tuple[str, ...], log_format: str,
-             log_level: str) -> None:
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=False,
+    show_default=True,
+    help="Run leader election on a Lease so several replicas can run: all serve the "
+    "webhook, only the leader writes statuses and the webhook configuration.",
+)
+@click.option(
+    "--leader-namespace",
+    default=None,
+    metavar="NAMESPACE",
+    help="Namespace of the leader Lease (default: the settings' operatorNamespace).",
+)
+@click.option(
+    "--identity",
+    default=None,
+    envvar="POD_NAME",
+    help="This replica's name in the election (env POD_NAME; default: the hostname).",
+)
+@click.option(
+    "--image-pull-secrets/--no-image-pull-secrets",
+    default=True,
+    show_default=True,
+    help="Read a pod's imagePullSecrets (get by name) to resolve private images' "
+    "ENTRYPOINT/CMD; off: such pods must set command.",
+)
+@click.option(
+    "--registry-ca-file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for registries (default: the system roots).",
+)
+@click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Registry reached over plain http (tests, local mirrors). Repeatable.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    envvar="CLOUDTASER_LOG_FORMAT",
+    help="One line per record: text, or a JSON object.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(logs.LEVELS),
+    default="info",
+    show_default=True,
+    envvar="CLOUDTASER_LOG_LEVEL",
+    help="info: one line per admission that injected or refused a pod; debug: every one.",
+)
+def operator(
+    tls_cert: str,
+    tls_key: str,
+    ca_file: str,
+    webhook_url: str | None,
+    webhook_service: str | None,
+    settings_file: str | None,
+    host: str,
+    port: int,
+    opa_url: str | None,
+    liveness: str | None,
+    leader_elect: bool,
+    leader_namespace: str | None,
+    identity: str | None,
+    image_pull_secrets: bool,
+    registry_ca_file: str | None,
+    insecure_registry: tuple[str, ...],
+    log_format: str,
+    log_level: str,
+) -> None:
     """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
     import base64
     import logging
 
-    from cloudtaser.operator import running
     from cloudtaser.injector import serving
+    from cloudtaser.operator import running
 
     logs.configure(log_format, log_level)
     logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
@@ -447,9 +529,15 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
         namespace, _, rest = webhook_service.partition("/")
         name, _, service_port = rest.partition(":")
         if not namespace or not name or (service_port and not service_port.isdigit()):
-            raise click.BadParameter("expected NAMESPACE/NAME[:PORT]", param_hint="--webhook-service")
-        client_config["service"] = {"namespace": namespace, "name": name, "path": WEBHOOK_PATH,
-                                    "port": int(service_port or 443)}
+            raise click.BadParameter(
+                "expected NAMESPACE/NAME[:PORT]", param_hint="--webhook-service"
+            )
+        client_config["service"] = {
+            "namespace": namespace,
+            "name": name,
+            "path": WEBHOOK_PATH,
+            "port": int(service_port or 443),
+        }
     else:
         client_config["url"] = webhook_url or f"https://{host}:{port}{WEBHOOK_PATH}"
     settings = InjectorSettings()
@@ -460,19 +548,26 @@ def operator(tls_cert: str, tls_key: str, ca_file: str, webhook_url: str | None,
             path, message = validation_problems(e)[0]
             raise click.ClickException(f"{settings_file}: {path}: {message}") from None
     holder = serving.Holder(
-        settings=settings, resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
-        pull_secrets=running.read_pull_secrets if image_pull_secrets else None)
-    op = running.Operator(client_config=client_config, opa_url=opa_url, holder=holder,
-                          ca_file=ca_file)
+        settings=settings,
+        resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
+        pull_secrets=running.read_pull_secrets if image_pull_secrets else None,
+    )
+    op = running.Operator(
+        client_config=client_config, opa_url=opa_url, holder=holder, ca_file=ca_file
+    )
     election = None
     if leader_elect:
         import socket
 
-        election = (leader_namespace or settings.operator_namespace, identity or socket.gethostname())
+        election = (
+            leader_namespace or settings.operator_namespace,
+            identity or socket.gethostname(),
+        )
     running.run(op, host, port, tls_cert, tls_key, liveness, election)
 
 
 # --- commands other distributions add --------------------------------------------------------
+
 
 def _add_entry_point_commands() -> None:
     """Groups registered under the ``cloudtaser.commands`` entry point: in a development checkout

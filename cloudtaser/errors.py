@@ -18,4 +18,3 @@ class TemporaryError(CloudtaserError):
 
 class PermanentError(CloudtaserError):
     """Retrying will not help (bad input, permission denied): report and stop."""
-

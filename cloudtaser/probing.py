@@ -23,8 +23,10 @@ CAP_IPC_LOCK = 14
 CAP_SYSLOG = 34
 SECURITYFS = Path("/sys/kernel/security")
 RECOMMENDED_MEMLOCK = 8 * 1024 * 1024
-TRACEPOINT_MEANING = ("offenders are killed (SIGKILL) after the fact rather than denied, which "
-                      "leaves races; policies with requireBackend: lsm do not schedule here")
+TRACEPOINT_MEANING = (
+    "offenders are killed (SIGKILL) after the fact rather than denied, which "
+    "leaves races; policies with requireBackend: lsm do not schedule here"
+)
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,22 @@ def probe_memfd_secret() -> Check:
         finally:
             region.close()
     except OSError as e:
-        return Check(name, "fail", f"created, but sizing or mapping failed: {e.strerror}",
-                     "raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK; secrets cannot be stored")
+        return Check(
+            name,
+            "fail",
+            f"created, but sizing or mapping failed: {e.strerror}",
+            "raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK; secrets cannot be stored",
+        )
     finally:
         os.close(fd)
     if not same:
         return Check(name, "fail", "mapped page did not read back", "kernel bug; do not deploy")
-    return Check(name, "ok", "created, mapped and read back one page",
-                 "secret pages are removed from the kernel's direct map")
+    return Check(
+        name,
+        "ok",
+        "created, mapped and read back one page",
+        "secret pages are removed from the kernel's direct map",
+    )
 
 
 def _mount_if_missing(probe: Path, fstype: str, target: str) -> None:
@@ -98,16 +108,28 @@ def _lsm_list() -> tuple[list[str] | None, str]:
 def probe_bpf_lsm() -> Check:
     lsms, error = _lsm_list()
     if lsms is None:
-        return Check("bpf-lsm", "warn", f"cannot read {SECURITYFS}/lsm: {error}",
-                     "run as root so securityfs can be mounted")
+        return Check(
+            "bpf-lsm",
+            "warn",
+            f"cannot read {SECURITYFS}/lsm: {error}",
+            "run as root so securityfs can be mounted",
+        )
     active = ",".join(lsms)
     if "bpf" in lsms:
-        return Check("bpf-lsm", "ok", f"active LSMs: {active}",
-                     "the agent can deny accesses with EPERM if its LSM programs load "
-                     "(the agent probes that at start)")
-    return Check("bpf-lsm", "warn", f"bpf not among active LSMs: {active}",
-                 "the agent uses syscall tracepoints and stops offenders by SIGKILL; "
-                 "boot with lsm=...,bpf to deny instead")
+        return Check(
+            "bpf-lsm",
+            "ok",
+            f"active LSMs: {active}",
+            "the agent can deny accesses with EPERM if its LSM programs load "
+            "(the agent probes that at start)",
+        )
+    return Check(
+        "bpf-lsm",
+        "warn",
+        f"bpf not among active LSMs: {active}",
+        "the agent uses syscall tracepoints and stops offenders by SIGKILL; "
+        "boot with lsm=...,bpf to deny instead",
+    )
 
 
 def probe_agent_backend() -> Check:
@@ -123,8 +145,12 @@ def probe_agent_backend() -> Check:
     if not listed:
         return Check(name, "warn", f"tracepoint: {detail}", TRACEPOINT_MEANING)
     if os.geteuid() != 0:
-        return Check(name, "warn", f"not tested: {detail}, but loading BPF needs root",
-                     "run doctor as root to see whether the LSM programs load")
+        return Check(
+            name,
+            "warn",
+            f"not tested: {detail}, but loading BPF needs root",
+            "run doctor as root to see whether the LSM programs load",
+        )
     try:
         env = os.environ.get("CLOUDTASER_BPF_OBJECT")
         loaded, reason = programs.load_backend(Path(env) if env else default_object(), pin_dir=None)
@@ -133,8 +159,12 @@ def probe_agent_backend() -> Check:
     backend = loaded.backend
     loaded.close()
     if backend == programs.LSM:
-        return Check(name, "ok", f"lsm: {reason}",
-                     "an offending call fails with EPERM and the offender lives")
+        return Check(
+            name,
+            "ok",
+            f"lsm: {reason}",
+            "an offending call fails with EPERM and the offender lives",
+        )
     return Check(name, "warn", f"tracepoint: {reason}", TRACEPOINT_MEANING)
 
 
@@ -142,8 +172,12 @@ def probe_btf() -> Check:
     btf = Path("/sys/kernel/btf/vmlinux")
     if btf.exists():
         return Check("btf", "ok", f"{btf} present", "CO-RE BPF programs relocate on this kernel")
-    return Check("btf", "fail", f"{btf} missing",
-                 "CO-RE programs cannot load: no kernel enforcement on this node")
+    return Check(
+        "btf",
+        "fail",
+        f"{btf} missing",
+        "CO-RE programs cannot load: no kernel enforcement on this node",
+    )
 
 
 def probe_memlock() -> Check:
@@ -155,9 +189,13 @@ def probe_memlock() -> Check:
     detail = f"soft {fmt(soft)}, hard {fmt(hard)}"
     if soft == resource.RLIM_INFINITY or soft >= RECOMMENDED_MEMLOCK:
         return Check("rlimit-memlock", "ok", detail, "room for secret pages (charged here)")
-    return Check("rlimit-memlock", "warn", detail,
-                 "memfd_secret pages count against this limit; without CAP_IPC_LOCK secrets "
-                 f"above {fmt(soft)} fail with EAGAIN")
+    return Check(
+        "rlimit-memlock",
+        "warn",
+        detail,
+        "memfd_secret pages count against this limit; without CAP_IPC_LOCK secrets "
+        f"above {fmt(soft)} fail with EAGAIN",
+    )
 
 
 def _capabilities() -> int:
@@ -169,11 +207,16 @@ def _capabilities() -> int:
 
 def probe_ipc_lock() -> Check:
     if _capabilities() & (1 << CAP_IPC_LOCK):
-        return Check("cap-ipc-lock", "ok", "CAP_IPC_LOCK effective",
-                     "mlock is not bounded by RLIMIT_MEMLOCK")
-    return Check("cap-ipc-lock", "warn", "CAP_IPC_LOCK not effective for this process",
-                 "the injector adds it to wrapped containers; non-root containers rely on "
-                 "RLIMIT_MEMLOCK instead")
+        return Check(
+            "cap-ipc-lock", "ok", "CAP_IPC_LOCK effective", "mlock is not bounded by RLIMIT_MEMLOCK"
+        )
+    return Check(
+        "cap-ipc-lock",
+        "warn",
+        "CAP_IPC_LOCK not effective for this process",
+        "the injector adds it to wrapped containers; non-root containers rely on "
+        "RLIMIT_MEMLOCK instead",
+    )
 
 
 def probe_swap(swaps: Path = Path("/proc/swaps")) -> Check:
@@ -181,10 +224,14 @@ def probe_swap(swaps: Path = Path("/proc/swaps")) -> Check:
     if not lines:
         return Check("swap", "ok", "no swap", "no memory of any process reaches a swap device")
     devices = ", ".join(line.split()[0] for line in lines)
-    return Check("swap", "warn", f"swap on {devices}",
-                 "memfd_secret pages are never swapped; a protected process's environment, "
-                 "heap and memfd-copy pages can reach the swap device, where root reads them "
-                 "offline and no agent guards them: use encrypted swap or none")
+    return Check(
+        "swap",
+        "warn",
+        f"swap on {devices}",
+        "memfd_secret pages are never swapped; a protected process's environment, "
+        "heap and memfd-copy pages can reach the swap device, where root reads them "
+        "offline and no agent guards them: use encrypted swap or none",
+    )
 
 
 def probe_confidential() -> Check:
@@ -201,22 +248,37 @@ def probe_confidential() -> Check:
     if Path("/dev/nsm").exists():  # the Nitro Security Module device of a Nitro enclave
         found.append("AWS Nitro Enclaves")
     if found:
-        return Check("confidential-computing", "ok", ", ".join(found),
-                     "memory is encrypted against the host and hypervisor")
-    return Check("confidential-computing", "warn", "no SEV-SNP, TDX or Nitro guest found",
-                 "the host or hypervisor can read this VM's memory; policies with "
-                 "requireConfidentialNode will not schedule here")
+        return Check(
+            "confidential-computing",
+            "ok",
+            ", ".join(found),
+            "memory is encrypted against the host and hypervisor",
+        )
+    return Check(
+        "confidential-computing",
+        "warn",
+        "no SEV-SNP, TDX or Nitro guest found",
+        "the host or hypervisor can read this VM's memory; policies with "
+        "requireConfidentialNode will not schedule here",
+    )
 
 
 def probe_tracepoints() -> Check:
     _mount_if_missing(Path("/sys/kernel/tracing/events"), "tracefs", "/sys/kernel/tracing")
     for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if Path(root, "events", "syscalls").is_dir():
-            return Check("syscall-tracepoints", "ok", f"{root}/events/syscalls",
-                         "the tracepoint backend can attach")
-    return Check("syscall-tracepoints", "warn", "tracefs syscall events not visible",
-                 "mount tracefs (the agent's DaemonSet does) or the fallback backend cannot "
-                 "attach")
+            return Check(
+                "syscall-tracepoints",
+                "ok",
+                f"{root}/events/syscalls",
+                "the tracepoint backend can attach",
+            )
+    return Check(
+        "syscall-tracepoints",
+        "warn",
+        "tracefs syscall events not visible",
+        "mount tracefs (the agent's DaemonSet does) or the fallback backend cannot attach",
+    )
 
 
 def probe_kallsyms() -> Check:
@@ -226,10 +288,18 @@ def probe_kallsyms() -> Check:
     except OSError as e:
         return Check("kallsyms", "fail", f"unreadable: {e.strerror}", "the agent cannot start")
     if first and int(first[0], 16) != 0:
-        return Check("kallsyms", "ok", "kernel symbol addresses visible",
-                     "the agent can resolve procfs file operations")
-    return Check("kallsyms", "warn", "addresses read as zero (no CAP_SYSLOG here)",
-                 "the agent needs CAP_SYSLOG; it refuses to start without it")
+        return Check(
+            "kallsyms",
+            "ok",
+            "kernel symbol addresses visible",
+            "the agent can resolve procfs file operations",
+        )
+    return Check(
+        "kallsyms",
+        "warn",
+        "addresses read as zero (no CAP_SYSLOG here)",
+        "the agent needs CAP_SYSLOG; it refuses to start without it",
+    )
 
 
 IO_URING_SETTINGS = {
@@ -242,59 +312,90 @@ IO_URING_SETTINGS = {
 def probe_io_uring(sysctl: Path = Path("/proc/sys/kernel/io_uring_disabled")) -> Check:
     """Informational: the agent checks io_uring's work itself; the sysctl is the operator's
     further choice, not a precondition."""
-    meaning = ("the tracepoint backend checks io_uring requests through io_uring's own "
-               "tracepoints (the LSM backend's hooks see them like syscalls); "
-               "sysctl kernel.io_uring_disabled=2 is a further, node-wide restriction an "
-               "operator may choose")
+    meaning = (
+        "the tracepoint backend checks io_uring requests through io_uring's own "
+        "tracepoints (the LSM backend's hooks see them like syscalls); "
+        "sysctl kernel.io_uring_disabled=2 is a further, node-wide restriction an "
+        "operator may choose"
+    )
     try:
         value = sysctl.read_text().strip()
     except FileNotFoundError:
-        return Check("io_uring", "ok", "no kernel.io_uring_disabled (kernels before 6.6): "
-                     "io_uring is open to every process", meaning)
+        return Check(
+            "io_uring",
+            "ok",
+            "no kernel.io_uring_disabled (kernels before 6.6): io_uring is open to every process",
+            meaning,
+        )
     setting = IO_URING_SETTINGS.get(value, "an unknown setting")
     return Check("io_uring", "ok", f"kernel.io_uring_disabled={value}: {setting}", meaning)
 
 
-KCORE_NOTE = ("/proc/kcore, whose direct map holds every process's pages but memfd_secret's "
-              "(their addresses from /proc/PID/pagemap)")
+KCORE_NOTE = (
+    "/proc/kcore, whose direct map holds every process's pages but memfd_secret's "
+    "(their addresses from /proc/PID/pagemap)"
+)
 
 
 def probe_lockdown(lockdown: Path = SECURITYFS / "lockdown") -> Check:
     """The kernel lockdown LSM: what node root can still do to the kernel, and through it to
     every process's memory, which no agent can stop."""
     name = "lockdown"
-    none = ("node root can read any process's memory through the kernel (a kernel module, "
-            f"kexec, {KCORE_NOTE}), which no agent can stop")
+    none = (
+        "node root can read any process's memory through the kernel (a kernel module, "
+        f"kexec, {KCORE_NOTE}), which no agent can stop"
+    )
     if lockdown.is_relative_to(SECURITYFS):
         _mount_if_missing(lockdown, "securityfs", str(SECURITYFS))
     try:
         text = lockdown.read_text()
     except OSError as e:
-        return Check(name, "warn", f"cannot read {lockdown}: {e.strerror} (no lockdown LSM?)",
-                     f"as with lockdown none: {none}")
+        return Check(
+            name,
+            "warn",
+            f"cannot read {lockdown}: {e.strerror} (no lockdown LSM?)",
+            f"as with lockdown none: {none}",
+        )
     active = next((w[1:-1] for w in text.split() if w.startswith("[")), None)
     if active == "none":
-        return Check(name, "warn", "lockdown none",
-                     f"{none}; boot with lockdown=integrity or confidentiality")
+        return Check(
+            name,
+            "warn",
+            "lockdown none",
+            f"{none}; boot with lockdown=integrity or confidentiality",
+        )
     if active == "integrity":
-        return Check(name, "warn", "lockdown integrity",
-                     "root cannot change the running kernel (/dev/mem, kexec, unsigned modules) "
-                     f"but can still read its memory: {KCORE_NOTE}; only confidentiality closes "
-                     "that")
+        return Check(
+            name,
+            "warn",
+            "lockdown integrity",
+            "root cannot change the running kernel (/dev/mem, kexec, unsigned modules) "
+            f"but can still read its memory: {KCORE_NOTE}; only confidentiality closes "
+            "that",
+        )
     if active == "confidentiality":
-        return Check(name, "ok", "lockdown confidentiality",
-                     "root can neither change nor read kernel memory (/dev/mem, kexec, unsigned "
-                     "modules, /proc/kcore, perf, kprobes); BPF programs lose "
-                     "bpf_probe_read_kernel, which the agent's programs use: see agent-backend")
-    return Check(name, "warn", f"unexpected contents of {lockdown}: {text.strip()[:60]}",
-                 f"treat as lockdown none: {none}")
+        return Check(
+            name,
+            "ok",
+            "lockdown confidentiality",
+            "root can neither change nor read kernel memory (/dev/mem, kexec, unsigned "
+            "modules, /proc/kcore, perf, kprobes); BPF programs lose "
+            "bpf_probe_read_kernel, which the agent's programs use: see agent-backend",
+        )
+    return Check(
+        name,
+        "warn",
+        f"unexpected contents of {lockdown}: {text.strip()[:60]}",
+        f"treat as lockdown none: {none}",
+    )
 
 
 def probe_environ(which: Callable[[str], str | None] = shutil.which) -> Check:
     """Why `ps` and monitoring agents keep working, and when they do not (issue 12, point 6)."""
     ps = which("ps") or "/usr/bin/ps"
     return Check(
-        "environ", "ok",
+        "environ",
+        "ok",
         "a dynamic app's environment holds no value: the interposer delivers env values in "
         "heap memory (registration exec_environ: clean), so ps, top and monitoring agents "
         "read /proc/PID/environ and keep working",
@@ -328,8 +429,14 @@ def run_probes() -> list[Check]:
         try:
             checks.append(probe())
         except OSError as e:  # an unexpected kernel answer is a finding, not a crash
-            checks.append(Check(probe.__name__.removeprefix("probe_"), "fail",
-                                f"probe failed: {e}", "investigate this node"))
+            checks.append(
+                Check(
+                    probe.__name__.removeprefix("probe_"),
+                    "fail",
+                    f"probe failed: {e}",
+                    "investigate this node",
+                )
+            )
     return checks
 
 

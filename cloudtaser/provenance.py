@@ -62,9 +62,12 @@ class Source:
 
 def git_source(repo: Path, uri: str) -> Source:
     """HEAD and whether the work tree (tracked or untracked, not ignored) differs from it."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              check=True, timeout=60).stdout
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+
     commit = git("rev-parse", "HEAD").strip()
     # entries "XY PATH", NUL-terminated; a rename or copy is followed by its original path
     entries = iter(git("status", "--porcelain=v1", "-z", "--untracked-files=all").split("\0"))
@@ -87,30 +90,42 @@ def sha256_file(path: Path) -> str:
 
 
 def file_dependency(role: str, path: Path, name: str | None = None) -> dict[str, Any]:
-    return {"name": name or path.name, "digest": {"sha256": sha256_file(path)},
-            "annotations": {"role": role}}
+    return {
+        "name": name or path.name,
+        "digest": {"sha256": sha256_file(path)},
+        "annotations": {"role": role},
+    }
 
 
 def dir_dependencies(role: str, root: Path) -> list[dict[str, Any]]:
     """Every regular file under ROOT, as ROOTNAME/relative-path, sorted."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-    return [file_dependency(role, p, f"{root.name}/{p.relative_to(root).as_posix()}") for p in files]
+    return [
+        file_dependency(role, p, f"{root.name}/{p.relative_to(root).as_posix()}") for p in files
+    ]
 
 
-def debian_dependencies(lock: Path, base: str, distro: str, arch: str,
-                        sources: Sequence[str]) -> list[dict[str, Any]]:
+def debian_dependencies(
+    lock: Path, base: str, distro: str, arch: str, sources: Sequence[str]
+) -> list[dict[str, Any]]:
     """The apt SOURCES ("deb URL SUITE COMPONENT" lines) and the lock's packages of BASE (lines
     "BASE PACKAGE VERSION") as pkg:deb purls: what mmdebstrap fetched, pinned to those versions."""
-    found: list[dict[str, Any]] = [{"uri": line.split()[1], "name": line,
-                                    "annotations": {"role": f"apt-source:{base}"}} for line in sources]
+    found: list[dict[str, Any]] = [
+        {"uri": line.split()[1], "name": line, "annotations": {"role": f"apt-source:{base}"}}
+        for line in sources
+    ]
     for line in lock.read_text().splitlines():
         parts = line.split()
         if len(parts) == 3 and not line.startswith("#") and parts[0] == base:
             package, version = parts[1], parts[2]
-            found.append({"uri": f"pkg:deb/debian/{package}@{quote(version, safe='')}"
-                                 f"?arch={arch}&distro={distro}",
-                          "name": f"{package}={version}",
-                          "annotations": {"role": f"debian-package:{base}"}})
+            found.append(
+                {
+                    "uri": f"pkg:deb/debian/{package}@{quote(version, safe='')}"
+                    f"?arch={arch}&distro={distro}",
+                    "name": f"{package}={version}",
+                    "annotations": {"role": f"debian-package:{base}"},
+                }
+            )
     if len(found) == len(sources):
         raise ValueError(f"{lock}: no packages for base {base!r}")
     return found
@@ -141,19 +156,32 @@ def predicate(build: Build) -> dict[str, Any]:
         source_annotations["changed"] = list(build.source.changed[:MAX_CHANGED_PATHS])
         if len(build.source.changed) > MAX_CHANGED_PATHS:
             source_annotations["changedTruncated"] = len(build.source.changed)
-    source = {"uri": f"{build.source.uri}@{build.source.commit}",
-              "digest": {"gitCommit": build.source.commit}}
-    metadata: dict[str, Any] = {"startedOn": timestamp(build.started), "finishedOn": timestamp(build.finished)}
+    source = {
+        "uri": f"{build.source.uri}@{build.source.commit}",
+        "digest": {"gitCommit": build.source.commit},
+    }
+    metadata: dict[str, Any] = {
+        "startedOn": timestamp(build.started),
+        "finishedOn": timestamp(build.finished),
+    }
     if build.invocation_id:
         metadata = {"invocationID": build.invocation_id, **metadata}
     return {
         "buildDefinition": {
             "buildType": BUILD_TYPE,
-            "externalParameters": {"command": build.command, "artefact": build.artefact,
-                                   "source": source},
-            "internalParameters": {**dict(sorted(build.parameters.items())),
-                                   "reusedFromCache": build.reused},
-            "resolvedDependencies": [{**source, "annotations": source_annotations}, *build.dependencies],
+            "externalParameters": {
+                "command": build.command,
+                "artefact": build.artefact,
+                "source": source,
+            },
+            "internalParameters": {
+                **dict(sorted(build.parameters.items())),
+                "reusedFromCache": build.reused,
+            },
+            "resolvedDependencies": [
+                {**source, "annotations": source_annotations},
+                *build.dependencies,
+            ],
         },
         "runDetails": {
             "builder": {"id": build.builder_id, "version": dict(sorted(build.tools.items()))},
@@ -174,22 +202,33 @@ def default_builder_id(repo: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloudtaser.provenance", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cloudtaser.provenance", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--artefact", required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--repo", type=Path, default=Path.cwd())
     parser.add_argument("--source-uri", required=True, help="the repository, without the commit")
     parser.add_argument("--builder-id", default=os.environ.get("CLOUDTASER_BUILDER_ID", ""))
     parser.add_argument("--invocation-id", default=os.environ.get("CLOUDTASER_INVOCATION_ID", ""))
-    parser.add_argument("--started", type=int, required=True, help="the build's start, epoch seconds")
-    parser.add_argument("--reused", action="store_true", help="found in the cache, not built by this run")
+    parser.add_argument(
+        "--started", type=int, required=True, help="the build's start, epoch seconds"
+    )
+    parser.add_argument(
+        "--reused", action="store_true", help="found in the cache, not built by this run"
+    )
     parser.add_argument("--param", type=pair, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tool", type=pair, action="append", default=[], metavar="NAME=VERSION")
     parser.add_argument("--file", type=pair, action="append", default=[], metavar="ROLE=PATH")
     parser.add_argument("--dir", type=pair, action="append", default=[], metavar="ROLE=DIR")
-    parser.add_argument("--debian", nargs=5, action="append", default=[],
-                        metavar=("LOCK", "BASE", "DISTRO", "ARCH", "SOURCES"),
-                        help="the locked packages of BASE; SOURCES: apt source lines, '|'-separated")
+    parser.add_argument(
+        "--debian",
+        nargs=5,
+        action="append",
+        default=[],
+        metavar=("LOCK", "BASE", "DISTRO", "ARCH", "SOURCES"),
+        help="the locked packages of BASE; SOURCES: apt source lines, '|'-separated",
+    )
     parser.add_argument("command", nargs="+", help="after --: the build command, as invoked")
     args = parser.parse_args(argv)
 
@@ -201,12 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for lock, base, distro, arch, sources in args.debian:
         dependencies.extend(debian_dependencies(Path(lock), base, distro, arch, sources.split("|")))
     build = Build(
-        artefact=args.artefact, command=list(args.command),
+        artefact=args.artefact,
+        command=list(args.command),
         source=git_source(args.repo, args.source_uri),
         builder_id=args.builder_id or default_builder_id(args.repo),
-        started=datetime.fromtimestamp(args.started, UTC), finished=datetime.now(UTC),
-        reused=args.reused, invocation_id=args.invocation_id,
-        parameters=dict(args.param), tools=dict(args.tool), dependencies=dependencies)
+        started=datetime.fromtimestamp(args.started, UTC),
+        finished=datetime.now(UTC),
+        reused=args.reused,
+        invocation_id=args.invocation_id,
+        parameters=dict(args.param),
+        tools=dict(args.tool),
+        dependencies=dependencies,
+    )
     tmp = args.output.with_name(args.output.name + ".tmp")
     tmp.write_text(json.dumps(predicate(build), indent=2) + "\n")
     tmp.replace(args.output)

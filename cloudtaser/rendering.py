@@ -25,17 +25,22 @@ def table(
     widths_of = {headers.index(h): w for h, w in (wrap or {}).items()}
     cells = [[[str(h).upper()] for h in headers]]
     for row in rows:
-        cells.append([
-            textwrap.wrap(str(c), widths_of[i], break_on_hyphens=False) or [""]
-            if i in widths_of else [str(c)]
-            for i, c in enumerate(row)
-        ])
+        cells.append(
+            [
+                textwrap.wrap(str(c), widths_of[i], break_on_hyphens=False) or [""]
+                if i in widths_of
+                else [str(c)]
+                for i, c in enumerate(row)
+            ]
+        )
     widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(headers))]
     lines = []
     for row in cells:
         for n in range(max(len(c) for c in row)):
             parts = [c[n] if n < len(c) else "" for c in row]
-            lines.append("   ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)).rstrip())
+            lines.append(
+                "   ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)).rstrip()
+            )
     return "\n".join(lines) + "\n"
 
 

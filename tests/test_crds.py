@@ -67,11 +67,18 @@ def test_schema_is_structural_and_described(name: str) -> None:
 def test_printer_columns() -> None:
     sb = GENERATED["secretbindings.cloudtaser.io.yaml"]["spec"]
     ep = GENERATED["enforcementpolicies.cloudtaser.io.yaml"]["spec"]
-    columns = [c["name"].upper() for c in sb["versions"][0]["additionalPrinterColumns"]
-               if not c.get("priority")]
+    columns = [
+        c["name"].upper()
+        for c in sb["versions"][0]["additionalPrinterColumns"]
+        if not c.get("priority")
+    ]
     assert columns == ["READY", "PODS", "DELIVERED", "SECRETS", "AGE", "MESSAGE"]
     assert [c["name"].upper() for c in ep["versions"][0]["additionalPrinterColumns"]] == [
-        "MODE", "NODES", "VIOLATIONS", "AGE"]
+        "MODE",
+        "NODES",
+        "VIOLATIONS",
+        "AGE",
+    ]
     assert sb["names"]["shortNames"] == ["sb"] and ep["names"]["shortNames"] == ["ep", "ctep"]
     assert sb["scope"] == "Namespaced" and ep["scope"] == "Cluster"
     assert sb["names"]["categories"] == ep["names"]["categories"] == ["cloudtaser"]
@@ -80,7 +87,9 @@ def test_printer_columns() -> None:
 
 def _examples() -> list[dict[str, Any]]:
     docs = []
-    for path in sorted((ROOT / "examples").rglob("*.yaml")) + sorted((ROOT / "policies").glob("*.yaml")):
+    for path in sorted((ROOT / "examples").rglob("*.yaml")) + sorted(
+        (ROOT / "policies").glob("*.yaml")
+    ):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 

@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from cloudtaser.cli import main
 
 ROOT = Path(__file__).parent.parent
-FILES = sorted(str(p.relative_to(ROOT)) for d in ("policies", "examples") for p in (ROOT / d).rglob("*.y*ml"))
+FILES = sorted(
+    str(p.relative_to(ROOT)) for d in ("policies", "examples") for p in (ROOT / d).rglob("*.y*ml")
+)
 
 
 def test_there_are_examples() -> None:

@@ -48,18 +48,23 @@ def imports(source: str, package: str) -> Iterator[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".") if package else []
-                parts = parts[:len(parts) - (node.level - 1)]
+                parts = parts[: len(parts) - (node.level - 1)]
                 base = ".".join([*parts, *([node.module] if node.module else [])])
             else:
                 base = node.module or ""
             for alias in node.names:
                 yield node.lineno, base if alias.name == "*" else f"{base}.{alias.name}".strip(".")
         elif isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "pytest_plugins" for t in node.targets):
+            isinstance(t, ast.Name) and t.id == "pytest_plugins" for t in node.targets
+        ):
             for name in _literal_names(node.value):
                 yield node.lineno, name
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if called in ("import_module", "__import__"):

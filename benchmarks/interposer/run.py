@@ -38,6 +38,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import add_json_flag, emit  # noqa: E402
+
 INTERPOSER_DIR = REPO / "wrapper" / "interposer"
 LIBRARY = INTERPOSER_DIR / "build" / "amd64" / "libcloudtaser-glibc.so"
 SYS_MEMFD_SECRET = 447
@@ -53,22 +54,38 @@ def secret_fd(value: bytes) -> tuple[int, str]:
     if fd < 0:
         fd, kind = os.memfd_create("cloudtaser-bench", os.MFD_ALLOW_SEALING), "memfd"
     os.ftruncate(fd, len(value))
-    with mmap.mmap(fd, len(value), flags=mmap.MAP_SHARED,
-                   prot=mmap.PROT_READ | mmap.PROT_WRITE) as region:
+    with mmap.mmap(
+        fd, len(value), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+    ) as region:
         region[:] = value
     return int(fd), kind
 
 
 def run(program: Path, *args: str, env: dict[str, str], fds: list[int]) -> list[float]:
     """The numbers the program prints."""
-    out = subprocess.run([str(program), *args], env=env, pass_fds=fds, capture_output=True,
-                         text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [str(program), *args],
+        env=env,
+        pass_fds=fds,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return [float(word) for word in out.stdout.split()]
 
 
-def compare(bench: Path, mode: str, plain_path: str, preload_path: str, iterations: int,
-            repeat: int, plain: dict[str, str], preload: dict[str, str],
-            fds: list[int]) -> tuple[float, float]:
+def compare(
+    bench: Path,
+    mode: str,
+    plain_path: str,
+    preload_path: str,
+    iterations: int,
+    repeat: int,
+    plain: dict[str, str],
+    preload: dict[str, str],
+    fds: list[int],
+) -> tuple[float, float]:
     """Best ns/iteration without and with the interposer, separate processes interleaved."""
     without: list[float] = []
     with_: list[float] = []
@@ -79,8 +96,9 @@ def compare(bench: Path, mode: str, plain_path: str, preload_path: str, iteratio
     return min(without), min(with_)
 
 
-def in_process(bench: Path, path: str, iterations: int, repeat: int, preload: dict[str, str],
-               fds: list[int]) -> tuple[float, float]:
+def in_process(
+    bench: Path, path: str, iterations: int, repeat: int, preload: dict[str, str], fds: list[int]
+) -> tuple[float, float]:
     """Median ns/iteration through libc's own open and through the interposer's, one process."""
     runs = [run(bench, "ab", path, str(iterations), env=preload, fds=fds) for _ in range(repeat)]
     return (statistics.median(r[1] for r in runs), statistics.median(r[0] for r in runs))
@@ -102,8 +120,11 @@ def process_start(plain: dict[str, str], repeat: int) -> tuple[float, float, flo
     Runs interleaved; an env line's fd is consumed (closed) by each child, not the parent."""
     value_fd, _ = secret_fd(secrets.token_bytes(32).hex().encode())
     os.set_inheritable(value_fd, True)
-    envs = [plain, dict(plain, LD_PRELOAD=str(LIBRARY)),
-            dict(plain, LD_PRELOAD=str(LIBRARY), CLOUDTASER_FDS=f"env {value_fd} DB_PASSWORD")]
+    envs = [
+        plain,
+        dict(plain, LD_PRELOAD=str(LIBRARY)),
+        dict(plain, LD_PRELOAD=str(LIBRARY), CLOUDTASER_FDS=f"env {value_fd} DB_PASSWORD"),
+    ]
     samples: list[list[float]] = [[], [], []]
     for _ in range(repeat * 3):
         for i, env in enumerate(envs):
@@ -123,8 +144,20 @@ def main() -> None:
     subprocess.run(["make", "-s", "-C", str(INTERPOSER_DIR)], check=True)
     with tempfile.TemporaryDirectory(prefix="cloudtaser-bench-") as tmp:
         bench = Path(tmp) / "bench"
-        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(bench),
-                        str(HERE / "bench.c"), "-ldl"], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-o",
+                str(bench),
+                str(HERE / "bench.c"),
+                "-ldl",
+            ],
+            check=True,
+        )
         ordinary = Path(tmp) / "config.yaml"
         ordinary.write_bytes(b"x" * 100)
         lookalike = Path(tmp) / "tls.key"  # a secret's file name in another directory
@@ -144,32 +177,62 @@ def main() -> None:
         n, rep = args.iterations, args.repeat
         quarter = max(n // 4, 1)
         figures = [
-            ("open+read+close, ordinary file (best, separate processes)", True,
-             compare(bench, "open", str(ordinary), str(ordinary), n, rep, plain, preload, fds)),
-            ("open+read+close, ordinary file (in-process A/B, median)", True,
-             in_process(bench, str(ordinary), n, rep, preload, fds)),
-            ("stat, ordinary file (best, separate processes)", True,
-             compare(bench, "stat", str(ordinary), str(ordinary), n, rep, plain, preload, fds)),
-            ("open+read+close, a secret's file name elsewhere (best)", False,
-             compare(bench, "open", str(lookalike), str(lookalike), n, rep, plain, preload, fds)),
-            ("open+read+close of a secret path (memfd copy) vs ordinary file", False,
-             compare(bench, "open", str(ordinary), SECRET_PATHS[0], quarter, rep, plain,
-                     preload, fds)),
+            (
+                "open+read+close, ordinary file (best, separate processes)",
+                True,
+                compare(bench, "open", str(ordinary), str(ordinary), n, rep, plain, preload, fds),
+            ),
+            (
+                "open+read+close, ordinary file (in-process A/B, median)",
+                True,
+                in_process(bench, str(ordinary), n, rep, preload, fds),
+            ),
+            (
+                "stat, ordinary file (best, separate processes)",
+                True,
+                compare(bench, "stat", str(ordinary), str(ordinary), n, rep, plain, preload, fds),
+            ),
+            (
+                "open+read+close, a secret's file name elsewhere (best)",
+                False,
+                compare(bench, "open", str(lookalike), str(lookalike), n, rep, plain, preload, fds),
+            ),
+            (
+                "open+read+close of a secret path (memfd copy) vs ordinary file",
+                False,
+                compare(
+                    bench, "open", str(ordinary), SECRET_PATHS[0], quarter, rep, plain, preload, fds
+                ),
+            ),
         ]
         filter_bin = Path(tmp) / "filter"
-        subprocess.run(["gcc", "-O2", "-I", str(INTERPOSER_DIR), "-o", str(filter_bin),
-                        str(HERE / "filter.c"), str(INTERPOSER_DIR / "environment.c"), "-ldl"],
-                       check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-I",
+                str(INTERPOSER_DIR),
+                "-o",
+                str(filter_bin),
+                str(HERE / "filter.c"),
+                str(INTERPOSER_DIR / "environment.c"),
+                "-ldl",
+            ],
+            check=True,
+        )
         filter_paths = [str(ordinary), str(lookalike), "tls.key"]
-        filter_runs = [run(filter_bin, str(n * 10), *filter_paths, env=preload, fds=fds)
-                       for _ in range(rep)]
+        filter_runs = [
+            run(filter_bin, str(n * 10), *filter_paths, env=preload, fds=fds) for _ in range(rep)
+        ]
         filter_ns = [statistics.median(r[i] for r in filter_runs) for i in range(len(filter_paths))]
         for fd in fds:
             os.close(fd)
         start = process_start(plain, rep)
 
-    preamble = (f"{n} iterations per run (secret-path row: {max(n // 4, 1)}), {rep} runs per "
-                f"figure; {len(SECRET_PATHS)} file entries in {kind} fds; ns per iteration")
+    preamble = (
+        f"{n} iterations per run (secret-path row: {max(n // 4, 1)}), {rep} runs per "
+        f"figure; {len(SECRET_PATHS)} file entries in {kind} fds; ns per iteration"
+    )
     rows = []
     for name, targeted, (without, with_) in figures:
         overhead = (with_ / without - 1) * 100
@@ -178,20 +241,39 @@ def main() -> None:
         measured = f"{without:.0f} -> {with_:.0f} ns ({overhead:+.1f} %)"
         rows.append((name, target, measured, ratio))
     none, loaded, env_line = start
-    rows.append(("process start (/bin/true), library loaded, no manifest (CPU, median)", "-",
-                 f"{none:.0f} -> {loaded:.0f} us ({loaded - none:+.0f} us)", "-"))
-    rows.append(("process start (/bin/true), library + 1 env line (CPU, median)", "-",
-                 f"{none:.0f} -> {env_line:.0f} us ({env_line - none:+.0f} us)", "-"))
-    footer = (f"pass-through check alone, in-process, no syscall (median of {rep}): "
-              f"ordinary file {filter_ns[0]:.1f} ns, a secret's file name elsewhere "
-              f"{filter_ns[1]:.1f} ns, relative path with a secret's file name {filter_ns[2]:.1f} ns "
-              "(getcwd)")
+    rows.append(
+        (
+            "process start (/bin/true), library loaded, no manifest (CPU, median)",
+            "-",
+            f"{none:.0f} -> {loaded:.0f} us ({loaded - none:+.0f} us)",
+            "-",
+        )
+    )
+    rows.append(
+        (
+            "process start (/bin/true), library + 1 env line (CPU, median)",
+            "-",
+            f"{none:.0f} -> {env_line:.0f} us ({env_line - none:+.0f} us)",
+            "-",
+        )
+    )
+    footer = (
+        f"pass-through check alone, in-process, no syscall (median of {rep}): "
+        f"ordinary file {filter_ns[0]:.1f} ns, a secret's file name elsewhere "
+        f"{filter_ns[1]:.1f} ns, relative path with a secret's file name {filter_ns[2]:.1f} ns "
+        "(getcwd)"
+    )
     if args.json:
         emit("interposer", rows, True, [preamble, footer])
         return
     print(preamble)
-    emit("interposer", rows, False, [footer],
-         headers=["figure", "target", "measured (without -> with)", "ratio"])
+    emit(
+        "interposer",
+        rows,
+        False,
+        [footer],
+        headers=["figure", "target", "measured (without -> with)", "ratio"],
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
-from tests.harness.stack import compiled_config, sha
+from cloudtaser.testbed import provisioning, stacking
 from tests.harness import wrapper
+from tests.harness.stack import compiled_config, sha
 
 pytestmark = pytest.mark.e2e
 REPO = stacking.REPO
@@ -63,18 +63,43 @@ def _pod_files(root: Path, stack: stacking.Paths, kubectl: Any) -> WrapperConfig
     _copy(client.cert, root, f"{TLS_DIR}/tls.crt")
     _copy(client.key, root, f"{TLS_DIR}/tls.key")
     token = root / TOKEN.lstrip("/")
-    token.write_text(kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
-                             provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
+    token.write_text(
+        kubectl(
+            "create",
+            "token",
+            provisioning.DEMO_ACCOUNT,
+            "-n",
+            provisioning.DEMO_NAMESPACE,
+            "--audience",
+            "openbao",
+        )
+    )
     config = compiled_config(stack, TOKEN)
-    return config.model_copy(update={"sources": [s.model_copy(update={
-        "ca_file": f"{TLS_DIR}/ca.crt", "client_cert_file": f"{TLS_DIR}/tls.crt",
-        "client_key_file": f"{TLS_DIR}/tls.key"}) for s in config.sources]})
+    return config.model_copy(
+        update={
+            "sources": [
+                s.model_copy(
+                    update={
+                        "ca_file": f"{TLS_DIR}/ca.crt",
+                        "client_cert_file": f"{TLS_DIR}/tls.crt",
+                        "client_key_file": f"{TLS_DIR}/tls.key",
+                    }
+                )
+                for s in config.sources
+            ]
+        }
+    )
 
 
 def _install(root: Path) -> None:
     """The init container's step: the image's wrapper installs itself into the volume."""
-    installed = subprocess.run([str(wrapper.binary()), "install", str(root / "cloudtaser")],
-                               capture_output=True, text=True, timeout=60, check=False)
+    installed = subprocess.run(
+        [str(wrapper.binary()), "install", str(root / "cloudtaser")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert installed.returncode == 0, installed.stderr
 
 
@@ -102,13 +127,27 @@ def _runtime_mounts(root: Path) -> Iterator[None]:
 
 
 def _run(root: Path, config: WrapperConfig, *app: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/",
-           CONFIG_ENV: config.model_dump_json(exclude_none=True)}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/",
+        CONFIG_ENV: config.model_dump_json(exclude_none=True),
+    }
     with _runtime_mounts(root):
         proc = subprocess.Popen(
-            [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/cloudtaser/wrapper",
-             "--deadline", "20", "--", *app],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                shutil.which("chroot") or "/usr/sbin/chroot",
+                str(root),
+                "/cloudtaser/wrapper",
+                "--deadline",
+                "20",
+                "--",
+                *app,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             out, err = proc.communicate(timeout=120)
         finally:
@@ -130,8 +169,9 @@ def _hashes(stdout: str) -> list[str]:
     return [m.group(1) for m in map(HASH_LINE.fullmatch, stdout.splitlines()) if m]
 
 
-def test_a_debian_glibc_image(stack: stacking.Paths, kubectl: Any, demo_secret: dict[str, str],
-                              tmp_path: Path) -> None:
+def test_a_debian_glibc_image(
+    stack: stacking.Paths, kubectl: Any, demo_secret: dict[str, str], tmp_path: Path
+) -> None:
     """dash and coreutils with the glibc they load, nothing else: env and file deliveries
     through the glibc interposer; the initial environment area holds no value."""
     root = tmp_path / "debian"
@@ -146,13 +186,15 @@ def test_a_debian_glibc_image(stack: stacking.Paths, kubectl: Any, demo_secret: 
     (root / "tmp").mkdir(mode=0o1777)
     config = _pod_files(root, stack, kubectl)
     _install(root)
-    script = "; ".join([
-        'printf %s "$DEMO_PASSWORD" | sha256sum',
-        "cat /etc/demo/password | sha256sum",
-        'echo "pid $$"',
-        'echo "preload ${LD_PRELOAD:-}"',
-        "echo \"environ $(tr '\\0' '\\n' < /proc/$$/environ | grep -c '^DEMO_PASSWORD=.')\"",
-    ])
+    script = "; ".join(
+        [
+            'printf %s "$DEMO_PASSWORD" | sha256sum',
+            "cat /etc/demo/password | sha256sum",
+            'echo "pid $$"',
+            'echo "preload ${LD_PRELOAD:-}"',
+            "echo \"environ $(tr '\\0' '\\n' < /proc/$$/environ | grep -c '^DEMO_PASSWORD=.')\"",
+        ]
+    )
     result = _run(root, config, "/bin/sh", "-c", script)
     _assert_clean(result, demo_secret)
     assert result.returncode == 0, result.stderr
@@ -165,8 +207,9 @@ def test_a_debian_glibc_image(stack: stacking.Paths, kubectl: Any, demo_secret: 
     assert "secret(s) fetched" in result.stderr
 
 
-def test_a_musl_image_without_glibc(stack: stacking.Paths, kubectl: Any,
-                                    demo_secret: dict[str, str], tmp_path: Path) -> None:
+def test_a_musl_image_without_glibc(
+    stack: stacking.Paths, kubectl: Any, demo_secret: dict[str, str], tmp_path: Path
+) -> None:
     """musl's loader and one program built with musl-gcc: the musl interposer is chosen from
     the program's ELF interpreter and serves its env and file deliveries."""
     gcc = shutil.which("musl-gcc")
@@ -175,8 +218,11 @@ def test_a_musl_image_without_glibc(stack: stacking.Paths, kubectl: Any,
     root = tmp_path / "musl"
     app = root / "app"
     root.mkdir()
-    subprocess.run([gcc, "-O2", "-o", str(app), str(REPO / "tests/e2e/chroot/musl_app.c")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [gcc, "-O2", "-o", str(app), str(REPO / "tests/e2e/chroot/musl_app.c")],
+        check=True,
+        capture_output=True,
+    )
     _copy(loader, root)
     (root / "tmp").mkdir(mode=0o1777)
     assert not list(root.rglob("libc.so.6")) and not list(root.rglob("ld-linux*"))
@@ -194,15 +240,24 @@ def test_a_musl_image_without_glibc(stack: stacking.Paths, kubectl: Any,
 def printsecret(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Go SDK's example, a static program (CGO_ENABLED=0)."""
     out = tmp_path_factory.mktemp("printsecret") / "cloudtaser-printsecret"
-    subprocess.run(["go", "build", "-trimpath", "-o", str(out), "./cmd/cloudtaser-printsecret"],
-                   cwd=REPO / "sdk" / "go", env={**os.environ, "CGO_ENABLED": "0"}, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        ["go", "build", "-trimpath", "-o", str(out), "./cmd/cloudtaser-printsecret"],
+        cwd=REPO / "sdk" / "go",
+        env={**os.environ, "CGO_ENABLED": "0"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 
-def test_an_empty_image_with_one_static_program(stack: stacking.Paths, kubectl: Any,
-                                                demo_secret: dict[str, str], printsecret: Path,
-                                                tmp_path: Path) -> None:
+def test_an_empty_image_with_one_static_program(
+    stack: stacking.Paths,
+    kubectl: Any,
+    demo_secret: dict[str, str],
+    printsecret: Path,
+    tmp_path: Path,
+) -> None:
     """No libc, no shell: the static app reads its SDK secret from the wrapper's fd; its
     file delivery is not served (nothing can preload into it) and the wrapper says so."""
     root = tmp_path / "empty"
@@ -217,8 +272,9 @@ def test_an_empty_image_with_one_static_program(stack: stacking.Paths, kubectl: 
     assert "/app is statically linked: file deliveries are not served to it" in result.stderr
 
 
-def test_the_arm64_wrapper_under_qemu_user(stack: stacking.Paths, token: Path,
-                                           demo_secret: dict[str, str], printsecret: Path) -> None:
+def test_the_arm64_wrapper_under_qemu_user(
+    stack: stacking.Paths, token: Path, demo_secret: dict[str, str], printsecret: Path
+) -> None:
     """The arm64 build, emulated by qemu-aarch64-static, against the same OpenBao over mTLS; the
     app is this machine's static SDK example (an arm64 app could not be executed from inside
     qemu-user without binfmt_misc). qemu-user has no memfd_secret: a sealed memfd, with the
@@ -227,9 +283,22 @@ def test_the_arm64_wrapper_under_qemu_user(stack: stacking.Paths, token: Path,
     assert qemu, "qemu-user-static (scripts/system-deps) is needed"
     config = compiled_config(stack, token)
     env = {"PATH": os.environ["PATH"], CONFIG_ENV: config.model_dump_json(exclude_none=True)}
-    result = subprocess.run([qemu, str(wrapper.binary("arm64")), "--deadline", "30", "--",
-                             str(printsecret), "demo-password"], env=env, capture_output=True,
-                            text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [
+            qemu,
+            str(wrapper.binary("arm64")),
+            "--deadline",
+            "30",
+            "--",
+            str(printsecret),
+            "demo-password",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     _assert_clean(result, demo_secret)
     assert result.returncode == 0, result.stderr
     password = demo_secret["password"]

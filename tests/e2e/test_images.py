@@ -63,9 +63,17 @@ class Artefact:
 def build_images(*args: str, timeout: int = 1800) -> dict[str, Artefact]:
     """Run scripts/build-images; its stdout lines are NAME DIGEST PATH."""
     started = time.monotonic()
-    proc = subprocess.run([str(REPO / "scripts" / "build-images"), *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=REPO)
-    assert proc.returncode == 0, f"scripts/build-images {' '.join(args)} failed:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "build-images"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, (
+        f"scripts/build-images {' '.join(args)} failed:\n{proc.stderr[-4000:]}"
+    )
     print(f"scripts/build-images {' '.join(args)}: {time.monotonic() - started:.0f} s")
     found = {}
     for line in proc.stdout.splitlines():
@@ -80,7 +88,9 @@ def tool(name: str) -> str:
     script = str(REPO / "scripts" / "build-stack")
     proc = subprocess.run([script, name], capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bindir = subprocess.run([script, "--print-dir"], capture_output=True, text=True, check=True).stdout.strip()
+    bindir = subprocess.run(
+        [script, "--print-dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return str(Path(bindir) / name)
 
 
@@ -93,6 +103,7 @@ def built() -> dict[str, Artefact]:
 
 # --- reproducibility -------------------------------------------------------------------------
 
+
 def input_key(art: Artefact) -> str:
     """The input hash in an artefact's path (cache: kind/KEY, --out: kind-KEY)."""
     match = re.search(r"[-/]([0-9a-f]{16})(/[^/]+\.whl)?$", str(art.path))
@@ -100,21 +111,27 @@ def input_key(art: Artefact) -> str:
     return match.group(1)
 
 
-def test_same_commit_gives_the_same_digests(built: dict[str, Artefact],
-                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_same_commit_gives_the_same_digests(
+    built: dict[str, Artefact], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """A second, fresh build (its own directory, scratch store and root filesystems; nothing
     read from the cache) against the cached one, built earlier from the same inputs."""
     fresh = build_images("--out", str(tmp_path_factory.mktemp("rebuild")))
     # same inputs (the key of each artefact hashes them), else the comparison means nothing
-    assert {n: input_key(a) for n, a in fresh.items()} == {n: input_key(a) for n, a in built.items()}, \
-        "the sources changed between the two builds"
+    assert {n: input_key(a) for n, a in fresh.items()} == {
+        n: input_key(a) for n, a in built.items()
+    }, "the sources changed between the two builds"
     for name in ("wheel", *IMAGES):
         print(f"{name:15} cached {built[name].digest}\n{'':15} fresh  {fresh[name].digest}")
     assert {n: a.digest for n, a in fresh.items()} == {n: a.digest for n, a in built.items()}
-    assert built["wheel"].digest == "sha256:" + hashlib.sha256(built["wheel"].path.read_bytes()).hexdigest()
+    assert (
+        built["wheel"].digest
+        == "sha256:" + hashlib.sha256(built["wheel"].path.read_bytes()).hexdigest()
+    )
 
 
 # --- what the images hold ----------------------------------------------------------------------
+
 
 def oci_blob(layout: Path, digest: str) -> bytes:
     return (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
@@ -137,10 +154,18 @@ def unpack(art: Artefact, into: Path) -> Path:
 
 def run_in(root: Path, user: str, *argv: str) -> subprocess.CompletedProcess[str]:
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    return subprocess.run([chroot, f"--userspec={user}", str(root), *argv], capture_output=True,
-                          text=True, timeout=120, check=False,
-                          env={"PATH": "/opt/cloudtaser/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                               "PYTHONDONTWRITEBYTECODE": "1"})
+    return subprocess.run(
+        [chroot, f"--userspec={user}", str(root), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            "PATH": "/opt/cloudtaser/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
+    )
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -150,10 +175,21 @@ def test_image_config_is_what_the_chart_expects(built: dict[str, Artefact], name
         assert config["config"][key] == value, (name, key)
     assert "history" not in config  # --omit-history
     labels = config["config"]["Labels"]
-    assert labels["org.opencontainers.image.revision"] == subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
-    epoch = int(subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True,
-                               check=True, cwd=REPO).stdout)
+    assert (
+        labels["org.opencontainers.image.revision"]
+        == subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout.strip()
+    )
+    epoch = int(
+        subprocess.run(
+            ["git", "log", "-1", "--format=%ct"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        ).stdout
+    )
     assert config["created"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     # every file of the image's own (last) layer carries the commit's time
     last = oci_blob(built[name].path / "oci", manifest["layers"][-1]["digest"])
@@ -186,6 +222,7 @@ def test_images_run_what_the_chart_runs(built: dict[str, Artefact], tmp_path: Pa
 
 # --- registry, keys, signatures ------------------------------------------------------------
 
+
 @dataclass
 class Signed:
     host: str
@@ -208,55 +245,113 @@ def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def cosign_run(signed: Signed, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([signed.cosign, *args], capture_output=True, text=True, timeout=300,
-                          check=False, env=signed.env)
+    proc = subprocess.run(
+        [signed.cosign, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=signed.env,
+    )
     shown = " ".join(a if len(a) < 80 else "..." for a in args)
     print(f"$ cosign {shown}\n-> exit {proc.returncode}\n{proc.stdout[:600]}{proc.stderr[-600:]}")
     if ok:
         assert proc.returncode == 0, proc.stderr
     else:
-        assert proc.returncode != 0, f"cosign {args[0]} succeeded on what it must refuse:\n{proc.stdout}"
+        assert proc.returncode != 0, (
+            f"cosign {args[0]} succeeded on what it must refuse:\n{proc.stdout}"
+        )
     return proc
 
 
 @pytest.fixture(scope="module")
-def signed(built: dict[str, Artefact], registry_host: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Signed:
+def signed(
+    built: dict[str, Artefact], registry_host: str, tmp_path_factory: pytest.TempPathFactory
+) -> Signed:
     """The three images pushed (digests kept), signed and attested (SPDX + CycloneDX) with a
     key pair made for this run; the wheel signed and attested as a blob."""
     command = ["--sbom", "--push", f"{registry_host}/cloudtaser", "--tag", "test"]
     arts = build_images(*command)
     assert {n: a.digest for n, a in arts.items()} == {n: a.digest for n, a in built.items()}
     tmp = tmp_path_factory.mktemp("cosign")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "TUF_ROOT": str(tmp / "tuf"),
-           "COSIGN_PASSWORD": secrets.token_urlsafe(16), "COSIGN_YES": "true"}
-    s = Signed(registry_host, {n: f"{registry_host}/cloudtaser/{n}:test" for n in IMAGES},
-               {n: built[n].digest for n in IMAGES}, tmp / "cosign.key", tmp / "cosign.pub",
-               env, tool("cosign"), built, ["scripts/build-images", *command],
-               {n: json.loads((arts[n].path / "provenance.json").read_text()) for n in IMAGES})
-    subprocess.run([s.cosign, "generate-key-pair", "--output-key-prefix", str(tmp / "cosign")],
-                   capture_output=True, check=True, env=env, timeout=60)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp),
+        "TUF_ROOT": str(tmp / "tuf"),
+        "COSIGN_PASSWORD": secrets.token_urlsafe(16),
+        "COSIGN_YES": "true",
+    }
+    s = Signed(
+        registry_host,
+        {n: f"{registry_host}/cloudtaser/{n}:test" for n in IMAGES},
+        {n: built[n].digest for n in IMAGES},
+        tmp / "cosign.key",
+        tmp / "cosign.pub",
+        env,
+        tool("cosign"),
+        built,
+        ["scripts/build-images", *command],
+        {n: json.loads((arts[n].path / "provenance.json").read_text()) for n in IMAGES},
+    )
+    subprocess.run(
+        [s.cosign, "generate-key-pair", "--output-key-prefix", str(tmp / "cosign")],
+        capture_output=True,
+        check=True,
+        env=env,
+        timeout=60,
+    )
     assert b"ENCRYPTED" in s.key.read_bytes()  # the private key is sealed with the password
     for name in IMAGES:
         by_digest = f"{registry_host}/cloudtaser/{name}@{s.digests[name]}"
-        cosign_run(s, "sign", "--key", str(s.key), "--tlog-upload=false", "--allow-http-registry", by_digest)
-        for kind, predicate in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json"),
-                                ("slsaprovenance1", "provenance.json")):
-            cosign_run(s, "attest", "--key", str(s.key), "--tlog-upload=false", "--allow-http-registry",
-                       "--type", kind, "--predicate", str(arts[name].path / predicate), by_digest)
+        cosign_run(
+            s,
+            "sign",
+            "--key",
+            str(s.key),
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            by_digest,
+        )
+        for kind, predicate in (
+            ("spdxjson", "sbom.spdx.json"),
+            ("cyclonedx", "sbom.cdx.json"),
+            ("slsaprovenance1", "provenance.json"),
+        ):
+            cosign_run(
+                s,
+                "attest",
+                "--key",
+                str(s.key),
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "--type",
+                kind,
+                "--predicate",
+                str(arts[name].path / predicate),
+                by_digest,
+            )
     return s
 
 
 VERIFY = ("--insecure-ignore-tlog", "--allow-http-registry")
-ATTESTATIONS = (("spdxjson", "https://spdx.dev/Document"), ("cyclonedx", "https://cyclonedx.org/bom"),
-                ("slsaprovenance1", "https://slsa.dev/provenance/v1"))
+ATTESTATIONS = (
+    ("spdxjson", "https://spdx.dev/Document"),
+    ("cyclonedx", "https://cyclonedx.org/bom"),
+    ("slsaprovenance1", "https://slsa.dev/provenance/v1"),
+)
 
 
 def git_head() -> tuple[str, bool]:
     """(HEAD, whether the work tree differs from it: tracked changes or untracked files)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=all").strip())
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout
+
+    return git("rev-parse", "HEAD").strip(), bool(
+        git("status", "--porcelain", "--untracked-files=all").strip()
+    )
 
 
 def check_provenance(s: Signed, name: str, predicate: dict[str, Any]) -> None:
@@ -266,42 +361,62 @@ def check_provenance(s: Signed, name: str, predicate: dict[str, Any]) -> None:
     build = predicate["buildDefinition"]
     head, dirty = git_head()
     source = build["resolvedDependencies"][0]
-    assert source["digest"] == {"gitCommit": head} == build["externalParameters"]["source"]["digest"]
+    assert (
+        source["digest"] == {"gitCommit": head} == build["externalParameters"]["source"]["digest"]
+    )
     assert source["annotations"]["dirty"] is dirty
     assert build["externalParameters"]["command"] == s.command
     assert build["externalParameters"]["artefact"] == name
     assert predicate["runDetails"]["builder"]["id"]
     inputs = {(d["annotations"]["role"], d.get("name")): d for d in build["resolvedDependencies"]}
-    assert inputs[("containerfile", f"{name}.Containerfile")]["digest"]["sha256"] == \
-        hashlib.sha256((REPO / "scripts" / "images" / f"{name}.Containerfile").read_bytes()).hexdigest()
+    assert (
+        inputs[("containerfile", f"{name}.Containerfile")]["digest"]["sha256"]
+        == hashlib.sha256(
+            (REPO / "scripts" / "images" / f"{name}.Containerfile").read_bytes()
+        ).hexdigest()
+    )
     if name == "wrapper-bundle":
         assert ("wrapper-bundle", "amd64/wrapper") in inputs
         assert "go" in predicate["runDetails"]["builder"]["version"]
         return
     wheel = s.built["wheel"]
-    assert inputs[("wheel", wheel.path.name)]["digest"]["sha256"] == wheel.digest.removeprefix("sha256:")
+    assert inputs[("wheel", wheel.path.name)]["digest"]["sha256"] == wheel.digest.removeprefix(
+        "sha256:"
+    )
     lock = (REPO / "scripts" / "images" / "debian-packages.lock").read_bytes()
-    assert inputs[("debian-lock", "debian-packages.lock")]["digest"]["sha256"] == hashlib.sha256(lock).hexdigest()
-    assert any(d.get("uri", "").startswith("pkg:deb/debian/python3.11@") for d in build["resolvedDependencies"])
+    assert (
+        inputs[("debian-lock", "debian-packages.lock")]["digest"]["sha256"]
+        == hashlib.sha256(lock).hexdigest()
+    )
+    assert any(
+        d.get("uri", "").startswith("pkg:deb/debian/python3.11@")
+        for d in build["resolvedDependencies"]
+    )
     assert any(role == "python-dependency" and n.startswith("pydantic-") for role, n in inputs)
     if name == "bpf-agent":
         assert any(role == "bpf-object" for role, _ in inputs)
 
 
-def verify(s: Signed, name: str, ok: bool = True, ref: str | None = None, pub: Path | None = None) -> None:
+def verify(
+    s: Signed, name: str, ok: bool = True, ref: str | None = None, pub: Path | None = None
+) -> None:
     ref = ref or s.refs[name]
     key = str(pub or s.pub)
     out = cosign_run(s, "verify", "--key", key, *VERIFY, ref, ok=ok)
     if ok:
         claims = json.loads(out.stdout)
-        assert {c["critical"]["image"]["docker-manifest-digest"] for c in claims} == {s.digests[name]}
+        assert {c["critical"]["image"]["docker-manifest-digest"] for c in claims} == {
+            s.digests[name]
+        }
     for kind, predicate_type in ATTESTATIONS:
         out = cosign_run(s, "verify-attestation", "--key", key, "--type", kind, *VERIFY, ref, ok=ok)
         if ok:
             envelope = json.loads(out.stdout.splitlines()[0])
             statement = json.loads(base64.b64decode(envelope["payload"]))
             assert statement["predicateType"] == predicate_type
-            assert statement["subject"][0]["digest"]["sha256"] == s.digests[name].removeprefix("sha256:")
+            assert statement["subject"][0]["digest"]["sha256"] == s.digests[name].removeprefix(
+                "sha256:"
+            )
             if kind == "slsaprovenance1":
                 check_provenance(s, name, statement["predicate"])
                 continue
@@ -315,13 +430,20 @@ def test_signature_sbom_and_provenance_attestations_verify(signed: Signed, name:
 
 
 def test_another_key_is_refused(signed: Signed, tmp_path: Path) -> None:
-    subprocess.run([signed.cosign, "generate-key-pair", "--output-key-prefix", str(tmp_path / "other")],
-                   capture_output=True, check=True, env=signed.env, timeout=60)
+    subprocess.run(
+        [signed.cosign, "generate-key-pair", "--output-key-prefix", str(tmp_path / "other")],
+        capture_output=True,
+        check=True,
+        env=signed.env,
+        timeout=60,
+    )
     verify(signed, "operator", ok=False, pub=tmp_path / "other.pub")
 
 
 def registry_get(host: str, repo: str, path: str) -> bytes:
-    answer = requests.get(f"http://{host}/v2/{repo}/{path}", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    answer = requests.get(
+        f"http://{host}/v2/{repo}/{path}", headers={"Accept": OCI_MANIFEST}, timeout=30
+    )
     assert answer.status_code == 200, answer.text
     return answer.content
 
@@ -333,15 +455,24 @@ def registry_put_blob(host: str, repo: str, data: bytes) -> str:
     location = started.headers["Location"]
     if location.startswith("/"):
         location = f"http://{host}{location}"
-    done = requests.put(location, params={"digest": digest}, data=data, timeout=60,
-                        headers={"Content-Type": "application/octet-stream"})
+    done = requests.put(
+        location,
+        params={"digest": digest},
+        data=data,
+        timeout=60,
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert done.status_code == 201, done.text
     return digest
 
 
 def registry_put_manifest(host: str, repo: str, ref: str, body: bytes) -> str:
-    answer = requests.put(f"http://{host}/v2/{repo}/manifests/{ref}", data=body, timeout=30,
-                          headers={"Content-Type": OCI_MANIFEST})
+    answer = requests.put(
+        f"http://{host}/v2/{repo}/manifests/{ref}",
+        data=body,
+        timeout=30,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert answer.status_code == 201, answer.text
     return str(answer.headers["Docker-Content-Digest"])
 
@@ -358,7 +489,10 @@ def tampered(s: Signed, name: str, change: str) -> tuple[str, bytes]:
         layer = manifest["layers"][-1]
         raw = gzip.decompress(registry_get(s.host, repo, f"blobs/{layer['digest']}"))
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buffer, mode="w") as dst:
+        with (
+            tarfile.open(fileobj=io.BytesIO(raw)) as src,
+            tarfile.open(fileobj=buffer, mode="w") as dst,
+        ):
             for member in src.getmembers():
                 dst.addfile(member, src.extractfile(member) if member.isfile() else None)
             evil = b"#!/bin/sh\nexec /bin/sh\n"
@@ -377,41 +511,84 @@ def tampered(s: Signed, name: str, change: str) -> tuple[str, bytes]:
     # and the attacker hangs the genuine signature and attestations on the new digest too
     # (cosign finds them by the tag sha256-<digest>.sig / .att): they must not fit it
     for suffix in ("sig", "att"):
-        genuine = registry_get(s.host, repo, f"manifests/sha256-{s.digests[name].removeprefix('sha256:')}.{suffix}")
-        registry_put_manifest(s.host, repo, f"sha256-{digest.removeprefix('sha256:')}.{suffix}", genuine)
+        genuine = registry_get(
+            s.host, repo, f"manifests/sha256-{s.digests[name].removeprefix('sha256:')}.{suffix}"
+        )
+        registry_put_manifest(
+            s.host, repo, f"sha256-{digest.removeprefix('sha256:')}.{suffix}", genuine
+        )
     return digest, original
 
 
-@pytest.mark.parametrize(("name", "change"), [("operator", "manifest"), ("wrapper-bundle", "layer")])
-def test_tampered_image_under_the_same_tag_is_refused(signed: Signed, name: str, change: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "change"), [("operator", "manifest"), ("wrapper-bundle", "layer")]
+)
+def test_tampered_image_under_the_same_tag_is_refused(
+    signed: Signed, name: str, change: str
+) -> None:
     new_digest, original = tampered(signed, name, change)
     try:
-        print(f"{signed.refs[name]} now points at {new_digest} (modified {change}), signed was {signed.digests[name]}")
+        print(
+            f"{signed.refs[name]} now points at {new_digest} (modified {change}), signed was {signed.digests[name]}"
+        )
         verify(signed, name, ok=False)
         # the signed digest itself still verifies: the signature binds the digest, not the tag
         verify(signed, name, ref=f"{signed.host}/cloudtaser/{name}@{signed.digests[name]}")
     finally:
-        assert registry_put_manifest(signed.host, f"cloudtaser/{name}", "test", original) == signed.digests[name]
+        assert (
+            registry_put_manifest(signed.host, f"cloudtaser/{name}", "test", original)
+            == signed.digests[name]
+        )
     verify(signed, name)
 
 
-def test_python_distribution_sbom_and_provenance_attestations(signed: Signed, tmp_path: Path) -> None:
+def test_python_distribution_sbom_and_provenance_attestations(
+    signed: Signed, tmp_path: Path
+) -> None:
     """The wheel (cosign sign-blob), its SBOMs and provenance (attest-blob), checked against a
     modified wheel."""
     wheel = signed.built["wheel"].path
     sig = tmp_path / "wheel.sig"
-    cosign_run(signed, "sign-blob", "--key", str(signed.key), "--tlog-upload=false",
-               "--output-signature", str(sig), str(wheel))
-    cosign_run(signed, "verify-blob", "--key", str(signed.pub), "--insecure-ignore-tlog",
-               "--signature", str(sig), str(wheel))
+    cosign_run(
+        signed,
+        "sign-blob",
+        "--key",
+        str(signed.key),
+        "--tlog-upload=false",
+        "--output-signature",
+        str(sig),
+        str(wheel),
+    )
+    cosign_run(
+        signed,
+        "verify-blob",
+        "--key",
+        str(signed.pub),
+        "--insecure-ignore-tlog",
+        "--signature",
+        str(sig),
+        str(wheel),
+    )
     bad = tmp_path / wheel.name
     data = bytearray(wheel.read_bytes())
     data[len(data) // 2] ^= 1
     bad.write_bytes(data)
-    cosign_run(signed, "verify-blob", "--key", str(signed.pub), "--insecure-ignore-tlog",
-               "--signature", str(sig), str(bad), ok=False)
-    for kind, file in (("spdxjson", "sbom.spdx.json"), ("cyclonedx", "sbom.cdx.json"),
-                       ("slsaprovenance1", "provenance.json")):
+    cosign_run(
+        signed,
+        "verify-blob",
+        "--key",
+        str(signed.pub),
+        "--insecure-ignore-tlog",
+        "--signature",
+        str(sig),
+        str(bad),
+        ok=False,
+    )
+    for kind, file in (
+        ("spdxjson", "sbom.spdx.json"),
+        ("cyclonedx", "sbom.cdx.json"),
+        ("slsaprovenance1", "provenance.json"),
+    ):
         predicate = wheel.parent / file
         if kind == "slsaprovenance1":
             build = json.loads(predicate.read_text())["buildDefinition"]
@@ -421,10 +598,43 @@ def test_python_distribution_sbom_and_provenance_attestations(signed: Signed, tm
         else:
             assert "cloudtaser" in predicate.read_text() and "pydantic" in predicate.read_text()
         att = tmp_path / f"{kind}.att"
-        cosign_run(signed, "attest-blob", "--key", str(signed.key), "--tlog-upload=false", "--type", kind,
-                   "--predicate", str(predicate), "--output-signature", str(att), str(wheel))
-        out = cosign_run(signed, "verify-blob-attestation", "--key", str(signed.pub), "--insecure-ignore-tlog",
-                         "--type", kind, "--signature", str(att), str(wheel))
+        cosign_run(
+            signed,
+            "attest-blob",
+            "--key",
+            str(signed.key),
+            "--tlog-upload=false",
+            "--type",
+            kind,
+            "--predicate",
+            str(predicate),
+            "--output-signature",
+            str(att),
+            str(wheel),
+        )
+        out = cosign_run(
+            signed,
+            "verify-blob-attestation",
+            "--key",
+            str(signed.pub),
+            "--insecure-ignore-tlog",
+            "--type",
+            kind,
+            "--signature",
+            str(att),
+            str(wheel),
+        )
         assert "Verified OK" in out.stdout + out.stderr
-        cosign_run(signed, "verify-blob-attestation", "--key", str(signed.pub), "--insecure-ignore-tlog",
-                   "--type", kind, "--signature", str(att), str(bad), ok=False)
+        cosign_run(
+            signed,
+            "verify-blob-attestation",
+            "--key",
+            str(signed.pub),
+            "--insecure-ignore-tlog",
+            "--type",
+            kind,
+            "--signature",
+            str(att),
+            str(bad),
+            ok=False,
+        )

@@ -16,10 +16,10 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser.testbed import stacking
-from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.plans import CONFIG_ENV, INJECTED_ANNOTATION, WrapperConfig
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
+from cloudtaser.testbed import stacking
+from cloudtaser.testbed.certificates import CertificateAuthority
 
 pytestmark = pytest.mark.e2e
 PORT = 18443
@@ -29,7 +29,9 @@ STATE = [str(REPO / "examples"), str(REPO / "policies")]
 
 
 def _pod(name: str, namespace: str = "payments", inject: bool = True) -> dict[str, Any]:
-    pod: dict[str, Any] = yaml.safe_load((REPO / "examples" / "pods" / "postgres-pod.yaml").read_text())
+    pod: dict[str, Any] = yaml.safe_load(
+        (REPO / "examples" / "pods" / "postgres-pod.yaml").read_text()
+    )
     pod["metadata"].update(name=name, namespace=namespace)
     if not inject:
         pod["metadata"]["annotations"] = {}
@@ -38,29 +40,61 @@ def _pod(name: str, namespace: str = "payments", inject: bool = True) -> dict[st
 
 @pytest.fixture(scope="module")
 def webhook(stack: stacking.Paths, kubectl: Any) -> Iterator[subprocess.Popen[str]]:
-    pair = CertificateAuthority(stack.pki).issue("injector", "cloudtaser-injector", server=True,
-                                                 hosts=("127.0.0.1",))
+    pair = CertificateAuthority(stack.pki).issue(
+        "injector", "cloudtaser-injector", server=True, hosts=("127.0.0.1",)
+    )
     exe = Path(sys.executable).parent / "cloudtaser"
     server = subprocess.Popen(
-        [str(exe), "injector", "serve", *STATE, "--tls-cert", str(pair.cert),
-         "--tls-key", str(pair.key), "--port", str(PORT)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            str(exe),
+            "injector",
+            "serve",
+            *STATE,
+            "--tls-cert",
+            str(pair.cert),
+            "--tls-key",
+            str(pair.key),
+            "--port",
+            str(PORT),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"https://127.0.0.1:{PORT}/healthz", verify=str(stack.ca), timeout=1).ok:
+            if requests.get(
+                f"https://127.0.0.1:{PORT}/healthz", verify=str(stack.ca), timeout=1
+            ).ok:
                 break
         except requests.RequestException:
             time.sleep(0.2)
-    config = subprocess.run([str(exe), "injector", "webhook-config", *STATE, "--url", URL,
-                             "--ca-file", str(stack.ca)], capture_output=True, text=True, check=True)
+    config = subprocess.run(
+        [str(exe), "injector", "webhook-config", *STATE, "--url", URL, "--ca-file", str(stack.ca)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     kubectl("apply", "-f", "-", stdin=config.stdout)
-    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "orders", "namespace": "payments"}}))
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "orders", "namespace": "payments"},
+            }
+        ),
+    )
     try:
         yield server
     finally:
-        kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
+        kubectl(
+            "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
+        )
         kubectl("delete", "pods", "-n", "payments", "-l", "app=orders", "--wait=false")
         server.terminate()
         server.communicate(timeout=10)
@@ -68,8 +102,11 @@ def webhook(stack: stacking.Paths, kubectl: Any) -> Iterator[subprocess.Popen[st
 
 def _create(kubectl: Any, pod: dict[str, Any]) -> dict[str, Any]:
     kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
-    created: dict[str, Any] = json.loads(kubectl("get", "pod", pod["metadata"]["name"], "-n",
-                                                 pod["metadata"]["namespace"], "-o", "json"))
+    created: dict[str, Any] = json.loads(
+        kubectl(
+            "get", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "-o", "json"
+        )
+    )
     return created
 
 
@@ -79,7 +116,8 @@ def test_selected_pod_is_stored_mutated(webhook: Any, kubectl: Any) -> None:
     orders, metrics = pod["spec"]["containers"]
     assert orders["command"] == ["/cloudtaser/wrapper", "--", "/usr/local/bin/orders"]
     config = WrapperConfig.model_validate_json(
-        next(e["value"] for e in orders["env"] if e["name"] == CONFIG_ENV))
+        next(e["value"] for e in orders["env"] if e["name"] == CONFIG_ENV)
+    )
     assert config.sources[0].binding == "payments/orders-db"
     assert "capabilities" not in orders["securityContext"]  # no capability added (Pod Security)
     assert orders["securityContext"]["allowPrivilegeEscalation"] is False
@@ -97,7 +135,9 @@ def test_pod_without_the_annotation_is_untouched(webhook: Any, kubectl: Any) -> 
     assert pod["spec"]["containers"][0]["command"] == ["/usr/local/bin/orders"]
 
 
-def test_webhook_down_refuses_only_pods_in_scope(webhook: subprocess.Popen[str], kubectl: Any) -> None:
+def test_webhook_down_refuses_only_pods_in_scope(
+    webhook: subprocess.Popen[str], kubectl: Any
+) -> None:
     webhook.terminate()
     webhook.communicate(timeout=10)
     with pytest.raises(Exception, match="failed calling webhook"):

@@ -20,7 +20,9 @@ def test_wrappers_started_at_once_all_get_their_secrets(stack: stacking.Paths) -
     assert max(starts.retries) <= 10, starts.messages  # bounded by the deadline's backoff
     assert starts.oom_kills == 0
     # One message per wrapper says it fetched; nothing else but the agent's line.
-    assert starts.messages.get("cloudtaser-wrapper: N secret(s) fetched in N ms; starting date") == 20
+    assert (
+        starts.messages.get("cloudtaser-wrapper: N secret(s) fetched in N ms; starting date") == 20
+    )
 
 
 def test_webhook_under_load_answers_every_review(stack: stacking.Paths) -> None:

@@ -68,21 +68,38 @@ class Registry:
         started = requests.post(self.url(repo, "blobs/uploads/"), auth=self.auth, timeout=10)
         assert started.status_code == 202, started.text
         location = urljoin(self.url(repo, ""), started.headers["Location"])
-        done = requests.put(location, params={"digest": digest}, data=data, auth=self.auth,
-                            headers={"Content-Type": "application/octet-stream"}, timeout=10)
+        done = requests.put(
+            location,
+            params={"digest": digest},
+            data=data,
+            auth=self.auth,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=10,
+        )
         assert done.status_code == 201, done.text
         return {"digest": digest, "size": len(data)}
 
     def push_manifest(self, repo: str, ref: str, media: str, doc: dict[str, Any]) -> str:
         body = json.dumps(doc).encode()
-        answer = requests.put(self.url(repo, f"manifests/{ref}"), data=body, auth=self.auth,
-                              headers={"Content-Type": media}, timeout=10)
+        answer = requests.put(
+            self.url(repo, f"manifests/{ref}"),
+            data=body,
+            auth=self.auth,
+            headers={"Content-Type": media},
+            timeout=10,
+        )
         assert answer.status_code == 201, answer.text
         assert answer.headers["Docker-Content-Digest"] == digest_of(body)
         return digest_of(body)
 
-    def push_image(self, repo: str, tag: str | None, entrypoint: list[str] | None,
-                   cmd: list[str] | None, arch: str = "amd64") -> str:
+    def push_image(
+        self,
+        repo: str,
+        tag: str | None,
+        entrypoint: list[str] | None,
+        cmd: list[str] | None,
+        arch: str = "amd64",
+    ) -> str:
         """A one-layer image (a tar.gz holding /hello); returns the manifest digest."""
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -91,20 +108,32 @@ class Registry:
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
         layer = gzip.compress(raw.getvalue(), mtime=0)
-        config = json.dumps({
-            "architecture": arch, "os": "linux",
-            "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [digest_of(raw.getvalue())]},
-        }).encode()
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": "linux",
+                "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin"]},
+                "rootfs": {"type": "layers", "diff_ids": [digest_of(raw.getvalue())]},
+            }
+        ).encode()
         manifest = {
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       **self.push_blob(repo, config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        **self.push_blob(repo, layer)}],
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                **self.push_blob(repo, config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    **self.push_blob(repo, layer),
+                }
+            ],
         }
         if tag is None:
-            return self.push_manifest(repo, digest_of(json.dumps(manifest).encode()), OCI_MANIFEST, manifest)
+            return self.push_manifest(
+                repo, digest_of(json.dumps(manifest).encode()), OCI_MANIFEST, manifest
+            )
         return self.push_manifest(repo, tag, OCI_MANIFEST, manifest)
 
 
@@ -119,7 +148,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 @pytest.fixture(scope="module")
 def image(registry: Registry) -> tuple[str, str]:
     """(tag reference, manifest digest) of team/app:1.0 with ENTRYPOINT and CMD."""
-    digest = registry.push_image("team/app", "1.0", ["/docker-entrypoint.sh"], ["postgres", "-c", "x=1"])
+    digest = registry.push_image(
+        "team/app", "1.0", ["/docker-entrypoint.sh"], ["postgres", "-c", "x=1"]
+    )
     return f"{registry.host}/team/app:1.0", digest
 
 
@@ -142,24 +173,42 @@ def test_resolve_by_digest(registry: Registry, image: tuple[str, str]) -> None:
     resolver = Resolver(insecure=[registry.host])
     ref = f"{registry.host}/team/app@{image[1]}"
     assert resolver.resolve(ref, registry.credentials) == EXPECTED
-    assert resolver.resolve(f"{registry.host}/team/app:ignored@{image[1]}", registry.credentials) == EXPECTED
+    assert (
+        resolver.resolve(f"{registry.host}/team/app:ignored@{image[1]}", registry.credentials)
+        == EXPECTED
+    )
 
 
 def test_resolve_through_an_index(registry: Registry) -> None:
     children = []
     for arch, entry in (("arm64", ["/arm"]), ("amd64", ["/amd"])):
         digest = registry.push_image("team/multi", None, entry, ["run"], arch=arch)
-        children.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": 0,
-                         "platform": {"os": "linux", "architecture": arch}})
+        children.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": 0,
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
     # sizes must be right for a real registry's index validation
     for child in children:
-        body = requests.get(registry.url("team/multi", f"manifests/{child['digest']}"),
-                            headers={"Accept": OCI_MANIFEST}, auth=registry.auth, timeout=10).content
+        body = requests.get(
+            registry.url("team/multi", f"manifests/{child['digest']}"),
+            headers={"Accept": OCI_MANIFEST},
+            auth=registry.auth,
+            timeout=10,
+        ).content
         child["size"] = len(body)
-    registry.push_manifest("team/multi", "2.0", OCI_INDEX,
-                           {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
-    resolved = Resolver(insecure=[registry.host]).resolve(f"{registry.host}/team/multi:2.0",
-                                                          registry.credentials)
+    registry.push_manifest(
+        "team/multi",
+        "2.0",
+        OCI_INDEX,
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children},
+    )
+    resolved = Resolver(insecure=[registry.host]).resolve(
+        f"{registry.host}/team/multi:2.0", registry.credentials
+    )
     assert resolved == ImageEntrypoint(entrypoint=["/amd"], cmd=["run"])
 
 
@@ -167,10 +216,13 @@ def test_unknown_tag_is_a_clear_permanent_error(registry: Registry, image: tuple
     ref = f"{registry.host}/team/app:nope"
     with pytest.raises(PermanentResolveError) as info:
         Resolver(insecure=[registry.host]).resolve(ref, registry.credentials)
-    assert str(info.value) == (f"could not resolve the entrypoint of {ref}: "
-                               f"manifest nope not found in {registry.host}")
+    assert str(info.value) == (
+        f"could not resolve the entrypoint of {ref}: manifest nope not found in {registry.host}"
+    )
     with pytest.raises(PermanentResolveError, match="not found"):
-        Resolver(insecure=[registry.host]).resolve(f"{registry.host}/team/nothing:1", registry.credentials)
+        Resolver(insecure=[registry.host]).resolve(
+            f"{registry.host}/team/nothing:1", registry.credentials
+        )
 
 
 def test_auth_with_dockerconfigjson(registry: Registry, image: tuple[str, str]) -> None:
@@ -181,9 +233,12 @@ def test_auth_with_dockerconfigjson(registry: Registry, image: tuple[str, str]) 
         Resolver(insecure=[registry.host]).resolve(image[0], [])
     with pytest.raises(PermanentResolveError, match="were refused") as info:
         Resolver(insecure=[registry.host]).resolve(
-            image[0], [RegistryCredential(registry.host, user, password + "x")])
+            image[0], [RegistryCredential(registry.host, user, password + "x")]
+        )
     assert password not in str(info.value)
-    secret = json.dumps({"auths": {f"http://{registry.host}": {"username": user, "password": password}}})
+    secret = json.dumps(
+        {"auths": {f"http://{registry.host}": {"username": user, "password": password}}}
+    )
     creds = credentials_from_dockerconfigjson(secret.encode())
     assert Resolver(insecure=[registry.host]).resolve(image[0], creds) == EXPECTED
 
@@ -191,16 +246,22 @@ def test_auth_with_dockerconfigjson(registry: Registry, image: tuple[str, str]) 
 def test_pod_without_command_gets_wrapper_entrypoint_and_cmd(
     registry: Registry, image: tuple[str, str]
 ) -> None:
-    compiler = IncrementalCompiler(ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))]))
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))])
+    )
     settings = InjectorSettings()
     resolver = Resolver(insecure=[registry.host])
-    containers: list[dict[str, Any]] = [{"name": "app", "image": image[0]},
-                  {"name": "with-args", "image": image[0], "args": ["-c", "y=2"]}]
+    containers: list[dict[str, Any]] = [
+        {"name": "app", "image": image[0]},
+        {"name": "with-args", "image": image[0], "args": ["-c", "y=2"]},
+    ]
     raw = pod_doc(labels={"app": "app"}, containers=containers)
     pod = Pod.model_validate(raw)
     plan = compiler.plan_pod(pod)
     assert plan is not None
-    entrypoints = {c.name: resolver.resolve(c.image or "", registry.credentials) for c in pod.spec.containers}
+    entrypoints = {
+        c.name: resolver.resolve(c.image or "", registry.credentials) for c in pod.spec.containers
+    }
     result = pod_patch(pod, plan, settings, entrypoints=entrypoints)
     assert result.problems == []
     patched = jsonpatch.apply_patch(raw, result.operations)
@@ -212,11 +273,16 @@ def test_pod_without_command_gets_wrapper_entrypoint_and_cmd(
     assert with_args["args"] == ["-c", "y=2"]  # the pod's args replace the image CMD
     # without a resolved entrypoint the pod is refused, never started unwrapped
     refused = pod_patch(pod, plan, settings, entrypoints={})
-    assert refused.operations == [] and "set spec.containers[].command" in refused.problems[0].message
+    assert (
+        refused.operations == [] and "set spec.containers[].command" in refused.problems[0].message
+    )
 
 
 def test_webhook_reads_the_pods_image_pull_secret(
-    registry: Registry, image: tuple[str, str], stack: Any, kubectl: Any,
+    registry: Registry,
+    image: tuple[str, str],
+    stack: Any,
+    kubectl: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The operator's webhook server (serving.application with running.read_pull_secrets)
@@ -229,39 +295,69 @@ def test_webhook_reads_the_pods_image_pull_secret(
     import kubernetes
     import yaml
 
+    from cloudtaser.injector import serving
     from cloudtaser.operator import running
     from cloudtaser.testbed.certificates import CertificateAuthority
-    from cloudtaser.injector import serving
 
     if registry.auth is None:
         pytest.skip("htpasswd (apache2-utils) is not installed; auth is covered by the unit tests")
     user, password = registry.auth
     namespace = "registry-e2e"
     secret_name = f"pull-{secrets.token_hex(3)}"
-    config = json.dumps({"auths": {f"http://{registry.host}": {"username": user, "password": password}}})
-    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-         "metadata": {"name": secret_name, "namespace": namespace},
-         "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}},
-    ]))
+    config = json.dumps(
+        {"auths": {f"http://{registry.host}": {"username": user, "password": password}}}
+    )
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "kubernetes.io/dockerconfigjson",
+                    "metadata": {"name": secret_name, "namespace": namespace},
+                    "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+                },
+            ]
+        ),
+    )
     monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
     kubernetes.config.load_kube_config(config_file=str(stack.kubeconfig))
-    compiler = IncrementalCompiler(ClusterState(
-        bindings=[SecretBinding.model_validate(binding_doc("app", namespace))]))
-    holder = serving.Holder(compiler=compiler, resolver=Resolver(insecure=[registry.host]),
-                            pull_secrets=running.read_pull_secrets)
-    pair = CertificateAuthority(stack.pki).issue("registry-e2e-webhook", "webhook", server=True,
-                                                 hosts=("127.0.0.1",))
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app", namespace))])
+    )
+    holder = serving.Holder(
+        compiler=compiler,
+        resolver=Resolver(insecure=[registry.host]),
+        pull_secrets=running.read_pull_secrets,
+    )
+    pair = CertificateAuthority(stack.pki).issue(
+        "registry-e2e-webhook", "webhook", server=True, hosts=("127.0.0.1",)
+    )
     port = free_port()
 
     def review(pull_secrets: list[str]) -> dict[str, Any]:
-        pod = pod_doc(f"private-{secrets.token_hex(3)}", namespace, labels={"app": "app"},
-                      containers=[{"name": "app", "image": image[0]}])
+        pod = pod_doc(
+            f"private-{secrets.token_hex(3)}",
+            namespace,
+            labels={"app": "app"},
+            containers=[{"name": "app", "image": image[0]}],
+        )
         pod["spec"]["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
-        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-            "uid": secrets.token_hex(8), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "operation": "CREATE", "namespace": namespace, "object": pod}}
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": secrets.token_hex(8),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE",
+                "namespace": namespace,
+                "object": pod,
+            },
+        }
 
     async def run() -> list[tuple[int, str]]:
         runner = await serving.start(holder, "127.0.0.1", port, str(pair.cert), str(pair.key))
@@ -269,8 +365,12 @@ def test_webhook_reads_the_pods_image_pull_secret(
             answers = []
             for refs in ([], ["missing-secret"], [secret_name]):
                 answer = await asyncio.to_thread(
-                    requests.post, f"https://127.0.0.1:{port}/mutate-v1-pod", json=review(refs),
-                    verify=str(stack.ca), timeout=30)
+                    requests.post,
+                    f"https://127.0.0.1:{port}/mutate-v1-pod",
+                    json=review(refs),
+                    verify=str(stack.ca),
+                    timeout=30,
+                )
                 answers.append((answer.status_code, answer.text))
             return answers
         finally:
@@ -284,7 +384,9 @@ def test_webhook_reads_the_pods_image_pull_secret(
         assert "set command" in response["status"]["message"], text
     status, text = with_secret
     response = json.loads(text)["response"]
-    assert status == 200 and response["allowed"] is True and response["patchType"] == "JSONPatch", text
+    assert status == 200 and response["allowed"] is True and response["patchType"] == "JSONPatch", (
+        text
+    )
     patch = json.loads(base64.b64decode(response["patch"]))
     command = next(op["value"] for op in patch if op["path"] == "/spec/containers/0/command")
     assert command[-1] == "/docker-entrypoint.sh", command

@@ -21,8 +21,8 @@ import pytest
 import requests
 import yaml
 
-from cloudtaser.testbed import noding, provisioning, stacking
 from cloudtaser.errors import CloudtaserError
+from cloudtaser.testbed import noding, provisioning, stacking
 from tests.harness.documents import binding_doc
 
 pytestmark = pytest.mark.e2e
@@ -30,21 +30,43 @@ pytestmark = pytest.mark.e2e
 
 def test_status_reports_every_component_healthy(stack: stacking.Paths) -> None:
     rows = stacking.status(stack) + noding.status(stack)
-    assert [r["component"] for r in rows] == ["etcd", "kube-apiserver", "openbao", "opa", "registry",
-                                              "forwarder", "containerd", "kube-controller-manager",
-                                              "kube-scheduler", "kubelet", f"node/{stacking.NODE_NAME}"]
+    assert [r["component"] for r in rows] == [
+        "etcd",
+        "kube-apiserver",
+        "openbao",
+        "opa",
+        "registry",
+        "forwarder",
+        "containerd",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        f"node/{stacking.NODE_NAME}",
+    ]
     assert all(r["health"] == "healthy" for r in rows), rows
 
 
 def test_examples_are_accepted_by_the_api_server(kubectl: Any) -> None:
     """Applied for real, except the examples' Pods (checked by the server, not created: on the
     node one would run without the chart, as `kubectl apply -f examples/` before the install)."""
-    out = kubectl("apply", "-f", str(stacking.REPO / "examples"), "-f", str(stacking.REPO / "policies"),
-                  "--dry-run=server")
+    out = kubectl(
+        "apply",
+        "-f",
+        str(stacking.REPO / "examples"),
+        "-f",
+        str(stacking.REPO / "policies"),
+        "--dry-run=server",
+    )
     assert "pod/demo-app created (server dry run)" in out
-    docs = [d for f in sorted((stacking.REPO / "examples").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-            if d and d["kind"] != "Pod"]
-    out = kubectl("apply", "-f", "-", "-f", str(stacking.REPO / "policies"), stdin=yaml.safe_dump_all(docs))
+    docs = [
+        d
+        for f in sorted((stacking.REPO / "examples").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d and d["kind"] != "Pod"
+    ]
+    out = kubectl(
+        "apply", "-f", "-", "-f", str(stacking.REPO / "policies"), stdin=yaml.safe_dump_all(docs)
+    )
     assert "secretbinding.cloudtaser.io/orders-db" in out
     assert "enforcementpolicy.cloudtaser.io/baseline" in out
 
@@ -63,11 +85,25 @@ def test_structurally_invalid_binding_is_refused_with_the_api_servers_error(kube
 
 def test_get_sb_shows_the_printer_columns(kubectl: Any) -> None:
     header = kubectl("get", "sb", "-A").splitlines()[0].split()
-    assert header == ["NAMESPACE", "NAME", "READY", "PODS", "DELIVERED", "SECRETS", "AGE", "MESSAGE"]
+    assert header == [
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "PODS",
+        "DELIVERED",
+        "SECRETS",
+        "AGE",
+        "MESSAGE",
+    ]
     # `ep` is taken by core Endpoints in kubectl's resolution; `ctep` is ours alone.
     for name in ("enforcementpolicies", "ctep"):
         assert kubectl("get", name).splitlines()[0].split() == [
-            "NAME", "MODE", "NODES", "VIOLATIONS", "AGE"]
+            "NAME",
+            "MODE",
+            "NODES",
+            "VIOLATIONS",
+            "AGE",
+        ]
     assert "orders-db" in kubectl("get", "cloudtaser", "-A")  # the category
     assert "demo" in kubectl("get", "secretbindings", "-n", provisioning.DEMO_NAMESPACE)
 
@@ -75,12 +111,25 @@ def test_get_sb_shows_the_printer_columns(kubectl: Any) -> None:
 def test_the_demo_app_team_manages_bindings_in_its_namespace_only(stack: stacking.Paths) -> None:
     """RBAC of the demo: the app team's group may manage SecretBindings in the demo namespace,
     not elsewhere, and may not touch the cluster-scoped EnforcementPolicies."""
+
     def can(*args: str) -> bool:
         proc = subprocess.run(  # kubectl exits 1 for "no": read the answer, not the code
-            [str(stack.binary("kubectl")), "auth", "can-i", *args, "--as", "alice",
-             "--as-group", provisioning.DEMO_TEAM_GROUP],
-            env={**os.environ, **stacking.environment(stack)}, capture_output=True, text=True,
-            timeout=60, check=False)
+            [
+                str(stack.binary("kubectl")),
+                "auth",
+                "can-i",
+                *args,
+                "--as",
+                "alice",
+                "--as-group",
+                provisioning.DEMO_TEAM_GROUP,
+            ],
+            env={**os.environ, **stacking.environment(stack)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.stdout.strip() in ("yes", "no"), proc.stderr
         return proc.stdout.strip() == "yes"
 
@@ -89,8 +138,14 @@ def test_the_demo_app_team_manages_bindings_in_its_namespace_only(stack: stackin
     assert can("list", "pods", "-n", provisioning.DEMO_NAMESPACE)
     assert not can("create", "secretbindings.cloudtaser.io", "-n", "payments")
     assert not can("create", "enforcementpolicies.cloudtaser.io")
-    assert not can("patch", "secretbindings.cloudtaser.io", "--subresource", "status",
-                   "-n", provisioning.DEMO_NAMESPACE)
+    assert not can(
+        "patch",
+        "secretbindings.cloudtaser.io",
+        "--subresource",
+        "status",
+        "-n",
+        provisioning.DEMO_NAMESPACE,
+    )
     assert not can("get", "secrets", "-n", provisioning.DEMO_NAMESPACE)
 
 
@@ -132,7 +187,8 @@ def test_login_without_client_certificate_is_refused(stack: stacking.Paths, kube
 def _opa(stack: stacking.Paths, rule: str, doc: dict[str, Any]) -> Any:
     response = requests.post(
         f"http://{stacking.HOST}:{stacking.OPA_PORT}/v1/data/cloudtaser/binding/{rule}",
-        json={"input": doc}, timeout=5,
+        json={"input": doc},
+        timeout=5,
     )
     response.raise_for_status()
     return response.json().get("result")
@@ -152,8 +208,9 @@ def test_opa_answers_from_policies(stack: stacking.Paths) -> None:
 
 def test_rego_unit_tests_pass(stack: stacking.Paths) -> None:
     rego = sorted(str(p) for p in (stacking.REPO / "policies").glob("*.rego"))
-    proc = subprocess.run([str(stack.binary("opa")), "test", "-v", *rego],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(stack.binary("opa")), "test", "-v", *rego], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS: 4/4" in proc.stdout
 
@@ -161,16 +218,18 @@ def test_rego_unit_tests_pass(stack: stacking.Paths) -> None:
 def test_env_exports_point_at_the_stack(stack: stacking.Paths) -> None:
     env = stacking.environment(stack)
     assert env["BAO_ADDR"] == f"https://127.0.0.1:{stacking.BAO_PORT}"
-    assert yaml.safe_load(Path(env["KUBECONFIG"]).read_text())["clusters"][0]["cluster"]["server"].startswith(
-        "https://127.0.0.1:")
+    assert yaml.safe_load(Path(env["KUBECONFIG"]).read_text())["clusters"][0]["cluster"][
+        "server"
+    ].startswith("https://127.0.0.1:")
     assert json.loads((stack.state / "bao" / "init.json").read_text())  # present, 0600 below
     assert (stack.state / "bao" / "init.json").stat().st_mode & 0o077 == 0
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "cloudtaser"
-    return subprocess.run([str(exe), "stack", *args], capture_output=True, text=True,
-                          timeout=60, check=check)
+    return subprocess.run(
+        [str(exe), "stack", *args], capture_output=True, text=True, timeout=60, check=check
+    )
 
 
 def test_status_exits_zero_only_when_all_are_healthy(stack: stacking.Paths, tmp_path: Path) -> None:
@@ -180,8 +239,20 @@ def test_status_exits_zero_only_when_all_are_healthy(stack: stacking.Paths, tmp_
     stopped = _cli("status", "--state-dir", str(tmp_path / "none"), "-o", "json", check=False)
     assert stopped.returncode == 1, stopped.stderr
     assert [(r["component"], r["health"]) for r in json.loads(stopped.stdout)] == [
-        (name, "stopped") for name in ("etcd", "kube-apiserver", "openbao", "opa", "registry", "forwarder",
-                                       "containerd", "kube-controller-manager", "kube-scheduler", "kubelet")]
+        (name, "stopped")
+        for name in (
+            "etcd",
+            "kube-apiserver",
+            "openbao",
+            "opa",
+            "registry",
+            "forwarder",
+            "containerd",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+        )
+    ]
 
 
 def test_env_prints_exports_a_shell_can_use(stack: stacking.Paths) -> None:
@@ -189,10 +260,18 @@ def test_env_prints_exports_a_shell_can_use(stack: stacking.Paths) -> None:
     over mTLS with the printed client certificate), and OPA_ADDR answers."""
     exports = _cli("env").stdout
     assert all(line.startswith("export ") for line in exports.splitlines()), exports
-    script = (f"eval {shlex.quote(exports)} && kubectl get namespace {provisioning.DEMO_NAMESPACE} -o name"
-              " && bao status -format=json && curl -sf \"$OPA_ADDR/health\"")
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
-                          check=False, env={"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin"})
+    script = (
+        f"eval {shlex.quote(exports)} && kubectl get namespace {provisioning.DEMO_NAMESPACE} -o name"
+        ' && bao status -format=json && curl -sf "$OPA_ADDR/health"'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"namespace/{provisioning.DEMO_NAMESPACE}"
@@ -219,10 +298,16 @@ def throwaway_bao(tmp_path: Path) -> Iterator[tuple[stacking.Paths, stacking.Com
     (paths.state / "bao" / "config.json").write_text(json.dumps(config))
     real = stacking.component("openbao")
     component = dataclasses.replace(
-        real, address=address,
-        argv=lambda p: [str(p.binary("bao")), "server", f"-config={p.state / 'bao' / 'config.json'}"],
+        real,
+        address=address,
+        argv=lambda p: [
+            str(p.binary("bao")),
+            "server",
+            f"-config={p.state / 'bao' / 'config.json'}",
+        ],
         health=functools.partial(stacking.bao_health, address=address),
-        answering=functools.partial(stacking.bao_health, address=address, answering=True))
+        answering=functools.partial(stacking.bao_health, address=address, answering=True),
+    )
     stacking._start(paths, component)
     try:
         yield paths, component
@@ -238,8 +323,11 @@ def test_status_says_sealed_and_not_initialised_while_up_still_waits_for_them(
     # up() waits only until it answers: an uninitialised server is good enough to provision.
     stacking.wait_healthy(paths, component, timeout=60)
     assert stacking.status(paths, [component])[0]["health"] == "not initialised"
-    client = hvac.Client(url=component.address, verify=str(paths.ca),
-                         cert=(str(paths.cert("admin").cert), str(paths.cert("admin").key)))
+    client = hvac.Client(
+        url=component.address,
+        verify=str(paths.ca),
+        cert=(str(paths.cert("admin").cert), str(paths.cert("admin").key)),
+    )
     key = client.sys.initialize(secret_shares=1, secret_threshold=1)["keys_base64"][0]
     assert stacking.status(paths, [component])[0]["health"] == "sealed"
     stacking.wait_healthy(paths, component, timeout=10)  # still answering for up()

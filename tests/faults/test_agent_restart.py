@@ -53,7 +53,9 @@ class Attacker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             at = time.monotonic()
-            r = subprocess.run([CAT, f"/proc/{self.target}/environ"], capture_output=True, timeout=10)
+            r = subprocess.run(
+                [CAT, f"/proc/{self.target}/environ"], capture_output=True, timeout=10
+            )
             self.attempts.append(Attempt(at, r.returncode, self.secret in r.stdout, bool(r.stdout)))
 
     def start(self) -> None:
@@ -73,15 +75,27 @@ class AgentProcess:
     """The real agent (`python -m cloudtaser.bpf.agent`) as its own process, like the DaemonSet."""
 
     def __init__(self, socket: Path, pin_dir: Path, bpf_object: Path) -> None:
-        self.argv = [sys.executable, "-m", "cloudtaser.bpf.agent", "--socket", str(socket),
-                     "--pin-dir", str(pin_dir), "--object", str(bpf_object),
-                     "--allow-bpf-loader", INTERPRETER,  # other test sessions' agents
-                     "--io-uring", "allow"]  # this machine's sysctl stays as it is
+        self.argv = [
+            sys.executable,
+            "-m",
+            "cloudtaser.bpf.agent",
+            "--socket",
+            str(socket),
+            "--pin-dir",
+            str(pin_dir),
+            "--object",
+            str(bpf_object),
+            "--allow-bpf-loader",
+            INTERPRETER,  # other test sessions' agents
+            "--io-uring",
+            "allow",
+        ]  # this machine's sysctl stays as it is
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith("ready: "), f"the agent did not start (rc {self.proc.poll()})"
@@ -115,7 +129,9 @@ def agent_process(bpf_object: Path, tmp_path: Path) -> Iterator[AgentProcess]:
 
 
 def test_agent_killed_and_restarted_while_an_attacker_loops_on_environ(
-    agent_process: AgentProcess, spawn_victim: Callable[..., Victim], tmp_path: Path,
+    agent_process: AgentProcess,
+    spawn_victim: Callable[..., Victim],
+    tmp_path: Path,
 ) -> None:
     agent_process.start()
     victim = spawn_victim(tmp_path / "agent.sock")
@@ -143,8 +159,10 @@ def test_agent_killed_and_restarted_while_an_attacker_loops_on_environ(
         "agent up again": attacker.between(t_ready, t_end),
     }
     table = ", ".join(f"{name}: {len(a)} attempts" for name, a in phases.items())
-    print(f"\nagent SIGKILLed and restarted (load {t_ready - t_restart:.2f}s); {table}; "
-          f"successful reads: {sum(a.read_anything for a in attacker.attempts)}")
+    print(
+        f"\nagent SIGKILLed and restarted (load {t_ready - t_restart:.2f}s); {table}; "
+        f"successful reads: {sum(a.read_anything for a in attacker.attempts)}"
+    )
     assert not [a for a in attacker.attempts if a.leaked], "the secret was read"
     assert not [a for a in attacker.attempts if a.read_anything], "environ was read"
     assert {a.returncode for a in attacker.attempts} == {-9}, "an attempt was not killed"

@@ -21,14 +21,13 @@ import pytest
 import yaml
 from cryptography import x509
 
+from cloudtaser.engine.plans import WrapperConfig
 from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.testbed.certificates import CertificateAuthority
-from cloudtaser.engine.plans import WrapperConfig
-from tests.harness.stack import compiled_config, sha
 from tests.harness import wrapper
-from tests.harness.waiting import wait_for
-
 from tests.harness.faults import LatencyProxy, Outage, latency_proxy
+from tests.harness.stack import compiled_config, sha
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 EX_TEMPFAIL, EX_CONFIG = 75, 78
@@ -63,12 +62,16 @@ class Wrapper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            raise AssertionError(f"the wrapper hung: still running after {hang_after:.0f}s") from None
+            raise AssertionError(
+                f"the wrapper hung: still running after {hang_after:.0f}s"
+            ) from None
         return Run(self.proc.returncode, err, out, time.monotonic() - self.t0, self.marker.exists())
 
 
 def wrap(config: WrapperConfig, deadline: float, tmp_path: Path) -> Run:
-    return Wrapper(config, deadline, tmp_path / f"started-{secrets.token_hex(4)}").finish(deadline + 30)
+    return Wrapper(config, deadline, tmp_path / f"started-{secrets.token_hex(4)}").finish(
+        deadline + 30
+    )
 
 
 def at(config: WrapperConfig, address: str, **changes: Any) -> WrapperConfig:
@@ -118,7 +121,10 @@ def assert_delivered(run: Run, secret: Secret) -> None:
 
 
 def test_openbao_stopped_wrapper_gives_up_at_its_deadline_and_succeeds_when_it_is_back(
-    stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    token: Path,
+    secret: Secret,
+    tmp_path: Path,
     outage: Callable[[str], Outage],
 ) -> None:
     """Stopped for real (its PID file); one wrapper with a short deadline gives up with one
@@ -138,7 +144,9 @@ def test_openbao_stopped_wrapper_gives_up_at_its_deadline_and_succeeds_when_it_i
                 wrapper.proc.kill()
                 wrapper.proc.communicate()
 
-    assert_one_line_failure(failed, EX_TEMPFAIL, "unreachable (ConnectionError) — gave up after", secret)
+    assert_one_line_failure(
+        failed, EX_TEMPFAIL, "unreachable (ConnectionError) — gave up after", secret
+    )
     assert "login to https://127.0.0.1:18200 (role demo)" in failed.last_line
     retries = [line for line in failed.stderr.splitlines() if "retrying after" in line]
     assert 2 <= len(retries) <= 20, failed.stderr  # bounded, with backoff: not a storm
@@ -146,16 +154,21 @@ def test_openbao_stopped_wrapper_gives_up_at_its_deadline_and_succeeds_when_it_i
     assert 1.5 <= failed.seconds < 4 + 1.5, f"gave up after {failed.seconds:.1f}s for a 4s deadline"
     assert_delivered(back, secret)
     assert "retrying after" in back.stderr
-    print(f"\nopenbao stopped: failure line after {failed.seconds:.2f}s (deadline 4s, "
-          f"{len(retries)} retries); outage {down.restored_after:.1f}s (stack up {down.up_seconds:.1f}s); "
-          f"patient wrapper delivered after {back.seconds:.1f}s")
+    print(
+        f"\nopenbao stopped: failure line after {failed.seconds:.2f}s (deadline 4s, "
+        f"{len(retries)} retries); outage {down.restored_after:.1f}s (stack up {down.up_seconds:.1f}s); "
+        f"patient wrapper delivered after {back.seconds:.1f}s"
+    )
 
 
 # --- OpenBao slow -------------------------------------------------------------------------------
 
 
 def test_proxy_keeps_tls_verification_end_to_end(
-    stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    token: Path,
+    secret: Secret,
+    tmp_path: Path,
 ) -> None:
     """The proxy passes TLS through: the wrapper verifies OpenBao's own certificate, whose
     SANs name 127.0.0.1, localhost and the OpenBao Service's address and name. Reached at an
@@ -163,8 +176,10 @@ def test_proxy_keeps_tls_verification_end_to_end(
     the same proxy gives a TLS failure: verification was not switched off to make it work."""
     cert = x509.load_pem_x509_certificate(stack.cert("openbao").cert.read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1",
-                                                                          stacking.OPENBAO_SERVICE_IP]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == [
+        "127.0.0.1",
+        stacking.OPENBAO_SERVICE_IP,
+    ]
     assert sans.get_values_for_type(x509.DNSName) == ["localhost", "openbao.cloudtaser-system.svc"]
     config = compiled_config(stack, token)
     assert config.sources[0].server_name is None and config.sources[0].ca_file == str(stack.ca)
@@ -175,7 +190,10 @@ def test_proxy_keeps_tls_verification_end_to_end(
 
 
 def test_openbao_slow_below_the_deadline_delivers(
-    stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    token: Path,
+    secret: Secret,
+    tmp_path: Path,
     bao_proxy: LatencyProxy,
 ) -> None:
     bao_proxy.delay = 0.3  # per chunk, each way: the handshake and two requests add up
@@ -187,15 +205,19 @@ def test_openbao_slow_below_the_deadline_delivers(
 
 
 def test_openbao_slower_than_the_deadline_fails_at_the_deadline(
-    stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    token: Path,
+    secret: Secret,
+    tmp_path: Path,
     bao_proxy: LatencyProxy,
 ) -> None:
     """Each chunk 1.5 s late: no socket timeout (5 s) ever trips, every answer would come —
     too late. The deadline bounds the whole fetch: one line at the deadline, never a hang."""
     bao_proxy.delay = 1.5
     run = wrap(at(compiled_config(stack, token), bao_proxy.address), 3, tmp_path)
-    assert_one_line_failure(run, EX_TEMPFAIL, "no complete answer within the 3s deadline (too slow)",
-                            secret)
+    assert_one_line_failure(
+        run, EX_TEMPFAIL, "no complete answer within the 3s deadline (too slow)", secret
+    )
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert 3 <= run.seconds < 3 + 2, f"gave up after {run.seconds:.1f}s for a 3s deadline"
     print(f"\nopenbao slow (1.5 s per chunk), deadline 3 s: failure line after {run.seconds:.2f}s")
@@ -205,13 +227,19 @@ def test_openbao_slower_than_the_deadline_fails_at_the_deadline(
 
 
 def test_wrong_ca_is_a_named_tls_failure_without_retries(
-    stack: stacking.Paths, token: Path, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    token: Path,
+    secret: Secret,
+    tmp_path: Path,
     bao_proxy: LatencyProxy,
 ) -> None:
     """Permanent: one connection, one line, at once — though the deadline would allow 30 s."""
     stranger = CertificateAuthority(tmp_path / "stranger", "some other CA")
-    run = wrap(at(compiled_config(stack, token), bao_proxy.address, ca_file=str(stranger.pair.cert)),
-               30, tmp_path)
+    run = wrap(
+        at(compiled_config(stack, token), bao_proxy.address, ca_file=str(stranger.pair.cert)),
+        30,
+        tmp_path,
+    )
     assert_one_line_failure(run, EX_CONFIG, "TLS failure (certificate verify failed)", secret)
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert bao_proxy.connections == 1
@@ -220,8 +248,11 @@ def test_wrong_ca_is_a_named_tls_failure_without_retries(
 
 
 def rejected(kubectl: Any, jwt: str) -> bool:
-    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-              "spec": {"token": jwt, "audiences": [provisioning.AUDIENCE]}}
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": jwt, "audiences": [provisioning.AUDIENCE]},
+    }
     answer = json.loads(kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(review)))
     return "invalidated" in answer["status"].get("error", "")
 
@@ -230,7 +261,10 @@ def rejected(kubectl: Any, jwt: str) -> bool:
 
 
 def test_token_of_a_deleted_pod_is_permission_denied_without_retries(
-    stack: stacking.Paths, kubectl: Any, secret: Secret, tmp_path: Path,
+    stack: stacking.Paths,
+    kubectl: Any,
+    secret: Secret,
+    tmp_path: Path,
     bao_proxy: LatencyProxy,
 ) -> None:
     """An expired token, the way a pod's token stops being valid in a real cluster: projected
@@ -239,20 +273,46 @@ def test_token_of_a_deleted_pod_is_permission_denied_without_retries(
     service account would break everyone else's tokens). The token works while the pod exists
     — the control — and is refused once it is deleted: permission denied, one login, no retry."""
     name = f"fault-token-{secrets.token_hex(3)}"
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": provisioning.DEMO_NAMESPACE},
-           "spec": {"serviceAccountName": provisioning.DEMO_ACCOUNT,  # restricted, as the namespace enforces
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{"name": "app", "image": "app:1", "command": ["/app"],
-                                    "securityContext": {"allowPrivilegeEscalation": False,
-                                                        "capabilities": {"drop": ["ALL"]}}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": provisioning.DEMO_NAMESPACE},
+        "spec": {
+            "serviceAccountName": provisioning.DEMO_ACCOUNT,  # restricted, as the namespace enforces
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "app:1",
+                    "command": ["/app"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
     created = json.loads(kubectl("create", "-o", "json", "-f", "-", stdin=yaml.safe_dump(pod)))
     try:
         path = tmp_path / "token"
-        path.write_text(kubectl(
-            "create", "token", provisioning.DEMO_ACCOUNT, "-n", provisioning.DEMO_NAMESPACE,
-            "--audience", provisioning.AUDIENCE, "--bound-object-kind", "Pod",
-            "--bound-object-name", name, "--bound-object-uid", created["metadata"]["uid"]))
+        path.write_text(
+            kubectl(
+                "create",
+                "token",
+                provisioning.DEMO_ACCOUNT,
+                "-n",
+                provisioning.DEMO_NAMESPACE,
+                "--audience",
+                provisioning.AUDIENCE,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                name,
+                "--bound-object-uid",
+                created["metadata"]["uid"],
+            )
+        )
         config = at(compiled_config(stack, path), bao_proxy.address)
         assert_delivered(wrap(config, 30, tmp_path), secret)
     finally:

@@ -68,12 +68,25 @@ def test_kernel_tests_pass_on_the_lsm_backend_in_a_guest() -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    r = subprocess.run([str(REPO / "scripts/run-guest-tests"), "tests/kernel", "tests/attacks",
-                        "-m", "kernel and not e2e", "-v"], capture_output=True, text=True,
-                       timeout=3000, env={**os.environ, "CLOUDTASER_GUEST_TIMEOUT": "2700"})
+    r = subprocess.run(
+        [
+            str(REPO / "scripts/run-guest-tests"),
+            "tests/kernel",
+            "tests/attacks",
+            "-m",
+            "kernel and not e2e",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        env={**os.environ, "CLOUDTASER_GUEST_TIMEOUT": "2700"},
+    )
     out = r.stdout
     print(out[-20000:])  # shown with -s or on failure: the guest's pytest output
-    assert r.returncode == 0, f"guest pytest exit status {r.returncode}:\n{out[-4000:]}\n{r.stderr[-2000:]}"
+    assert r.returncode == 0, (
+        f"guest pytest exit status {r.returncode}:\n{out[-4000:]}\n{r.stderr[-2000:]}"
+    )
     assert "LSMs lockdown,capability,landlock,yama,apparmor,bpf" in out
     summary = out.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary

@@ -22,8 +22,15 @@ from typing import TypeVar
 import pytest
 
 from cloudtaser.bpf.agent import Agent
+from cloudtaser.bpf.programs import (
+    LSM,
+    BpfError,
+    check_kallsyms,
+    ensure_bpffs,
+    ensure_tracefs,
+    unpin,
+)
 from cloudtaser.bpf.violations import Violation
-from cloudtaser.bpf.programs import LSM, BpfError, check_kallsyms, ensure_bpffs, ensure_tracefs, unpin
 from cloudtaser.engine.plans import ProtectionFlag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +56,9 @@ def _skip_reason() -> str | None:
         Path(p, "events/syscalls/sys_exit_openat").exists()
         for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
     ):
-        return "kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS) or tracefs is not mounted"
+        return (
+            "kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS) or tracefs is not mounted"
+        )
     for tool, package in (("clang", "clang"), ("bpftool", "bpftool")):
         if shutil.which(tool) is None and not os.environ.get("CLOUDTASER_BPF_OBJECT"):
             return f"{tool} not installed (Debian package {package})"
@@ -69,10 +78,10 @@ def bpf_object() -> Iterator[Path]:
     if prebuilt:
         yield Path(prebuilt)
         return
-    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True
+    )
     yield Path(out.stdout.strip().splitlines()[-1])
-
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +93,11 @@ def bpf_object_path() -> Path:
             pytest.skip(f"{tool} not installed (Debian package {package})")
     if not Path("/sys/kernel/btf/vmlinux").exists():
         pytest.skip("no kernel BTF at /sys/kernel/btf/vmlinux (needed to generate vmlinux.h)")
-    out = subprocess.run([str(REPO / "scripts/build-bpf")], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [str(REPO / "scripts/build-bpf")], check=True, capture_output=True, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])
+
 
 @dataclass
 class AgentRun:
@@ -99,14 +110,21 @@ class AgentRun:
     def start(self, flags: int = PROTECT_BASE, io_uring: str = "allow") -> Agent:
         """The agent in this process. io_uring stays allowed unless asked: the attack rows
         exercise the per-request checks, and this machine's sysctl stays as it is."""
-        self.agent = Agent(self.socket_path, self.bpf_object, flags, self.pin_dir,
-                           self.violations.append, io_uring=io_uring)
+        self.agent = Agent(
+            self.socket_path,
+            self.bpf_object,
+            flags,
+            self.pin_dir,
+            self.violations.append,
+            io_uring=io_uring,
+        )
         self.agent.start()
         self.agent.allow_bpf_loader(INTERPRETER)
         # The KVM guest (scripts/run-guest-tests) must really run the LSM backend.
         expected = os.environ.get("CLOUDTASER_EXPECT_BACKEND")
         assert expected in (None, self.agent.backend), (
-            f"backend {self.agent.backend}, expected {expected}: {self.agent.backend_reason}")
+            f"backend {self.agent.backend}, expected {expected}: {self.agent.backend_reason}"
+        )
         return self.agent
 
     @property
@@ -137,7 +155,11 @@ class AgentRun:
 @pytest.fixture
 def agent_run(bpf_object: Path, tmp_path: Path) -> Iterator[AgentRun]:
     ensure_bpffs()
-    run = AgentRun(tmp_path / "agent.sock", Path(f"/sys/fs/bpf/cloudtaser-test-{uuid.uuid4().hex[:12]}"), bpf_object)
+    run = AgentRun(
+        tmp_path / "agent.sock",
+        Path(f"/sys/fs/bpf/cloudtaser-test-{uuid.uuid4().hex[:12]}"),
+        bpf_object,
+    )
     try:
         yield run
     finally:
@@ -197,9 +219,20 @@ def spawn_in(cgroup: Path | None, socket_path: Path) -> tuple[subprocess.Popen[s
     secret = "s3cr3t-" + secrets.token_hex(16)
     enter = f'echo $$ > "{cgroup}/cgroup.procs"; ' if cgroup else ""
     proc = subprocess.Popen(
-        ["sh", "-c", enter + 'exec "$0" -c "$1" 1 "$2" 0', sys.executable, VICTIM, str(socket_path)],
-        env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=REPO)
+        [
+            "sh",
+            "-c",
+            enter + 'exec "$0" -c "$1" 1 "$2" 0',
+            sys.executable,
+            VICTIM,
+            str(socket_path),
+        ],
+        env={**os.environ, "CT_SECRET": secret},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     return proc, secret
 
 
@@ -210,9 +243,13 @@ def launch(kind: type[V], script: str, *args: str) -> V:
     """Run a victim ``script`` with a random secret in its environment; it prints one line of
     ``key=value`` facts (addresses, fds) once it is ready."""
     secret = "s3cr3t-" + secrets.token_hex(16)
-    proc = subprocess.Popen([sys.executable, "-c", script, *args],
-                            env={**os.environ, "CT_SECRET": secret}, stdout=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env={**os.environ, "CT_SECRET": secret},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     victim = kind(proc, secret, dict(kv.split("=", 1) for kv in line.split()))
@@ -249,8 +286,13 @@ def launched() -> Iterator[Launched]:
 @pytest.fixture
 def spawn_victim(launched: Launched) -> Iterator[Callable[..., Victim]]:
     def spawn(socket_path: Path | None, fork_child: bool = False) -> Victim:
-        return launched(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
-                        "1" if fork_child else "0")
+        return launched(
+            Victim,
+            VICTIM,
+            "1" if socket_path else "0",
+            str(socket_path or ""),
+            "1" if fork_child else "0",
+        )
 
     yield spawn
     for v in launched.victims:  # their forked children; `launched` reaps the victims after
@@ -270,6 +312,7 @@ with open(sys.argv[1], "rb") as f:
 sys.stdout.buffer.write(data)
 """
 
+
 @dataclass
 class Attack:
     returncode: int
@@ -280,19 +323,26 @@ class Attack:
 def attack(code: str, *args: str, cwd: str | None = None) -> Attack:
     """Run ``code`` as a separate root process; it writes what it read to stdout (a failed
     call raises OSError: exit status 1, the errno on stderr)."""
-    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=20, cwd=cwd)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, timeout=20, cwd=cwd
+    )
     return Attack(r.returncode, r.stdout, r.stderr)
 
 
-def assert_blocked(result: Attack | subprocess.CompletedProcess[bytes], backend: str,
-                   victim: Victim | None = None) -> None:
+def assert_blocked(
+    result: Attack | subprocess.CompletedProcess[bytes], backend: str, victim: Victim | None = None
+) -> None:
     """The attacker read nothing. LSM backend: its call failed with EPERM and it lived on
     (it exits 1 from the uncaught PermissionError/OSError); tracepoint backend: SIGKILL before
     the call returned (-9). The victim is unaffected."""
     assert result.stdout == b"", f"the attacker read something: {result}"
     if backend == LSM:
-        denied = (result.returncode == 1 and b"[Errno 1] Operation not permitted" in result.stderr
-                  or result.returncode == 3 and b"Operation not permitted" in result.stderr)  # C
+        denied = (
+            result.returncode == 1
+            and b"[Errno 1] Operation not permitted" in result.stderr
+            or result.returncode == 3
+            and b"Operation not permitted" in result.stderr
+        )  # C
         assert denied, f"attacker not denied with EPERM: {result}"
     else:
         assert result.returncode == -9, f"attacker not killed: {result}"

@@ -120,13 +120,19 @@ def _ns_pid(status: Path) -> int:
 
 def in_namespaces(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     """``command`` as PID 1 of new pid and mount namespaces (a container's view of /proc)."""
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--", *command],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
+    return subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
-def attach(proc: subprocess.Popen[str], secret: str, environ_clean: bool, pins: Path,
-           socket_path: Path) -> Target:
+def attach(
+    proc: subprocess.Popen[str], secret: str, environ_clean: bool, pins: Path, socket_path: Path
+) -> Target:
     """The Target once the app printed its facts (the app's stderr on failure); the agent is
     this process (the tests run it in-process)."""
     assert proc.stdout is not None
@@ -137,12 +143,27 @@ def attach(proc: subprocess.Popen[str], secret: str, environ_clean: bool, pins: 
     info = json.loads(line)
     unshare_child = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
     pids = _host_pids(unshare_child)
-    return Target(pid=pids[info["pid"]], ns_pid=info["pid"], secret=secret, addr=info["addr"],
-                  length=info["len"], scratch=info["scratch"], secret_fd=info["secret_fd"],
-                  copy_fd=info["copy_fd"],
-                  map_range=info["map"], tid=pids[info["tid"]], ns_tid=info["tid"],
-                  child=pids[info["child"]], ns_child=info["child"], environ_clean=environ_clean,
-                  agent_pins=pins, agent_pid=os.getpid(), agent_socket=socket_path, token=f"{CREDENTIALS}/token", stdin=proc)
+    return Target(
+        pid=pids[info["pid"]],
+        ns_pid=info["pid"],
+        secret=secret,
+        addr=info["addr"],
+        length=info["len"],
+        scratch=info["scratch"],
+        secret_fd=info["secret_fd"],
+        copy_fd=info["copy_fd"],
+        map_range=info["map"],
+        tid=pids[info["tid"]],
+        ns_tid=info["tid"],
+        child=pids[info["child"]],
+        ns_child=info["child"],
+        environ_clean=environ_clean,
+        agent_pins=pins,
+        agent_pid=os.getpid(),
+        agent_socket=socket_path,
+        token=f"{CREDENTIALS}/token",
+        stdin=proc,
+    )
 
 
 def start_fixture(kind: str, socket_path: Path, pins: Path) -> Target:
@@ -150,8 +171,23 @@ def start_fixture(kind: str, socket_path: Path, pins: Path) -> Target:
     ``socket_path`` (see the module docstring)."""
     secret = "s3cr3t-" + secrets.token_hex(16)
     env = {**os.environ, "CT_VALUE": secret, "PYTHONPATH": str(REPO)}
-    proc = in_namespaces([sys.executable, "-c", LAUNCHER, str(socket_path), kind, str(INTERPOSER),
-                          CREDENTIALS, sys.executable, "-c", APP, "CT_SECRET", "secret"], env)
+    proc = in_namespaces(
+        [
+            sys.executable,
+            "-c",
+            LAUNCHER,
+            str(socket_path),
+            kind,
+            str(INTERPOSER),
+            CREDENTIALS,
+            sys.executable,
+            "-c",
+            APP,
+            "CT_SECRET",
+            "secret",
+        ],
+        env,
+    )
     return attach(proc, secret, environ_clean=kind == "dynamic", pins=pins, socket_path=socket_path)
 
 
@@ -173,31 +209,55 @@ def stop(target: Target) -> str:
 def wrapped_app(stack: stacking.Paths) -> Iterator[Callable[[AgentRun, Path, str], Target]]:
     """Start the app under the real wrapper (its own namespaces), which fetches ``secret``
     from the stack's OpenBao and registers with the test's agent."""
+
     def start(run: AgentRun, token: Path, secret: str) -> Target:
         config = compiled_config(stack, token, mode="enforce")
         source = config.sources[0]
         # The pod's credentials on a tmpfs volume of the app's mount namespace, as the kubelet
         # mounts a projected token and a Secret: the wrapper names them, the agent guards them.
-        files = {"token": str(token), "tls.crt": source.client_cert_file,
-                 "tls.key": source.client_key_file}
-        config = config.model_copy(update={
-            "token_path": f"{CREDENTIALS}/token",
-            "agent": config.agent.model_copy(update={"socket": str(run.socket_path)}),
-            "sources": [source.model_copy(update={
-                "client_cert_file": f"{CREDENTIALS}/tls.crt",
-                "client_key_file": f"{CREDENTIALS}/tls.key"})]})
-        prelude = (f'mkdir -p {CREDENTIALS} && mount -t tmpfs tmpfs {CREDENTIALS} && '
-                   + " && ".join(f'cp "{src}" {CREDENTIALS}/{name}' for name, src in files.items())
-                   + ' && exec "$@"')
+        files = {
+            "token": str(token),
+            "tls.crt": source.client_cert_file,
+            "tls.key": source.client_key_file,
+        }
+        config = config.model_copy(
+            update={
+                "token_path": f"{CREDENTIALS}/token",
+                "agent": config.agent.model_copy(update={"socket": str(run.socket_path)}),
+                "sources": [
+                    source.model_copy(
+                        update={
+                            "client_cert_file": f"{CREDENTIALS}/tls.crt",
+                            "client_key_file": f"{CREDENTIALS}/tls.key",
+                        }
+                    )
+                ],
+            }
+        )
+        prelude = (
+            f"mkdir -p {CREDENTIALS} && mount -t tmpfs tmpfs {CREDENTIALS} && "
+            + " && ".join(f'cp "{src}" {CREDENTIALS}/{name}' for name, src in files.items())
+            + ' && exec "$@"'
+        )
         proc = in_namespaces(
-            ["sh", "-c", prelude, "prelude",
-             *wrapper.command(sys.executable, "-c", APP, "DEMO_PASSWORD", "demo-password",
-                              deadline=20)], wrapper.environment(config))
-        target = attach(proc, secret, environ_clean=False, pins=run.pin_dir,
-                        socket_path=run.socket_path)
+            [
+                "sh",
+                "-c",
+                prelude,
+                "prelude",
+                *wrapper.command(
+                    sys.executable, "-c", APP, "DEMO_PASSWORD", "demo-password", deadline=20
+                ),
+            ],
+            wrapper.environment(config),
+        )
+        target = attach(
+            proc, secret, environ_clean=False, pins=run.pin_dir, socket_path=run.socket_path
+        )
         target.env = wrapper.environment(config)
-        target.credentials = tuple(Path(src).read_bytes().strip() for src in files.values()
-                                   if not src.endswith(".crt"))
+        target.credentials = tuple(
+            Path(src).read_bytes().strip() for src in files.values() if not src.endswith(".crt")
+        )
         assert run.agent is not None
         entry = run.agent.entry(target.pid)
         assert entry is not None, "the wrapped app is not registered"

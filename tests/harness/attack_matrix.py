@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudtaser.bpf.violations import Violation
-from cloudtaser.bpf.programs import LSM
 from cloudtaser.rendering import table
 from tests.harness.attacking import Attack, run_attacker
 
@@ -99,89 +98,248 @@ def _v(name: str, cls: str, kind: str | None, args: Args, **kw: object) -> Vecto
 
 
 VECTORS: list[Vector] = [
-    _v("environ: /proc/PID/environ", "environ", "environ",
-       lambda t, a: ["read", f"{t.proc(a)}/environ"]),
-    _v("environ: /proc/PID/task/TID/environ", "environ", "environ",
-       lambda t, a: ["read", f"{t.proc(a)}/task/{t.proc(a, t.tid).rsplit('/', 1)[1]}/environ"]),
-    _v("mem: pread /proc/PID/mem", "mem", "mem",
-       lambda t, a: ["mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
-    _v("mem: creat() /proc/PID/mem, write (code injection)", "mem", "mem",
-       lambda t, a: ["creat-mem", t.pid_for(a), str(t.scratch)]),
-    _v("fd: /proc/PID/fd/N of memfd_secret + mmap", "fd", None,
-       lambda t, a: ["map", f"{t.proc(a)}/fd/{t.secret_fd}"]),
-    _v("fd: /proc/PID/map_files of memfd_secret + mmap", "fd", None,
-       lambda t, a: ["map", f"{t.proc(a)}/map_files/{t.map_range}"]),
-    _v("fd: /proc/PID/fd/N of a memfd copy", "fd", "fd",
-       lambda t, a: ["read", f"{t.proc(a)}/fd/{t.copy_fd}"]),
-    _v("fd: open_by_handle_at of a memfd copy", "fd", "fd",
-       lambda t, a: ["handle", f"{t.proc(a)}/fd/{t.copy_fd}"]),
-    _v("fd: pidfd_getfd of memfd_secret + mmap", "fd", "pidfd_getfd",
-       lambda t, a: ["getfd-map", t.pid_for(a), str(t.secret_fd)]),
-    _v("shared fd table: environ read after its opener died", "use", "environ",
-       lambda t, a: ["shared-read", f"{t.proc(a)}/environ"]),
-    _v("shared fd table: mem pread after its opener died", "use", "mem",
-       lambda t, a: ["shared-pread", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
-    _v("shared fd table: pidfd_getfd'd memfd_secret, mmap", "use", "pidfd_getfd",
-       lambda t, a: ["shared-getfd-map", t.pid_for(a), str(t.secret_fd)]),
-    _v("shared memory: memfd copy read into a CLONE_VM accomplice's memory", "use", "fd",
-       lambda t, a: ["vm-read", f"{t.proc(a)}/fd/{t.copy_fd}"]),
-    _v("shared memory: racing read of a memfd copy into a MAP_SHARED buffer", "use", "fd",
-       lambda t, a: ["shm-race", f"{t.proc(a)}/fd/{t.copy_fd}"],
-       residual={"tracepoint": "kill-based: a reader sharing the opener's fd table that reads "
-                               "in the microseconds before its kill lands gets a memfd copy's "
-                               "pages into a MAP_SHARED buffer another process sees"}),
-    _v("shared memory: memfd_secret mapped for a CLONE_VM accomplice", "use", "pidfd_getfd",
-       lambda t, a: ["vm-getfd-map", t.pid_for(a), str(t.secret_fd)]),
-    _v("ia32 syscalls: environ (open, read)", "compat", "environ",
-       lambda t, a: ["ia32-read", f"{t.proc(a)}/environ"]),
-    _v("ia32 syscalls: mem (open, _llseek, read)", "compat", "mem",
-       lambda t, a: ["ia32-mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)]),
-    _v("ia32 syscalls: pidfd_getfd of memfd_secret + mmap2", "compat", "pidfd_getfd",
-       lambda t, a: ["ia32-getfd-map", t.pid_for(a), str(t.secret_fd)]),
-    _v("ia32 syscalls: PTRACE_SEIZE, then PEEKDATA", "compat", "ptrace",
-       lambda t, a: ["ia32-ptrace", t.pid_for(a), str(t.addr)]),
-    _v("io_uring: OPENAT + READ of environ", "io_uring", "environ",
-       lambda t, a: ["uring-read", f"{t.proc(a)}/environ"]),
-    _v("io_uring: fixed file READ of environ", "io_uring", "environ",
-       lambda t, a: ["uring-fixed", f"{t.proc(a)}/environ"]),
-    _v("io_uring: SPLICE from a fixed file (a memfd copy)", "io_uring", "fd",
-       lambda t, a: ["uring-splice", f"{t.proc(a)}/fd/{t.copy_fd}"]),
-    _v("io_uring: OPENAT into an empty fixed slot linked to a READ of it (mem)", "io_uring",
-       "mem", lambda t, a: ["uring-linked", f"{t.proc(a)}/mem", str(t.addr)]),
-    _v("io_uring: fixed file READ of a memfd copy", "io_uring", "fd",
-       lambda t, a: ["uring-fixed", f"{t.proc(a)}/fd/{t.copy_fd}"]),
-    _v("ptrace: PTRACE_SEIZE + PEEKDATA", "ptrace", "ptrace",
-       lambda t, a: ["ptrace", t.pid_for(a), str(t.addr)]),
-    _v("process_vm_readv", "ptrace", "process_vm_readv",
-       lambda t, a: ["vm-readv", t.pid_for(a), str(t.addr), str(t.length)]),
-    _v("perf_event_open: user stacks of the app", "perf", "perf",
-       lambda t, a: ["perf", t.pid_for(a)]),
-    _v("perf_event_open: node-wide user stack sampling", "perf", "perf",
-       lambda t, a: ["perf", "-1"], attackers=NODE),
-    _v("process_madvise (pages out to swap)", "ptrace", "process_madvise",
-       lambda t, a: ["madvise", t.pid_for(a), str(t.addr), str(t.length)]),
+    _v(
+        "environ: /proc/PID/environ",
+        "environ",
+        "environ",
+        lambda t, a: ["read", f"{t.proc(a)}/environ"],
+    ),
+    _v(
+        "environ: /proc/PID/task/TID/environ",
+        "environ",
+        "environ",
+        lambda t, a: ["read", f"{t.proc(a)}/task/{t.proc(a, t.tid).rsplit('/', 1)[1]}/environ"],
+    ),
+    _v(
+        "mem: pread /proc/PID/mem",
+        "mem",
+        "mem",
+        lambda t, a: ["mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)],
+    ),
+    _v(
+        "mem: creat() /proc/PID/mem, write (code injection)",
+        "mem",
+        "mem",
+        lambda t, a: ["creat-mem", t.pid_for(a), str(t.scratch)],
+    ),
+    _v(
+        "fd: /proc/PID/fd/N of memfd_secret + mmap",
+        "fd",
+        None,
+        lambda t, a: ["map", f"{t.proc(a)}/fd/{t.secret_fd}"],
+    ),
+    _v(
+        "fd: /proc/PID/map_files of memfd_secret + mmap",
+        "fd",
+        None,
+        lambda t, a: ["map", f"{t.proc(a)}/map_files/{t.map_range}"],
+    ),
+    _v(
+        "fd: /proc/PID/fd/N of a memfd copy",
+        "fd",
+        "fd",
+        lambda t, a: ["read", f"{t.proc(a)}/fd/{t.copy_fd}"],
+    ),
+    _v(
+        "fd: open_by_handle_at of a memfd copy",
+        "fd",
+        "fd",
+        lambda t, a: ["handle", f"{t.proc(a)}/fd/{t.copy_fd}"],
+    ),
+    _v(
+        "fd: pidfd_getfd of memfd_secret + mmap",
+        "fd",
+        "pidfd_getfd",
+        lambda t, a: ["getfd-map", t.pid_for(a), str(t.secret_fd)],
+    ),
+    _v(
+        "shared fd table: environ read after its opener died",
+        "use",
+        "environ",
+        lambda t, a: ["shared-read", f"{t.proc(a)}/environ"],
+    ),
+    _v(
+        "shared fd table: mem pread after its opener died",
+        "use",
+        "mem",
+        lambda t, a: ["shared-pread", f"{t.proc(a)}/mem", str(t.addr), str(t.length)],
+    ),
+    _v(
+        "shared fd table: pidfd_getfd'd memfd_secret, mmap",
+        "use",
+        "pidfd_getfd",
+        lambda t, a: ["shared-getfd-map", t.pid_for(a), str(t.secret_fd)],
+    ),
+    _v(
+        "shared memory: memfd copy read into a CLONE_VM accomplice's memory",
+        "use",
+        "fd",
+        lambda t, a: ["vm-read", f"{t.proc(a)}/fd/{t.copy_fd}"],
+    ),
+    _v(
+        "shared memory: racing read of a memfd copy into a MAP_SHARED buffer",
+        "use",
+        "fd",
+        lambda t, a: ["shm-race", f"{t.proc(a)}/fd/{t.copy_fd}"],
+        residual={
+            "tracepoint": "kill-based: a reader sharing the opener's fd table that reads "
+            "in the microseconds before its kill lands gets a memfd copy's "
+            "pages into a MAP_SHARED buffer another process sees"
+        },
+    ),
+    _v(
+        "shared memory: memfd_secret mapped for a CLONE_VM accomplice",
+        "use",
+        "pidfd_getfd",
+        lambda t, a: ["vm-getfd-map", t.pid_for(a), str(t.secret_fd)],
+    ),
+    _v(
+        "ia32 syscalls: environ (open, read)",
+        "compat",
+        "environ",
+        lambda t, a: ["ia32-read", f"{t.proc(a)}/environ"],
+    ),
+    _v(
+        "ia32 syscalls: mem (open, _llseek, read)",
+        "compat",
+        "mem",
+        lambda t, a: ["ia32-mem", f"{t.proc(a)}/mem", str(t.addr), str(t.length)],
+    ),
+    _v(
+        "ia32 syscalls: pidfd_getfd of memfd_secret + mmap2",
+        "compat",
+        "pidfd_getfd",
+        lambda t, a: ["ia32-getfd-map", t.pid_for(a), str(t.secret_fd)],
+    ),
+    _v(
+        "ia32 syscalls: PTRACE_SEIZE, then PEEKDATA",
+        "compat",
+        "ptrace",
+        lambda t, a: ["ia32-ptrace", t.pid_for(a), str(t.addr)],
+    ),
+    _v(
+        "io_uring: OPENAT + READ of environ",
+        "io_uring",
+        "environ",
+        lambda t, a: ["uring-read", f"{t.proc(a)}/environ"],
+    ),
+    _v(
+        "io_uring: fixed file READ of environ",
+        "io_uring",
+        "environ",
+        lambda t, a: ["uring-fixed", f"{t.proc(a)}/environ"],
+    ),
+    _v(
+        "io_uring: SPLICE from a fixed file (a memfd copy)",
+        "io_uring",
+        "fd",
+        lambda t, a: ["uring-splice", f"{t.proc(a)}/fd/{t.copy_fd}"],
+    ),
+    _v(
+        "io_uring: OPENAT into an empty fixed slot linked to a READ of it (mem)",
+        "io_uring",
+        "mem",
+        lambda t, a: ["uring-linked", f"{t.proc(a)}/mem", str(t.addr)],
+    ),
+    _v(
+        "io_uring: fixed file READ of a memfd copy",
+        "io_uring",
+        "fd",
+        lambda t, a: ["uring-fixed", f"{t.proc(a)}/fd/{t.copy_fd}"],
+    ),
+    _v(
+        "ptrace: PTRACE_SEIZE + PEEKDATA",
+        "ptrace",
+        "ptrace",
+        lambda t, a: ["ptrace", t.pid_for(a), str(t.addr)],
+    ),
+    _v(
+        "process_vm_readv",
+        "ptrace",
+        "process_vm_readv",
+        lambda t, a: ["vm-readv", t.pid_for(a), str(t.addr), str(t.length)],
+    ),
+    _v(
+        "perf_event_open: user stacks of the app",
+        "perf",
+        "perf",
+        lambda t, a: ["perf", t.pid_for(a)],
+    ),
+    _v(
+        "perf_event_open: node-wide user stack sampling",
+        "perf",
+        "perf",
+        lambda t, a: ["perf", "-1"],
+        attackers=NODE,
+    ),
+    _v(
+        "process_madvise (pages out to swap)",
+        "ptrace",
+        "process_madvise",
+        lambda t, a: ["madvise", t.pid_for(a), str(t.addr), str(t.length)],
+    ),
     _v("BPF: load a tracing program", "bpf", "bpf", lambda t, a: ["bpf-load"], attackers=NODE),
-    _v("tracefs: define a uprobe", "bpf", "tracefs",
-       lambda t, a: ["uprobe", "/bin/true"], attackers=NODE),
-    _v("agent: delete the app from the pinned map (bpftool map delete)", "agent", "bpf",
-       lambda t, a: ["map-delete", str(t.agent_pins / "maps" / "protected"), str(t.pid)],
-       attackers=(ROOT,), always=True),
-    _v("agent: run its agent_op program as if the agent", "agent", "agent",
-       lambda t, a: ["agent-op", str(t.agent_pins / "progs" / "agent_op"), str(t.pid)],
-       attackers=(ROOT,), always=True),
-    _v("agent: read its memory (/proc/AGENT/mem)", "agent", "mem",
-       lambda t, a: ["mem", f"/proc/{t.agent_pid}/mem", "4096", "8"], attackers=(ROOT,),
-       always=True, target="agent"),
-    _v("agent: ptrace it", "agent", "ptrace",
-       lambda t, a: ["ptrace", str(t.agent_pid), "4096"], attackers=(ROOT,), always=True,
-       target="agent"),
-    _v("credentials: read the pod's token (its projected volume)", "credentials", "credentials",
-       lambda t, a: ["read", t.token if a != ROOT else f"/proc/{t.pid}/root{t.token}"]),
-    _v("credentials: a second wrapper in the pod registers, then reads the token", "credentials",
-       "credentials", lambda t, a: ["register-read", str(t.agent_socket), t.token],
-       attackers=(POD, POD_SECCOMP, POD_PTRACE)),
-    _v("child forked after registration: environ", "environ", "environ",
-       lambda t, a: ["read", f"{t.proc(a, t.child)}/environ"], target="child"),
+    _v(
+        "tracefs: define a uprobe",
+        "bpf",
+        "tracefs",
+        lambda t, a: ["uprobe", "/bin/true"],
+        attackers=NODE,
+    ),
+    _v(
+        "agent: delete the app from the pinned map (bpftool map delete)",
+        "agent",
+        "bpf",
+        lambda t, a: ["map-delete", str(t.agent_pins / "maps" / "protected"), str(t.pid)],
+        attackers=(ROOT,),
+        always=True,
+    ),
+    _v(
+        "agent: run its agent_op program as if the agent",
+        "agent",
+        "agent",
+        lambda t, a: ["agent-op", str(t.agent_pins / "progs" / "agent_op"), str(t.pid)],
+        attackers=(ROOT,),
+        always=True,
+    ),
+    _v(
+        "agent: read its memory (/proc/AGENT/mem)",
+        "agent",
+        "mem",
+        lambda t, a: ["mem", f"/proc/{t.agent_pid}/mem", "4096", "8"],
+        attackers=(ROOT,),
+        always=True,
+        target="agent",
+    ),
+    _v(
+        "agent: ptrace it",
+        "agent",
+        "ptrace",
+        lambda t, a: ["ptrace", str(t.agent_pid), "4096"],
+        attackers=(ROOT,),
+        always=True,
+        target="agent",
+    ),
+    _v(
+        "credentials: read the pod's token (its projected volume)",
+        "credentials",
+        "credentials",
+        lambda t, a: ["read", t.token if a != ROOT else f"/proc/{t.pid}/root{t.token}"],
+    ),
+    _v(
+        "credentials: a second wrapper in the pod registers, then reads the token",
+        "credentials",
+        "credentials",
+        lambda t, a: ["register-read", str(t.agent_socket), t.token],
+        attackers=(POD, POD_SECCOMP, POD_PTRACE),
+    ),
+    _v(
+        "child forked after registration: environ",
+        "environ",
+        "environ",
+        lambda t, a: ["read", f"{t.proc(a, t.child)}/environ"],
+        target="child",
+    ),
 ]
 
 
@@ -220,8 +378,9 @@ def _settled(violations: list[Violation], quiet: float = 0.1) -> int:
         count = len(violations)
 
 
-def wait_report(violations: list[Violation], since: int, pred: Callable[[Violation], bool],
-                 timeout: float) -> Violation | None:
+def wait_report(
+    violations: list[Violation], since: int, pred: Callable[[Violation], bool], timeout: float
+) -> Violation | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for v in violations[since:]:
@@ -239,22 +398,38 @@ def _describe(r: Attack) -> str:
     return f"exit {r.returncode}"
 
 
-def attempt(app: str, vector: Vector, attacker: str, target: Target, violations: list[Violation],
-            mode: str, backend: str) -> Row:
+def attempt(
+    app: str,
+    vector: Vector,
+    attacker: str,
+    target: Target,
+    violations: list[Violation],
+    mode: str,
+    backend: str,
+) -> Row:
     """One vector by one attacker; the row (also appended to RESULTS)."""
     since = _settled(violations)
-    r = run_attacker(*vector.args(target, attacker), in_pod=attacker != ROOT,
-                     ptrace=attacker == POD_PTRACE, seccomp=attacker == POD_SECCOMP,
-                     enter=None if attacker == ROOT else target.pid)
+    r = run_attacker(
+        *vector.args(target, attacker),
+        in_pod=attacker != ROOT,
+        ptrace=attacker == POD_PTRACE,
+        seccomp=attacker == POD_SECCOMP,
+        enter=None if attacker == ROOT else target.pid,
+    )
     victim = {"pid": target.pid, "child": target.child, "agent": target.agent_pid}[vector.target]
     got = obtained(target.secret, r.stdout)
     if not got and any(c and c in r.stdout for c in target.credentials):
         got = len(target.secret)  # a login as the pod: the whole secret
     # Whatever the agent reported of this attempt: the target, or the node (target 0).
-    v = wait_report(violations, since,
-                     lambda v: v.opener_comm.startswith(ATTACKER_COMMS)
-                     and (v.target_tgid in (victim, 0) or v.kind == "agent"),
-                     timeout=0.3 if r.refused else 3.0)
+    v = wait_report(
+        violations,
+        since,
+        lambda v: (
+            v.opener_comm.startswith(ATTACKER_COMMS)
+            and (v.target_tgid in (victim, 0) or v.kind == "agent")
+        ),
+        timeout=0.3 if r.refused else 3.0,
+    )
     reported = f"{v.kind}/{v.via}/{v.action}" if v else "-"
     residual = vector.residual.get(backend)
     stopped = v is not None and v.action in ("killed", "denied")
@@ -279,8 +454,21 @@ def attempt(app: str, vector: Vector, attacker: str, target: Target, violations:
 def render(rows: list[Row]) -> str:
     return table(
         ["app", "vector", "attacker", "mode", "result", "secret bytes", "reported", "ok", "note"],
-        [(r.app, r.vector, r.attacker, r.mode, r.result, r.obtained, r.reported,
-          "ok" if r.ok else "FAIL", r.note) for r in rows])
+        [
+            (
+                r.app,
+                r.vector,
+                r.attacker,
+                r.mode,
+                r.result,
+                r.obtained,
+                r.reported,
+                "ok" if r.ok else "FAIL",
+                r.note,
+            )
+            for r in rows
+        ],
+    )
 
 
 def resume(target: Target) -> None:

@@ -29,8 +29,12 @@ def attacker_binary() -> Path:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", str(tmp),
-                        str(SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", str(tmp), str(SOURCE)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         tmp.rename(path)
     return path
 
@@ -52,15 +56,31 @@ class Attack:
         return None
 
 
-def run_attacker(*args: str, in_pod: bool = False, ptrace: bool = False, seccomp: bool = False,
-                 enter: int | None = None, stdin: bytes | None = None, timeout: float = 20,
-                 env: dict[str, str] | None = None) -> Attack:
+def run_attacker(
+    *args: str,
+    in_pod: bool = False,
+    ptrace: bool = False,
+    seccomp: bool = False,
+    enter: int | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 20,
+    env: dict[str, str] | None = None,
+) -> Attack:
     """Run one vector as a separate process: node root, or (``in_pod``) with a container's
     default capabilities (``ptrace``: plus CAP_SYS_PTRACE) and (``seccomp``) its filter, in the
     pid and mount namespaces of the process ``enter`` (nsenter, before dropping anything)."""
-    flags = [*(["--in-pod"] if in_pod else []), *(["--ptrace"] if ptrace else []),
-             *(["--seccomp"] if seccomp else [])]
+    flags = [
+        *(["--in-pod"] if in_pod else []),
+        *(["--ptrace"] if ptrace else []),
+        *(["--seccomp"] if seccomp else []),
+    ]
     prefix = ["nsenter", "-t", str(enter), "-p", "-m", "--"] if enter else []
-    r = subprocess.run([*prefix, str(attacker_binary()), *flags, *args], input=stdin,
-                       capture_output=True, timeout=timeout, check=False, env=env)
+    r = subprocess.run(
+        [*prefix, str(attacker_binary()), *flags, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
     return Attack(r.returncode, r.stdout, r.stderr)

@@ -15,7 +15,9 @@ def binding_doc(name: str = "app", namespace: str = "team", **spec: Any) -> dict
     body: dict[str, Any] = {
         "selector": {"matchLabels": {"app": name}},
         "vault": {"address": "https://bao.example:8200", "role": name},
-        "secrets": [{"path": f"{namespace}/{name}", "keys": [{"key": "password", "env": "PASSWORD"}]}],
+        "secrets": [
+            {"path": f"{namespace}/{name}", "keys": [{"key": "password", "env": "PASSWORD"}]}
+        ],
     }
     body.update(spec)
     return {

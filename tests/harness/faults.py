@@ -52,8 +52,9 @@ class Outage:
             return
         started = time.monotonic()
         exe = Path(sys.executable).parent / "cloudtaser"
-        proc = subprocess.run([str(exe), "stack", "up"], capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = subprocess.run(
+            [str(exe), "stack", "up"], capture_output=True, text=True, timeout=300, check=False
+        )
         self.up_seconds = time.monotonic() - started
         self.restored_after = time.monotonic() - self.stopped_at
         assert proc.returncode == 0, f"cloudtaser stack up failed:\n{proc.stderr}"

@@ -62,8 +62,9 @@ def fill(fd: int, value: bytes) -> None:
     if os.fstat(fd).st_size != len(value):
         os.ftruncate(fd, len(value))
     if value:
-        with mmap.mmap(fd, len(value), flags=mmap.MAP_SHARED,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as region:
+        with mmap.mmap(
+            fd, len(value), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        ) as region:
             region[:] = value
 
 
@@ -76,8 +77,11 @@ def new_secret_fd(value: bytes, kind: str = "memfd", sealed: bool = False) -> in
         fd = os.memfd_create("cloudtaser-test", os.MFD_ALLOW_SEALING)
     fill(fd, value)
     if sealed:
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
     return int(fd)
 
 
@@ -102,15 +106,20 @@ def facts(stdout: bytes) -> dict[str, str]:
 
 
 def build(target: str) -> None:
-    subprocess.run(["make", "-s", "-C", str(INTERPOSER_DIR), target], check=True,
-                   capture_output=True, timeout=TIMEOUT)
+    subprocess.run(
+        ["make", "-s", "-C", str(INTERPOSER_DIR), target],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
 
 
 class Served:
     """Secret fds plus the manifest that describes them; runs children with the interposer."""
 
-    def __init__(self, library: Path, runner: Callable[..., subprocess.CompletedProcess[bytes]]
-                 | None = None) -> None:
+    def __init__(
+        self, library: Path, runner: Callable[..., subprocess.CompletedProcess[bytes]] | None = None
+    ) -> None:
         self.library = library
         self.runner = runner
         self.fds: list[int] = []
@@ -145,16 +154,27 @@ class Served:
         for value in self.values:
             assert value not in stderr and value.hex().encode() not in stderr
 
-    def run(self, argv: Sequence[str | os.PathLike[str]], manifest: str | None = None,
-            stdin: bytes | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        manifest: str | None = None,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         environ = self.environ(manifest) if env is None else env
         args = [os.fspath(a) for a in argv]
         if self.runner is not None:
             result = self.runner(args, environ, self.fds, stdin)
         else:
-            result = subprocess.run(args, env=environ, pass_fds=self.fds, input=stdin,
-                                    capture_output=True, timeout=TIMEOUT, check=False)
+            result = subprocess.run(
+                args,
+                env=environ,
+                pass_fds=self.fds,
+                input=stdin,
+                capture_output=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
         self.check_stderr(result.stderr)
         return result
 
@@ -202,9 +222,11 @@ def _enter_chroot(root: Path) -> Callable[[], None]:
     proc = os.fsencode(root / "proc")
 
     def enter() -> None:
-        if _libc.unshare(CLONE_NEWNS) != 0 or \
-                _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0 or \
-                _libc.mount(b"proc", proc, b"proc", 0, None) != 0:
+        if (
+            _libc.unshare(CLONE_NEWNS) != 0
+            or _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0
+            or _libc.mount(b"proc", proc, b"proc", 0, None) != 0
+        ):
             raise OSError(ctypes.get_errno(), "unshare/mount for the chroot")
         os.chroot(root)
         os.chdir("/")
@@ -248,16 +270,36 @@ class Target:
     def compile(self, source: Path, name: str, *flags: str) -> str:
         """Builds SOURCE; returns the path to run it by (inside the chroot for musl)."""
         out = self.workdir / name
-        subprocess.run([self.compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-I",
-                        str(INTERPOSER_DIR), "-o", str(out), str(source), *flags], check=True,
-                       capture_output=True, timeout=TIMEOUT)
+        subprocess.run(
+            [
+                self.compiler,
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-I",
+                str(INTERPOSER_DIR),
+                "-o",
+                str(out),
+                str(source),
+                *flags,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
         if not self.chrooted:
             return str(out)
         shutil.copy2(out, self.root / "bin" / name)
         return f"/bin/{name}"
 
-    def run(self, argv: Sequence[str], env: dict[str, str], fds: Sequence[int] = (),
-            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        fds: Sequence[int] = (),
+        stdin: bytes | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         args = list(argv)
         preexec = None
         if self.emulated:
@@ -265,9 +307,16 @@ class Target:
             args = prefix + args
         if self.chrooted:
             preexec = _enter_chroot(self.root)
-        return subprocess.run(args, env=env, pass_fds=list(fds), input=stdin,
-                              capture_output=True, timeout=TIMEOUT, check=False,
-                              preexec_fn=preexec)
+        return subprocess.run(
+            args,
+            env=env,
+            pass_fds=list(fds),
+            input=stdin,
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+            preexec_fn=preexec,
+        )
 
     def served(self) -> Served:
         return Served(Path(self.preload()), runner=self.run)

@@ -88,7 +88,8 @@ def rss_bytes(pid: int) -> int | None:
 
 def api_client(paths: stacking.Paths) -> kubernetes.client.ApiClient:
     client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(paths.kubeconfig))
+        config_file=str(paths.kubeconfig)
+    )
     return client
 
 
@@ -112,6 +113,7 @@ class Agent:
                 if stream is not None:
                     stream.close()
         from cloudtaser.bpf.programs import unpin
+
         unpin(self.pin_dir)
 
 
@@ -122,27 +124,49 @@ def start_agent(tmp: Path, paths: stacking.Paths, node: str | None) -> Agent:
     pin_dir = Path(f"/sys/fs/bpf/cloudtaser-load-{uuid.uuid4().hex[:12]}")
     if os.geteuid() != 0:
         return Agent(None, sock, pin_dir, "not root: the agent loads BPF programs")
-    build = subprocess.run([str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True,
-                           check=False)
+    build = subprocess.run(
+        [str(REPO / "scripts" / "build-bpf")], capture_output=True, text=True, check=False
+    )
     if build.returncode != 0:
-        return Agent(None, sock, pin_dir, f"scripts/build-bpf failed: {build.stderr.strip()[-200:]}")
+        return Agent(
+            None, sock, pin_dir, f"scripts/build-bpf failed: {build.stderr.strip()[-200:]}"
+        )
     # This interpreter may load tracing programs while the agent protects the load's wrappers:
     # an agent started by tests running beside the benchmark uses it.
-    command = [sys.executable, "-m", "cloudtaser.bpf.agent", "--socket", str(sock), "--pin-dir",
-               str(pin_dir), "--object", build.stdout.strip().splitlines()[-1],
-               "--allow-bpf-loader", os.path.realpath(sys.executable), "--io-uring", "allow"]
+    command = [
+        sys.executable,
+        "-m",
+        "cloudtaser.bpf.agent",
+        "--socket",
+        str(sock),
+        "--pin-dir",
+        str(pin_dir),
+        "--object",
+        build.stdout.strip().splitlines()[-1],
+        "--allow-bpf-loader",
+        os.path.realpath(sys.executable),
+        "--io-uring",
+        "allow",
+    ]
     if node:
         command += ["--node", node]
-    process = subprocess.Popen(command, env={**os.environ, **stacking.environment(paths)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **stacking.environment(paths)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     line = process.stdout.readline()  # "ready: SOCKET", or EOF when it failed
     if not line.startswith("ready:"):
         _, err = process.communicate(timeout=20)
         return Agent(None, sock, pin_dir, f"agent did not start: {err.strip()[-300:]}")
     # Drain its logs (a line per registration) so that it never blocks on a full pipe.
-    drains = [threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True)
-              for stream in (process.stdout, process.stderr)]
+    drains = [
+        threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True)
+        for stream in (process.stdout, process.stderr)
+    ]
     for thread in drains:
         thread.start()
     return Agent(process, sock, pin_dir, drains=drains)
@@ -186,7 +210,7 @@ def _stamp(text: str) -> datetime.datetime:
     try:
         return datetime.datetime.strptime(text.removesuffix(" UTC"), "%Y-%m-%d %H:%M:%S %z")
     except ValueError:
-        return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
 class BaoLogins:
@@ -208,7 +232,9 @@ class BaoLogins:
         except Exception as e:  # reported as the figure's absence, never fatal
             self.error = type(e).__name__
             return
-        count = sum(int(s.get("Count", 0)) for s in data.get("Samples", []) if s.get("Name") == self.name)
+        count = sum(
+            int(s.get("Count", 0)) for s in data.get("Samples", []) if s.get("Name") == self.name
+        )
         stamp = str(data.get("Timestamp"))
         self.per_interval[stamp] = max(self.per_interval.get(stamp, 0), count)
 
@@ -227,7 +253,7 @@ class BaoLogins:
         self._thread.join()
         # The sink shows the last complete interval: wait until one that began after the
         # run's end is shown (at most ~25 s), so that the run's last logins are counted.
-        end = datetime.datetime.now(datetime.timezone.utc)
+        end = datetime.datetime.now(datetime.UTC)
         for _ in range(50):
             self.poll()
             if any(_stamp(k) > end for k in self.per_interval) or self.error:
@@ -330,11 +356,13 @@ def tokens(paths: stacking.Paths, count: int) -> list[str]:
     """One TokenRequest token per wrapper (one pod each), for the OpenBao audience."""
     core = kubernetes.client.CoreV1Api(api_client(paths))
     body = kubernetes.client.AuthenticationV1TokenRequest(
-        spec=kubernetes.client.V1TokenRequestSpec(audiences=["openbao"], expiration_seconds=3600))
+        spec=kubernetes.client.V1TokenRequestSpec(audiences=["openbao"], expiration_seconds=3600)
+    )
 
     def one(_: int) -> str:
         answer = core.create_namespaced_service_account_token(
-            provisioning.DEMO_ACCOUNT, provisioning.DEMO_NAMESPACE, body)
+            provisioning.DEMO_ACCOUNT, provisioning.DEMO_NAMESPACE, body
+        )
         assert answer.status is not None
         return str(answer.status.token)
 
@@ -349,27 +377,51 @@ def _blocked_on_fifo(pid: int) -> bool:
         return False
 
 
-def wrapper_starts(paths: stacking.Paths, count: int, deadline: float = 120,
-                   use_agent: bool = True, memory_limit: int | None = None) -> Starts:
+def wrapper_starts(
+    paths: stacking.Paths,
+    count: int,
+    deadline: float = 120,
+    use_agent: bool = True,
+    memory_limit: int | None = None,
+) -> Starts:
     """`count` wrappers released at once; see the module docstring."""
     with tempfile.TemporaryDirectory(prefix="cloudtaser-load-") as tmpdir:
         tmp = Path(tmpdir)
-        agent = start_agent(tmp, paths, node=None) if use_agent else Agent(
-            None, tmp / "no-agent.sock", tmp / "none", "not requested")
+        agent = (
+            start_agent(tmp, paths, node=None)
+            if use_agent
+            else Agent(None, tmp / "no-agent.sock", tmp / "none", "not requested")
+        )
         try:
             return _starts(paths, tmp, count, deadline, agent, memory_limit)
         finally:
             agent.stop()
 
 
-def _starts(paths: stacking.Paths, tmp: Path, count: int, deadline: float, agent: Agent,
-            memory_limit: int | None) -> Starts:
+def _starts(
+    paths: stacking.Paths,
+    tmp: Path,
+    count: int,
+    deadline: float,
+    agent: Agent,
+    memory_limit: int | None,
+) -> Starts:
     base = compiled_config(paths, tmp / "token-0")
-    base = base.model_copy(update={"agent": base.agent.model_copy(update={"socket": str(agent.socket)})})
+    base = base.model_copy(
+        update={"agent": base.agent.model_copy(update={"socket": str(agent.socket)})}
+    )
     for i, token in enumerate(tokens(paths, count)):
         (tmp / f"token-{i}").write_text(token)
-    available = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemAvailable:"))) * 1024
+    available = (
+        int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable:")
+            )
+        )
+        * 1024
+    )
     limit = memory_limit or max(1 << 30, min(16 << 30, available - (4 << 30)))
     cgroup = MemoryCgroup.create(limit)
     fifo = tmp / "release"
@@ -387,9 +439,23 @@ def _starts(paths: stacking.Paths, tmp: Path, count: int, deadline: float, agent
             env = {**os.environ, CONFIG_ENV: config.model_dump_json(exclude_none=True)}
             with open(tmp / f"{i}.out", "wb") as out, open(tmp / f"{i}.err", "wb") as err:
                 proc = subprocess.Popen(
-                    ["sh", "-c", launcher, str(fifo), str(go_wrapper.binary()),
-                     "--deadline", str(deadline), "--", "date", "+%s.%N"],
-                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                    [
+                        "sh",
+                        "-c",
+                        launcher,
+                        str(fifo),
+                        str(go_wrapper.binary()),
+                        "--deadline",
+                        str(deadline),
+                        "--",
+                        "date",
+                        "+%s.%N",
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                )
             cgroup.add(proc.pid)
             procs.append(proc)
         waited = time.monotonic()
@@ -446,12 +512,21 @@ def _starts(paths: stacking.Paths, tmp: Path, count: int, deadline: float, agent
         latencies.append((started - released) * 1000)
         last = max(last, started)
     return Starts(
-        count=count, latencies_ms=latencies, failures=failures, retries=retries,
-        registered=registered, agent="running" if agent.process else agent.reason,
+        count=count,
+        latencies_ms=latencies,
+        failures=failures,
+        retries=retries,
+        registered=registered,
+        agent="running" if agent.process else agent.reason,
         logins=logins if not bao.error else None,
         logins_peak_interval=peak_interval if not bao.error else None,
-        window_s=last - released, memory_peak=memory_peak, memory_limit=limit,
-        memory_note=cgroup.reason, oom_kills=oom_kills, cpu_s=cpu_s, messages=messages,
+        window_s=last - released,
+        memory_peak=memory_peak,
+        memory_limit=limit,
+        memory_note=cgroup.reason,
+        oom_kills=oom_kills,
+        cpu_s=cpu_s,
+        messages=messages,
         agent_rss=sampler.samples.get("agent", []),
     )
 
@@ -476,7 +551,9 @@ class WebhookLoad:
 
 def _ensure_namespace(core: Any) -> None:
     try:
-        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        core.create_namespace(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        )
     except kubernetes.client.ApiException as e:
         if e.status != 409:
             raise
@@ -491,8 +568,9 @@ def create_bindings(paths: stacking.Paths, count: int) -> float:
 
     def one(i: int) -> None:
         try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "secretbindings",
-                                                   binding_doc(f"app-{i}", NAMESPACE))
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "secretbindings", binding_doc(f"app-{i}", NAMESPACE)
+            )
         except kubernetes.client.ApiException as e:
             if e.status != 409:  # left from an interrupted run: same content
                 raise
@@ -514,12 +592,20 @@ def held_lease(paths: stacking.Paths, identity: str) -> Iterator[None]:
     coordination = kubernetes.client.CoordinationV1Api(api_client(paths))
 
     def now() -> str:
-        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": LEASE, "namespace": NAMESPACE},
-            "spec": {"holderIdentity": identity, "leaseDurationSeconds": 15,
-                     "acquireTime": now(), "renewTime": now(), "leaseTransitions": 0}}
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": LEASE, "namespace": NAMESPACE},
+        "spec": {
+            "holderIdentity": identity,
+            "leaseDurationSeconds": 15,
+            "acquireTime": now(),
+            "renewTime": now(),
+            "leaseTransitions": 0,
+        },
+    }
     with contextlib.suppress(kubernetes.client.ApiException):
         coordination.delete_namespaced_lease(LEASE, NAMESPACE)
     coordination.create_namespaced_lease(NAMESPACE, body)  # type: ignore[arg-type]  # dicts serialise as is
@@ -528,7 +614,9 @@ def held_lease(paths: stacking.Paths, identity: str) -> Iterator[None]:
     def renew() -> None:
         while not done.wait(3):
             with contextlib.suppress(Exception):
-                coordination.patch_namespaced_lease(LEASE, NAMESPACE, {"spec": {"renewTime": now()}})
+                coordination.patch_namespaced_lease(
+                    LEASE, NAMESPACE, {"spec": {"renewTime": now()}}
+                )
 
     thread = threading.Thread(target=renew, daemon=True)
     thread.start()
@@ -544,11 +632,19 @@ def held_lease(paths: stacking.Paths, identity: str) -> Iterator[None]:
 def review(index: int) -> bytes:
     pod = pod_doc(f"app-{index}-x", NAMESPACE, labels={"app": f"app-{index}"})
     del pod["metadata"]["namespace"]
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "operation": "CREATE", "namespace": NAMESPACE, "object": pod},
-    }).encode()
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE",
+                "namespace": NAMESPACE,
+                "object": pod,
+            },
+        }
+    ).encode()
 
 
 def admission_ok(status: int, answer: Any) -> str:
@@ -563,19 +659,29 @@ def admission_ok(status: int, answer: Any) -> str:
     return ""
 
 
-async def drive(url: str, body: bytes, rate: float, seconds: float, context: ssl.SSLContext,
-                slow: list[tuple[float, float]] | None = None) -> tuple[list[float], list[str]]:
+async def drive(
+    url: str,
+    body: bytes,
+    rate: float,
+    seconds: float,
+    context: ssl.SSLContext,
+    slow: list[tuple[float, float]] | None = None,
+) -> tuple[list[float], list[str]]:
     """`rate` requests/s for `seconds` over kept-alive connections; latency and errors.
     `slow` collects (seconds into the run, latency ms) of requests over 100 ms."""
     latencies: list[float] = []
     errors: list[str] = []
     timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=16),
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, limit=16), timeout=timeout
+    ) as session:
+
         async def one(begin: float) -> None:
             start = time.perf_counter()
             try:
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
                     answer = await r.json(content_type=None)
                     problem = admission_ok(r.status, answer)
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -593,6 +699,7 @@ async def drive(url: str, body: bytes, rate: float, seconds: float, context: ssl
 
 def _probe(url: str) -> bool:
     import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return bool(json.loads(r.read()).get("compiled"))
@@ -603,14 +710,22 @@ def _probe(url: str) -> bool:
 def operator_available() -> str:
     """'' when `cloudtaser operator` can run as a follower replica, else why not."""
     exe = Path(sys.executable).parent / "cloudtaser"
-    out = subprocess.run([str(exe), "operator", "--help"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [str(exe), "operator", "--help"], capture_output=True, text=True, check=False
+    )
     if "--leader-elect" not in out.stdout:
         return "`cloudtaser operator` has no --leader-elect: it would rewrite the shared webhook configuration"
     return ""
 
 
-def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: float,
-                 use_agent: bool = True, ready_timeout: float = 600) -> WebhookLoad:
+def webhook_load(
+    paths: stacking.Paths,
+    bindings: int,
+    rate: float,
+    duration: float,
+    use_agent: bool = True,
+    ready_timeout: float = 600,
+) -> WebhookLoad:
     missing = operator_available()
     if missing:
         raise RuntimeError(missing)
@@ -620,19 +735,39 @@ def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: fl
         pair = ca.issue("operator", "cloudtaser-load-operator", server=True, hosts=("127.0.0.1",))
         agent = Agent(None, tmp / "none", tmp / "none", "not requested")
         operator: subprocess.Popen[str] | None = None
-        log = open(tmp / "operator.log", "w")  # noqa: SIM115  (closed below)
+        log = open(tmp / "operator.log", "w")
         try:
             create_s = create_bindings(paths, bindings)
             with held_lease(paths, "benchmarks/load.py"):
                 exe = Path(sys.executable).parent / "cloudtaser"
                 started = time.monotonic()
                 operator = subprocess.Popen(
-                    [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
-                     "--ca-file", str(ca.pair.cert), "--port", str(OPERATOR_PORT),
-                     "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}",
-                     "--liveness", f"http://127.0.0.1:{PROBE_PORT}/healthz",
-                     "--leader-elect", "--leader-namespace", NAMESPACE, "--identity", "load-follower"],
-                    env={**os.environ, **stacking.environment(paths)}, stdout=log, stderr=log, text=True)
+                    [
+                        str(exe),
+                        "operator",
+                        "--tls-cert",
+                        str(pair.cert),
+                        "--tls-key",
+                        str(pair.key),
+                        "--ca-file",
+                        str(ca.pair.cert),
+                        "--port",
+                        str(OPERATOR_PORT),
+                        "--opa-url",
+                        f"http://127.0.0.1:{stacking.OPA_PORT}",
+                        "--liveness",
+                        f"http://127.0.0.1:{PROBE_PORT}/healthz",
+                        "--leader-elect",
+                        "--leader-namespace",
+                        NAMESPACE,
+                        "--identity",
+                        "load-follower",
+                    ],
+                    env={**os.environ, **stacking.environment(paths)},
+                    stdout=log,
+                    stderr=log,
+                    text=True,
+                )
                 if use_agent:
                     agent = start_agent(tmp, paths, node=socket.gethostname())
                 url = f"https://127.0.0.1:{OPERATOR_PORT}/mutate-v1-pod"
@@ -640,10 +775,14 @@ def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: fl
                 last = review(bindings - 1)  # selected by the last binding created
                 while True:
                     if operator.poll() is not None:
-                        raise RuntimeError(f"operator exited: {(tmp / 'operator.log').read_text()[-2000:]}")
+                        raise RuntimeError(
+                            f"operator exited: {(tmp / 'operator.log').read_text()[-2000:]}"
+                        )
                     if time.monotonic() - started > ready_timeout:
-                        raise RuntimeError(f"operator not ready with {bindings} bindings "
-                                           f"after {ready_timeout:.0f} s")
+                        raise RuntimeError(
+                            f"operator not ready with {bindings} bindings "
+                            f"after {ready_timeout:.0f} s"
+                        )
                     if _probe(f"http://127.0.0.1:{PROBE_PORT}/healthz"):
                         _, errors = asyncio.run(drive(url, last, 1, 1, context))
                         if not errors:
@@ -655,8 +794,9 @@ def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: fl
                     pids["agent"] = agent.process.pid
                 slow: list[tuple[float, float]] = []
                 with Sampler(pids) as sampler:
-                    latencies, errors = asyncio.run(drive(url, review(bindings // 2), rate,
-                                                          duration, context, slow))
+                    latencies, errors = asyncio.run(
+                        drive(url, review(bindings // 2), rate, duration, context, slow)
+                    )
                 if operator.poll() is not None:
                     errors.append(f"operator exited with {operator.returncode}")
         finally:
@@ -667,9 +807,17 @@ def webhook_load(paths: stacking.Paths, bindings: int, rate: float, duration: fl
             log.close()
         err = (tmp / "operator.log").read_text()
         if "Traceback" in err:
-            errors.append("operator logged a traceback: " + err[err.index("Traceback"):][:500])
-    return WebhookLoad(bindings=bindings, rate=rate, duration=duration, latencies_ms=latencies,
-                       errors=errors, operator_rss=sampler.samples.get("operator", []),
-                       agent_rss=sampler.samples.get("agent", []),
-                       agent="running" if agent.process else agent.reason,
-                       ready_s=ready_s, create_s=create_s, slow=slow)
+            errors.append("operator logged a traceback: " + err[err.index("Traceback") :][:500])
+    return WebhookLoad(
+        bindings=bindings,
+        rate=rate,
+        duration=duration,
+        latencies_ms=latencies,
+        errors=errors,
+        operator_rss=sampler.samples.get("operator", []),
+        agent_rss=sampler.samples.get("agent", []),
+        agent="running" if agent.process else agent.reason,
+        ready_s=ready_s,
+        create_s=create_s,
+        slow=slow,
+    )

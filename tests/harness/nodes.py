@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from cloudtaser.version import __version__
 from cloudtaser.testbed import installing, provisioning, stacking
+from cloudtaser.version import __version__
 from tests.harness.waiting import wait_for
 
 NS = provisioning.DEMO_NAMESPACE
@@ -39,6 +39,7 @@ def delete_test_pods(kubectl: Any) -> None:
         if left:
             print(f"waiting for {len(left)} pod(s) to go: {' '.join(left)}")
         return not left
+
     wait_for(gone, 240, "this package's pods deleted")
 
 
@@ -48,22 +49,56 @@ class Pods:
 
     kubectl: Any
 
-    def create(self, name: str, image: str, command: list[str] | None = None, *,
-               labels: dict[str, str] | None = None, inject: bool = True,
-               account: str = provisioning.DEMO_ACCOUNT, restart: str = "Always") -> str:
+    def create(
+        self,
+        name: str,
+        image: str,
+        command: list[str] | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        inject: bool = True,
+        account: str = provisioning.DEMO_ACCOUNT,
+        restart: str = "Always",
+    ) -> str:
         name = f"{name}-{secrets.token_hex(3)}"
         # Pod Security "restricted" (the demo namespace enforces it): as a user writes it.
-        container: dict[str, Any] = {"name": "app", "image": image, "securityContext": {
-            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+        container: dict[str, Any] = {
+            "name": "app",
+            "image": image,
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
         if command is not None:
             container["command"] = command
-        self.kubectl("create", "-f", "-", stdin=yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": {LABEL: "true", **(labels or {})},
-                         "annotations": {"cloudtaser.io/inject": "true"} if inject else {}},
-            "spec": {"serviceAccountName": account, "restartPolicy": restart,
-                     "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                     "terminationGracePeriodSeconds": 2, "containers": [container]}}))
+        self.kubectl(
+            "create",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": name,
+                        "namespace": NS,
+                        "labels": {LABEL: "true", **(labels or {})},
+                        "annotations": {"cloudtaser.io/inject": "true"} if inject else {},
+                    },
+                    "spec": {
+                        "serviceAccountName": account,
+                        "restartPolicy": restart,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [container],
+                    },
+                }
+            ),
+        )
         return name
 
     def get(self, name: str) -> dict[str, Any]:
@@ -78,8 +113,10 @@ class Pods:
 
     def log_line(self, name: str, text: str, timeout: float = 120) -> str:
         """The first line of the app container's log holding ``text`` (waits for it)."""
+
         def found() -> str | None:
             return next((line for line in self.logs(name).splitlines() if text in line), None)
+
         line: str = wait_for(found, timeout, f"{text!r} in the log of pod {name}")
         return line
 
@@ -88,10 +125,14 @@ class Pods:
         /kubepods/<qos>/pod<uid>/<container id>, found in /proc/PID/cgroup."""
         body = self.get(name)
         uid = body["metadata"]["uid"]
-        cid = next(s["containerID"] for s in body["status"]["containerStatuses"]
-                   if s["name"] == container).removeprefix("containerd://")
+        cid = next(
+            s["containerID"] for s in body["status"]["containerStatuses"] if s["name"] == container
+        ).removeprefix("containerd://")
         pids = Path("/sys/fs/cgroup/pids/kubepods")
-        procs = [*pids.glob(f"*/pod{uid}/{cid}/cgroup.procs"), *pids.glob(f"pod{uid}/{cid}/cgroup.procs")]
+        procs = [
+            *pids.glob(f"*/pod{uid}/{cid}/cgroup.procs"),
+            *pids.glob(f"pod{uid}/{cid}/cgroup.procs"),
+        ]
         assert procs, f"no cgroup of container {container} of pod {name} under {pids}"
         return int(procs[0].read_text().split()[0])
 
@@ -105,12 +146,18 @@ def pod_security(kubectl: Any, level: str) -> Iterator[None]:
     try:
         yield
     finally:
-        kubectl("label", "namespace", NS, f"{key}={provisioning.DEMO_POD_SECURITY[key]}", "--overwrite")
+        kubectl(
+            "label", "namespace", NS, f"{key}={provisioning.DEMO_POD_SECURITY[key]}", "--overwrite"
+        )
 
 
 def binding_ready(kubectl: Any, name: str) -> Callable[[], bool]:
     """The operator compiled the binding's current generation (so the webhook knows it)."""
+
     def ready() -> bool:
         body = json.loads(kubectl("get", "sb", name, "-n", NS, "-o", "json"))
-        return bool(body.get("status", {}).get("observedGeneration") == body["metadata"]["generation"])
+        return bool(
+            body.get("status", {}).get("observedGeneration") == body["metadata"]["generation"]
+        )
+
     return ready

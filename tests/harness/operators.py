@@ -20,17 +20,32 @@ OPA_RECHECK = 2  # seconds between the operator's looks at OPA's policy revision
 def start_operator(stack: stacking.Paths, *extra: str, port: int = PORT) -> subprocess.Popen[str]:
     """The operator on ``port`` (HTTPS webhook), asking the stack's OPA; ``extra`` options
     added. Its stderr is a pipe: ``stop`` reads it."""
-    pair = CertificateAuthority(stack.pki).issue("operator", "cloudtaser-operator", server=True,
-                                                 hosts=("127.0.0.1",))
+    pair = CertificateAuthority(stack.pki).issue(
+        "operator", "cloudtaser-operator", server=True, hosts=("127.0.0.1",)
+    )
     exe = Path(sys.executable).parent / "cloudtaser"
     env = stacking.environment(stack)
     return subprocess.Popen(
-        [str(exe), "operator", "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
-         "--ca-file", str(stack.ca), "--port", str(port),
-         "--opa-url", f"http://127.0.0.1:{stacking.OPA_PORT}", *extra],
+        [
+            str(exe),
+            "operator",
+            "--tls-cert",
+            str(pair.cert),
+            "--tls-key",
+            str(pair.key),
+            "--ca-file",
+            str(stack.ca),
+            "--port",
+            str(port),
+            "--opa-url",
+            f"http://127.0.0.1:{stacking.OPA_PORT}",
+            *extra,
+        ],
         env={**os.environ, **env, "CLOUDTASER_OPA_RECHECK": str(OPA_RECHECK)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop(process: subprocess.Popen[str]) -> str:
@@ -46,4 +61,6 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 def conditions(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """A SecretBinding's status conditions: type -> (status, reason)."""
-    return {c["type"]: (c["status"], c["reason"]) for c in body.get("status", {}).get("conditions", [])}
+    return {
+        c["type"]: (c["status"], c["reason"]) for c in body.get("status", {}).get("conditions", [])
+    }

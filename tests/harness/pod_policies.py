@@ -16,10 +16,23 @@ def objects(mode: str = "enforce") -> dict[str, list[dict[str, Any]]]:
     pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
     pod["metadata"]["uid"] = UID
     binding = binding_doc("app", "team")
-    policy = policy_doc("only-environ", mode=mode, protections={
-        "mem": False, "fds": False, "ptrace": False, "pidfdGetfd": False, "coreDump": False})
+    policy = policy_doc(
+        "only-environ",
+        mode=mode,
+        protections={
+            "mem": False,
+            "fds": False,
+            "ptrace": False,
+            "pidfdGetfd": False,
+            "coreDump": False,
+        },
+    )
     for doc in (pod, binding, policy):
         doc.pop("apiVersion")
         doc.pop("kind")
-    return {"Pod": [pod], "SecretBinding": [binding], "EnforcementPolicy": [policy], "Namespace": []}
-
+    return {
+        "Pod": [pod],
+        "SecretBinding": [binding],
+        "EnforcementPolicy": [policy],
+        "Namespace": [],
+    }

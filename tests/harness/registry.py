@@ -33,7 +33,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], host: str, log: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"docker-registry exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            pytest.fail(
+                f"docker-registry exited with {proc.returncode}:\n{log.read_text()[-2000:]}"
+            )
         try:
             if requests.get(f"http://{host}/v2/", timeout=1).status_code in (200, 401):
                 return
@@ -54,21 +56,25 @@ def running_registry(tmp: Path, auth: tuple[str, str] | None = None) -> Iterator
     if auth is not None:
         htpasswd = shutil.which("htpasswd")
         assert htpasswd, "auth needs htpasswd (apache2-utils)"
-        line = subprocess.run([htpasswd, "-Bbn", *auth], capture_output=True, check=True, timeout=30)
+        line = subprocess.run(
+            [htpasswd, "-Bbn", *auth], capture_output=True, check=True, timeout=30
+        )
         (tmp / "htpasswd").write_bytes(line.stdout)
-        auth_section = f"auth:\n  htpasswd:\n    realm: cloudtaser-test\n    path: {tmp / 'htpasswd'}\n"
+        auth_section = (
+            f"auth:\n  htpasswd:\n    realm: cloudtaser-test\n    path: {tmp / 'htpasswd'}\n"
+        )
     config = tmp / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: false\n"
-        f"http:\n  addr: {host}\n  secret: {secrets.token_hex(16)}\n"
-        + auth_section
+        f"http:\n  addr: {host}\n  secret: {secrets.token_hex(16)}\n" + auth_section
     )
     log = tmp / "registry.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp)
+        proc = subprocess.Popen(
+            [str(REGISTRY), "serve", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp
+        )
     try:
         _wait_ready(proc, host, log)
         yield host

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.plans import WrapperConfig
 from cloudtaser.engine.resources import EnforcementPolicy
+from cloudtaser.testbed import provisioning, stacking
 
 
 def _stack_processes(paths: stacking.Paths) -> list[str]:
@@ -30,37 +30,55 @@ def _stack_processes(paths: stacking.Paths) -> list[str]:
     bin/current moved on from, or one deleted since)."""
     builds = paths.bin.resolve().parent  # bin/current -> bin/<component>-<version>-<hash>
     names = set(stacking.BINARIES)
-    return [f"{pid} {exe}" for pid, exe in stacking.executables()
-            if exe.name in names and exe.parent.parent == builds]
+    return [
+        f"{pid} {exe}"
+        for pid, exe in stacking.executables()
+        if exe.name in names and exe.parent.parent == builds
+    ]
 
 
 def _cli(*args: str) -> None:
     """Run the real `cloudtaser stack ...` command, as a user would; its processes then
     belong to no test process (they outlive the CLI like they do for a user)."""
     exe = Path(sys.executable).parent / "cloudtaser"
-    proc = subprocess.run([str(exe), "stack", *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [str(exe), "stack", *args], capture_output=True, text=True, timeout=300, check=False
+    )
     print(proc.stderr)
     assert proc.returncode == 0, f"cloudtaser stack {' '.join(args)} failed:\n{proc.stderr}"
 
 
 # What `stack up` provisions (the examples' namespaces included): everything else a test made.
-KEPT_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", provisioning.DEMO_NAMESPACE,
-                   provisioning.SYSTEM_NAMESPACE, "payments"}
+KEPT_NAMESPACES = {
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    provisioning.DEMO_NAMESPACE,
+    provisioning.SYSTEM_NAMESPACE,
+    "payments",
+}
 
 
 def remove_test_objects(paths: stacking.Paths) -> list[str]:
     """Delete the namespaces and Nodes the tests made (an interrupted run leaves them; a
     finished one must not) and wait until they are gone; what was removed. Pods in them are
     force-deleted: one bound to a hand-made Node has no kubelet to confirm its end."""
+
     def kubectl(*args: str) -> str:
         return provisioning.kubectl(paths, *args)
+
     names = kubectl("get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}").split()
     extra = [n for n in names if n not in KEPT_NAMESPACES]
-    nodes = [n for n in kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split()
-             if n != stacking.NODE_NAME]
+    nodes = [
+        n
+        for n in kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split()
+        if n != stacking.NODE_NAME
+    ]
     for ns in extra:
-        kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", "--ignore-not-found")
+        kubectl(
+            "delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", "--ignore-not-found"
+        )
         kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
     for node in nodes:
         kubectl("delete", "node", node, "--ignore-not-found")
@@ -104,15 +122,28 @@ def compiled_config(stack: stacking.Paths, token: str | Path, mode: str = "audit
     """The demo container's WrapperConfig exactly as the engine compiles it for an admitted
     pod, with the token path pointing where the test put the TokenRequest token. Audit mode by
     default: no node agent runs here, and enforce mode refuses to start without one."""
-    policy = EnforcementPolicy.model_validate({
-        "apiVersion": "cloudtaser.io/v1alpha1", "kind": "EnforcementPolicy",
-        "metadata": {"name": mode}, "spec": {"mode": mode}})
-    pod = Pod.model_validate({
-        "metadata": {"name": "demo-1", "namespace": provisioning.DEMO_NAMESPACE,
-                     "labels": {"app": "demo"}, "annotations": {"cloudtaser.io/inject": "true"}},
-        "spec": {"serviceAccountName": "demo",
-                 "containers": [{"name": "app", "image": "demo", "command": ["/app"]}]},
-    })
+    policy = EnforcementPolicy.model_validate(
+        {
+            "apiVersion": "cloudtaser.io/v1alpha1",
+            "kind": "EnforcementPolicy",
+            "metadata": {"name": mode},
+            "spec": {"mode": mode},
+        }
+    )
+    pod = Pod.model_validate(
+        {
+            "metadata": {
+                "name": "demo-1",
+                "namespace": provisioning.DEMO_NAMESPACE,
+                "labels": {"app": "demo"},
+                "annotations": {"cloudtaser.io/inject": "true"},
+            },
+            "spec": {
+                "serviceAccountName": "demo",
+                "containers": [{"name": "app", "image": "demo", "command": ["/app"]}],
+            },
+        }
+    )
     state = ClusterState(bindings=[provisioning.demo_binding(stack)], policies=[policy])
     plan = IncrementalCompiler(state).plan_pod(pod)
     assert plan is not None
@@ -123,8 +154,17 @@ def compiled_config(stack: stacking.Paths, token: str | Path, mode: str = "audit
 def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TokenRequest token of the demo service account for the OpenBao audience."""
     path = tmp_path_factory.mktemp("token") / "token"
-    path.write_text(kubectl("create", "token", provisioning.DEMO_ACCOUNT, "-n",
-                            provisioning.DEMO_NAMESPACE, "--audience", "openbao"))
+    path.write_text(
+        kubectl(
+            "create",
+            "token",
+            provisioning.DEMO_ACCOUNT,
+            "-n",
+            provisioning.DEMO_NAMESPACE,
+            "--audience",
+            "openbao",
+        )
+    )
     return path
 
 

@@ -7,8 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition",
-             tolerate: tuple[type[BaseException], ...] = (Exception,)) -> Any:
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 30,
+    what: str = "condition",
+    tolerate: tuple[type[BaseException], ...] = (Exception,),
+) -> Any:
     """The first truthy result of ``check``; exceptions of ``tolerate`` count as not yet."""
     deadline = time.monotonic() + timeout
     last: Any = None

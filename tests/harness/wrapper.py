@@ -25,8 +25,9 @@ BUILD_TIMEOUT = 900  # cold: the Go module download and two builds; cached: well
 def directory(arch: str | None = None) -> Path:
     """The built wrapper's directory (``wrapper`` and the interposers) for ``arch``."""
     command = [str(REPO / "scripts" / "build-wrapper")] + (["--arch", arch] if arch else [])
-    result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                            check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"scripts/build-wrapper failed:\n{result.stderr}")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -42,23 +43,45 @@ def command(*app: str, deadline: float | None = None, arch: str | None = None) -
     return [str(binary(arch)), *options, "--", *app]
 
 
-def environment(config: WrapperConfig, env: Mapping[str, str] | None = None,
-                base: Mapping[str, str] | None = None) -> dict[str, str]:
+def environment(
+    config: WrapperConfig,
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """``base`` (default: this process's environment) with ``env`` and the config added."""
     start = dict(os.environ if base is None else base)
     return {**start, **(env or {}), CONFIG_ENV: config.model_dump_json(exclude_none=True)}
 
 
-def run(config: WrapperConfig, *app: str, deadline: float = 20, env: Mapping[str, str] | None = None,
-        timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    config: WrapperConfig,
+    *app: str,
+    deadline: float = 20,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
     """Run the wrapper (and the app it becomes) to completion; stdout and stderr captured."""
-    return subprocess.run(command(*app, deadline=deadline), env=environment(config, env),
-                          capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    return subprocess.run(
+        command(*app, deadline=deadline),
+        env=environment(config, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
 
 
-def start(config: WrapperConfig, *app: str, deadline: float | None = None,
-          env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+def start(
+    config: WrapperConfig,
+    *app: str,
+    deadline: float | None = None,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> subprocess.Popen[str]:
     """Start the wrapper; stdout and stderr are pipes unless ``kwargs`` say otherwise."""
     options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    return subprocess.Popen(command(*app, deadline=deadline), env=environment(config, env),
-                            **{**options, **kwargs})
+    return subprocess.Popen(
+        command(*app, deadline=deadline), env=environment(config, env), **{**options, **kwargs}
+    )

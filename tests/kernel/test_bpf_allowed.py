@@ -21,10 +21,9 @@ from cloudtaser.bpf import layouts, programs
 from cloudtaser.bpf.allowlists import DEFAULT_LIST, RESERVED_LISTS
 from cloudtaser.bpf.reporting import event_message
 from cloudtaser.bpf.watching import PodPolicies
+from tests.harness.agents import AgentRun, Victim, assert_blocked, spawn_in
 from tests.harness.documents import binding_doc, pod_doc, policy_doc
 from tests.harness.kubelet import cgroup2_root
-
-from tests.harness.agents import AgentRun, Victim, assert_blocked, spawn_in
 
 pytestmark = pytest.mark.kernel
 
@@ -89,17 +88,32 @@ def two_pods(allowed_a: list[str], allowed_b: list[str]) -> dict[str, list[dict[
     """Pods a and b on this node, each selected by its own policy (environ only) allowing
     ``allowed_a`` / ``allowed_b`` (executable paths)."""
     docs: dict[str, list[dict[str, Any]]] = {
-        "Pod": [], "SecretBinding": [], "EnforcementPolicy": [], "Namespace": []}
-    only_environ = {"mem": False, "fds": False, "ptrace": False, "pidfdGetfd": False,
-                    "coreDump": False}
+        "Pod": [],
+        "SecretBinding": [],
+        "EnforcementPolicy": [],
+        "Namespace": [],
+    }
+    only_environ = {
+        "mem": False,
+        "fds": False,
+        "ptrace": False,
+        "pidfdGetfd": False,
+        "coreDump": False,
+    }
     for name, uid, allowed in (("a", POD_A, allowed_a), ("b", POD_B, allowed_b)):
         pod = pod_doc(f"app-{name}", "team", labels={"app": name}, injected=True)
         pod["metadata"]["uid"] = uid
-        policy = policy_doc(f"for-{name}", podSelector={"matchLabels": {"app": name}},
-                            protections=only_environ,
-                            allowedAccessors=[{"executable": path} for path in allowed])
-        for kind, doc in (("Pod", pod), ("SecretBinding", binding_doc(name, "team")),
-                          ("EnforcementPolicy", policy)):
+        policy = policy_doc(
+            f"for-{name}",
+            podSelector={"matchLabels": {"app": name}},
+            protections=only_environ,
+            allowedAccessors=[{"executable": path} for path in allowed],
+        )
+        for kind, doc in (
+            ("Pod", pod),
+            ("SecretBinding", binding_doc(name, "team")),
+            ("EnforcementPolicy", policy),
+        ):
             doc.pop("apiVersion")
             doc.pop("kind")
             docs[kind].append(doc)
@@ -111,9 +125,13 @@ def pod_cgroups(*uids: str) -> Iterator[list[Path]]:
     made: list[Path] = []
     try:
         for uid in uids:
-            path = (cgroup2_root() / "kubepods.slice" / "kubepods-besteffort.slice" /
-                    f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice" /
-                    f"cri-test-{uuid.uuid4().hex[:8]}.scope")
+            path = (
+                cgroup2_root()
+                / "kubepods.slice"
+                / "kubepods-besteffort.slice"
+                / f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice"
+                / f"cri-test-{uuid.uuid4().hex[:8]}.scope"
+            )
             path.mkdir(parents=True)
             made.append(path)
         yield made
@@ -126,9 +144,7 @@ def pod_cgroups(*uids: str) -> Iterator[list[Path]]:
                     break
 
 
-def test_allowed_accessor_is_per_pod(
-    agent_run: AgentRun, python_copies: tuple[Path, Path]
-) -> None:
+def test_allowed_accessor_is_per_pod(agent_run: AgentRun, python_copies: tuple[Path, Path]) -> None:
     """An executable pod a's policy allows reads pod a's process and is stopped on pod b's, on
     the same node (and the other way round); a policy change moves a running process to its
     new list, and lists nobody uses leave the kernel map."""
@@ -140,12 +156,16 @@ def test_allowed_accessor_is_per_pod(
     policies.listeners.append(agent.reapply)
     with pod_cgroups(POD_A, POD_B) as (cgroup_a, cgroup_b):
         (victim_a, secret_a), (victim_b, secret_b) = (
-            spawn_in(cgroup_a, agent_run.socket_path), spawn_in(cgroup_b, agent_run.socket_path))
+            spawn_in(cgroup_a, agent_run.socket_path),
+            spawn_in(cgroup_b, agent_run.socket_path),
+        )
         try:
             for victim in (victim_a, victim_b):
                 assert victim.stdout is not None
                 line = victim.stdout.readline()
-                assert f"backend={agent_run.backend}" in line, victim.stderr.read() if victim.stderr else ""
+                assert f"backend={agent_run.backend}" in line, (
+                    victim.stderr.read() if victim.stderr else ""
+                )
             entry_a, entry_b = agent.entry(victim_a.pid), agent.entry(victim_b.pid)
             assert entry_a is not None and entry_b is not None
             assert {entry_a.accessors, entry_b.accessors}.isdisjoint({0, DEFAULT_LIST})
@@ -200,8 +220,14 @@ def test_node_wide_map_of_an_earlier_version_is_unpinned(agent_run: AgentRun) ->
     maps = agent_run.pin_dir / "maps"
     maps.mkdir(parents=True)
     libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)  # own handle: own argtypes
-    libbpf.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
-                                      ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+    libbpf.bpf_map_create.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_void_p,
+    ]
     libbpf.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     fd = libbpf.bpf_map_create(1, b"allowed", 16, 4, 1024, None)  # BPF_MAP_TYPE_HASH, as before
     assert fd >= 0, os.strerror(ctypes.get_errno())
@@ -210,5 +236,4 @@ def test_node_wide_map_of_an_earlier_version_is_unpinned(agent_run: AgentRun) ->
     finally:
         os.close(fd)
     agent_run.start()
-    assert sorted(p.name for p in maps.iterdir()) == sorted(
-        list(programs.PINNED_MAPS))
+    assert sorted(p.name for p in maps.iterdir()) == sorted(list(programs.PINNED_MAPS))

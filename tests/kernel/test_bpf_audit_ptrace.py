@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
-
 from tests.harness.agents import PROTECT_BASE, AgentRun, Victim, attack
 
 pytestmark = pytest.mark.kernel

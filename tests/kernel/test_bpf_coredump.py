@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
-
 from tests.harness.agents import PROTECT_BASE, AgentRun, Launched, Victim
 
 pytestmark = pytest.mark.kernel
@@ -75,8 +74,14 @@ def core_pattern() -> Iterator[Callable[[str], None]]:
 @pytest.fixture
 def victims(launched: Launched) -> Callable[..., Victim]:
     def spawn(socket_path: Path | None, limit: str = "inf", fault: bool = False) -> Victim:
-        return launched(Victim, VICTIM, "1" if socket_path else "0", str(socket_path or ""),
-                        limit, "1" if fault else "0")
+        return launched(
+            Victim,
+            VICTIM,
+            "1" if socket_path else "0",
+            str(socket_path or ""),
+            limit,
+            "1" if fault else "0",
+        )
 
     return spawn
 
@@ -94,8 +99,11 @@ def cores(directory: Path, pid: int) -> list[Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGABRT, signal.SIGQUIT])
 def test_no_core_file(
-    sig: signal.Signals, agent_run: AgentRun, victims: Callable[..., Victim],
-    core_pattern: Callable[[str], None], tmp_path: Path,
+    sig: signal.Signals,
+    agent_run: AgentRun,
+    victims: Callable[..., Victim],
+    core_pattern: Callable[[str], None],
+    tmp_path: Path,
 ) -> None:
     agent_run.start(flags=CORE_FLAGS)
     dumps = tmp_path / "cores"
@@ -113,12 +121,16 @@ def test_no_core_file(
     # Sent by this test process (kill from outside): the offender is the sender.
     assert v.opener_tgid == os.getpid() and v.opener_uid == 0
     assert agent_run.agent is not None
-    assert ('cloudtaser_violations_total{action="killed",vector="coredump"} 1.0'
-            in agent_run.agent.metrics.text())
+    assert (
+        'cloudtaser_violations_total{action="killed",vector="coredump"} 1.0'
+        in agent_run.agent.metrics.text()
+    )
 
 
 def test_no_pipe_helper_even_with_rlimit_zero(
-    agent_run: AgentRun, victims: Callable[..., Victim], core_pattern: Callable[[str], None],
+    agent_run: AgentRun,
+    victims: Callable[..., Victim],
+    core_pattern: Callable[[str], None],
     tmp_path: Path,
 ) -> None:
     """A piped core_pattern ignores RLIMIT_CORE=0 (the control shows it); the agent does not."""
@@ -138,7 +150,9 @@ def test_no_pipe_helper_even_with_rlimit_zero(
 
 
 def test_real_fault_is_not_dumped(
-    agent_run: AgentRun, victims: Callable[..., Victim], core_pattern: Callable[[str], None],
+    agent_run: AgentRun,
+    victims: Callable[..., Victim],
+    core_pattern: Callable[[str], None],
     tmp_path: Path,
 ) -> None:
     """A genuine crash (a NULL read) of the protected process: killed, no dump; the
@@ -157,7 +171,9 @@ def test_real_fault_is_not_dumped(
 
 
 def test_audit_mode_reports_and_dumps(
-    agent_run: AgentRun, victims: Callable[..., Victim], core_pattern: Callable[[str], None],
+    agent_run: AgentRun,
+    victims: Callable[..., Victim],
+    core_pattern: Callable[[str], None],
     tmp_path: Path,
 ) -> None:
     agent_run.start(flags=CORE_FLAGS | int(ProtectionFlag.AUDIT_ONLY))
@@ -172,7 +188,9 @@ def test_audit_mode_reports_and_dumps(
 
 
 def test_without_the_flag_dumps_as_usual(
-    agent_run: AgentRun, victims: Callable[..., Victim], core_pattern: Callable[[str], None],
+    agent_run: AgentRun,
+    victims: Callable[..., Victim],
+    core_pattern: Callable[[str], None],
     tmp_path: Path,
 ) -> None:
     agent_run.start(flags=PROTECT_BASE)
@@ -197,9 +215,12 @@ def test_handled_signal_is_left_alone(
         "signal.signal(signal.SIGQUIT, lambda *a: os.write(1, b'handled\\n'))\n"
         "register(sys.argv[1]); print('ready', flush=True); time.sleep(120)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(agent_run.socket_path)],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(agent_run.socket_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         os.kill(proc.pid, signal.SIGQUIT)

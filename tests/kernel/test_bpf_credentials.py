@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.attacking import run_attacker
-
 from tests.harness.agents import REPO, AgentRun, assert_blocked
+from tests.harness.attacking import run_attacker
 
 pytestmark = pytest.mark.kernel
 
@@ -44,8 +43,13 @@ def volume(tmp_path: Path) -> Iterator[Path]:
 
 
 def holder(socket: Path, token: Path, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(socket), str(token), *extra],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(socket), str(token), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip().isdigit()
     return proc
 
@@ -98,7 +102,8 @@ def test_a_dead_owners_volume_is_freed_once_unmounted(agent_run: AgentRun, tmp_p
 
 
 def test_the_kubelets_teardown_lists_and_unmounts_a_dead_owners_volume(
-        agent_run: AgentRun, tmp_path: Path) -> None:
+    agent_run: AgentRun, tmp_path: Path
+) -> None:
     """After the pod's processes died, its volume is still guarded (its files), but the
     directory is not: the kubelet's umount(8) opens the mount point and was killed for it on the
     real node (the pod then never finished terminating)."""
@@ -111,9 +116,13 @@ def test_the_kubelets_teardown_lists_and_unmounts_a_dead_owners_volume(
         owner = holder(agent_run.socket_path, mnt / "token")
         owner.communicate("go\n", timeout=30)  # the pod's last process ends
         assert_blocked(run_attacker("read", str(mnt / "token")), agent_run.backend)
-        listing = subprocess.run(["ls", "-a", str(mnt)], capture_output=True, text=True, timeout=30, check=False)
+        listing = subprocess.run(
+            ["ls", "-a", str(mnt)], capture_output=True, text=True, timeout=30, check=False
+        )
         assert listing.returncode == 0 and "token" in listing.stdout.split(), listing
-        unmounted = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=30, check=False)
+        unmounted = subprocess.run(
+            ["umount", str(mnt)], capture_output=True, text=True, timeout=30, check=False
+        )
         assert unmounted.returncode == 0, (unmounted.returncode, unmounted.stderr)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)

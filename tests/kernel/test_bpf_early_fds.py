@@ -18,7 +18,6 @@ import pytest
 from cloudtaser.bpf import scanning
 from cloudtaser.bpf.programs import LSM
 from cloudtaser.engine.plans import ProtectionFlag
-
 from tests.harness.agents import PROTECT_BASE, REPO, AgentRun, Victim, launch
 
 pytestmark = pytest.mark.kernel
@@ -62,8 +61,13 @@ class Scenario:
         return v, trigger
 
     def attacker(self, path: str, offset: str = "-", length: str = "0") -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-c", ATTACKER, path, offset, length],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        p = subprocess.Popen(
+            [sys.executable, "-c", ATTACKER, path, offset, length],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         self.procs.append(p)
         assert p.stdout is not None and p.stdout.readline() == "opened\n"
         return p
@@ -134,14 +138,20 @@ def test_holder_killed_at_registration(
     assert v.alive()
     vector = "mem" if name.endswith("mem") else "environ"
     got = agent_run.wait_violation(lambda x: x.target_tgid == v.pid and x.kind == vector)
-    assert got.action == agent_run.blocked and got.opener_tgid == attacker.pid and got.opener_uid == 0
+    assert (
+        got.action == agent_run.blocked and got.opener_tgid == attacker.pid and got.opener_uid == 0
+    )
     assert got.opener_comm == "python3" or got.opener_comm.startswith("python")
-    assert (f'cloudtaser_violations_total{{action="{agent_run.blocked}",vector="{vector}"}} 1.0'
-            in agent.metrics.text())
+    assert (
+        f'cloudtaser_violations_total{{action="{agent_run.blocked}",vector="{vector}"}} 1.0'
+        in agent.metrics.text()
+    )
     print(f"{name}: fd scan at registration took {agent.last_scan_seconds * 1000:.1f} ms")
 
 
-def test_control_without_registration_the_early_fd_leaks(scenario: Scenario, agent_run: AgentRun) -> None:
+def test_control_without_registration_the_early_fd_leaks(
+    scenario: Scenario, agent_run: AgentRun
+) -> None:
     """The scan is what stops it: without registering, the same early fd reads the secret."""
     agent_run.start()
     v, _trigger = scenario.victim()
@@ -161,7 +171,9 @@ def test_audit_mode_reports_and_lets_it_read(scenario: Scenario, agent_run: Agen
     assert got.action == "audited" and got.opener_tgid == attacker.pid
 
 
-def test_lookalike_regular_file_is_not_a_hit(scenario: Scenario, agent_run: AgentRun, tmp_path: Path) -> None:
+def test_lookalike_regular_file_is_not_a_hit(
+    scenario: Scenario, agent_run: AgentRun, tmp_path: Path
+) -> None:
     agent_run.start()
     v, trigger = scenario.victim()
     fake = tmp_path / str(v.pid) / "environ"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.engine.plans import ProtectionFlag
-
 from tests.harness.agents import PROTECT_BASE, AgentRun, Launched, Victim, assert_blocked, attack
 
 pytestmark = pytest.mark.kernel
@@ -92,7 +91,9 @@ VECTORS = ("fd-early-memfd", "fd-late-memfd", "map_files-late-memfd")
 
 
 @pytest.mark.parametrize("vector", VECTORS)
-def test_fd_opener_is_stopped_and_reads_nothing(vector: str, agent_run: AgentRun, fd_victim: Spawn) -> None:
+def test_fd_opener_is_stopped_and_reads_nothing(
+    vector: str, agent_run: AgentRun, fd_victim: Spawn
+) -> None:
     agent_run.start(flags=FDS_FLAGS)
     victim = fd_victim(agent_run.socket_path)
     assert victim.info["backend"] == agent_run.backend

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from cloudtaser.bpf.iouring import IO_URING_SYSCTL
-from tests.harness.attacking import run_attacker
-
 from tests.harness.agents import AgentRun, Victim
+from tests.harness.attacking import run_attacker
 
 pytestmark = pytest.mark.kernel
 
@@ -28,8 +27,9 @@ def sysctl_kept() -> Iterator[str]:
     IO_URING_SYSCTL.write_text(before + "\n")
 
 
-def test_restricted_while_protecting_then_restored(agent_run: AgentRun, sysctl_kept: str,
-                                                   spawn_victim: Callable[..., Victim]) -> None:
+def test_restricted_while_protecting_then_restored(
+    agent_run: AgentRun, sysctl_kept: str, spawn_victim: Callable[..., Victim]
+) -> None:
     assert run_attacker("uring-read", "/etc/hostname").returncode == 0  # allowed before
     agent_run.start(io_uring="restrict")
     assert IO_URING_SYSCTL.read_text().strip() == sysctl_kept  # nothing protected yet
@@ -46,8 +46,9 @@ def test_restricted_while_protecting_then_restored(agent_run: AgentRun, sysctl_k
     assert IO_URING_SYSCTL.read_text().strip() == sysctl_kept
 
 
-def test_allow_leaves_the_sysctl(agent_run: AgentRun, sysctl_kept: str,
-                                 spawn_victim: Callable[..., Victim], tmp_path: Path) -> None:
+def test_allow_leaves_the_sysctl(
+    agent_run: AgentRun, sysctl_kept: str, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
     agent_run.start(io_uring="allow")
     spawn_victim(agent_run.socket_path)
     assert IO_URING_SYSCTL.read_text().strip() == sysctl_kept

@@ -20,7 +20,13 @@ import pytest
 from cloudtaser.bpf.programs import TRACEPOINT_ONLY, bpf_lsm_listed
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.agents import (
-    PROTECT_BASE, READ_FILE, AgentRun, Attack, Victim, assert_blocked, attack,
+    PROTECT_BASE,
+    READ_FILE,
+    AgentRun,
+    Attack,
+    Victim,
+    assert_blocked,
+    attack,
 )
 
 pytestmark = pytest.mark.kernel
@@ -91,23 +97,43 @@ sys.stdout.buffer.write(os.pread(fd, 4096, 0))
 VECTORS: dict[str, Callable[[Victim, Path], tuple[str, list[str], str | None]]] = {
     "environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/environ"], None),
     "environ-symlink": lambda v, tmp: (
-        READ_FILE, [str(_symlink(tmp / "link", f"/proc/{v.pid}/environ"))], None
+        READ_FILE,
+        [str(_symlink(tmp / "link", f"/proc/{v.pid}/environ"))],
+        None,
     ),
     "environ-relative": lambda v, tmp: (READ_FILE, ["environ"], f"/proc/{v.pid}"),
-    "task-environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/task/{v.info['tid']}/environ"], None),
+    "task-environ": lambda v, tmp: (
+        READ_FILE,
+        [f"/proc/{v.pid}/task/{v.info['tid']}/environ"],
+        None,
+    ),
     "task-main-environ": lambda v, tmp: (READ_FILE, [f"/proc/{v.pid}/task/{v.pid}/environ"], None),
     "mem": lambda v, tmp: (READ_MEM, [f"/proc/{v.pid}/mem", v.info["addr"], v.info["len"]], None),
-    "process_vm_readv": lambda v, tmp: (PROCESS_VM_READV, [str(v.pid), v.info["addr"], v.info["len"]], None),
-    "process_vm_writev": lambda v, tmp: (PROCESS_VM_WRITEV, [str(v.pid), v.info["addr"], v.secret], None),
+    "process_vm_readv": lambda v, tmp: (
+        PROCESS_VM_READV,
+        [str(v.pid), v.info["addr"], v.info["len"]],
+        None,
+    ),
+    "process_vm_writev": lambda v, tmp: (
+        PROCESS_VM_WRITEV,
+        [str(v.pid), v.info["addr"], v.secret],
+        None,
+    ),
     "ptrace-attach": lambda v, tmp: (PTRACE, [str(v.pid), "16", v.info["addr"]], None),
     "ptrace-seize": lambda v, tmp: (PTRACE, [str(v.pid), str(0x4206), v.info["addr"]], None),
     "pidfd_getfd": lambda v, tmp: (PIDFD_GETFD, [str(v.pid), v.info["fd"]], None),
 }
 KIND = {
-    "environ": "environ", "environ-symlink": "environ", "environ-relative": "environ",
-    "task-environ": "environ", "task-main-environ": "environ", "mem": "mem",
-    "process_vm_readv": "process_vm_readv", "process_vm_writev": "process_vm_writev",
-    "ptrace-attach": "ptrace", "ptrace-seize": "ptrace",
+    "environ": "environ",
+    "environ-symlink": "environ",
+    "environ-relative": "environ",
+    "task-environ": "environ",
+    "task-main-environ": "environ",
+    "mem": "mem",
+    "process_vm_readv": "process_vm_readv",
+    "process_vm_writev": "process_vm_writev",
+    "ptrace-attach": "ptrace",
+    "ptrace-seize": "ptrace",
     "pidfd_getfd": "pidfd_getfd",
 }
 
@@ -139,7 +165,9 @@ def test_attacker_is_stopped_and_reads_nothing(
     assert 'cloudtaser_registrations_total{result="ok"} 1.0' in metrics
 
 
-def test_unprotected_vectors_really_leak(spawn_victim: Callable[..., Victim], tmp_path: Path, bpf_object: Path) -> None:
+def test_unprotected_vectors_really_leak(
+    spawn_victim: Callable[..., Victim], tmp_path: Path, bpf_object: Path
+) -> None:
     """Control: without registration, every vector reads the secret (so the kills above matter)."""
     victim = spawn_victim(None)
     for vector in ("environ", "mem", "process_vm_readv", "pidfd_getfd"):
@@ -162,7 +190,9 @@ def test_not_registered_is_not_protected(
     assert protected.alive()
 
 
-def test_protected_process_reads_itself(agent_run: AgentRun, spawn_victim: Callable[..., Victim]) -> None:
+def test_protected_process_reads_itself(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim]
+) -> None:
     agent_run.start()
     victim = spawn_victim(agent_run.socket_path)
     assert victim.info["self_read"] == "True"  # /proc/self/environ and its own thread's
@@ -182,7 +212,9 @@ def test_audit_mode_reports_without_killing(
         result = run_vector(vector, victim, tmp_path)
         leaked = f"wrote {len(victim.secret)}" if vector == "process_vm_writev" else victim.secret
         assert result.returncode == 0 and leaked.encode() in result.stdout, (vector, result)
-        v = agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.kind == KIND[vector])
+        v = agent_run.wait_violation(
+            lambda v, vector=vector: v.target_tgid == victim.pid and v.kind == KIND[vector]
+        )
         assert v.action == "audited"
     assert victim.alive()
 
@@ -270,16 +302,23 @@ def test_register_refused_for_nothing_but_self(agent_run: AgentRun) -> None:
         s.connect(str(agent_run.socket_path))
         s.sendall(json.dumps({"op": "register", "version": 1, "pid": 1}).encode() + b"\n")
         reply = json.loads(s.makefile("rb").readline())
-    assert reply == {"ok": True, "backend": agent.backend, "mode": "enforce",
-                     "protections": ["environ", "mem", "ptrace", "pidfd_getfd"]}
+    assert reply == {
+        "ok": True,
+        "backend": agent.backend,
+        "mode": "enforce",
+        "protections": ["environ", "mem", "ptrace", "pidfd_getfd"],
+    }
     assert agent.entry(1) is None
     assert agent.entry(os.getpid()) is not None
     assert agent.loaded is not None
     import ctypes
+
     agent.loaded.map("protected").delete(ctypes.c_uint32(os.getpid()))
 
 
-def test_backend_choice_is_probed_and_logged(agent_run: AgentRun, caplog: pytest.LogCaptureFixture) -> None:
+def test_backend_choice_is_probed_and_logged(
+    agent_run: AgentRun, caplog: pytest.LogCaptureFixture
+) -> None:
     """auto: LSM only where its programs load; otherwise tracepoint, with the reason logged
     (this host lists bpf as an LSM but refuses to load its programs: EPERM)."""
     caplog.set_level(logging.INFO, logger="cloudtaser.bpf.agent")

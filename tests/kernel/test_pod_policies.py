@@ -23,8 +23,13 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture
 def pod_cgroup() -> Iterator[Path]:
-    path = (cgroup2_root() / "kubepods.slice" / "kubepods-besteffort.slice" /
-            f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice" / f"cri-test-{uuid.uuid4().hex[:8]}.scope")
+    path = (
+        cgroup2_root()
+        / "kubepods.slice"
+        / "kubepods-besteffort.slice"
+        / f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice"
+        / f"cri-test-{uuid.uuid4().hex[:8]}.scope"
+    )
     path.mkdir(parents=True)
     try:
         yield path
@@ -75,12 +80,16 @@ def test_policy_change_reaches_a_running_process(agent_run: AgentRun, pod_cgroup
     policies.listeners.append(agent_run.agent.reapply)
     victim, secret = spawn_in(pod_cgroup, agent_run.socket_path)
     try:
-        assert victim.stdout is not None and f"backend={agent_run.backend}" in victim.stdout.readline()
+        assert (
+            victim.stdout is not None and f"backend={agent_run.backend}" in victim.stdout.readline()
+        )
         assert_blocked(attack(READ_FILE, f"/proc/{victim.pid}/environ"), agent_run.backend)
         current["mode"] = "audit"
         policies.refresh()
         entry = agent_run.agent.entry(victim.pid)
-        assert entry is not None and entry.flags == ProtectionFlag.ENVIRON | ProtectionFlag.AUDIT_ONLY
+        assert (
+            entry is not None and entry.flags == ProtectionFlag.ENVIRON | ProtectionFlag.AUDIT_ONLY
+        )
         result = attack(READ_FILE, f"/proc/{victim.pid}/environ")
         assert result.returncode == 0  # audit: reported, not killed
         agent_run.wait_violation(lambda v: v.target_tgid == victim.pid and v.action == "audited")
@@ -96,7 +105,6 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
     pod's policy turns to audit meanwhile: the new agent adopts it from the pinned map and
     rewrites its flags (before, it kept the old ones until it exited)."""
     from cloudtaser.bpf.agent import Agent
-
     from tests.harness.agents import PROTECT_BASE
 
     current = {"mode": "enforce"}
@@ -106,15 +114,23 @@ def test_a_restarted_agent_moves_earlier_registrations_to_the_current_policy(
     agent_run.agent.pod_policies = policies
     victim, _ = spawn_in(pod_cgroup, agent_run.socket_path)
     try:
-        assert victim.stdout is not None and f"backend={agent_run.backend}" in victim.stdout.readline()
+        assert (
+            victim.stdout is not None and f"backend={agent_run.backend}" in victim.stdout.readline()
+        )
         before = agent_run.agent.entry(victim.pid)
         assert before is not None and before.flags == ProtectionFlag.ENVIRON
         agent_run.stop()  # the pinned maps, and the protection, stay
         current["mode"] = "audit"
         policies.refresh()  # main() lists before it starts the agent
-        agent_run.agent = Agent(agent_run.socket_path, agent_run.bpf_object, PROTECT_BASE,
-                                agent_run.pin_dir, agent_run.violations.append,
-                                pod_policies=policies, io_uring="allow")
+        agent_run.agent = Agent(
+            agent_run.socket_path,
+            agent_run.bpf_object,
+            PROTECT_BASE,
+            agent_run.pin_dir,
+            agent_run.violations.append,
+            pod_policies=policies,
+            io_uring="allow",
+        )
         agent_run.agent.start()
         after = agent_run.agent.entry(victim.pid)
         assert after is not None and after.start_time == before.start_time
@@ -157,12 +173,25 @@ def test_one_pod_cannot_hold_the_agents_socket(agent_run: AgentRun, pod_cgroup: 
     agent_run.agent.pod_policies = PodPolicies(lambda: objects())
     enter = f'echo $$ > "{pod_cgroup}/cgroup.procs"; '
     holder = subprocess.Popen(
-        ["sh", "-c", enter + 'exec "$0" -c "$1" "$2" "$3"', sys.executable, HOLDER,
-         str(agent_run.socket_path), str(MAX_PER_POD)], stdout=subprocess.PIPE, text=True)
+        [
+            "sh",
+            "-c",
+            enter + 'exec "$0" -c "$1" "$2" "$3"',
+            sys.executable,
+            HOLDER,
+            str(agent_run.socket_path),
+            str(MAX_PER_POD),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         extra = json.loads(holder.stdout.readline())["extra"]
-        assert extra == {"ok": False, "error": f"more than {MAX_PER_POD} connections at once from pod {UID}"}
+        assert extra == {
+            "ok": False,
+            "error": f"more than {MAX_PER_POD} connections at once from pod {UID}",
+        }
         # meanwhile a caller outside that pod is answered at once (here: refused, no pod)
         other, _ = spawn_in(None, agent_run.socket_path)
         _, err = other.communicate(timeout=REQUEST_DEADLINE)

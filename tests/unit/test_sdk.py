@@ -33,7 +33,9 @@ def test_get_secret_reads_each_named_fd(monkeypatch: pytest.MonkeyPatch) -> None
         assert sdk.secrets() == ["big", "empty", "one"]
         for name, value in values.items():
             assert sdk.get_secret(name) == value
-        with pytest.raises(sdk.SecretNotFound, match=r"no secret named 'nope' \(delivered: big, empty, one\)"):
+        with pytest.raises(
+            sdk.SecretNotFound, match=r"no secret named 'nope' \(delivered: big, empty, one\)"
+        ):
             sdk.get_secret("nope")
     finally:
         for fd in fds.values():
@@ -70,8 +72,11 @@ def test_a_malformed_manifest_fails_get_secret(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_importing_the_sdk_makes_the_process_non_dumpable() -> None:
-    program = ("import ctypes; libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0); "
-               "import cloudtaser.sdk; print(before, libc.prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                         check=True).stdout
+    program = (
+        "import ctypes; libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0); "
+        "import cloudtaser.sdk; print(before, libc.prctl(3, 0, 0, 0, 0))"
+    )  # PR_GET_DUMPABLE
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["1", "0"]

@@ -49,6 +49,8 @@ from cloudtaser.bpf.allowlists import (
     running_kubelets,
 )
 from cloudtaser.bpf.cgroups import pod_uid
+from cloudtaser.bpf.credentials import CredentialVolumes
+from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.programs import (
@@ -60,8 +62,6 @@ from cloudtaser.bpf.programs import (
     RingBuffer,
     load_backend,
 )
-from cloudtaser.bpf.credentials import CredentialVolumes
-from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
 from cloudtaser.bpf.reporting import EventReporter
 from cloudtaser.bpf.serving import (
     DEFAULT_SOCKET,
@@ -140,13 +140,16 @@ class Agent:
         self.pod_policies = pod_policies
         self.requested_backend = backend  # auto | lsm | tracepoint
         if io_uring not in IO_URING_CHOICES:
-            raise PermanentError(f"io_uring must be one of {', '.join(IO_URING_CHOICES)}, not {io_uring!r}")
+            raise PermanentError(
+                f"io_uring must be one of {', '.join(IO_URING_CHOICES)}, not {io_uring!r}"
+            )
         self.io_uring = io_uring  # restrict: kernel.io_uring_disabled=2 while protecting
         # The sysctl's value before an agent raised it is kept beside the socket (a host
         # directory): a restarted agent, not only this one, can put it back.
         self._io_uring = IoUringRestriction(io_uring, self.socket_path.parent, self._live_protected)
-        self._credentials = CredentialVolumes(lambda: self._map("protected_mounts"),
-                                              lambda pid: self.entry(pid) is not None)
+        self._credentials = CredentialVolumes(
+            lambda: self._map("protected_mounts"), lambda pid: self.entry(pid) is not None
+        )
         self.backend = BACKEND  # what start() chose (programs.load_backend)
         self.backend_reason = ""
         self.metrics = Metrics()
@@ -187,8 +190,12 @@ class Agent:
         self.load_seconds = time.monotonic() - t0
         log.info(
             "loaded %d programs from %s in %.3f s (backend %s: %s; maps pinned in %s)",
-            len(self.loaded.programs), path, self.load_seconds, self.backend,
-            self.backend_reason, self.pin_dir,
+            len(self.loaded.programs),
+            path,
+            self.load_seconds,
+            self.backend,
+            self.backend_reason,
+            self.pin_dir,
         )
         self._lists.adopt()
         self._adopt_registrations()
@@ -244,8 +251,9 @@ class Agent:
         value = layouts.ProtectedEntry()
         for tgid in list(protected.keys_u32()):
             try:
-                if protected.lookup(ctypes.c_uint32(tgid), value) and \
-                        value.start_time == start_time_ticks(tgid):
+                if protected.lookup(
+                    ctypes.c_uint32(tgid), value
+                ) and value.start_time == start_time_ticks(tgid):
                     return tgid
             except OSError:
                 continue
@@ -258,8 +266,9 @@ class Agent:
         accessor_list); returns its start time."""
         assert self.loaded is not None, "agent not started"
         start = start_time_ticks(pid)
-        entry = layouts.ProtectedEntry(start_time=start, flags=self.flags if flags is None else flags,
-                                       accessors=accessors)
+        entry = layouts.ProtectedEntry(
+            start_time=start, flags=self.flags if flags is None else flags, accessors=accessors
+        )
         self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
         if entry.flags & ProtectionFlag.FDS:
             self._remember_secret_files(pid)
@@ -285,12 +294,17 @@ class Agent:
             except OSError:
                 continue
             key = secret_file_key(st)
-            if files.lookup(key, owner) and owner.tgid != pid and self.entry(owner.tgid) is not None:
+            if (
+                files.lookup(key, owner)
+                and owner.tgid != pid
+                and self.entry(owner.tgid) is not None
+            ):
                 continue  # inherited from a protected process (the refresher's): keep its owner
             files.update(key, layouts.FileOwner(tgid=pid))
 
-    def allow(self, path: str | Path, uid: int | None = None,
-              list_id: int = DEFAULT_LIST) -> layouts.AccessorKey:
+    def allow(
+        self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST
+    ) -> layouts.AccessorKey:
         """Let the executable at ``path`` (as run by ``uid``, or by anyone) access the processes
         protected with allow-list ``list_id`` (default: the list of processes registered without
         pod policies). By inode, so a copy or a replaced file is not allowed, and a rename of
@@ -303,7 +317,9 @@ class Agent:
         something (e.g. another node agent: Tetragon, a profiler). By inode, like allow()."""
         return self.allow(path, uid, BPF_LOADERS_LIST)
 
-    def allow_credential_reader(self, path: str | Path, uid: int | None = None) -> layouts.AccessorKey:
+    def allow_credential_reader(
+        self, path: str | Path, uid: int | None = None
+    ) -> layouts.AccessorKey:
         """Let the executable at ``path`` read protected credential volumes (the kubelet, which
         rotates the projected token; found by itself: allow_kubelet)."""
         return self.allow(path, uid, CREDENTIAL_READERS_LIST)
@@ -332,7 +348,9 @@ class Agent:
             return 0
         return self._credentials.free(mountinfo)
 
-    def disallow(self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST) -> bool:
+    def disallow(
+        self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST
+    ) -> bool:
         assert self.loaded is not None, "agent not started"
         return self._lists.disallow(path, uid, list_id)
 
@@ -413,9 +431,14 @@ class Agent:
                 policy = current.flags & ~STATE_BITS
                 if policy != entry.policy.flags or current.accessors != list_id:
                     self.protect(pid, entry.policy.flags | (current.flags & STATE_BITS), list_id)
-                    log.info("pid %d: flags %#x -> %#x, allow-list %d -> %d (its pod's policy "
-                             "changed)", pid, policy, entry.policy.flags, current.accessors,
-                             list_id)
+                    log.info(
+                        "pid %d: flags %#x -> %#x, allow-list %d -> %d (its pod's policy changed)",
+                        pid,
+                        policy,
+                        entry.policy.flags,
+                        current.accessors,
+                        list_id,
+                    )
         self.collect_lists()
 
     def entry(self, pid: int) -> layouts.ProtectedEntry | None:
@@ -451,8 +474,10 @@ class Agent:
                     return refused("the caller runs in no pod cgroup on this node")
                 entry = self.pod_policies.entry(pod)
                 if entry is None:
-                    return refused(f"pod {pod} has no cloudtaser protection on this node (not "
-                                   "injected, or no binding selects it)")
+                    return refused(
+                        f"pod {pod} has no cloudtaser protection on this node (not "
+                        "injected, or no binding selects it)"
+                    )
                 flags = entry.policy.flags
                 allowed = entry.policy.allowed_accessors
             if request.exec_environ == "clean":
@@ -479,8 +504,14 @@ class Agent:
             for problem in self._protect_credentials(pid, flags, request.credentials):
                 log.warning("pid %d: credential %s", pid, problem)
             self._deal_with_early_fds(pid, flags, list_id)
-            log.info("registered pid %d (uid %d, start %d, flags %#x, allow-list %d)", pid, uid,
-                     start, flags, list_id)
+            log.info(
+                "registered pid %d (uid %d, start %d, flags %#x, allow-list %d)",
+                pid,
+                uid,
+                start,
+                flags,
+                list_id,
+            )
             return accepted(self.backend, flags)
         finally:
             if pidfd is not None:
@@ -501,9 +532,13 @@ class Agent:
         holders = [h for h in self._scans.holders(pid) if flags & wanted[h.vector]]
         self.last_scan_seconds = time.monotonic() - t0
         deal_with_early_holders(
-            holders, pid, flags, kill=not flags & ProtectionFlag.AUDIT_ONLY,
+            holders,
+            pid,
+            flags,
+            kill=not flags & ProtectionFlag.AUDIT_ONLY,
             allowed=lambda holder, uid: self._lists.allows(holder, uid, list_id),
-            report=self._violations.report)
+            report=self._violations.report,
+        )
 
 
 def parse_flags(text: str) -> int:
@@ -526,37 +561,77 @@ def _refresh_every(policies: PodPolicies, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cloudtaser-bpf-agent", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="cloudtaser-bpf-agent", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
     # The agent image sets CLOUDTASER_BPF_OBJECT to the object it carries (scripts/images/).
-    parser.add_argument("--object", type=Path, default=os.environ.get("CLOUDTASER_BPF_OBJECT") or None,
-                        help="protect.bpf.o (default: $CLOUDTASER_BPF_OBJECT, else build it)")
+    parser.add_argument(
+        "--object",
+        type=Path,
+        default=os.environ.get("CLOUDTASER_BPF_OBJECT") or None,
+        help="protect.bpf.o (default: $CLOUDTASER_BPF_OBJECT, else build it)",
+    )
     parser.add_argument("--pin-dir", type=Path, default=DEFAULT_PIN_DIR)
-    parser.add_argument("--backend", choices=("auto", LSM, TRACEPOINT), default="auto",
-                        help="auto: BPF LSM where its programs load here, else tracepoints")
-    parser.add_argument("--flags", type=parse_flags, default=int(DEFAULT_FLAGS),
-                        help="flags for every caller when --node is not given")
-    parser.add_argument("--io-uring", choices=IO_URING_CHOICES, default="auto",
-                        help="restrict: no new io_uring ring on the node while it protects "
-                             "something (kernel.io_uring_disabled=2); auto: restrict on the "
-                             "tracepoint backend only; allow: check each request only")
-    parser.add_argument("--allow-credential-reader", action="append", default=[],
-                        metavar="EXE[:UID]",
-                        help="an executable besides the kubelet that may read protected pods' "
-                             "credential volumes (repeatable; by inode)")
-    parser.add_argument("--allow-bpf-loader", action="append", default=[], metavar="EXE[:UID]",
-                        help="an executable that may load tracing BPF programs while this node "
-                             "protects something (repeatable; by inode)")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on this port (e.g. 9462)")
-    parser.add_argument("--settings", default=os.environ.get("CLOUDTASER_SETTINGS"),
-                        help="InjectorSettings JSON, the operator's (env CLOUDTASER_SETTINGS)")
-    parser.add_argument("--node", default=None,
-                        help="this node's name: take each caller's flags from its pod's policy, "
-                             "compiled from the API server (in-cluster or $KUBECONFIG)")
-    parser.add_argument("--log-format", choices=logs.FORMATS,
-                        default=os.environ.get("CLOUDTASER_LOG_FORMAT", "text"),
-                        help="one line per record: text, or a JSON object (env CLOUDTASER_LOG_FORMAT)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", LSM, TRACEPOINT),
+        default="auto",
+        help="auto: BPF LSM where its programs load here, else tracepoints",
+    )
+    parser.add_argument(
+        "--flags",
+        type=parse_flags,
+        default=int(DEFAULT_FLAGS),
+        help="flags for every caller when --node is not given",
+    )
+    parser.add_argument(
+        "--io-uring",
+        choices=IO_URING_CHOICES,
+        default="auto",
+        help="restrict: no new io_uring ring on the node while it protects "
+        "something (kernel.io_uring_disabled=2); auto: restrict on the "
+        "tracepoint backend only; allow: check each request only",
+    )
+    parser.add_argument(
+        "--allow-credential-reader",
+        action="append",
+        default=[],
+        metavar="EXE[:UID]",
+        help="an executable besides the kubelet that may read protected pods' "
+        "credential volumes (repeatable; by inode)",
+    )
+    parser.add_argument(
+        "--allow-bpf-loader",
+        action="append",
+        default=[],
+        metavar="EXE[:UID]",
+        help="an executable that may load tracing BPF programs while this node "
+        "protects something (repeatable; by inode)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (e.g. 9462)",
+    )
+    parser.add_argument(
+        "--settings",
+        default=os.environ.get("CLOUDTASER_SETTINGS"),
+        help="InjectorSettings JSON, the operator's (env CLOUDTASER_SETTINGS)",
+    )
+    parser.add_argument(
+        "--node",
+        default=None,
+        help="this node's name: take each caller's flags from its pod's policy, "
+        "compiled from the API server (in-cluster or $KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=os.environ.get("CLOUDTASER_LOG_FORMAT", "text"),
+        help="one line per record: text, or a JSON object (env CLOUDTASER_LOG_FORMAT)",
+    )
     parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
     args = parser.parse_args(argv)
     logs.configure(args.log_format, args.log_level)
@@ -568,14 +643,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 settings = InjectorSettings.model_validate_json(Path(args.settings).read_text())
             except (OSError, ValueError) as e:
-                print(f"cloudtaser-bpf-agent: {args.settings}: {type(e).__name__}: {e}",
-                      file=sys.stderr)
+                print(
+                    f"cloudtaser-bpf-agent: {args.settings}: {type(e).__name__}: {e}",
+                    file=sys.stderr,
+                )
                 return 1
         policies = PodPolicies(kubernetes_lister(args.node), settings=settings)
         policies.refresh()
         reporter = EventReporter(policies, args.node)
-        threading.Thread(target=_refresh_every, args=(policies, 30.0), daemon=True,
-                         name="agent-relist").start()
+        threading.Thread(
+            target=_refresh_every, args=(policies, 30.0), daemon=True, name="agent-relist"
+        ).start()
     node_reports: list[NodeReport] = []  # needs the backend: made once the agent is loaded
     node_label: NodeLabel | None = None
 
@@ -585,9 +663,16 @@ def main(argv: list[str] | None = None) -> int:
         for report in node_reports:
             report.record(pod_uid(v.target_tgid))
 
-    agent = Agent(args.socket, args.object, args.flags, args.pin_dir,
-                  on_violation=on_violation if reporter else None, pod_policies=policies,
-                  backend=args.backend, io_uring=args.io_uring)
+    agent = Agent(
+        args.socket,
+        args.object,
+        args.flags,
+        args.pin_dir,
+        on_violation=on_violation if reporter else None,
+        pod_policies=policies,
+        backend=args.backend,
+        io_uring=args.io_uring,
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

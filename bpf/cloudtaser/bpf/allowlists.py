@@ -54,8 +54,9 @@ class AllowLists:
     written under each id. ``lock`` spans list writes, the protected entries written with a
     list id (the agent holds it around both) and collect()."""
 
-    def __init__(self, accessors: Callable[[], Map],
-                 ids_in_use: Callable[[], Iterable[int]]) -> None:
+    def __init__(
+        self, accessors: Callable[[], Map], ids_in_use: Callable[[], Iterable[int]]
+    ) -> None:
         """``accessors``: the ``accessors`` map; ``ids_in_use``: the list ids the
         ``protected`` map's entries name."""
         self._map = accessors
@@ -65,8 +66,9 @@ class AllowLists:
         self.lock = threading.RLock()
         self._next = DEFAULT_LIST + 1
 
-    def allow(self, path: str | Path, uid: int | None = None,
-              list_id: int = DEFAULT_LIST) -> layouts.AccessorKey:
+    def allow(
+        self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST
+    ) -> layouts.AccessorKey:
         """Let the executable at ``path`` (as run by ``uid``, or by anyone) access the processes
         protected with allow-list ``list_id``. By inode, so a copy or a replaced file is not
         allowed, and a rename of the same file still is."""
@@ -74,12 +76,14 @@ class AllowLists:
         with self.lock:
             self._map().update(accessor_key(ident, list_id), ctypes.c_uint32(1))
             self._keys.setdefault(list_id, set()).add(ident)
-        log.info("allowed accessor %s (uid %s) on list %d", path, "any" if uid is None else uid,
-                 list_id)
+        log.info(
+            "allowed accessor %s (uid %s) on list %d", path, "any" if uid is None else uid, list_id
+        )
         return accessor_key(ident, list_id)
 
-    def disallow(self, path: str | Path, uid: int | None = None,
-                 list_id: int = DEFAULT_LIST) -> bool:
+    def disallow(
+        self, path: str | Path, uid: int | None = None, list_id: int = DEFAULT_LIST
+    ) -> bool:
         ident = accessor_ident(path, uid)
         with self.lock:
             self._keys.get(list_id, set()).discard(ident)
@@ -97,8 +101,10 @@ class AllowLists:
         dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
         accessors = self._map()
         value = ctypes.c_uint32()
-        return any(accessors.lookup(accessor_key((st.st_ino, dev, u), list_id), value)
-                   for u in (uid, layouts.ALLOWED_ANY_UID))
+        return any(
+            accessors.lookup(accessor_key((st.st_ino, dev, u), list_id), value)
+            for u in (uid, layouts.ALLOWED_ANY_UID)
+        )
 
     def list_for(self, specs: Iterable[str]) -> int:
         """The id of the allow-list ``specs`` (a policy's "exe" or "exe:uid" entries), its

@@ -43,7 +43,6 @@ def fs_type(path: str) -> int:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-
 class CredentialVolumes:
     """``mounts``: the ``protected_mounts`` map; ``protected(tgid)``: that process holds an
     entry in ``protected`` (a live owner keeps its volumes)."""
@@ -84,8 +83,10 @@ class CredentialVolumes:
                     # Its owner died, but this caller runs in the same container: a restarted
                     # container has a cgroup of its own; this is a process that outlived (or
                     # killed) the app, and it is no owner.
-                    problems.append(f"{path}: its volume stays its dead owner's (pid {owner.tgid}, "
-                                    "same container)")
+                    problems.append(
+                        f"{path}: its volume stays its dead owner's (pid {owner.tgid}, "
+                        "same container)"
+                    )
                     continue
             mounts.update(key, layouts.FileOwner(tgid=pid, flags=flags))
             self._owners[key.value] = cgroup

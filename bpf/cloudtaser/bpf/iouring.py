@@ -41,8 +41,9 @@ class IoUringRestriction:
     """One agent's side of the sysctl. ``mode``: one of IO_URING_CHOICES; ``live_protected``:
     a tgid of a protected process still alive, if any (then the restriction stays)."""
 
-    def __init__(self, mode: str, socket_dir: Path,
-                 live_protected: Callable[[], int | None]) -> None:
+    def __init__(
+        self, mode: str, socket_dir: Path, live_protected: Callable[[], int | None]
+    ) -> None:
         self.mode = mode
         self.record = io_uring_record(socket_dir)
         self._live_protected = live_protected
@@ -62,11 +63,17 @@ class IoUringRestriction:
                 if not self.record.exists():
                     self.record.write_text(before + "\n")
                 IO_URING_SYSCTL.write_text("2\n")
-                log.info("io_uring restricted while this node protects processes "
-                         "(kernel.io_uring_disabled %s -> 2; --io-uring allow keeps it)", before)
+                log.info(
+                    "io_uring restricted while this node protects processes "
+                    "(kernel.io_uring_disabled %s -> 2; --io-uring allow keeps it)",
+                    before,
+                )
         except OSError as e:
-            log.warning("cannot restrict io_uring (%s: %s); its requests are still checked",
-                        IO_URING_SYSCTL, e.strerror)
+            log.warning(
+                "cannot restrict io_uring (%s: %s); its requests are still checked",
+                IO_URING_SYSCTL,
+                e.strerror,
+            )
             return
         self.raised = True
 

@@ -36,8 +36,9 @@ class NodeLabel:
     """Keeps ``cloudtaser.io/agent-backend`` on the Node ``node`` equal to the running backend,
     from a worker thread (never blocks the agent)."""
 
-    def __init__(self, node: str, api: Any | None = None, recheck: float = RECHECK,
-                 retry: float = RETRY) -> None:
+    def __init__(
+        self, node: str, api: Any | None = None, recheck: float = RECHECK, retry: float = RETRY
+    ) -> None:
         self._node = node
         self._api = api
         self._recheck = recheck
@@ -85,8 +86,13 @@ class NodeLabel:
         if value is None:
             log.info("node %s: label %s removed (was %s)", self._node, AGENT_BACKEND_LABEL, current)
         else:
-            log.info("node %s: label %s=%s (was %s)", self._node, AGENT_BACKEND_LABEL, value,
-                     current or "unset")
+            log.info(
+                "node %s: label %s=%s (was %s)",
+                self._node,
+                AGENT_BACKEND_LABEL,
+                value,
+                current or "unset",
+            )
         return True
 
     # --- the worker ----------------------------------------------------------------------
@@ -109,7 +115,9 @@ class NodeLabel:
 
     def _warn(self, value: str | None, error: Exception, then: str) -> None:
         what = f"{AGENT_BACKEND_LABEL}={value}" if value else f"removal of {AGENT_BACKEND_LABEL}"
-        log.warning("node %s: label %s not written (%s); %s", self._node, what, _reason(error), then)
+        log.warning(
+            "node %s: label %s not written (%s); %s", self._node, what, _reason(error), then
+        )
 
 
 def _reason(error: Exception) -> str:

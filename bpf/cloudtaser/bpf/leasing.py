@@ -25,8 +25,9 @@ DEBOUNCE = 1.0  # a burst of violations is one write
 class NodeReport:
     """Keeps this node's Lease current from a worker thread (never blocks the agent)."""
 
-    def __init__(self, policies: PodPolicies, node: str, namespace: str, backend: str,
-                 api: Any | None = None) -> None:
+    def __init__(
+        self, policies: PodPolicies, node: str, namespace: str, backend: str, api: Any | None = None
+    ) -> None:
         self._policies = policies
         self._node = node
         self._namespace = namespace
@@ -85,27 +86,41 @@ class NodeReport:
         import kubernetes
 
         try:
-            lease = self._client().read_namespaced_lease(reports.lease_name(self._node),
-                                                         self._namespace)
+            lease = self._client().read_namespaced_lease(
+                reports.lease_name(self._node), self._namespace
+            )
         except kubernetes.client.ApiException as e:
             if e.status == 404:
                 return
             raise
         counts = reports.decode(
-            kubernetes.client.ApiClient().sanitize_for_serialization(lease)).violations
+            kubernetes.client.ApiClient().sanitize_for_serialization(lease)
+        ).violations
         with self._lock:
             for name, count in counts.items():
                 self._counts[name] = self._counts.get(name, 0) + count
 
     def body(self) -> dict[str, Any]:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        policies = sorted({name for entry in self._policies.snapshot()
-                           for name in entry.policy.policies or ["default"]})
+        now = datetime.datetime.now(datetime.UTC)
+        policies = sorted(
+            {
+                name
+                for entry in self._policies.snapshot()
+                for name in entry.policy.policies or ["default"]
+            }
+        )
         with self._lock:
             counts = dict(sorted(self._counts.items()))
-        return reports.encode(reports.Report(
-            node=self._node, policies=policies, violations=counts, backend=self._backend,
-            renewed=now.strftime(reports.RENEW_TIME_FORMAT)), self._namespace)
+        return reports.encode(
+            reports.Report(
+                node=self._node,
+                policies=policies,
+                violations=counts,
+                backend=self._backend,
+                renewed=now.strftime(reports.RENEW_TIME_FORMAT),
+            ),
+            self._namespace,
+        )
 
     def _write(self) -> None:
         import kubernetes

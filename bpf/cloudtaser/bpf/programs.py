@@ -35,17 +35,34 @@ LSM_LIST = Path("/sys/kernel/security/lsm")
 # attached only by the tracepoint backend. Programs in "lsm/" sections are the LSM backend's;
 # the others (fork, exec, exit, memfd creation, core dumps; the agent_op program, run rather
 # than attached) serve either. tests/unit/bpf checks the names and their sections.
-TRACEPOINT_ONLY = frozenset({"on_sys_enter", "on_sys_exit", "io_uring_submit", "io_uring_file_get",
-                             "io_uring_complete"})
+TRACEPOINT_ONLY = frozenset(
+    {"on_sys_enter", "on_sys_exit", "io_uring_submit", "io_uring_file_get", "io_uring_complete"}
+)
 AGENT_OP = "agent_op"  # the syscall program through which the agent writes its frozen maps
 # The maps the agent writes through agent_op (frozen: no bpf() syscall writes them).
-AGENT_MAPS = {"protected": layouts.AgentMap.PROTECTED, "protected_files": layouts.AgentMap.PROTECTED_FILES,
-              "accessors": layouts.AgentMap.ACCESSORS,
-              "protected_mounts": layouts.AgentMap.PROTECTED_MOUNTS}
-PINNED_MAPS = ("protected", "events", "ptrace_victims", "protected_files", "accessors", "node",
-               "protected_mounts")
-FROZEN_MAPS = ("protected", "ptrace_victims", "protected_files", "accessors", "node",
-               "protected_mounts")
+AGENT_MAPS = {
+    "protected": layouts.AgentMap.PROTECTED,
+    "protected_files": layouts.AgentMap.PROTECTED_FILES,
+    "accessors": layouts.AgentMap.ACCESSORS,
+    "protected_mounts": layouts.AgentMap.PROTECTED_MOUNTS,
+}
+PINNED_MAPS = (
+    "protected",
+    "events",
+    "ptrace_victims",
+    "protected_files",
+    "accessors",
+    "node",
+    "protected_mounts",
+)
+FROZEN_MAPS = (
+    "protected",
+    "ptrace_victims",
+    "protected_files",
+    "accessors",
+    "node",
+    "protected_mounts",
+)
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -193,12 +210,20 @@ class TestRunOpts(ctypes.Structure):
 
     _fields_ = [
         ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
     ]
 
 
@@ -211,8 +236,11 @@ class AgentOps:
 
     def run(self, op: layouts.AgentOp) -> int:
         """Run ``op``; its result (0 or -errno)."""
-        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), ctx_in=ctypes.addressof(op),
-                           ctx_size_in=ctypes.sizeof(op))
+        opts = TestRunOpts(
+            sz=ctypes.sizeof(TestRunOpts),
+            ctx_in=ctypes.addressof(op),
+            ctx_size_in=ctypes.sizeof(op),
+        )
         if lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)) != 0:
             raise _fail("run of the agent_op program")
         return int(op.result)
@@ -237,7 +265,9 @@ class Map:
 
     def update(self, key: Key, value: Key, flags: int = BPF_ANY) -> None:
         if self.ops is not None:
-            rc = self.ops.write(layouts.AgentOpCode.UPDATE, AGENT_MAPS[self.name], key, value, flags)
+            rc = self.ops.write(
+                layouts.AgentOpCode.UPDATE, AGENT_MAPS[self.name], key, value, flags
+            )
             if rc != 0:
                 raise _fail(f"update of map {self.name} (through agent_op)", rc)
             return
@@ -269,8 +299,12 @@ class Map:
         prev: K | None = None
         while True:
             nxt = key_type()
-            if lib().bpf_map_get_next_key(self.fd, None if prev is None else ctypes.byref(prev),
-                                          ctypes.byref(nxt)) != 0:
+            if (
+                lib().bpf_map_get_next_key(
+                    self.fd, None if prev is None else ctypes.byref(prev), ctypes.byref(nxt)
+                )
+                != 0
+            ):
                 return
             yield nxt
             prev = nxt
@@ -280,7 +314,9 @@ class Map:
         nxt = ctypes.c_uint32()
         first = True
         while True:
-            rc = lib().bpf_map_get_next_key(self.fd, None if first else ctypes.byref(prev), ctypes.byref(nxt))
+            rc = lib().bpf_map_get_next_key(
+                self.fd, None if first else ctypes.byref(prev), ctypes.byref(nxt)
+            )
             if rc != 0:
                 return
             yield nxt.value
@@ -374,8 +410,10 @@ def _claim_with_pinned_op(pin_dir: Path) -> None:
     finally:
         os.close(fd)
     if rc == -errno.EBUSY:
-        raise BpfError(f"another process holds the agent role of {pin_dir} (pid "
-                       f"{_role_holder(pin_dir)}); one agent per node")
+        raise BpfError(
+            f"another process holds the agent role of {pin_dir} (pid "
+            f"{_role_holder(pin_dir)}); one agent per node"
+        )
     if rc != 0:
         raise _fail(f"claim of the agent role through {pin}", rc)
 
@@ -437,7 +475,9 @@ def load(path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = TRAC
         rc = lb.bpf_object__load(obj)
         if rc != 0:
             hint = f"; remove {pin_dir}/maps after an incompatible upgrade" if pin_dir else ""
-            raise _fail(f"load of {path} ({backend} backend: verifier or pinned-map mismatch{hint})", rc)
+            raise _fail(
+                f"load of {path} ({backend} backend: verifier or pinned-map mismatch{hint})", rc
+            )
         op_prog = 0
         for prog, name in _programs(obj):
             if name == AGENT_OP:
@@ -446,8 +486,12 @@ def load(path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = TRAC
             loaded.ops = AgentOps(lb.bpf_program__fd(op_prog))
             rc = loaded.ops.claim()
             if rc != 0:
-                raise _fail(f"claim of the agent role (held by pid {_role_holder(pin_dir)})"
-                            if pin_dir else "claim of the agent role", rc)
+                raise _fail(
+                    f"claim of the agent role (held by pid {_role_holder(pin_dir)})"
+                    if pin_dir
+                    else "claim of the agent role",
+                    rc,
+                )
             for name in FROZEN_MAPS:
                 rc = lb.bpf_map_freeze(loaded.map(name).fd)
                 # A pin reused from an earlier run is frozen already: EBUSY, or EPERM (a frozen

@@ -52,12 +52,19 @@ def parse_request(line: bytes) -> Request:
         raise ProtocolError("unsupported protocol version (expected 1 or 2)")
     exec_environ = msg.get("exec_environ")
     if exec_environ not in ("clean", "secret"):
-        raise ProtocolError("exec_environ must be \"clean\" or \"secret\"")
+        raise ProtocolError('exec_environ must be "clean" or "secret"')
     credentials = msg.get("credentials", [])
-    if (not isinstance(credentials, list) or len(credentials) > MAX_CREDENTIALS
-            or not all(isinstance(c, str) and c.startswith("/") and 1 < len(c) <= 4096
-                       and "\0" not in c for c in credentials)):
-        raise ProtocolError(f"credentials must be a list of at most {MAX_CREDENTIALS} absolute paths")
+    if (
+        not isinstance(credentials, list)
+        or len(credentials) > MAX_CREDENTIALS
+        or not all(
+            isinstance(c, str) and c.startswith("/") and 1 < len(c) <= 4096 and "\0" not in c
+            for c in credentials
+        )
+    ):
+        raise ProtocolError(
+            f"credentials must be a list of at most {MAX_CREDENTIALS} absolute paths"
+        )
     return Request(2, exec_environ, tuple(credentials))
 
 
@@ -91,8 +98,12 @@ def _exchange(path: str, request: bytes, deadline: float) -> bytes:
         return reply
 
 
-def register(path: str, exec_environ: ExecEnviron = "secret", timeout: float = TIMEOUT,
-             credentials: tuple[str, ...] = ()) -> Registration:
+def register(
+    path: str,
+    exec_environ: ExecEnviron = "secret",
+    timeout: float = TIMEOUT,
+    credentials: tuple[str, ...] = (),
+) -> Registration:
     """Register the calling process; ``timeout`` bounds the whole exchange, retries included (a
     busy agent is retried with jittered backoff until then)."""
     message: dict[str, object] = {"op": "register", "version": 2, "exec_environ": exec_environ}
@@ -117,6 +128,8 @@ def register(path: str, exec_environ: ExecEnviron = "secret", timeout: float = T
     if not isinstance(answer, dict) or answer.get("ok") is not True:
         error = answer.get("error", "no reason given") if isinstance(answer, dict) else "bad reply"
         raise AgentRefused(f"node agent refused the registration: {str(error)[:200]}")
-    return Registration(backend=str(answer.get("backend", "unknown")),
-                        mode=str(answer.get("mode", "unknown")),
-                        protections=tuple(str(p) for p in answer.get("protections", ())))
+    return Registration(
+        backend=str(answer.get("backend", "unknown")),
+        mode=str(answer.get("mode", "unknown")),
+        protections=tuple(str(p) for p in answer.get("protections", ())),
+    )

@@ -41,8 +41,10 @@ MAX_SERIES = 4096
 
 
 def event_message(v: Violation) -> str:
-    return (f"{v.kind} access to pid {v.target_tgid} by pid {v.opener_pid} "
-            f"(uid {v.opener_uid}, comm {v.opener_comm!r}, exe {v.opener_exe!r}): {v.action}")
+    return (
+        f"{v.kind} access to pid {v.target_tgid} by pid {v.opener_pid} "
+        f"(uid {v.opener_uid}, comm {v.opener_comm!r}, exe {v.opener_exe!r}): {v.action}"
+    )
 
 
 @dataclass
@@ -65,8 +67,12 @@ class EventLimiter:
     oldest one is dropped (its last count may go unposted; the metric still has it).
     """
 
-    def __init__(self, interval: float = INTERVAL_SECONDS, idle: float = IDLE_SECONDS,
-                 max_series: int = MAX_SERIES) -> None:
+    def __init__(
+        self,
+        interval: float = INTERVAL_SECONDS,
+        idle: float = IDLE_SECONDS,
+        max_series: int = MAX_SERIES,
+    ) -> None:
         self.interval = interval
         self.idle = idle
         self.max_series = max_series
@@ -82,8 +88,9 @@ class EventLimiter:
                 s.sample = sample
                 self._series.move_to_end(key)
                 return False
-            self._series[key] = Series(count=1, posted=0, last_post=now, last_seen=now,
-                                       sample=sample)
+            self._series[key] = Series(
+                count=1, posted=0, last_post=now, last_seen=now, sample=sample
+            )
             self._series.move_to_end(key)
             while len(self._series) > self.max_series:
                 self._series.popitem(last=False)
@@ -102,15 +109,18 @@ class EventLimiter:
         """(handle, count, sample) of the series to update now; marked as posted."""
         out: list[tuple[Any, int, Any]] = []
         with self._lock:
-            for key, s in self._series.items():
+            for s in self._series.values():
                 if s.handle is None or s.count == s.posted:
                     continue
                 if flush or now - s.last_post >= self.interval:
                     out.append((s.handle, s.count, s.sample))
                     s.posted = s.count
                     s.last_post = now
-            for key in [k for k, s in self._series.items()
-                        if now - s.last_seen > self.idle and s.count == s.posted]:
+            for key in [
+                k
+                for k, s in self._series.items()
+                if now - s.last_seen > self.idle and s.count == s.posted
+            ]:
                 del self._series[key]
         return out
 
@@ -121,9 +131,15 @@ class EventLimiter:
 
 
 class EventReporter:
-    def __init__(self, policies: PodPolicies, node: str, core_api: Any | None = None,
-                 interval: float = INTERVAL_SECONDS, idle: float = IDLE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policies: PodPolicies,
+        node: str,
+        core_api: Any | None = None,
+        interval: float = INTERVAL_SECONDS,
+        idle: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._policies = policies
         self._node = node
         self._api = core_api
@@ -131,7 +147,8 @@ class EventReporter:
         self.limiter = EventLimiter(interval, idle)
         # Only series starts are queued (at most one per series per idle period).
         self._queue: queue.Queue[tuple[Hashable, Violation, str | None] | None] = queue.Queue(
-            maxsize=1000)
+            maxsize=1000
+        )
         self._thread = threading.Thread(target=self._run, name="agent-events-api", daemon=True)
         self._thread.start()
 
@@ -187,17 +204,31 @@ class EventReporter:
             log.warning("violation on pid %d, which is in no known pod", v.target_tgid)
             return None
         api = self._api or kubernetes.client.CoreV1Api()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        created = api.create_namespaced_event(entry.namespace, kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{entry.pod}.",
-                                                    namespace=entry.namespace),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version="v1", kind="Pod", name=entry.pod, namespace=entry.namespace,
-                uid=entry.uid),
-            type="Warning", reason=REASON, message=event_message(v),
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=kubernetes.client.V1EventSource(component="cloudtaser-agent", host=self._node),
-        ))
+        now = datetime.datetime.now(datetime.UTC)
+        created = api.create_namespaced_event(
+            entry.namespace,
+            kubernetes.client.CoreV1Event(
+                metadata=kubernetes.client.V1ObjectMeta(
+                    generate_name=f"{entry.pod}.", namespace=entry.namespace
+                ),
+                involved_object=kubernetes.client.V1ObjectReference(
+                    api_version="v1",
+                    kind="Pod",
+                    name=entry.pod,
+                    namespace=entry.namespace,
+                    uid=entry.uid,
+                ),
+                type="Warning",
+                reason=REASON,
+                message=event_message(v),
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                source=kubernetes.client.V1EventSource(
+                    component="cloudtaser-agent", host=self._node
+                ),
+            ),
+        )
         return entry.namespace, str(created.metadata.name)
 
     def _patch(self, handle: tuple[str, str], count: int, latest: Violation | None) -> None:
@@ -205,7 +236,7 @@ class EventReporter:
 
         namespace, name = handle
         api = self._api or kubernetes.client.CoreV1Api()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         body: dict[str, Any] = {"count": count, "lastTimestamp": now.isoformat()}
         if latest is not None:
             body["message"] = event_message(latest)

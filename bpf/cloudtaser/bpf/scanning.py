@@ -74,8 +74,9 @@ def match(link: str, tids: set[int]) -> str | None:
     return m.group(3)
 
 
-def is_procfs_file(holder: int, fd: int, devices_of: dict[str, set[int]],
-                   proc: Path = PROC) -> bool:
+def is_procfs_file(
+    holder: int, fd: int, devices_of: dict[str, set[int]], proc: Path = PROC
+) -> bool:
     """The file behind ``holder``'s ``fd`` lies on a procfs (stat follows the fd's link)."""
     try:
         st = os.stat(proc / str(holder) / "fd" / str(fd))
@@ -130,7 +131,9 @@ class Coalescer:
     """Registrations arriving together share one scan: each waits for a scan that started
     after it asked (so after its map entry was written) and takes its part of the result."""
 
-    def __init__(self, scan: Callable[[set[int]], dict[int, list[Holder]]] = find_holders_of) -> None:
+    def __init__(
+        self, scan: Callable[[set[int]], dict[int, list[Holder]]] = find_holders_of
+    ) -> None:
         self._scan = scan
         self._cond = threading.Condition()
         self._pending: set[int] = set()

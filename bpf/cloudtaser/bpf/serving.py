@@ -34,9 +34,12 @@ Register = Callable[[socket.socket, "str | None"], Answer]
 
 def accepted(backend: str, flags: int) -> Answer:
     """The answer to a registration that wrote ``flags`` on ``backend``."""
-    return {"ok": True, "backend": backend,
-            "mode": "audit" if flags & ProtectionFlag.AUDIT_ONLY else "enforce",
-            "protections": ProtectionFlag(flags).names()}
+    return {
+        "ok": True,
+        "backend": backend,
+        "mode": "audit" if flags & ProtectionFlag.AUDIT_ONLY else "enforce",
+        "protections": ProtectionFlag(flags).names(),
+    }
 
 
 def refused(error: str) -> Answer:
@@ -186,8 +189,9 @@ class SocketServer:
             # One thread per connection (bounded above): a client that holds its connection
             # open must not stall other wrappers' registrations.
             try:
-                threading.Thread(target=self._answer, args=(conn, key), name="agent-register",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._answer, args=(conn, key), name="agent-register", daemon=True
+                ).start()
             except RuntimeError as e:  # no thread to be had: refuse this one, keep serving
                 self._release(key)
                 self._refuse(conn, "the agent is out of threads")

@@ -80,11 +80,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
         self.violations = prometheus_client.Counter(
-            "cloudtaser_violations", "Accesses to protected processes, by vector and action.",
-            ["vector", "action"], registry=self.registry)
+            "cloudtaser_violations",
+            "Accesses to protected processes, by vector and action.",
+            ["vector", "action"],
+            registry=self.registry,
+        )
         self.registrations = prometheus_client.Counter(
-            "cloudtaser_registrations", "Processes registered for protection.", ["result"],
-            registry=self.registry)
+            "cloudtaser_registrations",
+            "Processes registered for protection.",
+            ["result"],
+            registry=self.registry,
+        )
 
     def text(self) -> str:
         return prometheus_client.generate_latest(self.registry).decode()
@@ -94,8 +100,9 @@ class ViolationLog:
     """Logs and counts each violation, then hands it to ``on_violation`` (the agent's
     reporters); canaries and the agent role's own claims are logged only."""
 
-    def __init__(self, metrics: Metrics,
-                 on_violation: Callable[[Violation], None] | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, on_violation: Callable[[Violation], None] | None = None
+    ) -> None:
         self.metrics = metrics
         self.on_violation = on_violation
 
@@ -105,23 +112,36 @@ class ViolationLog:
 
     def report(self, v: Violation) -> None:
         if v.canary:
-            log.debug("canary of pid %d stopped (%s via %s: %s)", v.target_tgid, v.kind, v.via,
-                      v.action)
+            log.debug(
+                "canary of pid %d stopped (%s via %s: %s)", v.target_tgid, v.kind, v.via, v.action
+            )
             return
         if v.kind == "agent" and v.action == "audited":
             if v.via == "agent_op":  # a claim: the first agent, a successor, or an impostor
                 mine = v.opener_tgid == os.getpid()
                 (log.info if mine else log.warning)(
-                    "the agent role was claimed by pid %d (comm %r, exe %r)%s", v.opener_tgid,
-                    v.opener_comm, v.opener_exe, " (this agent)" if mine else "")
+                    "the agent role was claimed by pid %d (comm %r, exe %r)%s",
+                    v.opener_tgid,
+                    v.opener_comm,
+                    v.opener_exe,
+                    " (this agent)" if mine else "",
+                )
                 return
-            log.warning("the agent role's holder (pid %d) exited; a successor may claim it",
-                        v.target_tgid)
+            log.warning(
+                "the agent role's holder (pid %d) exited; a successor may claim it", v.target_tgid
+            )
         target = "the node" if v.note & layouts.Note.NODE_WIDE else f"pid {v.target_tgid}"
         log.warning(
             "violation: %s of %s via %s by pid %d (tgid %d, uid %d, comm %r, exe %r): %s",
-            v.kind, target, v.via, v.opener_pid, v.opener_tgid, v.opener_uid, v.opener_comm,
-            v.opener_exe, v.action,
+            v.kind,
+            target,
+            v.via,
+            v.opener_pid,
+            v.opener_tgid,
+            v.opener_uid,
+            v.opener_comm,
+            v.opener_exe,
+            v.action,
         )
         self.metrics.violations.labels(vector=v.kind, action=v.action).inc()
         if self.on_violation is not None:
@@ -129,8 +149,12 @@ class ViolationLog:
 
 
 def deal_with_early_holders(
-    holders: Iterable[scanning.Holder], pid: int, flags: int, kill: bool,
-    allowed: Callable[[int, int], bool], report: Callable[[Violation], None],
+    holders: Iterable[scanning.Holder],
+    pid: int,
+    flags: int,
+    kill: bool,
+    allowed: Callable[[int, int], bool],
+    report: Callable[[Violation], None],
 ) -> None:
     """Processes that opened ``pid``'s environ/mem before its entry was written (the kernel
     side checks opens, not reads; bpf/cloudtaser/bpf/scanning.py found them): each one whose
@@ -153,7 +177,16 @@ def deal_with_early_holders(
                 continue
             finally:
                 os.close(pidfd)
-        report(Violation(
-            kind=h.vector, action="killed" if kill else "audited", target_tgid=pid,
-            opener_tgid=h.pid, opener_pid=h.pid, opener_uid=uid, opener_comm=comm,
-            flags=flags, opener_exe=exe_basename(h.pid)))
+        report(
+            Violation(
+                kind=h.vector,
+                action="killed" if kill else "audited",
+                target_tgid=pid,
+                opener_tgid=h.pid,
+                opener_pid=h.pid,
+                opener_uid=uid,
+                opener_comm=comm,
+                flags=flags,
+                opener_exe=exe_basename(h.pid),
+            )
+        )

@@ -27,16 +27,22 @@ log = logging.getLogger("cloudtaser.bpf.watching")
 Lister = Callable[[], dict[str, list[dict[str, Any]]]]
 
 
-def flags_by_pod(objects: dict[str, list[dict[str, Any]]],
-                 settings: InjectorSettings | None = None) -> dict[str, BpfEntry]:
+def flags_by_pod(
+    objects: dict[str, list[dict[str, Any]]], settings: InjectorSettings | None = None
+) -> dict[str, BpfEntry]:
     """Pod UID -> BpfEntry, from raw objects by kind (pure: the engine does the work)."""
     parsed = parse_objects(objects)
     with gc_paused():  # a bulk compile (cloudtaser/gcpause.py)
-        plan = compile_state(ClusterState(
-            bindings=parsed.bindings, policies=parsed.policies, pods=parsed.pods,
-            namespaces=parsed.namespaces, problems=parsed.problems,
-            settings=settings or InjectorSettings(),
-        ))
+        plan = compile_state(
+            ClusterState(
+                bindings=parsed.bindings,
+                policies=parsed.policies,
+                pods=parsed.pods,
+                namespaces=parsed.namespaces,
+                problems=parsed.problems,
+                settings=settings or InjectorSettings(),
+            )
+        )
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
 
@@ -55,7 +61,9 @@ def kubernetes_lister(node: str) -> Lister:
     serialize = kubernetes.client.ApiClient().sanitize_for_serialization
 
     def items(result: Any) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = serialize(result)["items"] if not isinstance(result, dict) else result["items"]
+        found: list[dict[str, Any]] = (
+            serialize(result)["items"] if not isinstance(result, dict) else result["items"]
+        )
         return found
 
     def list_all() -> dict[str, list[dict[str, Any]]]:
@@ -67,7 +75,9 @@ def kubernetes_lister(node: str) -> Lister:
         bindings: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         for namespace in namespaces:
-            bindings += items(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "secretbindings"))
+            bindings += items(
+                custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "secretbindings")
+            )
             try:
                 found.append(serialize(core.read_namespace(namespace)))
             except kubernetes.client.ApiException as e:
@@ -75,7 +85,9 @@ def kubernetes_lister(node: str) -> Lister:
                     raise
         return {
             "SecretBinding": bindings,
-            "EnforcementPolicy": items(custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")),
+            "EnforcementPolicy": items(
+                custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")
+            ),
             "Namespace": found,
             "Pod": pods,
         }
@@ -88,8 +100,12 @@ class PodPolicies:
 
     MIN_RELIST_SECONDS = 1.0  # a burst of unknown callers costs one relist
 
-    def __init__(self, lister: Lister, clock: Callable[[], float] = time.monotonic,
-                 settings: InjectorSettings | None = None) -> None:
+    def __init__(
+        self,
+        lister: Lister,
+        clock: Callable[[], float] = time.monotonic,
+        settings: InjectorSettings | None = None,
+    ) -> None:
         self._lister = lister
         self.settings = settings  # the operator's, so both compile the same Plan
         self._entries: dict[str, BpfEntry] = {}

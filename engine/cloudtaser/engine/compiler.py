@@ -92,8 +92,9 @@ def compile_state(state: ClusterState) -> Plan:
     return IncrementalCompiler(state).plan()
 
 
-def _unique(kind: str, items: Sequence[M], identity: Callable[[M], tuple[str, str]],
-            problems: list[Problem]) -> list[M]:
+def _unique(
+    kind: str, items: Sequence[M], identity: Callable[[M], tuple[str, str]], problems: list[Problem]
+) -> list[M]:
     """One object per identity. A cluster never holds two; files can. Which one is used
     must not depend on input order: the smallest serialisation wins, and it is reported
     (appended to ``problems``)."""
@@ -124,14 +125,19 @@ class IncrementalCompiler:
         self._policies = Policies()
         self._ledger = Ledger(self._excluded)
         parse_problems = list(state.problems)
-        namespaces = _unique("Namespace", state.namespaces, lambda n: ("", n.metadata.name),
-                             parse_problems)
-        policies = _unique("EnforcementPolicy", state.policies, lambda p: ("", p.metadata.name),
-                           parse_problems)
+        namespaces = _unique(
+            "Namespace", state.namespaces, lambda n: ("", n.metadata.name), parse_problems
+        )
+        policies = _unique(
+            "EnforcementPolicy", state.policies, lambda p: ("", p.metadata.name), parse_problems
+        )
         pods = _unique("Pod", state.pods, pod_key, parse_problems)
-        bindings = _unique("SecretBinding", state.bindings,
-                           lambda b: (b.metadata.namespace_or_default, b.metadata.name),
-                           parse_problems)
+        bindings = _unique(
+            "SecretBinding",
+            state.bindings,
+            lambda b: (b.metadata.namespace_or_default, b.metadata.name),
+            parse_problems,
+        )
         for ns in namespaces:
             self._policies.set_namespace(ns)
         for policy in policies:
@@ -221,5 +227,9 @@ class IncrementalCompiler:
             return None
         policy = self._policies.effective(namespace, pod)
         return self._planner.plan(
-            pod, namespace, [self._ledger.bindings[ref] for ref in sorted(refs)], policy,
-            self._policies.namespace_labels(namespace).get(POD_SECURITY_ENFORCE_LABEL))
+            pod,
+            namespace,
+            [self._ledger.bindings[ref] for ref in sorted(refs)],
+            policy,
+            self._policies.namespace_labels(namespace).get(POD_SECURITY_ENFORCE_LABEL),
+        )

@@ -89,8 +89,10 @@ def parse_objects(objects: Mapping[str, Iterable[Mapping[str, Any]]]) -> ParsedO
     """Objects as the API server lists them (by kind; list items may lack apiVersion/kind)."""
     out = ParsedObjects()
     targets: dict[str, list[Any]] = {
-        "SecretBinding": out.bindings, "EnforcementPolicy": out.policies,
-        "Pod": out.pods, "Namespace": out.namespaces,
+        "SecretBinding": out.bindings,
+        "EnforcementPolicy": out.policies,
+        "Pod": out.pods,
+        "Namespace": out.namespaces,
     }
     for kind, bodies in objects.items():
         kinds = RESOURCE_KINDS if kind in RESOURCE_KINDS else CORE_KINDS

@@ -41,5 +41,3 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
     for e in error.errors(include_url=False, include_input=False):
         seen.setdefault((field_path(tuple(e["loc"])), _message(e)), None)
     return list(seen)
-
-

@@ -244,15 +244,17 @@ class ContainerState(KubeModel):
 class ContainerStatus(KubeModel):
     name: str = Field(description="Container name.")
     state: ContainerState = Field(default_factory=ContainerState, description="Now.")
-    last_state: ContainerState = Field(default_factory=ContainerState,
-                                       description="Its previous run, after a restart.")
+    last_state: ContainerState = Field(
+        default_factory=ContainerState, description="Its previous run, after a restart."
+    )
 
 
 class PodStatus(KubeModel):
     """The pod status fields cloudtaser reads: how each container's last run ended."""
 
     container_statuses: list[ContainerStatus] | None = Field(
-        default=None, description="App containers, as the kubelet reports them.")
+        default=None, description="App containers, as the kubelet reports them."
+    )
 
 
 class Pod(KubeModel):

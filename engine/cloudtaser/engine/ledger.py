@@ -104,8 +104,13 @@ class Ledger:
         self._stale_summaries: set[str] = set()
         self._policy_summaries: dict[str, PolicySummary] = {}
         self._scope: WebhookScope | None = None
-        for ordered in (self._rules, self._summaries, self._pod_plans, self._bpf,
-                        self._problems.ordered):
+        for ordered in (
+            self._rules,
+            self._summaries,
+            self._pod_plans,
+            self._bpf,
+            self._problems.ordered,
+        ):
             ordered.unsort()  # a bulk load follows: sorted once, by the first plan()
 
     # --- pods -----------------------------------------------------------------------------
@@ -116,8 +121,13 @@ class Ledger:
         key = pod_key(pod)
         self.remove_pod(*key)
         injected = is_injected(pod)
-        entry = PodEntry(pod=pod, namespace=key[0], key=key, injected=injected,
-                         delivery=delivery(pod) if injected else (PENDING, ""))
+        entry = PodEntry(
+            pod=pod,
+            namespace=key[0],
+            key=key,
+            injected=injected,
+            delivery=delivery(pod) if injected else (PENDING, ""),
+        )
         self.pods[key] = entry
         self._ns_pods[key[0]].add(key)
         for item in pod.metadata.labels.items():
@@ -142,8 +152,9 @@ class Ledger:
         """Keys of the known pods of one namespace (a new set)."""
         return set(self._ns_pods.get(namespace, ()))
 
-    def record(self, entry: PodEntry, plan: PodPlan | None,
-               policies: Mapping[str, EnforcementPolicy]) -> None:
+    def record(
+        self, entry: PodEntry, plan: PodPlan | None, policies: Mapping[str, EnforcementPolicy]
+    ) -> None:
         """Make ``plan`` the pod's plan: take back what its last plan contributed, then count
         what this one does (``policies``: the known policies, by name)."""
         self._uncount(entry)
@@ -153,17 +164,31 @@ class Ledger:
         key = entry.key
         self._pod_plans.put(key, plan)
         if entry.injected:
-            self._bpf.put(key, BpfEntry(namespace=entry.namespace, pod=entry.pod.metadata.name,
-                                        uid=entry.pod.metadata.uid, node=entry.pod.spec.node_name,
-                                        policy=plan.policy))
+            self._bpf.put(
+                key,
+                BpfEntry(
+                    namespace=entry.namespace,
+                    pod=entry.pod.metadata.name,
+                    uid=entry.pod.metadata.uid,
+                    node=entry.pod.spec.node_name,
+                    policy=plan.policy,
+                ),
+            )
         names = tuple(plan.policy.policies)
         modes = {n: policies[n].spec.mode for n in names}
         entry.policies = names
         entry.constrained = tuple(n for n in names if pins_nodes(policies[n]))
-        entry.overlaps = tuple(
-            (audit, enforce) for audit in names if modes[audit] == "audit"
-            for enforce in names if modes[enforce] == "enforce"
-        ) if plan.policy.mode == "enforce" else ()
+        entry.overlaps = (
+            tuple(
+                (audit, enforce)
+                for audit in names
+                if modes[audit] == "audit"
+                for enforce in names
+                if modes[enforce] == "enforce"
+            )
+            if plan.policy.mode == "enforce"
+            else ()
+        )
         for name in names:
             self._policy_pods[name] += 1
             self._policy_summaries.pop(name, None)
@@ -292,15 +317,26 @@ class Ledger:
             self._scope = None
         refs.add(ref)
         self._binding_index[compiled.namespace][index_key(compiled)].add(ref)
-        self._rules.put(ref, MutationRule(
-            binding=ref, namespace=compiled.namespace, selector=compiled.binding.spec.selector,
-            containers=sorted(compiled.binding.spec.containers)))
+        self._rules.put(
+            ref,
+            MutationRule(
+                binding=ref,
+                namespace=compiled.namespace,
+                selector=compiled.binding.spec.selector,
+                containers=sorted(compiled.binding.spec.containers),
+            ),
+        )
         problems = list(compiled.problems)
         if compiled.namespace in self.excluded:
-            problems.append(binding_problem(
-                compiled.binding, "metadata.namespace",
-                f"namespace {compiled.namespace} is excluded from injection "
-                "(the operator's own namespace and kube-system never are)", "error"))
+            problems.append(
+                binding_problem(
+                    compiled.binding,
+                    "metadata.namespace",
+                    f"namespace {compiled.namespace} is excluded from injection "
+                    "(the operator's own namespace and kube-system never are)",
+                    "error",
+                )
+            )
         if problems:
             self._binding_problems[ref] = problems
             self._problems.add(problems)
@@ -345,14 +381,26 @@ class Ledger:
             if compiled is not None:
                 failing = self._failing.get(ref, {})
                 first = min(failing) if failing else None
-                self._summaries.put(ref, BindingSummary(
-                    binding=ref, valid=True, matched_pods=self._matched.get(ref, 0),
-                    injected_pods=self._injected_pods.get(ref, 0), secrets=compiled.secrets,
-                    delivered_pods=self._delivered.get(ref, 0), failing_pods=len(failing),
-                    failure=f"{first[0]}/{first[1]}: {failing[first]}" if first else ""))
+                self._summaries.put(
+                    ref,
+                    BindingSummary(
+                        binding=ref,
+                        valid=True,
+                        matched_pods=self._matched.get(ref, 0),
+                        injected_pods=self._injected_pods.get(ref, 0),
+                        secrets=compiled.secrets,
+                        delivered_pods=self._delivered.get(ref, 0),
+                        failing_pods=len(failing),
+                        failure=f"{first[0]}/{first[1]}: {failing[first]}" if first else "",
+                    ),
+                )
             elif ref in invalid:
-                self._summaries.put(ref, BindingSummary(
-                    binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0))
+                self._summaries.put(
+                    ref,
+                    BindingSummary(
+                        binding=ref, valid=False, matched_pods=0, injected_pods=0, secrets=0
+                    ),
+                )
             else:
                 self._summaries.pop(ref)
         self._stale_summaries.clear()
@@ -361,9 +409,12 @@ class Ledger:
             summary = self._policy_summaries.get(name)
             if summary is None:
                 summary = self._policy_summaries[name] = PolicySummary(
-                    policy=name, matched_pods=self._policy_pods.get(name, 0),
-                    constrained_pods=[f"{ns}/{pod}" for ns, pod in
-                                      sorted(self._constrained.get(name, ()))])
+                    policy=name,
+                    matched_pods=self._policy_pods.get(name, 0),
+                    constrained_pods=[
+                        f"{ns}/{pod}" for ns, pod in sorted(self._constrained.get(name, ()))
+                    ],
+                )
             summaries.append(summary)
         # Built without re-validation: every part is a model the compiler made and checked.
         return Plan.model_construct(
@@ -410,15 +461,27 @@ class Ledger:
             return {k: v for k, v in figures.items() if v}
 
         return {
-            "pods": {key: (sorted(e.bindings), e.injected, e.delivery, e.plan, e.policies,
-                           e.constrained, e.overlaps) for key, e in self.pods.items()},
+            "pods": {
+                key: (
+                    sorted(e.bindings),
+                    e.injected,
+                    e.delivery,
+                    e.plan,
+                    e.policies,
+                    e.constrained,
+                    e.overlaps,
+                )
+                for key, e in self.pods.items()
+            },
             "ns_pods": sets(self._ns_pods),
-            "label_index": {ns: found for ns, index in self._label_index.items()
-                            if (found := sets(index))},
+            "label_index": {
+                ns: found for ns, index in self._label_index.items() if (found := sets(index))
+            },
             "bindings": {ref: c.binding for ref, c in self.bindings.items()},
             "by_namespace": sets(self._by_namespace),
-            "binding_index": {ns: found for ns, index in self._binding_index.items()
-                              if (found := sets(index))},
+            "binding_index": {
+                ns: found for ns, index in self._binding_index.items() if (found := sets(index))
+            },
             "rules": list(zip(self._rules.keys(), self._rules.values(), strict=True)),
             "binding_problems": {ref: p for ref, p in self._binding_problems.items() if p},
             "parse_problems": list(self._parse_problems),

@@ -131,7 +131,9 @@ def _command_ops(
     return ops, None
 
 
-def _security_ops(base: str, container: Container, pod_seccomp: bool, ipc_lock: bool) -> list[Operation]:
+def _security_ops(
+    base: str, container: Container, pod_seccomp: bool, ipc_lock: bool
+) -> list[Operation]:
     """No privilege escalation and the runtime's default seccomp profile, where the container
     (or, for seccomp, the pod) has not chosen; IPC_LOCK only when a binding asks (ipcLock).
     What the user set is kept: the wrapper needs no capability, so nothing they drop (ALL
@@ -170,10 +172,12 @@ def _ipc_lock_problem(plan: PodPlan, cplan: ContainerPlan) -> str | None:
     wrote."""
     if not cplan.ipc_lock or plan.pod_security not in ("baseline", "restricted"):
         return None
-    return (f"is selected by a SecretBinding with ipcLock: true ({', '.join(cplan.bindings)}), "
-            f"which adds the IPC_LOCK capability, but namespace {plan.namespace} enforces Pod "
-            f"Security {plan.pod_security!r} ({POD_SECURITY_ENFORCE_LABEL}), which refuses it; "
-            "remove ipcLock (secrets then count against the container's RLIMIT_MEMLOCK)")
+    return (
+        f"is selected by a SecretBinding with ipcLock: true ({', '.join(cplan.bindings)}), "
+        f"which adds the IPC_LOCK capability, but namespace {plan.namespace} enforces Pod "
+        f"Security {plan.pod_security!r} ({POD_SECURITY_ENFORCE_LABEL}), which refuses it; "
+        "remove ipcLock (secrets then count against the container's RLIMIT_MEMLOCK)"
+    )
 
 
 def _required_node_labels(plan: PodPlan, settings: InjectorSettings) -> dict[str, tuple[str, str]]:
@@ -187,7 +191,9 @@ def _required_node_labels(plan: PodPlan, settings: InjectorSettings) -> dict[str
     return labels
 
 
-def _node_ops(pod: Pod, plan: PodPlan, settings: InjectorSettings) -> tuple[list[Operation], list[str]]:
+def _node_ops(
+    pod: Pod, plan: PodPlan, settings: InjectorSettings
+) -> tuple[list[Operation], list[str]]:
     """Keep pods whose policy requires particular nodes on them: the required labels merged
     into the pod's own nodeSelector. A value the pod set differently is never overwritten (that
     would silently change what its author asked for): it is a conflict, and the pod is refused."""
@@ -197,17 +203,24 @@ def _node_ops(pod: Pod, plan: PodPlan, settings: InjectorSettings) -> tuple[list
     conflicts = [
         f"{key} is {own[key]!r}, but the pod's EnforcementPolicies "
         f"({', '.join(plan.policy.policies)}) require {value!r} there ({field}); remove that entry"
-        for key, (value, field) in wanted.items() if own is not None and own.get(key, value) != value
+        for key, (value, field) in wanted.items()
+        if own is not None and own.get(key, value) != value
     ]
     ops: list[Operation] = []
     if own is None:
         if required:
             ops.append(_add(pointer("spec", "nodeSelector"), required))
     else:
-        ops.extend(_add(pointer("spec", "nodeSelector", key), value)
-                   for key, value in required.items() if key not in own)
-    if (plan.policy.require_confidential_node and settings.confidential_runtime_class
-            and pod.spec.runtime_class_name is None):
+        ops.extend(
+            _add(pointer("spec", "nodeSelector", key), value)
+            for key, value in required.items()
+            if key not in own
+        )
+    if (
+        plan.policy.require_confidential_node
+        and settings.confidential_runtime_class
+        and pod.spec.runtime_class_name is None
+    ):
         ops.append(_add(pointer("spec", "runtimeClassName"), settings.confidential_runtime_class))
     return ops, conflicts
 
@@ -235,9 +248,7 @@ def pod_patch(
         if cplan is None:
             continue
         base = pointer("spec", "containers", index)
-        command_ops, error = _command_ops(
-            base, container, wrapper, entrypoints.get(container.name)
-        )
+        command_ops, error = _command_ops(base, container, wrapper, entrypoints.get(container.name))
         env_names = {e.get("name") for e in container.env or []}
         if error is None and CONFIG_ENV in env_names:
             error = f"already sets {CONFIG_ENV}; remove it, the injector owns that variable"
@@ -258,15 +269,24 @@ def pod_patch(
         env = [{"name": CONFIG_ENV, "value": config_json(cplan)}]
         ops.extend(_append_all(base + "/env", container.env, env))
         mounts = [
-            {"name": name, "mountPath": volumes[name].mount_path, "readOnly": volumes[name].read_only}
+            {
+                "name": name,
+                "mountPath": volumes[name].mount_path,
+                "readOnly": volumes[name].read_only,
+            }
             for name in cplan.volumes
         ]
         ops.extend(_append_all(base + "/volumeMounts", container.volume_mounts, mounts))
         ops.extend(_security_ops(base, container, pod_seccomp, cplan.ipc_lock))
     node_ops, conflicts = _node_ops(pod, plan, settings)
     problems.extend(
-        Problem(kind="Pod", namespace=namespace, name=pod_name, path="spec.nodeSelector",
-                message=message)
+        Problem(
+            kind="Pod",
+            namespace=namespace,
+            name=pod_name,
+            path="spec.nodeSelector",
+            message=message,
+        )
         for message in conflicts
     )
     if problems:
@@ -274,13 +294,21 @@ def pod_patch(
     pod_volumes = [{"name": v.name, **v.source} for v in plan.volumes]
     head: list[Operation] = []
     if pod.metadata.annotations:
-        head.append(_add(pointer("metadata", "annotations", INJECTED_ANNOTATION), marker_value(plan)))
+        head.append(
+            _add(pointer("metadata", "annotations", INJECTED_ANNOTATION), marker_value(plan))
+        )
     else:
-        head.append(_add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)}))
+        head.append(
+            _add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)})
+        )
     head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
     head.extend(node_ops)
     if pod.spec.init_containers is None:
-        head.append(_add(pointer("spec", "initContainers"), [_init_container(settings, pod_seccomp)]))
+        head.append(
+            _add(pointer("spec", "initContainers"), [_init_container(settings, pod_seccomp)])
+        )
     else:
-        head.append(_add(pointer("spec", "initContainers", 0), _init_container(settings, pod_seccomp)))
+        head.append(
+            _add(pointer("spec", "initContainers", 0), _init_container(settings, pod_seccomp))
+        )
     return PatchResult(operations=head + ops, problems=[])

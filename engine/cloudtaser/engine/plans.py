@@ -246,8 +246,10 @@ class EffectivePolicy(Model):
     kill_on_violation: bool
     require_confidential_node: bool
     require_backend: Literal["lsm"] | None = Field(
-        default=None, description="The agent backend the pod's node must report (label "
-        f"{AGENT_BACKEND_LABEL}); None: any.")
+        default=None,
+        description="The agent backend the pod's node must report (label "
+        f"{AGENT_BACKEND_LABEL}); None: any.",
+    )
 
 
 class PodPlan(Model):
@@ -317,7 +319,8 @@ class PolicySummary(Model):
     constrained_pods: list[str] = Field(
         default_factory=list,
         description="namespace/name of the pods this policy pins to particular nodes "
-        "(confidential computing, an agent backend).")
+        "(confidential computing, an agent backend).",
+    )
 
 
 class Plan(Model):

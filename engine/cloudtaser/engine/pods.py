@@ -92,19 +92,33 @@ class PodPlanner:
         self._token_volume = VolumePlan(
             name=TOKEN_VOLUME,
             mount_path=TOKEN_MOUNT,
-            source={"projected": {"sources": [{"serviceAccountToken": {
-                "audience": settings.token_audience,
-                "expirationSeconds": settings.token_expiration_seconds,
-                "path": "token",
-            }}]}},
+            source={
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": settings.token_audience,
+                                "expirationSeconds": settings.token_expiration_seconds,
+                                "path": "token",
+                            }
+                        }
+                    ]
+                }
+            },
         )
         self._agent_settings = {
             required: AgentSettings(socket=f"{AGENT_MOUNT}/agent.sock", required=required)
             for required in (False, True)
         }
 
-    def plan(self, pod: Pod, namespace: str, bindings: list[CompiledBinding],
-             policy: EffectivePolicy, pod_security: str | None) -> PodPlan:
+    def plan(
+        self,
+        pod: Pod,
+        namespace: str,
+        bindings: list[CompiledBinding],
+        policy: EffectivePolicy,
+        pod_security: str | None,
+    ) -> PodPlan:
         """The plan of ``pod``, selected by ``bindings`` (in ref order), under ``policy``;
         ``pod_security``: the Pod Security level its namespace enforces, if any."""
         pod_name = pod.metadata.display_name

@@ -38,14 +38,22 @@ def binding_problem(binding: SecretBinding, path: str, message: str, severity: s
 
 def duplicate_problem(kind: str, identity: tuple[str, str]) -> Problem:
     """An object (namespace, name) defined more than once: files can, a cluster cannot."""
-    return Problem(kind=kind, namespace=identity[0] or None, name=identity[1],
-                   path="metadata.name", message="defined more than once; one definition was used")
+    return Problem(
+        kind=kind,
+        namespace=identity[0] or None,
+        name=identity[1],
+        path="metadata.name",
+        message="defined more than once; one definition was used",
+    )
 
 
 def invalid_refs(problems: Iterable[Problem]) -> set[str]:
     """Bindings that failed to parse: listed in the Plan as invalid (if no valid one)."""
-    return {f"{p.namespace or 'default'}/{p.name}" for p in problems
-            if p.kind == "SecretBinding" and p.severity == "error"}
+    return {
+        f"{p.namespace or 'default'}/{p.name}"
+        for p in problems
+        if p.kind == "SecretBinding" and p.severity == "error"
+    }
 
 
 def overlap_problems(overlaps: Mapping[tuple[str, str], int]) -> list[Problem]:

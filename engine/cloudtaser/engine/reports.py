@@ -56,14 +56,23 @@ class Report:
 def encode(report: Report, namespace: str) -> dict[str, Any]:
     """The whole Lease an agent writes (create, or merge-patch: it is the only writer)."""
     return {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": lease_name(report.node), "namespace": namespace,
-                     "labels": LABELS, "annotations": {
-                         POLICIES: json.dumps(sorted(report.policies)),
-                         VIOLATIONS: json.dumps(dict(sorted(report.violations.items()))),
-                         BACKEND: report.backend}},
-        "spec": {"holderIdentity": report.node, "leaseDurationSeconds": int(report.duration),
-                 "renewTime": report.renewed},
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease_name(report.node),
+            "namespace": namespace,
+            "labels": LABELS,
+            "annotations": {
+                POLICIES: json.dumps(sorted(report.policies)),
+                VIOLATIONS: json.dumps(dict(sorted(report.violations.items()))),
+                BACKEND: report.backend,
+            },
+        },
+        "spec": {
+            "holderIdentity": report.node,
+            "leaseDurationSeconds": int(report.duration),
+            "renewTime": report.renewed,
+        },
     }
 
 
@@ -80,10 +89,12 @@ def decode(lease: dict[str, Any]) -> Report:
     policies, violations = _reported(notes)
     return Report(
         node=node if isinstance(node, str) else "",
-        policies=policies, violations=violations,
+        policies=policies,
+        violations=violations,
         backend=backend if isinstance(backend, str) else "",
         renewed=renewed if isinstance(renewed, str) else None,
-        duration=float(duration) if isinstance(duration, (int, float)) and duration else DURATION)
+        duration=float(duration) if isinstance(duration, (int, float)) and duration else DURATION,
+    )
 
 
 def _reported(notes: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
@@ -95,6 +106,11 @@ def _reported(notes: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
         return [], {}
     if not isinstance(policies, list) or not isinstance(violations, dict):
         return [], {}
-    return ([p for p in policies if isinstance(p, str)],
-            {k: v for k, v in violations.items()
-             if isinstance(k, str) and isinstance(v, int) and v >= 0})
+    return (
+        [p for p in policies if isinstance(p, str)],
+        {
+            k: v
+            for k, v in violations.items()
+            if isinstance(k, str) and isinstance(v, int) and v >= 0
+        },
+    )

@@ -140,8 +140,11 @@ def _check_required_backend(value: object) -> object:
     """Before the Literal's own check, for a message that says why only lsm."""
     if value in REQUIRABLE_BACKENDS:
         return value
-    hint = (": the tracepoint backend is the fallback, no stronger than any agent"
-            if value == "tracepoint" else "")
+    hint = (
+        ": the tracepoint backend is the fallback, no stronger than any agent"
+        if value == "tracepoint"
+        else ""
+    )
     raise PydanticCustomError(
         "backend",
         "'{value}' is not a backend a policy can require (only 'lsm'){hint}",
@@ -157,7 +160,9 @@ EnvName = Annotated[str, AfterValidator(_check_env_name), _pattern(ENV_NAME)]
 SdkName = Annotated[str, AfterValidator(_check_sdk_name), _pattern(SDK_NAME)]
 SecretFile = Annotated[str, AfterValidator(_check_secret_file), _pattern(r"^/.+")]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path), _pattern(r"^/.+")]
-KvPath = Annotated[str, AfterValidator(_check_kv_path), WithJsonSchema({"type": "string", "minLength": 1})]
+KvPath = Annotated[
+    str, AfterValidator(_check_kv_path), WithJsonSchema({"type": "string", "minLength": 1})
+]
 HttpsUrl = Annotated[str, AfterValidator(_check_https_url), _pattern(r"^https://.+")]
 Duration = Annotated[str, AfterValidator(_check_duration), _pattern(DURATION)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -301,7 +306,7 @@ class SecretBindingSpec(Model):
 
     selector: LabelSelector = Field(
         description="Pods of this namespace that receive the secrets (they must also carry "
-        "the annotation cloudtaser.io/inject: \"true\")."
+        'the annotation cloudtaser.io/inject: "true").'
     )
     containers: list[NonEmpty] = Field(
         default_factory=list,
@@ -399,11 +404,15 @@ class SecretBindingStatus(ResourceStatus):
 
     injected_pods: int = Field(default=0, ge=0, description="Matched pods running the wrapper.")
     delivered_pods: int = Field(
-        default=0, ge=0,
-        description="Injected pods whose app containers run: their wrapper fetched every secret.")
+        default=0,
+        ge=0,
+        description="Injected pods whose app containers run: their wrapper fetched every secret.",
+    )
     failing_pods: int = Field(
-        default=0, ge=0,
-        description="Injected pods whose wrapper exited with a reason (condition Delivered).")
+        default=0,
+        ge=0,
+        description="Injected pods whose wrapper exited with a reason (condition Delivered).",
+    )
     secrets: int = Field(default=0, ge=0, description="Number of keys delivered to each pod.")
 
 

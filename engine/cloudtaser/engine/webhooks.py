@@ -18,12 +18,14 @@ WEBHOOK_CONFIGURATION = "cloudtaser-injector"
 WEBHOOK_NAME = "inject.cloudtaser.io"
 WEBHOOK_PATH = "/mutate-v1-pod"
 # The same test as the engine's (compiler._wants_injection), in CEL.
-MATCH_CONDITIONS = [{
-    "name": "asks-for-injection",
-    "expression": f"has(object.metadata.annotations) && '{INJECT_ANNOTATION}' in "
-                  f"object.metadata.annotations && "
-                  f"object.metadata.annotations['{INJECT_ANNOTATION}'] == 'true'",
-}]
+MATCH_CONDITIONS = [
+    {
+        "name": "asks-for-injection",
+        "expression": f"has(object.metadata.annotations) && '{INJECT_ANNOTATION}' in "
+        f"object.metadata.annotations && "
+        f"object.metadata.annotations['{INJECT_ANNOTATION}'] == 'true'",
+    }
+]
 
 
 def webhook_configuration(

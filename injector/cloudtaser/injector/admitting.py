@@ -44,15 +44,19 @@ def _bad_request(message: str) -> Answer:
 
 
 def _response(uid: str, allowed: bool, **extra: Any) -> Answer:
-    return Answer(200, {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": {"uid": uid, "allowed": allowed, **extra},
-    })
+    return Answer(
+        200,
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": allowed, **extra},
+        },
+    )
 
 
-def _entrypoints(pod: Pod, containers: set[str],
-                 resolve: Callable[[str], ImageEntrypoint]) -> tuple[dict[str, ImageEntrypoint], list[str]]:
+def _entrypoints(
+    pod: Pod, containers: set[str], resolve: Callable[[str], ImageEntrypoint]
+) -> tuple[dict[str, ImageEntrypoint], list[str]]:
     """Image ENTRYPOINT/CMD for the injected containers that set no command."""
     found: dict[str, ImageEntrypoint] = {}
     errors = []
@@ -62,8 +66,9 @@ def _entrypoints(pod: Pod, containers: set[str],
         try:
             found[container.name] = resolve(container.image)
         except ResolveError as e:
-            errors.append(f"spec.containers[{index}]: {e}; set command so the wrapper knows "
-                          "what to start")
+            errors.append(
+                f"spec.containers[{index}]: {e}; set command so the wrapper knows what to start"
+            )
     return found, errors
 
 
@@ -91,7 +96,11 @@ def admit(
         return _bad_request("AdmissionReview has no request.uid")
     uid = request["uid"]
     kind = request.get("kind") or {}
-    if request.get("operation") != "CREATE" or not isinstance(kind, dict) or kind.get("kind") != "Pod":
+    if (
+        request.get("operation") != "CREATE"
+        or not isinstance(kind, dict)
+        or kind.get("kind") != "Pod"
+    ):
         return _response(uid, True)
     raw = request.get("object")
     if not isinstance(raw, dict):
@@ -114,20 +123,35 @@ def admit(
         resolved, errors = _entrypoints(pod, {c.name for c in plan.containers}, resolve)
         if errors:
             log.info("%s: refused: %s", where, "; ".join(errors))
-            return _response(uid, False, status={"code": 403, "reason": "Forbidden",
-                                                 "message": "cloudtaser: " + "; ".join(errors)})
+            return _response(
+                uid,
+                False,
+                status={
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": "cloudtaser: " + "; ".join(errors),
+                },
+            )
         entrypoints = {**resolved, **(entrypoints or {})}
     result = pod_patch(pod, plan, settings, entrypoints)
     if result.problems:
         message = "; ".join(f"{p.path}: {p.message}" for p in result.problems)
         log.info("%s: refused: %s", where, message)
-        return _response(uid, False, status={"code": 403, "reason": "Forbidden",
-                                             "message": f"cloudtaser: {message}"})
+        return _response(
+            uid,
+            False,
+            status={"code": 403, "reason": "Forbidden", "message": f"cloudtaser: {message}"},
+        )
     if not result.operations:
         log.debug("%s: already injected; admitted unchanged", where)
         return _response(uid, True)
     bindings = sorted({b for c in plan.containers for b in c.bindings})
-    log.info("%s: injected into %s (bindings %s; %d patch operation(s))", where,
-             ", ".join(c.name for c in plan.containers), ", ".join(bindings), len(result.operations))
+    log.info(
+        "%s: injected into %s (bindings %s; %d patch operation(s))",
+        where,
+        ", ".join(c.name for c in plan.containers),
+        ", ".join(bindings),
+        len(result.operations),
+    )
     patch = base64.b64encode(json.dumps(result.operations).encode()).decode()
     return _response(uid, True, patchType="JSONPatch", patch=patch)

@@ -61,7 +61,12 @@ from cloudtaser.errors import CloudtaserError, PermanentError, TemporaryError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-_DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+_DOCKER_HUB_ALIASES = {
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+}
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -96,7 +101,9 @@ class ResolveError(CloudtaserError):
     """
 
     def __init__(self, image: str, reason: str) -> None:
-        self.image = image if len(image) <= MAX_IMAGE_IN_MESSAGE else image[:MAX_IMAGE_IN_MESSAGE] + "..."
+        self.image = (
+            image if len(image) <= MAX_IMAGE_IN_MESSAGE else image[:MAX_IMAGE_IN_MESSAGE] + "..."
+        )
         self.reason = reason
         super().__init__(f"could not resolve the entrypoint of {self.image}: {reason}")
 
@@ -159,7 +166,7 @@ def parse_reference(image: str) -> ImageReference:
     slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > slash:
-        rest, tag = rest[:colon], rest[colon + 1:]
+        rest, tag = rest[:colon], rest[colon + 1 :]
         if not _TAG.match(tag):
             raise bad(f"tag {tag[:130]!r}")
     first, sep, remainder = rest.partition("/")
@@ -202,7 +209,11 @@ class RegistryCredential:
     def matches(self, ref: ImageReference) -> bool:
         if self.registry != ref.registry:
             return False
-        return not self.path or ref.repository == self.path or ref.repository.startswith(self.path + "/")
+        return (
+            not self.path
+            or ref.repository == self.path
+            or ref.repository.startswith(self.path + "/")
+        )
 
 
 def _registry_key(key: str) -> tuple[str, str]:
@@ -328,8 +339,13 @@ def _digest_of(body: bytes, algorithm: str) -> str:
 class _Fetch:
     """One ``resolve`` call's HTTP conversation with one registry: session and auth header."""
 
-    def __init__(self, resolver: Resolver, image: str, ref: ImageReference,
-                 credentials: list[RegistryCredential]) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        image: str,
+        ref: ImageReference,
+        credentials: list[RegistryCredential],
+    ) -> None:
         self.r, self.image, self.ref = resolver, image, ref
         self.credentials = [c for c in credentials if c.matches(ref)]
         self.credentials.sort(key=lambda c: -len(c.path))  # most specific first
@@ -347,14 +363,16 @@ class _Fetch:
     def temporary(self, reason: str) -> TemporaryResolveError:
         return TemporaryResolveError(self.image, reason)
 
-    def _send(self, url: str, headers: dict[str, str], limit: int,
-              auth: str | None) -> tuple[requests.Response, bytes]:
+    def _send(
+        self, url: str, headers: dict[str, str], limit: int, auth: str | None
+    ) -> tuple[requests.Response, bytes]:
         if auth is not None:
             headers = {**headers, "Authorization": auth}
         host = urlsplit(url).netloc
         try:
-            with self.session.get(url, headers=headers, timeout=self.r.timeout, stream=True,
-                                  verify=self.r.verify) as response:
+            with self.session.get(
+                url, headers=headers, timeout=self.r.timeout, stream=True, verify=self.r.verify
+            ) as response:
                 body = b""
                 if response.status_code == 200:
                     declared = response.headers.get("Content-Length", "")
@@ -371,8 +389,10 @@ class _Fetch:
                 return response, body
         except requests.exceptions.SSLError:
             # from None: the request object in a requests exception carries our headers
-            raise self.permanent(f"TLS with {host} failed (certificate not trusted or "
-                                 "handshake refused; is ca_file right?)") from None
+            raise self.permanent(
+                f"TLS with {host} failed (certificate not trusted or "
+                "handshake refused; is ca_file right?)"
+            ) from None
         except requests.exceptions.Timeout:
             raise self.temporary(f"{host} did not answer within {self.r.timeout} s") from None
         except requests.exceptions.ConnectionError:
@@ -387,16 +407,20 @@ class _Fetch:
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise self.permanent(f"{self.ref.api_host} asked for a token from an invalid realm")
         if parts.scheme == "http" and parts.netloc not in self.r.insecure:
-            raise self.permanent(f"{self.ref.api_host} asked for a token over plain http "
-                                 f"from {parts.netloc}, which is not listed as insecure")
+            raise self.permanent(
+                f"{self.ref.api_host} asked for a token over plain http "
+                f"from {parts.netloc}, which is not listed as insecure"
+            )
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
         query.setdefault("scope", f"repository:{self.ref.repository}:pull")
         url = realm + ("&" if parts.query else "?") + urlencode(query)
         headers = {"Accept": "application/json"}
         auth = None
         if credential is not None:
-            auth = "Basic " + base64.b64encode(
-                f"{credential.username}:{credential.password}".encode()).decode()
+            auth = (
+                "Basic "
+                + base64.b64encode(f"{credential.username}:{credential.password}".encode()).decode()
+            )
         response, body = self._send(url, headers, MAX_TOKEN, auth)
         if response.status_code in (401, 403):
             return None
@@ -433,16 +457,27 @@ class _Fetch:
         self._check_status(response, what)
         return response, body
 
-    def _authorize(self, url: str, headers: dict[str, str], limit: int, scheme: str,
-                   params: dict[str, str], what: str) -> tuple[requests.Response, bytes]:
+    def _authorize(
+        self,
+        url: str,
+        headers: dict[str, str],
+        limit: int,
+        scheme: str,
+        params: dict[str, str],
+        what: str,
+    ) -> tuple[requests.Response, bytes]:
         candidates: list[RegistryCredential | None] = [None, *self.credentials]
         tried = False
         for credential in candidates:
             if scheme == "bearer":
                 auth = self._token(params, credential)
             elif scheme == "basic" and credential is not None:
-                auth = "Basic " + base64.b64encode(
-                    f"{credential.username}:{credential.password}".encode()).decode()
+                auth = (
+                    "Basic "
+                    + base64.b64encode(
+                        f"{credential.username}:{credential.password}".encode()
+                    ).decode()
+                )
             else:
                 continue
             if auth is None:
@@ -453,14 +488,20 @@ class _Fetch:
                 self.authorization = auth
                 return response, body
         if scheme not in ("bearer", "basic"):
-            raise self.permanent(f"{what}: {self.ref.api_host} requires an unsupported "
-                                 f"authentication scheme {scheme[:20]!r}")
+            raise self.permanent(
+                f"{what}: {self.ref.api_host} requires an unsupported "
+                f"authentication scheme {scheme[:20]!r}"
+            )
         if not self.credentials:
-            raise self.permanent(f"{what}: unauthorized, and the pod's imagePullSecrets hold no "
-                                 f"credentials for {self.ref.registry}")
+            raise self.permanent(
+                f"{what}: unauthorized, and the pod's imagePullSecrets hold no "
+                f"credentials for {self.ref.registry}"
+            )
         detail = "were refused" if tried else "could not be used"
-        raise self.permanent(f"{what}: unauthorized; the credentials for {self.ref.registry} "
-                             f"from the pod's imagePullSecrets {detail}")
+        raise self.permanent(
+            f"{what}: unauthorized; the credentials for {self.ref.registry} "
+            f"from the pod's imagePullSecrets {detail}"
+        )
 
 
 # --------------------------------------------------------------------------- resolver
@@ -484,7 +525,9 @@ class Resolver:
         self.insecure = frozenset(h.lower() for h in insecure)
         self.timeout = timeout
         self.platform = platform
-        self._entrypoints: _LRU[tuple[str, str, str], ImageEntrypoint] = _LRU(cache_size, None, clock)
+        self._entrypoints: _LRU[tuple[str, str, str], ImageEntrypoint] = _LRU(
+            cache_size, None, clock
+        )
         self._tags: _LRU[tuple[str, str, str], str] = _LRU(cache_size, tag_ttl, clock)
 
     def scheme(self, host: str) -> str:
@@ -504,7 +547,9 @@ class Resolver:
         found = self._entrypoints.get((ref.registry, ref.repository, digest))
         return None if found is None else found.model_copy(deep=True)
 
-    def resolve(self, image: str, credentials: list[RegistryCredential] | None = None) -> ImageEntrypoint:
+    def resolve(
+        self, image: str, credentials: list[RegistryCredential] | None = None
+    ) -> ImageEntrypoint:
         """ENTRYPOINT and CMD of ``image`` (cached; see the module docstring).
 
         Raises PermanentResolveError or TemporaryResolveError.
@@ -527,15 +572,18 @@ class Resolver:
         self._entrypoints.put((ref.registry, ref.repository, digest), result)
         return result.model_copy(deep=True)
 
-    def _manifest(self, fetch: _Fetch, reference: str, expected: str | None) -> tuple[dict[str, Any], str]:
+    def _manifest(
+        self, fetch: _Fetch, reference: str, expected: str | None
+    ) -> tuple[dict[str, Any], str]:
         what = f"manifest {reference}" if expected is None else f"manifest {reference[:19]}..."
         response, body = fetch.get(f"manifests/{reference}", ACCEPT, MAX_MANIFEST, what)
         if expected is not None:
             algorithm = expected.split(":", 1)[0]
             digest = _digest_of(body, algorithm)
             if digest != expected:
-                raise fetch.permanent(f"the manifest's content does not match its digest "
-                                      f"{expected} (got {digest})")
+                raise fetch.permanent(
+                    f"the manifest's content does not match its digest {expected} (got {digest})"
+                )
         else:
             digest = _digest_of(body, "sha256")
         try:
@@ -566,8 +614,7 @@ class Resolver:
             digest = entry.get("digest")
             if platform.get("os") == os_ and platform.get("architecture") == arch:
                 if not isinstance(digest, str) or not _DIGEST.match(digest):
-                    raise fetch.permanent("the image index has an invalid digest for "
-                                          f"{os_}/{arch}")
+                    raise fetch.permanent(f"the image index has an invalid digest for {os_}/{arch}")
                 return digest
         have = ", ".join(sorted(set(seen))[:10]) or "none"
         raise fetch.permanent(f"the image index has no {os_}/{arch} image (has: {have})")
@@ -594,17 +641,23 @@ class Resolver:
             raise fetch.permanent("image indexes nested too deep")
         config = doc.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
-            raise fetch.permanent(f"the manifest ({doc.get('mediaType') or 'unknown type'}) "
-                                  "has no config descriptor")
+            raise fetch.permanent(
+                f"the manifest ({doc.get('mediaType') or 'unknown type'}) has no config descriptor"
+            )
         config_digest: str = config["digest"]
         if not _DIGEST.match(config_digest):
             raise fetch.permanent("the manifest's config digest is invalid")
-        _, blob = fetch.get(f"blobs/{config_digest}", "application/json, */*", MAX_CONFIG,
-                            f"config blob {config_digest[:19]}...")
+        _, blob = fetch.get(
+            f"blobs/{config_digest}",
+            "application/json, */*",
+            MAX_CONFIG,
+            f"config blob {config_digest[:19]}...",
+        )
         actual = _digest_of(blob, config_digest.split(":", 1)[0])
         if actual != config_digest:
-            raise fetch.permanent(f"the config blob does not match its digest {config_digest} "
-                                  f"(got {actual})")
+            raise fetch.permanent(
+                f"the config blob does not match its digest {config_digest} (got {actual})"
+            )
         return _entrypoint(fetch, blob), top_digest
 
 

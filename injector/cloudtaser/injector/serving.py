@@ -24,7 +24,6 @@ from cloudtaser.engine.webhooks import WEBHOOK_PATH
 from cloudtaser.injector.admitting import MAX_BODY, admit
 from cloudtaser.injector.resolving import RegistryCredential, ResolveError, Resolver
 
-
 # (namespace, imagePullSecrets names) -> the registry credentials in those Secrets. Blocking
 # (API server reads); the operator provides one, reading each Secret by name when needed.
 PullSecretReader = Callable[[str, list[str]], list[RegistryCredential]]
@@ -56,11 +55,14 @@ def _pull_secret_names(body: bytes) -> tuple[str, list[str]]:
     pod = request.get("object") or {}
     namespace = request.get("namespace") or namespace_of(pod)
     refs = (pod.get("spec") or {}).get("imagePullSecrets") or []
-    return namespace, [r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    return namespace, [
+        r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)
+    ]
 
 
-def _fetch(holder: Holder, resolver: Resolver, body: bytes,
-           images: list[str]) -> dict[str, ImageEntrypoint | ResolveError]:
+def _fetch(
+    holder: Holder, resolver: Resolver, body: bytes, images: list[str]
+) -> dict[str, ImageEntrypoint | ResolveError]:
     """Registry I/O for the images the cache could not answer (runs in a thread)."""
     credentials: list[RegistryCredential] = []
     if holder.pull_secrets is not None:
@@ -113,8 +115,10 @@ def application(holder: Holder) -> web.Application:
         return web.json_response(answer.body, status=answer.status)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok" if holder.compiler is not None else "not ready",
-                            status=200 if holder.compiler is not None else 503)
+        return web.Response(
+            text="ok" if holder.compiler is not None else "not ready",
+            status=200 if holder.compiler is not None else 503,
+        )
 
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post(WEBHOOK_PATH, mutate)

@@ -17,8 +17,9 @@ log = logging.getLogger("cloudtaser.operator")
 LEASE = "cloudtaser-operator"
 
 
-def elect(lead: Callable[[bool], None], loop: asyncio.AbstractEventLoop, namespace: str,
-          identity: str) -> None:
+def elect(
+    lead: Callable[[bool], None], loop: asyncio.AbstractEventLoop, namespace: str, identity: str
+) -> None:
     """Run the election forever (in a daemon thread); ``lead`` (called on ``loop``) is told
     whenever this replica starts or stops leading."""
     from kubernetes.leaderelection import electionconfig, leaderelection
@@ -27,10 +28,13 @@ def elect(lead: Callable[[bool], None], loop: asyncio.AbstractEventLoop, namespa
     logging.getLogger("leaderelection").setLevel(logging.WARNING)  # a line per retry otherwise
     while True:
         config = electionconfig.Config(
-            LeaseLock(LEASE, namespace, identity), lease_duration=15, renew_deadline=10,
+            LeaseLock(LEASE, namespace, identity),
+            lease_duration=15,
+            renew_deadline=10,
             retry_period=2,
             onstarted_leading=lambda: loop.call_soon_threadsafe(lead, True),
-            onstopped_leading=lambda: loop.call_soon_threadsafe(lead, False))
+            onstopped_leading=lambda: loop.call_soon_threadsafe(lead, False),
+        )
         try:
             leaderelection.LeaderElection(config).run()  # returns when the lease is lost
         except Exception as e:  # the API server away: a follower until it is back

@@ -21,8 +21,10 @@ from cloudtaser.injector.resolving import RegistryCredential, credentials_from_d
 log = logging.getLogger("cloudtaser.operator")
 KINDS = ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson",
-                    "kubernetes.io/dockercfg": ".dockercfg"}
+PULL_SECRET_KEYS = {
+    "kubernetes.io/dockerconfigjson": ".dockerconfigjson",
+    "kubernetes.io/dockercfg": ".dockercfg",
+}
 
 
 def list_all() -> dict[str, list[dict[str, Any]]]:
@@ -44,9 +46,11 @@ def list_reports(namespace: str) -> list[reports.Report]:
     """The agents' node reports: their Leases in the operator's namespace
     (engine/cloudtaser/engine/reports.py)."""
     leases = kubernetes.client.CoordinationV1Api().list_namespaced_lease(
-        namespace, label_selector=reports.SELECTOR)
+        namespace, label_selector=reports.SELECTOR
+    )
     found: list[dict[str, Any]] = kubernetes.client.ApiClient().sanitize_for_serialization(
-        leases.items)
+        leases.items
+    )
     return [reports.decode(lease) for lease in found]
 
 
@@ -66,14 +70,22 @@ def read_pull_secrets(namespace: str, names: list[str]) -> list[RegistryCredenti
         key = PULL_SECRET_KEYS.get(secret.type or "")
         data = secret.data or {}
         if key is None or key not in data:
-            log.warning("imagePullSecret %s/%s: type %s has no registry credentials", namespace,
-                        name, secret.type)
+            log.warning(
+                "imagePullSecret %s/%s: type %s has no registry credentials",
+                namespace,
+                name,
+                secret.type,
+            )
             continue
         try:
             found += credentials_from_dockerconfigjson(base64.b64decode(data[key]))
         except (CloudtaserError, ValueError) as e:
-            log.warning("imagePullSecret %s/%s: %s", namespace, name,
-                        e if isinstance(e, CloudtaserError) else "data is not base64")
+            log.warning(
+                "imagePullSecret %s/%s: %s",
+                namespace,
+                name,
+                e if isinstance(e, CloudtaserError) else "data is not base64",
+            )
     return found
 
 
@@ -87,9 +99,13 @@ def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     out = {**body, "metadata": meta}
     if kind == "Pod":
         statuses = (out.pop("status", None) or {}).get("containerStatuses") or []
-        out["status"] = {"containerStatuses": [
-            {k: s[k] for k in ("name", "state", "lastState") if k in s} for s in statuses
-            if isinstance(s, dict)]}
+        out["status"] = {
+            "containerStatuses": [
+                {k: s[k] for k in ("name", "state", "lastState") if k in s}
+                for s in statuses
+                if isinstance(s, dict)
+            ]
+        }
     return out
 
 
@@ -97,8 +113,14 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
     """What is kept of a body once it is parsed (the model lives in the compiler): the
     identity its version and status writes need, and the old conditions."""
     meta = body.get("metadata", {})
-    out: dict[str, Any] = {"metadata": {k: meta[k] for k in (
-        "name", "namespace", "uid", "generation", "resourceVersion") if k in meta}, "slim": True}
+    out: dict[str, Any] = {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "resourceVersion")
+            if k in meta
+        },
+        "slim": True,
+    }
     if "status" in body:
         out["status"] = body["status"]
     return out

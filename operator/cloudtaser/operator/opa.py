@@ -47,9 +47,13 @@ class Opa:
 
             url = urlsplit(self.url or "")
             https = url.scheme == "https"
-            self.client = OpaClient(host=url.hostname or "localhost",
-                                    port=url.port or (443 if https else 8181),
-                                    ssl=https, timeout=OPA_TIMEOUT, retries=0)
+            self.client = OpaClient(
+                host=url.hostname or "localhost",
+                port=url.port or (443 if https else 8181),
+                ssl=https,
+                timeout=OPA_TIMEOUT,
+                retries=0,
+            )
         return self.client
 
     def revision(self) -> str | None:
@@ -62,13 +66,13 @@ class Opa:
         try:
             for path in ("/v1/policies", "/v1/data/system/bundles"):
                 self.sent += 1
-                answer = requests.get(base + path, timeout=OPA_TIMEOUT,
-                                      verify=True)
+                answer = requests.get(base + path, timeout=OPA_TIMEOUT, verify=True)
                 answer.raise_for_status()
                 result = answer.json().get("result")
                 if path == "/v1/policies" and isinstance(result, list):
-                    result = sorted((m.get("id"), m.get("raw")) for m in result
-                                    if isinstance(m, dict))
+                    result = sorted(
+                        (m.get("id"), m.get("raw")) for m in result if isinstance(m, dict)
+                    )
                 digest.update(json.dumps(result, sort_keys=True).encode())
         except (requests.RequestException, ValueError, AttributeError, TypeError):
             return None
@@ -83,8 +87,9 @@ class Opa:
         if self.url is None:
             decision = Decision(True, [])
         else:
-            body = binding.model_dump(mode="json", by_alias=True, exclude_none=True,
-                                      exclude={"status"})
+            body = binding.model_dump(
+                mode="json", by_alias=True, exclude_none=True, exclude={"status"}
+            )
             try:
                 self.sent += 1
                 answer = self._client().query_rule(body, OPA_PACKAGE, "deny")

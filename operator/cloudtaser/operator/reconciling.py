@@ -27,9 +27,9 @@ import kubernetes
 import urllib3
 
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
-from cloudtaser.gcpause import gc_paused
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Problem
+from cloudtaser.gcpause import gc_paused
 from cloudtaser.injector import serving
 from cloudtaser.operator import listing
 from cloudtaser.operator.opa import OPA_TTL, Opa
@@ -58,8 +58,10 @@ def version_of(kind: str, body: dict[str, Any]) -> str:
     meta = body.get("metadata", {})
     if kind in ("SecretBinding", "EnforcementPolicy"):
         return f"{meta.get('uid')}/{meta.get('generation')}"
-    return str(meta.get("resourceVersion") or hashlib.sha256(
-        json.dumps(body, sort_keys=True, default=str).encode()).hexdigest())
+    return str(
+        meta.get("resourceVersion")
+        or hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    )
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Operator:
     opa: Opa = field(init=False)  # asks OPA about each binding (opa_url)
     writer: Writer = field(default_factory=Writer)  # statuses, Events, webhook configuration
     bodies: dict[str, dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: {k: {} for k in listing.KINDS})
+        default_factory=lambda: {k: {} for k in listing.KINDS}
+    )
     # (kind, namespace/name) -> the parse of the body version the compiler was last given.
     parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
     # (kind, namespace/name) -> version the compiler holds (bindings: only allowed ones).
@@ -151,8 +154,11 @@ class Operator:
                 # The API server away or restarting: one line, keep serving the last good
                 # compile, retry.
                 api = e if isinstance(e, kubernetes.client.ApiException) else None
-                log.warning("reconcile failed: %s%s; retrying", type(e).__name__,
-                            f" (HTTP {api.status})" if api is not None else "")
+                log.warning(
+                    "reconcile failed: %s%s; retrying",
+                    type(e).__name__,
+                    f" (HTTP {api.status})" if api is not None else "",
+                )
                 await asyncio.sleep(1)
                 self.changed.set()
             except Exception:  # a bug: the traceback, and retry on the next change
@@ -197,7 +203,7 @@ class Operator:
         while True:
             try:
                 leases = await asyncio.to_thread(listing.list_reports, namespace)
-                reports = aggregate_reports(leases, datetime.datetime.now(datetime.timezone.utc))
+                reports = aggregate_reports(leases, datetime.datetime.now(datetime.UTC))
                 if reports != self.reports:
                     self.reports = reports
                     self.changed.set()
@@ -217,17 +223,22 @@ class Operator:
                     continue
                 out = parse_objects({kind: [body]})
                 models = out.bindings or out.policies or out.pods or out.namespaces
-                self.parsed[(kind, key)] = Parsed(version, models[0] if models else None,
-                                                  out.problems)
+                self.parsed[(kind, key)] = Parsed(
+                    version, models[0] if models else None, out.problems
+                )
         for gone in set(self.parsed) - seen:
             del self.parsed[gone]
 
     def _models(self, kind: str) -> dict[str, tuple[str, Any]]:
-        return {key: (p.version, p.model) for (k, key), p in self.parsed.items()
-                if k == kind and p.model is not None}
+        return {
+            key: (p.version, p.model)
+            for (k, key), p in self.parsed.items()
+            if k == kind and p.model is not None
+        }
 
-    def _update(self, compiler: IncrementalCompiler, kind: str,
-                wanted: dict[str, tuple[str, Any]]) -> None:
+    def _update(
+        self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Any]]
+    ) -> None:
         """Hand the compiler what changed of one kind since the last reconcile."""
         have = {key: v for (k, key), v in self.applied.items() if k == kind}
         for key in sorted(set(have) - set(wanted)):
@@ -268,10 +279,14 @@ class Operator:
         bindings = self._models("SecretBinding")
         revision = await asyncio.to_thread(self.opa.revision)
         decisions = await asyncio.to_thread(
-            lambda: {m.ref: self.opa.decide(m, v, revision) for v, m in bindings.values()})
+            lambda: {m.ref: self.opa.decide(m, v, revision) for v, m in bindings.values()}
+        )
         self.opa.forget_all_but(decisions)
-        allowed = {key: (f"{v}/{decisions[m.ref].allowed}", m) for key, (v, m) in bindings.items()
-                   if decisions[m.ref].allowed}
+        allowed = {
+            key: (f"{v}/{decisions[m.ref].allowed}", m)
+            for key, (v, m) in bindings.items()
+            if decisions[m.ref].allowed
+        }
         problems = [p for parsed in self.parsed.values() for p in parsed.problems]
         compiler = self.holder.compiler
         # Incremental on the event loop thread, which is also where the webhook reads the
@@ -281,9 +296,12 @@ class Operator:
         # The first reconcile hands over the whole cluster; the collector's rescans of the
         # parsed objects made that 3.5x slower (10k bindings, benchmarks/compile.py).
         with gc_paused():
-            for kind, wanted in (("Namespace", self._models("Namespace")),
-                                 ("EnforcementPolicy", self._models("EnforcementPolicy")),
-                                 ("SecretBinding", allowed), ("Pod", self._models("Pod"))):
+            for kind, wanted in (
+                ("Namespace", self._models("Namespace")),
+                ("EnforcementPolicy", self._models("EnforcementPolicy")),
+                ("SecretBinding", allowed),
+                ("Pod", self._models("Pod")),
+            ):
                 self._update(compiler, kind, wanted)
             compiler.set_parse_problems(problems)
             self.holder.compiler = compiler

@@ -24,8 +24,14 @@ from cloudtaser.operator.election import elect
 from cloudtaser.operator.listing import read_pull_secrets
 from cloudtaser.operator.reconciling import Operator
 
-__all__ = ["ERROR_BACKOFFS", "Operator", "in_cluster_server", "read_pull_secrets", "registry",
-           "run"]
+__all__ = [
+    "ERROR_BACKOFFS",
+    "Operator",
+    "in_cluster_server",
+    "read_pull_secrets",
+    "registry",
+    "run",
+]
 ERROR_BACKOFFS = (0.5, 1.0, 1.0, 2.0, 2.0) + (3.0,) * 100  # kopf's API retries (seconds)
 
 
@@ -42,8 +48,9 @@ def in_cluster_server(info: Any, environ: Mapping[str, str] = os.environ) -> Any
     return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
-def registry(op: Operator, host: str, port: int, cert: str, key: str,
-             election: tuple[str, str] | None = None) -> kopf.OperatorRegistry:
+def registry(
+    op: Operator, host: str, port: int, cert: str, key: str, election: tuple[str, str] | None = None
+) -> kopf.OperatorRegistry:
     """kopf handlers bound to one Operator (no module-level decorators: testable, explicit)."""
     reg = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
@@ -72,8 +79,12 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
             tasks.append(asyncio.create_task(op.watch_certificates(cert, key, op.ca_file)))
         if election is not None:
             op.leading = False
-            threading.Thread(target=elect, args=(op.lead, asyncio.get_running_loop(), *election),
-                             name="leader-election", daemon=True).start()
+            threading.Thread(
+                target=elect,
+                args=(op.lead, asyncio.get_running_loop(), *election),
+                name="leader-election",
+                daemon=True,
+            ).start()
 
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> Any:
@@ -92,25 +103,49 @@ def registry(op: Operator, host: str, port: int, cert: str, key: str,
     def compiled(**_: Any) -> bool:
         return op.ready
 
-    for kind, resource in (("SecretBinding", (GROUP, VERSION, "secretbindings")),
-                           ("EnforcementPolicy", (GROUP, VERSION, "enforcementpolicies")),
-                           ("Pod", ("", "v1", "pods")), ("Namespace", ("", "v1", "namespaces"))):
+    for kind, resource in (
+        ("SecretBinding", (GROUP, VERSION, "secretbindings")),
+        ("EnforcementPolicy", (GROUP, VERSION, "enforcementpolicies")),
+        ("Pod", ("", "v1", "pods")),
+        ("Namespace", ("", "v1", "namespaces")),
+    ):
+
         def handler(body: Any, type: str | None, _kind: str = kind, **_: Any) -> None:
             op.observe(_kind, type, dict(body))
+
         kopf.on.event(*resource, registry=reg, id=f"observe-{kind.lower()}")(handler)
 
     def webhook_changed(**_: Any) -> None:
         op.changed.set()  # someone edited or deleted our configuration: re-derive it
 
-    kopf.on.event("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-                  field="metadata.name", value=WEBHOOK_CONFIGURATION, registry=reg,
-                  id="webhook-drift")(webhook_changed)
+    kopf.on.event(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        field="metadata.name",
+        value=WEBHOOK_CONFIGURATION,
+        registry=reg,
+        id="webhook-drift",
+    )(webhook_changed)
     return reg
 
 
-def run(op: Operator, host: str, port: int, cert: str, key: str, liveness: str | None,
-        election: tuple[str, str] | None = None) -> None:
+def run(
+    op: Operator,
+    host: str,
+    port: int,
+    cert: str,
+    key: str,
+    liveness: str | None,
+    election: tuple[str, str] | None = None,
+) -> None:
     """Run the operator until the process is stopped. ``election``: (namespace, identity) to
     run leader election with, or None (one replica)."""
-    asyncio.run(kopf.operator(registry=registry(op, host, port, cert, key, election),
-                              clusterwide=True, standalone=True, liveness_endpoint=liveness))
+    asyncio.run(
+        kopf.operator(
+            registry=registry(op, host, port, cert, key, election),
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
+    )

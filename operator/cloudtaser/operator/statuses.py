@@ -29,7 +29,7 @@ class Decision:
 
 def timestamp(now: datetime.datetime) -> str:
     """``now`` as a condition's lastTransitionTime."""
-    return now.astimezone(datetime.timezone.utc).strftime(TIMESTAMP)
+    return now.astimezone(datetime.UTC).strftime(TIMESTAMP)
 
 
 def problem_entry(p: Problem) -> dict[str, str]:
@@ -37,8 +37,12 @@ def problem_entry(p: Problem) -> dict[str, str]:
     return {"path": p.path, "message": p.message, "severity": p.severity}
 
 
-def conditions(old: dict[str, Any], wanted: list[tuple[str, bool | None, str, str, str]],
-               now: str, generation: int | None = None) -> list[dict[str, Any]]:
+def conditions(
+    old: dict[str, Any],
+    wanted: list[tuple[str, bool | None, str, str, str]],
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
     """Conditions (type, ok, reason when ok, reason when not, message); lastTransitionTime
     moves to ``now`` only when a condition's status changes from the one in ``old``."""
     previous = {c.get("type"): c for c in old.get("conditions", []) if isinstance(c, dict)}
@@ -46,18 +50,24 @@ def conditions(old: dict[str, Any], wanted: list[tuple[str, bool | None, str, st
     for kind, ok, good, bad, message in wanted:
         status = "Unknown" if ok is None else ("True" if ok else "False")
         before = previous.get(kind, {})
-        out.append({
-            "type": kind, "status": status, "reason": good if ok else bad,
-            "message": message[:1000],
-            "lastTransitionTime": before.get("lastTransitionTime", now)
-            if before.get("status") == status else now,
-            **({"observedGeneration": generation} if generation is not None else {}),
-        })
+        out.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": good if ok else bad,
+                "message": message[:1000],
+                "lastTransitionTime": before.get("lastTransitionTime", now)
+                if before.get("status") == status
+                else now,
+                **({"observedGeneration": generation} if generation is not None else {}),
+            }
+        )
     return out
 
 
-def problems_by_object(problems: list[Problem]) -> tuple[dict[str, list[Problem]],
-                                                          dict[str, list[Problem]]]:
+def problems_by_object(
+    problems: list[Problem],
+) -> tuple[dict[str, list[Problem]], dict[str, list[Problem]]]:
     """(binding namespace/name -> its problems, policy name -> its problems), in one pass
     (each binding scanning every problem was bindings x problems: 10^8 comparisons per
     reconcile at 10k warned bindings)."""
@@ -71,8 +81,13 @@ def problems_by_object(problems: list[Problem]) -> tuple[dict[str, list[Problem]
     return by_binding, by_policy
 
 
-def binding_status(body: dict[str, Any], problems: list[Problem], summary: BindingSummary | None,
-                   decision: Decision | None, now: str) -> dict[str, Any]:
+def binding_status(
+    body: dict[str, Any],
+    problems: list[Problem],
+    summary: BindingSummary | None,
+    decision: Decision | None,
+    now: str,
+) -> dict[str, Any]:
     """A SecretBinding's status: its figures from the Plan's ``summary`` (None: the binding
     was not compiled), its problems, and the conditions Compiled, PolicyAllowed (``decision``
     None: OPA was not asked, the spec being invalid), Delivered and Ready."""
@@ -96,8 +111,9 @@ def binding_status(body: dict[str, Any], problems: list[Problem], summary: Bindi
     delivered = _delivered(summary)
     # Ready never claims delivery while the wrappers of the selected pods only fail.
     ready = compiled[0] is True and allowed[0] is True and delivered[0] is not False
-    not_ready = compiled if compiled[0] is not True else allowed if allowed[0] is not True \
-        else delivered
+    not_ready = (
+        compiled if compiled[0] is not True else allowed if allowed[0] is not True else delivered
+    )
     return {
         "observedGeneration": generation,
         "matchedPods": summary.matched_pods if summary else 0,
@@ -106,13 +122,23 @@ def binding_status(body: dict[str, Any], problems: list[Problem], summary: Bindi
         "failingPods": summary.failing_pods if summary else 0,
         "secrets": summary.secrets if summary else 0,
         "problems": [problem_entry(p) for p in problems],
-        "conditions": conditions({"conditions": (body.get("status") or {}).get("conditions", [])}, [
-            ("Compiled", compiled[0], "Compiled", compiled[1], compiled[2]),
-            ("PolicyAllowed", allowed[0], "Allowed", allowed[1], allowed[2]),
-            ("Delivered", delivered[0], "Delivered", delivered[1], delivered[2]),
-            ("Ready", ready, "Ready", str(not_ready[1]),
-             str(delivered[2]) if ready else str(not_ready[2])),
-        ], now, generation),
+        "conditions": conditions(
+            {"conditions": (body.get("status") or {}).get("conditions", [])},
+            [
+                ("Compiled", compiled[0], "Compiled", compiled[1], compiled[2]),
+                ("PolicyAllowed", allowed[0], "Allowed", allowed[1], allowed[2]),
+                ("Delivered", delivered[0], "Delivered", delivered[1], delivered[2]),
+                (
+                    "Ready",
+                    ready,
+                    "Ready",
+                    str(not_ready[1]),
+                    str(delivered[2]) if ready else str(not_ready[2]),
+                ),
+            ],
+            now,
+            generation,
+        ),
     }
 
 
@@ -123,16 +149,30 @@ def _delivered(summary: BindingSummary | None) -> tuple[bool | None, str, str]:
     if not summary or not injected:
         return None, "NoPods", "no selected pod is injected yet"
     if summary.failing_pods:
-        return (False, "WrapperFailed", f"{summary.failing_pods} of {injected} injected pod(s) "
-                f"failing, {summary.delivered_pods} delivered; {summary.failure}")
+        return (
+            False,
+            "WrapperFailed",
+            f"{summary.failing_pods} of {injected} injected pod(s) "
+            f"failing, {summary.delivered_pods} delivered; {summary.failure}",
+        )
     if summary.delivered_pods == injected:
         return True, "Delivered", f"{injected} of {injected} injected pod(s) received their secrets"
-    return (None, "Pending", f"{summary.delivered_pods} of {injected} injected pod(s) received "
-            "their secrets; the others are starting")
+    return (
+        None,
+        "Pending",
+        f"{summary.delivered_pods} of {injected} injected pod(s) received "
+        "their secrets; the others are starting",
+    )
 
 
-def policy_status(body: dict[str, Any], problems: list[Problem], matched_pods: int,
-                  constrained_pods: list[str], report: tuple[int, int], now: str) -> dict[str, Any]:
+def policy_status(
+    body: dict[str, Any],
+    problems: list[Problem],
+    matched_pods: int,
+    constrained_pods: list[str],
+    report: tuple[int, int],
+    now: str,
+) -> dict[str, Any]:
     """An EnforcementPolicy's status: the pods it matches and constrains (from the Plan), the
     nodes enforcing it and its violations (``report``, from aggregate_reports), its problems,
     and the condition Compiled."""
@@ -143,9 +183,19 @@ def policy_status(body: dict[str, Any], problems: list[Problem], matched_pods: i
         "violations": report[1],
         "constrainedPods": constrained_pods[:100],
         "problems": [problem_entry(p) for p in problems],
-        "conditions": conditions(body.get("status") or {}, [("Compiled", not any(
-            p.severity == "error" for p in problems), "Compiled", "Invalid",
-            "; ".join(p.message for p in problems) or "compiled")], now),
+        "conditions": conditions(
+            body.get("status") or {},
+            [
+                (
+                    "Compiled",
+                    not any(p.severity == "error" for p in problems),
+                    "Compiled",
+                    "Invalid",
+                    "; ".join(p.message for p in problems) or "compiled",
+                )
+            ],
+            now,
+        ),
     }
 
 
@@ -180,5 +230,7 @@ def aggregate_reports(reports: list[Report], now: datetime.datetime) -> dict[str
                 nodes[name] = nodes.get(name, 0) + 1
         for name, count in report.violations.items():
             violations[name] = violations.get(name, 0) + count
-    return {name: (nodes.get(name, 0), violations.get(name, 0))
-            for name in sorted({*nodes, *violations})}
+    return {
+        name: (nodes.get(name, 0), violations.get(name, 0))
+        for name in sorted({*nodes, *violations})
+    }

@@ -38,14 +38,18 @@ class Writer:
         """Another replica may have written since: write every status once more."""
         self.written.clear()
 
-    def write_statuses(self, plan: Plan, decisions: dict[str, Decision],
-                       snapshot: dict[str, dict[str, dict[str, Any]]],
-                       reports: dict[str, tuple[int, int]]) -> None:
+    def write_statuses(
+        self,
+        plan: Plan,
+        decisions: dict[str, Decision],
+        snapshot: dict[str, dict[str, dict[str, Any]]],
+        reports: dict[str, tuple[int, int]],
+    ) -> None:
         """The status of every SecretBinding and EnforcementPolicy in ``snapshot`` (kind ->
         namespace/name -> body), from the Plan, OPA's ``decisions`` and the node ``reports``
         (policy -> (nodes enforcing, violations))."""
         api = kubernetes.client.CustomObjectsApi()
-        now = statuses.timestamp(datetime.datetime.now(datetime.timezone.utc))
+        now = statuses.timestamp(datetime.datetime.now(datetime.UTC))
         summaries = {s.binding: s for s in plan.bindings}
         by_binding, by_policy = statuses.problems_by_object(plan.problems)
         for key, body in snapshot["SecretBinding"].items():
@@ -60,13 +64,19 @@ class Writer:
         constrained = {p.policy: p.constrained_pods for p in plan.policies}
         for key, body in snapshot["EnforcementPolicy"].items():
             name = key.split("/", 1)[1]
-            status = statuses.policy_status(body, by_policy.get(name, []), matched.get(name, 0),
-                                            constrained.get(name, []), reports.get(name, (0, 0)),
-                                            now)
+            status = statuses.policy_status(
+                body,
+                by_policy.get(name, []),
+                matched.get(name, 0),
+                constrained.get(name, []),
+                reports.get(name, (0, 0)),
+                now,
+            )
             self.patch(api, "enforcementpolicies", None, name, status)
 
-    def patch(self, api: Any, plural: str, namespace: str | None, name: str,
-              status: dict[str, Any]) -> None:
+    def patch(
+        self, api: Any, plural: str, namespace: str | None, name: str, status: dict[str, Any]
+    ) -> None:
         """Write one object's status unless it is the one last written."""
         digest = hashlib.sha256(json.dumps(status, sort_keys=True).encode()).hexdigest()
         key = f"{plural}/{namespace or ''}/{name}"
@@ -74,19 +84,23 @@ class Writer:
             return
         try:
             if namespace is None:
-                api.patch_cluster_custom_object_status(GROUP, VERSION, plural, name,
-                                                       {"status": status})
+                api.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, {"status": status}
+                )
             else:
-                api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
-                                                          {"status": status})
+                api.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, {"status": status}
+                )
             self.written[key] = digest
         except kubernetes.client.ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to say
-                log.warning("status of %s %s/%s not written: HTTP %s", plural, namespace, name,
-                            e.status)
+                log.warning(
+                    "status of %s %s/%s not written: HTTP %s", plural, namespace, name, e.status
+                )
 
-    def announce(self, ref: str, body: dict[str, Any], problems: list[Problem],
-                 decision: Decision | None) -> None:
+    def announce(
+        self, ref: str, body: dict[str, Any], problems: list[Problem], decision: Decision | None
+    ) -> None:
         """A Kubernetes Event when a binding's problems or OPA denial change."""
         lines = statuses.announcement(problems, decision)
         digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -95,17 +109,24 @@ class Writer:
             return
         self.announced[ref] = digest
         meta = body.get("metadata", {})
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         event = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta.get('name')}.",
-                                                    namespace=meta.get("namespace")),
+            metadata=kubernetes.client.V1ObjectMeta(
+                generate_name=f"{meta.get('name')}.", namespace=meta.get("namespace")
+            ),
             involved_object=kubernetes.client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="SecretBinding", name=meta.get("name"),
-                namespace=meta.get("namespace"), uid=meta.get("uid")),
+                api_version=f"{GROUP}/{VERSION}",
+                kind="SecretBinding",
+                name=meta.get("name"),
+                namespace=meta.get("namespace"),
+                uid=meta.get("uid"),
+            ),
             type="Warning" if lines else "Normal",
             reason="CompileProblems" if lines else "Compiled",
             message=("; ".join(lines) or "all problems resolved")[:1000],
-            first_timestamp=now, last_timestamp=now, count=1,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
             source=kubernetes.client.V1EventSource(component="cloudtaser-operator"),
         )
         try:
@@ -133,8 +154,7 @@ class Writer:
             if same_webhooks(have, wanted):
                 return True
             wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
-            api.replace_mutating_webhook_configuration(
-                WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
+            api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
         except kubernetes.client.ApiException as e:
             if e.status != 409:  # 409: created or changed meanwhile
                 raise
@@ -146,7 +166,10 @@ class Writer:
 
 def same_webhooks(have: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Compare what we set; the API server adds defaults we do not manage."""
+
     def pick(config: dict[str, Any]) -> Any:
         return [{k: w.get(k) for k in wanted["webhooks"][0]} for w in config.get("webhooks", [])]
+
     return bool(pick(have) == pick(wanted)) and (
-        have["metadata"].get("labels", {}).items() >= wanted["metadata"]["labels"].items())
+        have["metadata"].get("labels", {}).items() >= wanted["metadata"]["labels"].items()
+    )

@@ -104,8 +104,9 @@ def parse_manifest(text: str) -> list[Entry]:
 def _sdk_entries() -> dict[str, int]:
     manifest = os.environ.get(FDS_ENV)
     if manifest is None:
-        raise SecretNotFound(f"{FDS_ENV} is not set: this process was not started by the "
-                             "cloudtaser wrapper")
+        raise SecretNotFound(
+            f"{FDS_ENV} is not set: this process was not started by the cloudtaser wrapper"
+        )
     return {e.name: e.fd for e in parse_manifest(manifest) if e.kind == "sdk"}
 
 

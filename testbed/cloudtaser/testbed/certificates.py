@@ -62,7 +62,7 @@ class CertificateAuthority:
             self._key = loaded
             return
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._cert = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
@@ -74,9 +74,15 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -97,11 +103,14 @@ class CertificateAuthority:
     ) -> Pair:
         """Issue (or reuse) ``name.crt``/``name.key`` in the CA's directory."""
         pair = Pair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
-        if pair.cert.exists() and pair.key.exists() and _names(pair.cert) == (
-                _name(common_name, organization), frozenset(hosts)):
+        if (
+            pair.cert.exists()
+            and pair.key.exists()
+            and _names(pair.cert) == (_name(common_name, organization), frozenset(hosts))
+        ):
             return pair  # reused while it names the same subject and hosts (else re-issued)
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         )

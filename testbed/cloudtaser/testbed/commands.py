@@ -15,11 +15,12 @@ import click
 from cloudtaser import rendering
 from cloudtaser.cli import OUTPUT
 
-
 # --- the local real stack -------------------------------------------------------------------
 
 STATE_DIR = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="State directory (default $CLOUDTASER_STATE or ~/.local/state/cloudtaser/stack).",
 )
 
@@ -27,8 +28,9 @@ STATE_DIR = click.option(
 def _paths(state_dir: Path | None) -> Any:
     from cloudtaser.testbed import stacking
 
-    return stacking.Paths(state=state_dir or stacking.default_state_dir(),
-                          bin=stacking.default_bin_dir())
+    return stacking.Paths(
+        state=state_dir or stacking.default_state_dir(), bin=stacking.default_bin_dir()
+    )
 
 
 def _fail_on_cloudtaser_errors(action: Any) -> None:
@@ -69,9 +71,11 @@ def up(state_dir: Path | None, no_provision: bool, no_node: bool) -> None:
             noding.up(paths, _echo)
 
     _fail_on_cloudtaser_errors(run)
-    _echo(f"stack up; state in {paths.state}. Try:\n"
-          f"  eval \"$(cloudtaser stack env)\"\n  kubectl get sb -A\n"
-          "  cloudtaser compile examples/ policies/ --pod examples/pods/postgres-pod.yaml")
+    _echo(
+        f"stack up; state in {paths.state}. Try:\n"
+        f'  eval "$(cloudtaser stack env)"\n  kubectl get sb -A\n'
+        "  cloudtaser compile examples/ policies/ --pod examples/pods/postgres-pod.yaml"
+    )
 
 
 @stack.command()
@@ -87,9 +91,14 @@ def down(state_dir: Path | None) -> None:
 
 @stack.command()
 @STATE_DIR
-@click.option("--images", "images_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="scripts/build-images output (NAME DIGEST PATH lines) to take "
-              "the digests from; default: ask the registry for this version's tags.")
+@click.option(
+    "--images",
+    "images_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="scripts/build-images output (NAME DIGEST PATH lines) to take "
+    "the digests from; default: ask the registry for this version's tags.",
+)
 def install(state_dir: Path | None, images_file: Path | None) -> None:
     """helm upgrade --install the chart on the stack, with the images of the stack's registry
     (scripts/build-images --push 127.0.0.1:15000/cloudtaser), and wait for its pods."""
@@ -154,8 +163,12 @@ def stack_status(state_dir: Path | None, output: str) -> None:
 
 def _print_status(rows: list[dict[str, str]], output: str) -> None:
     if output == "table":
-        click.echo(rendering.table(["component", "pid", "address", "health"],
-                                   [list(r.values()) for r in rows]), nl=False)
+        click.echo(
+            rendering.table(
+                ["component", "pid", "address", "health"], [list(r.values()) for r in rows]
+            ),
+            nl=False,
+        )
     else:
         click.echo(rendering.dump(rows, output), nl=False)
     sys.exit(0 if all(r["health"] == "healthy" for r in rows) else 1)

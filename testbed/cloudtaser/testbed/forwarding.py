@@ -47,8 +47,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _splice(target: tuple[str, int], reader: asyncio.StreamReader,
-                  writer: asyncio.StreamWriter) -> None:
+async def _splice(
+    target: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         up_reader, up_writer = await asyncio.open_connection(*target)
     except OSError:
@@ -64,9 +65,12 @@ async def _splice(target: tuple[str, int], reader: asyncio.StreamReader,
 async def serve(rules: list[tuple[tuple[str, int], tuple[str, int]]]) -> None:
     servers = []
     for listen, target in rules:
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter,
-                         _target: tuple[str, int] = target) -> None:
+
+        async def handle(
+            r: asyncio.StreamReader, w: asyncio.StreamWriter, _target: tuple[str, int] = target
+        ) -> None:
             await _splice(_target, r, w)
+
         servers.append(await asyncio.start_server(handle, *listen, reuse_address=True))
         print(f"forwarding {listen[0]}:{listen[1]} -> {target[0]}:{target[1]}", flush=True)
     stop = asyncio.Event()
@@ -86,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloudtaser-forwarding: {e}", file=sys.stderr)
         return 2
     if not rules:
-        print("usage: python -m cloudtaser.testbed.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...",
-              file=sys.stderr)
+        print(
+            "usage: python -m cloudtaser.testbed.forwarding LISTEN_IP:PORT=TARGET_IP:PORT ...",
+            file=sys.stderr,
+        )
         return 2
     try:
         asyncio.run(serve(rules))

@@ -34,25 +34,34 @@ from typing import Any
 import requests
 import yaml
 
-from cloudtaser.version import __version__
 from cloudtaser.bpf.iouring import lift_io_uring_restriction
 from cloudtaser.bpf.programs import unpin
-from cloudtaser.testbed.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
 from cloudtaser.engine.plans import AGENT_CSI_DRIVER
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
+from cloudtaser.testbed.noding import AGENT_PIN_DIR, AGENT_SOCKET_DIR, kubelet_root
 from cloudtaser.testbed.provisioning import SYSTEM_NAMESPACE, kubectl
 from cloudtaser.testbed.stacking import NODE_NAME, REGISTRY, REPO, Paths, StackError, environment
+from cloudtaser.version import __version__
 
 RELEASE = "cloudtaser"
 NAMESPACE = SYSTEM_NAMESPACE
 PREFIX = f"{REGISTRY}/cloudtaser"
 # chart values key -> image name in the registry (scripts/build-images)
-IMAGES = {"operator": "operator", "agent": "bpf-agent", "wrapper": "wrapper-bundle",
-          "opa": "opa", "kubectl": "kubectl"}
-MANIFEST_TYPES = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json"))
+IMAGES = {
+    "operator": "operator",
+    "agent": "bpf-agent",
+    "wrapper": "wrapper-bundle",
+    "opa": "opa",
+    "kubectl": "kubectl",
+}
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
 BUILD_HINT = f"scripts/build-images --push {PREFIX} local"
 # Only the stack's node runs pods: a Node object made by hand (a test's) has no kubelet.
 ON_THE_NODE = {"kubernetes.io/hostname": NODE_NAME}
@@ -65,12 +74,15 @@ def registry_digest(name: str, tag: str = __version__) -> str:
     try:
         response = requests.head(url, headers={"Accept": MANIFEST_TYPES}, timeout=5)
     except requests.RequestException as e:
-        raise StackError(f"the stack's registry at {REGISTRY} does not answer ({type(e).__name__}); "
-                         "run cloudtaser stack up") from e
+        raise StackError(
+            f"the stack's registry at {REGISTRY} does not answer ({type(e).__name__}); "
+            "run cloudtaser stack up"
+        ) from e
     digest = response.headers.get("Docker-Content-Digest", "")
     if response.status_code == 404 or not digest:
-        raise StackError(f"{PREFIX}/{name}:{tag} is not in the stack's registry; build and push "
-                         f"it: {BUILD_HINT}")
+        raise StackError(
+            f"{PREFIX}/{name}:{tag} is not in the stack's registry; build and push it: {BUILD_HINT}"
+        )
     if not response.ok:
         raise StackError(f"{url}: HTTP {response.status_code}")
     return digest
@@ -82,13 +94,19 @@ def host_interpreter() -> str:
 
 def values(p: Paths, digests: dict[str, str]) -> dict[str, Any]:
     return {
-        "images": {key: {"repository": f"{PREFIX}/{name}", "tag": __version__,
-                         "digest": digests[key]} for key, name in IMAGES.items()},
+        "images": {
+            key: {"repository": f"{PREFIX}/{name}", "tag": __version__, "digest": digests[key]}
+            for key, name in IMAGES.items()
+        },
         "injector": {"agentSocketDir": str(AGENT_SOCKET_DIR)},
         "operator": {"nodeSelector": ON_THE_NODE},
-        "agent": {"pinDir": str(AGENT_PIN_DIR), "bpffsMountPropagation": "None",
-                  "kubeletDir": str(kubelet_root(p)),
-                  "allowBpfLoaders": [host_interpreter()], "nodeSelector": ON_THE_NODE},
+        "agent": {
+            "pinDir": str(AGENT_PIN_DIR),
+            "bpffsMountPropagation": "None",
+            "kubeletDir": str(kubelet_root(p)),
+            "allowBpfLoaders": [host_interpreter()],
+            "nodeSelector": ON_THE_NODE,
+        },
     }
 
 
@@ -100,15 +118,25 @@ def _errors(stderr: str) -> str:
 
 def _helm(p: Paths, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **environment(p)}
-    return subprocess.run([str(p.binary("helm")), *args], capture_output=True, text=True,  # noqa: S603
-                          env=env, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(p.binary("helm")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def install(p: Paths, log: Callable[[str], None], images_file: Path | None = None,
-            timeout: str = "5m") -> None:
+def install(
+    p: Paths, log: Callable[[str], None], images_file: Path | None = None, timeout: str = "5m"
+) -> None:
     if images_file is not None:
-        built = {line.split()[0]: line.split()[1] for line in images_file.read_text().splitlines()
-                 if len(line.split()) == 3}
+        built = {
+            line.split()[0]: line.split()[1]
+            for line in images_file.read_text().splitlines()
+            if len(line.split()) == 3
+        }
         missing = [name for name in IMAGES.values() if name not in built]
         if missing:
             raise StackError(f"{images_file} names no digest for {', '.join(missing)}")
@@ -120,19 +148,49 @@ def install(p: Paths, log: Callable[[str], None], images_file: Path | None = Non
     file.write_text(yaml.safe_dump(values(p, digests), sort_keys=False))
     _recover_interrupted(p, log)
     log(f"helm: installing {RELEASE} in {NAMESPACE} with {file} (images from {PREFIX}) ...")
-    proc = _helm(p, "upgrade", "--install", RELEASE, str(REPO / "chart"), "--namespace", NAMESPACE,
-                 "--create-namespace", "--values", str(file), "--wait", "--timeout", timeout)
+    proc = _helm(
+        p,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(REPO / "chart"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--values",
+        str(file),
+        "--wait",
+        "--timeout",
+        timeout,
+    )
     if proc.returncode != 0:
-        raise StackError(f"helm upgrade --install {RELEASE}: {_errors(proc.stderr)} (see "
-                         f"kubectl get pods -n {NAMESPACE}; kubectl describe pod -n {NAMESPACE})")
+        raise StackError(
+            f"helm upgrade --install {RELEASE}: {_errors(proc.stderr)} (see "
+            f"kubectl get pods -n {NAMESPACE}; kubectl describe pod -n {NAMESPACE})"
+        )
     # helm --wait lets a DaemonSet be short of maxUnavailable: wait for every agent
-    rollout = subprocess.run(  # noqa: S603
-        [str(p.binary("kubectl")), "rollout", "status", "daemonset", f"{RELEASE}-agent", "-n", NAMESPACE,
-         "--timeout=300s"], capture_output=True, text=True, env={**os.environ, **environment(p)},
-        timeout=330, check=False)
+    rollout = subprocess.run(
+        [
+            str(p.binary("kubectl")),
+            "rollout",
+            "status",
+            "daemonset",
+            f"{RELEASE}-agent",
+            "-n",
+            NAMESPACE,
+            "--timeout=300s",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **environment(p)},
+        timeout=330,
+        check=False,
+    )
     if rollout.returncode != 0:
-        raise StackError(f"the agent DaemonSet is not ready: {rollout.stderr.strip()} (kubectl logs "
-                         f"-n {NAMESPACE} ds/{RELEASE}-agent)")
+        raise StackError(
+            f"the agent DaemonSet is not ready: {rollout.stderr.strip()} (kubectl logs "
+            f"-n {NAMESPACE} ds/{RELEASE}-agent)"
+        )
     _wait_for_webhook(p, timeout=120)
     log(f"helm: {RELEASE} installed; its pods are ready and the webhook is configured")
 
@@ -155,8 +213,10 @@ def _recover_interrupted(p: Paths, log: Callable[[str], None]) -> None:
         log(f"helm: {RELEASE} was left {status} by an interrupted helm; rolling back first")
         fix = _helm(p, "rollback", RELEASE, "--namespace", NAMESPACE, "--wait")
     if fix.returncode != 0:
-        raise StackError(f"helm: {RELEASE} is {status} (an interrupted helm) and could not be "
-                         f"recovered: {_errors(fix.stderr)}")
+        raise StackError(
+            f"helm: {RELEASE} is {status} (an interrupted helm) and could not be "
+            f"recovered: {_errors(fix.stderr)}"
+        )
 
 
 def _wait_for_webhook(p: Paths, timeout: float) -> None:
@@ -167,25 +227,34 @@ def _wait_for_webhook(p: Paths, timeout: float) -> None:
     deadline = time.monotonic() + timeout
 
     def get(*args: str) -> dict[str, Any] | None:
-        proc = subprocess.run(  # noqa: S603
-            [str(p.binary("kubectl")), "get", *args, "-o", "json"], capture_output=True, text=True,
-            env={**os.environ, **environment(p)}, timeout=30, check=False)
+        proc = subprocess.run(
+            [str(p.binary("kubectl")), "get", *args, "-o", "json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **environment(p)},
+            timeout=30,
+            check=False,
+        )
         found: dict[str, Any] | None = json.loads(proc.stdout) if proc.returncode == 0 else None
         return found
+
     while True:
         configuration = get("mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
         tls = get("secret", f"{RELEASE}-webhook-tls", "-n", NAMESPACE)
         if configuration is not None and tls is not None:
             webhooks = configuration.get("webhooks") or [{}]
             client = webhooks[0].get("clientConfig", {})
-            if ((client.get("service") or {}).get("namespace") == NAMESPACE
-                    and client.get("caBundle") == tls.get("data", {}).get("ca.crt")):
+            if (client.get("service") or {}).get("namespace") == NAMESPACE and client.get(
+                "caBundle"
+            ) == tls.get("data", {}).get("ca.crt"):
                 return
         if time.monotonic() > deadline:
-            raise StackError(f"the operator wrote no webhook configuration {WEBHOOK_CONFIGURATION} with "
-                             f"the CA of secret {RELEASE}-webhook-tls "
-                             f"within {timeout:.0f}s (kubectl logs -n {NAMESPACE} "
-                             f"deploy/{RELEASE}-operator -c operator)")
+            raise StackError(
+                f"the operator wrote no webhook configuration {WEBHOOK_CONFIGURATION} with "
+                f"the CA of secret {RELEASE}-webhook-tls "
+                f"within {timeout:.0f}s (kubectl logs -n {NAMESPACE} "
+                f"deploy/{RELEASE}-operator -c operator)"
+            )
         time.sleep(1)
 
 
@@ -194,14 +263,20 @@ def _delete_injected_pods(p: Paths, log: Callable[[str], None], timeout: float =
     the kubelet tears a csi.cloudtaser.io volume down through it, so a pod deleted after the
     uninstall would stay Terminating (and, with the agent gone, nothing protects it anyway)."""
     listed = kubectl(p, "get", "pods", "-A", "-o", "json")
-    injected = [(pod["metadata"]["namespace"], pod["metadata"]["name"])
-                for pod in json.loads(listed)["items"]
-                if any(v.get("csi", {}).get("driver") == AGENT_CSI_DRIVER
-                       for v in pod["spec"].get("volumes", []))]
+    injected = [
+        (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        for pod in json.loads(listed)["items"]
+        if any(
+            v.get("csi", {}).get("driver") == AGENT_CSI_DRIVER
+            for v in pod["spec"].get("volumes", [])
+        )
+    ]
     if not injected:
         return
-    log(f"deleting {len(injected)} injected pod(s) before the agent goes: "
-        f"{' '.join(f'{ns}/{name}' for ns, name in injected)}")
+    log(
+        f"deleting {len(injected)} injected pod(s) before the agent goes: "
+        f"{' '.join(f'{ns}/{name}' for ns, name in injected)}"
+    )
     for ns, name in injected:
         kubectl(p, "delete", "pod", name, "-n", ns, "--ignore-not-found", "--wait=false")
     for ns, name in injected:

@@ -37,7 +37,6 @@ import requests
 import urllib3
 import yaml
 
-from cloudtaser.version import __version__
 from cloudtaser import rendering
 from cloudtaser.testbed.stacking import (
     APISERVER_PORT,
@@ -58,6 +57,7 @@ from cloudtaser.testbed.stacking import (
     start_all,
     stop,
 )
+from cloudtaser.version import __version__
 
 BRIDGE = "cloudtaser0"
 POD_CIDR = "10.244.0.0/24"
@@ -76,12 +76,29 @@ CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, KUBELET_HEALTH_PORT = 10257, 10259, 102
 SANDBOX_IMAGE = f"{REGISTRY}/cloudtaser/pause:{__version__}"
 # Set by the kubelet (its "kernel defaults") or by the chart's agent (io_uring restricted while
 # the node protects a pod, bpf/cloudtaser/bpf/iouring.py); restored by ``down``.
-SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "kernel.io_uring_disabled")
+SYSCTLS = (
+    "vm.overcommit_memory",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.io_uring_disabled",
+)
 # Created by the kubelet, containerd or libcni whatever their configured roots.
-HOST_PATHS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni",
-              "/run/containerd", "/var/run/netns", "/opt/containerd", "/etc/cni", "/opt/cni",
-              "/run/nri", "/usr/libexec/kubernetes", str(SHIM_DIR), str(AGENT_SOCKET_DIR),
-              str(AGENT_PIN_DIR))
+HOST_PATHS = (
+    "/var/lib/kubelet",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/var/lib/cni",
+    "/run/containerd",
+    "/var/run/netns",
+    "/opt/containerd",
+    "/etc/cni",
+    "/opt/cni",
+    "/run/nri",
+    "/usr/libexec/kubernetes",
+    str(SHIM_DIR),
+    str(AGENT_SOCKET_DIR),
+    str(AGENT_PIN_DIR),
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Cgroups the kubelet makes (kubepods) and containerd makes for a sandbox without a parent.
 CGROUP_NAMES = ("kubepods", "k8s.io")
@@ -103,8 +120,10 @@ def _sock(p: Paths) -> Path:
 def runc() -> str:
     found = shutil.which("runc") or shutil.which("runc", path="/usr/sbin:/usr/bin")
     if found is None:
-        raise StackError("runc not found: the node runs containers with Debian's runc "
-                         "(scripts/system-deps installs it)")
+        raise StackError(
+            "runc not found: the node runs containers with Debian's runc "
+            "(scripts/system-deps installs it)"
+        )
     return found
 
 
@@ -143,26 +162,37 @@ def containerd_config(p: Paths) -> dict[str, Any]:
                 "cdi_spec_dirs": [],
                 "containerd": {
                     "default_runtime_name": "runc",
-                    "runtimes": {"runc": {
-                        "runtime_type": "io.containerd.runc.v2",
-                        "options": {"BinaryName": runc(), "Root": str(c / "runc"),
-                                    "SystemdCgroup": False},
-                    }},
+                    "runtimes": {
+                        "runc": {
+                            "runtime_type": "io.containerd.runc.v2",
+                            "options": {
+                                "BinaryName": runc(),
+                                "Root": str(c / "runc"),
+                                "SystemdCgroup": False,
+                            },
+                        }
+                    },
                 },
-                "cni": {"bin_dirs": [str(work(p) / "cni" / "bin")],
-                        "conf_dir": str(work(p) / "cni" / "net.d"), "max_conf_num": 1},
+                "cni": {
+                    "bin_dirs": [str(work(p) / "cni" / "bin")],
+                    "conf_dir": str(work(p) / "cni" / "net.d"),
+                    "max_conf_num": 1,
+                },
             },
             "io.containerd.grpc.v1.cri": {
                 # exec/attach/port-forward streams that the kubelet proxies: loopback only
-                "stream_server_address": HOST, "stream_server_port": "0",
+                "stream_server_address": HOST,
+                "stream_server_port": "0",
             },
         },
     }
 
 
 def registry_hosts() -> dict[str, Any]:
-    return {"server": f"http://{REGISTRY}",
-            "host": {f"http://{REGISTRY}": {"capabilities": ["pull", "resolve"]}}}
+    return {
+        "server": f"http://{REGISTRY}",
+        "host": {f"http://{REGISTRY}": {"capabilities": ["pull", "resolve"]}},
+    }
 
 
 def cni_config(p: Paths) -> dict[str, Any]:
@@ -172,16 +202,21 @@ def cni_config(p: Paths) -> dict[str, Any]:
     return {
         "cniVersion": "1.0.0",
         "name": "cloudtaser",
-        "plugins": [{
-            "type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False,
-            "hairpinMode": True,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": str(work(p) / "cni" / "ipam"),  # not /var/lib/cni/networks
-                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                "routes": [{"dst": SERVICE_CIDR, "gw": GATEWAY}],
-            },
-        }],
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": False,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(work(p) / "cni" / "ipam"),  # not /var/lib/cni/networks
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                    "routes": [{"dst": SERVICE_CIDR, "gw": GATEWAY}],
+                },
+            }
+        ],
     }
 
 
@@ -203,15 +238,21 @@ def kubelet_config(p: Paths) -> dict[str, Any]:
         "healthzBindAddress": HOST,
         "healthzPort": KUBELET_HEALTH_PORT,
         # Clients with a certificate of the stack's CA (the API server's kubelet-client one).
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                           "x509": {"clientCAFile": str(p.ca)}},
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(p.ca)},
+        },
         "authorization": {"mode": "AlwaysAllow"},
         "podLogsDir": str(k / "pod-logs"),  # else /var/log/pods
         "volumePluginDir": str(k / "volume-plugins"),  # else /usr/libexec/kubernetes/...
         "resolvConf": str(k / "resolv.conf"),  # pods have no DNS: nothing to resolve off-host
         "clusterDomain": "cluster.local",
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%"},  # developer disks fill up
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },  # developer disks fill up
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
@@ -221,11 +262,23 @@ def kubelet_config(p: Paths) -> dict[str, Any]:
 def _kubeconfig(p: Paths, name: str, user: str) -> dict[str, Any]:
     pair = p.cert(name)
     return {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": f"https://{HOST}:{APISERVER_PORT}", "certificate-authority": str(p.ca)}}],
-        "users": [{"name": user, "user": {"client-certificate": str(pair.cert),
-                                          "client-key": str(pair.key)}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": f"https://{HOST}:{APISERVER_PORT}",
+                    "certificate-authority": str(p.ca),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+            }
+        ],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",
     }
@@ -243,7 +296,9 @@ def write_configs(p: Paths) -> None:
     w = work(p)
     _write(w / "containerd" / "config.toml", rendering.toml(containerd_config(p)))
     _write(w / "containerd" / "certs.d" / REGISTRY / "hosts.toml", rendering.toml(registry_hosts()))
-    _write(w / "cni" / "net.d" / "10-cloudtaser.conflist", json.dumps(cni_config(p), indent=2) + "\n")
+    _write(
+        w / "cni" / "net.d" / "10-cloudtaser.conflist", json.dumps(cni_config(p), indent=2) + "\n"
+    )
     (w / "cni" / "bin").mkdir(parents=True, exist_ok=True)
     for plugin in ("bridge", "host-local", "loopback"):
         target = w / "cni" / "bin" / plugin
@@ -251,8 +306,11 @@ def write_configs(p: Paths) -> None:
             target.unlink(missing_ok=True)
             target.symlink_to(p.binary(plugin).resolve())
     _write(w / "kubelet" / "config.yaml", yaml.safe_dump(kubelet_config(p), sort_keys=False))
-    _write(w / "kubelet" / "kubeconfig",
-           yaml.safe_dump(_kubeconfig(p, "kubelet", f"system:node:{NODE_NAME}"), sort_keys=False), 0o600)
+    _write(
+        w / "kubelet" / "kubeconfig",
+        yaml.safe_dump(_kubeconfig(p, "kubelet", f"system:node:{NODE_NAME}"), sort_keys=False),
+        0o600,
+    )
     _write(w / "kubelet" / "resolv.conf", "nameserver 127.0.0.1\n")
     for d in ("root", "certs", "pod-logs", "volume-plugins"):
         (w / "kubelet" / d).mkdir(parents=True, exist_ok=True)
@@ -265,7 +323,7 @@ def _https_ok(url: str) -> str | None:
     try:  # self-signed serving certificates of the node's own components, on loopback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            r = requests.get(url, verify=False, timeout=2)  # noqa: S501
+            r = requests.get(url, verify=False, timeout=2)
     except requests.RequestException as e:
         return f"not answering ({type(e).__name__})"
     return None if r.ok else f"HTTP {r.status_code}: {r.text[:120].strip()}"
@@ -282,9 +340,16 @@ def _tcp_ok(address: tuple[str, int]) -> str | None:
 def _containerd_ok(p: Paths) -> str | None:
     if not _sock(p).exists():
         return f"no socket {_sock(p)}"
-    proc = subprocess.run([str(p.binary("ctr")), "--address", str(_sock(p)), "version"],  # noqa: S603
-                          capture_output=True, text=True, timeout=10, check=False)
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["ctr failed"])[-1]
+    proc = subprocess.run(
+        [str(p.binary("ctr")), "--address", str(_sock(p)), "version"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return (
+        None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["ctr failed"])[-1]
+    )
 
 
 def _forwarder_argv(p: Paths) -> list[str]:
@@ -297,9 +362,11 @@ def _controller_manager_argv(p: Paths) -> list[str]:
     kubeconfig = str(p.kubeconfig)
     return [
         str(p.binary("kube-controller-manager")),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={HOST}", f"--secure-port={CONTROLLER_MANAGER_PORT}",
+        f"--bind-address={HOST}",
+        f"--secure-port={CONTROLLER_MANAGER_PORT}",
         f"--cert-dir={work(p) / 'controller-manager'}",
         "--leader-elect=false",
         # kube-root-ca.crt in every namespace (pods' kube-api-access volume)
@@ -314,11 +381,14 @@ def _scheduler_argv(p: Paths) -> list[str]:
     kubeconfig = str(p.kubeconfig)
     return [
         str(p.binary("kube-scheduler")),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={HOST}", f"--secure-port={SCHEDULER_PORT}",
+        f"--bind-address={HOST}",
+        f"--secure-port={SCHEDULER_PORT}",
         f"--cert-dir={work(p) / 'scheduler'}",
-        "--leader-elect=false", "--v=1",
+        "--leader-elect=false",
+        "--v=1",
     ]
 
 
@@ -326,9 +396,12 @@ def _kubelet_argv(p: Paths) -> list[str]:
     k = work(p) / "kubelet"
     return [
         str(p.binary("kubelet")),
-        f"--config={k / 'config.yaml'}", f"--kubeconfig={k / 'kubeconfig'}",
-        f"--root-dir={kubelet_root(p)}", f"--cert-dir={k / 'certs'}",
-        f"--hostname-override={NODE_NAME}", "--v=1",
+        f"--config={k / 'config.yaml'}",
+        f"--kubeconfig={k / 'kubeconfig'}",
+        f"--root-dir={kubelet_root(p)}",
+        f"--cert-dir={k / 'certs'}",
+        f"--hostname-override={NODE_NAME}",
+        "--v=1",
     ]
 
 
@@ -338,25 +411,54 @@ def _path_env(p: Paths) -> dict[str, str]:
 
 
 COMPONENTS = [
-    Component("forwarder", sys.executable, ", ".join(f"{a}:{b}" for a, b in FORWARDS),
-              _forwarder_argv, lambda p: _tcp_ok((KUBERNETES_SERVICE_IP, 443)),
-              inputs=lambda p: [], timeout=30),
-    Component("containerd", "containerd", f"unix://{{state}}/node/containerd/containerd.sock",
-              lambda p: [str(p.binary("containerd")), "--config",
-                         str(work(p) / "containerd" / "config.toml")],
-              _containerd_ok, env=_path_env, timeout=60,
-              inputs=lambda p: [work(p) / "containerd" / "config.toml"]),
-    Component("kube-controller-manager", "kube-controller-manager",
-              f"https://{HOST}:{CONTROLLER_MANAGER_PORT}", _controller_manager_argv,
-              lambda p: _https_ok(f"https://{HOST}:{CONTROLLER_MANAGER_PORT}/healthz"),
-              inputs=lambda p: [p.cert("admin").cert]),
-    Component("kube-scheduler", "kube-scheduler", f"https://{HOST}:{SCHEDULER_PORT}",
-              _scheduler_argv, lambda p: _https_ok(f"https://{HOST}:{SCHEDULER_PORT}/healthz"),
-              inputs=lambda p: [p.cert("admin").cert]),
-    Component("kubelet", "kubelet", f"https://{HOST}:{KUBELET_PORT}", _kubelet_argv,
-              lambda p: _https_ok(f"http://{HOST}:{KUBELET_HEALTH_PORT}/healthz"),
-              env=_path_env,
-              inputs=lambda p: [work(p) / "kubelet" / "config.yaml", p.cert("kubelet").cert]),
+    Component(
+        "forwarder",
+        sys.executable,
+        ", ".join(f"{a}:{b}" for a, b in FORWARDS),
+        _forwarder_argv,
+        lambda p: _tcp_ok((KUBERNETES_SERVICE_IP, 443)),
+        inputs=lambda p: [],
+        timeout=30,
+    ),
+    Component(
+        "containerd",
+        "containerd",
+        "unix://{state}/node/containerd/containerd.sock",
+        lambda p: [
+            str(p.binary("containerd")),
+            "--config",
+            str(work(p) / "containerd" / "config.toml"),
+        ],
+        _containerd_ok,
+        env=_path_env,
+        timeout=60,
+        inputs=lambda p: [work(p) / "containerd" / "config.toml"],
+    ),
+    Component(
+        "kube-controller-manager",
+        "kube-controller-manager",
+        f"https://{HOST}:{CONTROLLER_MANAGER_PORT}",
+        _controller_manager_argv,
+        lambda p: _https_ok(f"https://{HOST}:{CONTROLLER_MANAGER_PORT}/healthz"),
+        inputs=lambda p: [p.cert("admin").cert],
+    ),
+    Component(
+        "kube-scheduler",
+        "kube-scheduler",
+        f"https://{HOST}:{SCHEDULER_PORT}",
+        _scheduler_argv,
+        lambda p: _https_ok(f"https://{HOST}:{SCHEDULER_PORT}/healthz"),
+        inputs=lambda p: [p.cert("admin").cert],
+    ),
+    Component(
+        "kubelet",
+        "kubelet",
+        f"https://{HOST}:{KUBELET_PORT}",
+        _kubelet_argv,
+        lambda p: _https_ok(f"http://{HOST}:{KUBELET_HEALTH_PORT}/healthz"),
+        env=_path_env,
+        inputs=lambda p: [work(p) / "kubelet" / "config.yaml", p.cert("kubelet").cert],
+    ),
 ]
 
 
@@ -364,8 +466,7 @@ COMPONENTS = [
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10,  # noqa: S607
-                          check=False)
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
     if check and proc.returncode != 0:
         raise StackError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc
@@ -397,8 +498,13 @@ def _host_before(p: Paths) -> dict[str, Any]:
 
 
 def _cgroups() -> list[Path]:
-    return [d / name for d in sorted(CGROUP_ROOT.iterdir()) if d.is_dir()
-            for name in CGROUP_NAMES if (d / name).is_dir()]
+    return [
+        d / name
+        for d in sorted(CGROUP_ROOT.iterdir())
+        if d.is_dir()
+        for name in CGROUP_NAMES
+        if (d / name).is_dir()
+    ]
 
 
 def ensure_network() -> None:
@@ -413,8 +519,10 @@ def ensure_network() -> None:
 
 def check_host() -> None:
     if os.geteuid() != 0:
-        raise StackError("the node needs root (kubelet, containerd and runc manage cgroups, "
-                         "mounts and network namespaces); run as root or use --no-node")
+        raise StackError(
+            "the node needs root (kubelet, containerd and runc manage cgroups, "
+            "mounts and network namespaces); run as root or use --no-node"
+        )
     runc()
     if "overlay" not in Path("/proc/filesystems").read_text():
         raise StackError("the node's containerd needs overlayfs, which this kernel lacks")
@@ -423,9 +531,13 @@ def check_host() -> None:
 
 
 def _kubectl(p: Paths, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [str(p.binary("kubectl")), f"--kubeconfig={p.kubeconfig}", "--request-timeout=10s", *args],
-        capture_output=True, text=True, timeout=timeout, check=False)
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def node_ready(p: Paths) -> str | None:
@@ -452,8 +564,9 @@ def up(p: Paths, log: Callable[[str], None], timeout: float = 120.0) -> None:
         time.sleep(0.5)
         reason = node_ready(p)
     if reason is not None:
-        raise StackError(f"node {NODE_NAME} not Ready after {timeout:.0f}s: {reason} "
-                         f"(log: {p.log('kubelet')})")
+        raise StackError(
+            f"node {NODE_NAME} not Ready after {timeout:.0f}s: {reason} (log: {p.log('kubelet')})"
+        )
     log(f"node {NODE_NAME}: Ready")
 
 
@@ -462,11 +575,23 @@ def status(p: Paths) -> list[dict[str, str]]:
     for c in COMPONENTS:
         pid = running_pid(p, c)
         health = "stopped" if pid is None else (c.health(p) or "healthy")
-        rows.append({"component": c.name, "pid": str(pid or "-"),
-                     "address": c.address.replace("{state}", str(p.state)), "health": health})
+        rows.append(
+            {
+                "component": c.name,
+                "pid": str(pid or "-"),
+                "address": c.address.replace("{state}", str(p.state)),
+                "health": health,
+            }
+        )
     if running_pid(p, COMPONENTS[-1]) is not None:
-        rows.append({"component": f"node/{NODE_NAME}", "pid": "-", "address": "-",
-                     "health": node_ready(p) or "healthy"})
+        rows.append(
+            {
+                "component": f"node/{NODE_NAME}",
+                "pid": "-",
+                "address": "-",
+                "health": node_ready(p) or "healthy",
+            }
+        )
     return rows
 
 
@@ -474,7 +599,9 @@ def status(p: Paths) -> list[dict[str, str]]:
 
 
 def _api_up(p: Paths) -> bool:
-    return p.kubeconfig.exists() and _kubectl(p, "get", "--raw", "/readyz", timeout=15).returncode == 0
+    return (
+        p.kubeconfig.exists() and _kubectl(p, "get", "--raw", "/readyz", timeout=15).returncode == 0
+    )
 
 
 def drain(p: Paths, log: Callable[[str], None], timeout: float = 60.0) -> None:
@@ -493,15 +620,21 @@ def drain(p: Paths, log: Callable[[str], None], timeout: float = 60.0) -> None:
         time.sleep(1)
     if left:
         log(f"node: pods not gone after {timeout:.0f}s, force-deleting: {' '.join(left.split())}")
-        _kubectl(p, "delete", "pods", "-A", "--field-selector", selector, "--force",
-                 "--grace-period=0")
+        _kubectl(
+            p, "delete", "pods", "-A", "--field-selector", selector, "--force", "--grace-period=0"
+        )
     _kubectl(p, "delete", "node", NODE_NAME, "--ignore-not-found")
     _kubectl(p, "delete", "lease", NODE_NAME, "-n", "kube-node-lease", "--ignore-not-found")
 
 
 def _ctr(p: Paths, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(p.binary("ctr")), "--address", str(_sock(p)), "-n", "k8s.io", *args],  # noqa: S603
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [str(p.binary("ctr")), "--address", str(_sock(p)), "-n", "k8s.io", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def _remove_containers(p: Paths) -> None:
@@ -541,13 +674,19 @@ def _unmount_all(root: Path) -> list[str]:
     prefix = str(root) + "/"
     left: list[str] = []
     for _ in range(3):
-        mounts = sorted({line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                         if line.split()[4].startswith(prefix)}, reverse=True)
+        mounts = sorted(
+            {
+                line.split()[4]
+                for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4].startswith(prefix)
+            },
+            reverse=True,
+        )
         if not mounts:
             return []
         for m in mounts:
-            if subprocess.run(["umount", m], capture_output=True, check=False).returncode != 0:  # noqa: S607
-                subprocess.run(["umount", "-l", m], capture_output=True, check=False)  # noqa: S607
+            if subprocess.run(["umount", m], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", m], capture_output=True, check=False)
         left = mounts
     return left
 
@@ -561,8 +700,16 @@ def down(p: Paths, log: Callable[[str], None]) -> None:
     if api and running_pid(p, by_name["kubelet"]) is not None:
         drain(p, log)
     elif api:
-        _kubectl(p, "delete", "pods", "-A", "--field-selector", f"spec.nodeName={NODE_NAME}",
-                 "--force", "--grace-period=0")
+        _kubectl(
+            p,
+            "delete",
+            "pods",
+            "-A",
+            "--field-selector",
+            f"spec.nodeName={NODE_NAME}",
+            "--force",
+            "--grace-period=0",
+        )
         _kubectl(p, "delete", "node", NODE_NAME, "--ignore-not-found")
     stop(p, by_name["kubelet"], log, timeout=20)
     if running_pid(p, by_name["containerd"]) is not None:
@@ -585,7 +732,9 @@ def down(p: Paths, log: Callable[[str], None]) -> None:
     for c in _cgroups():
         if str(c) not in before["cgroups"]:
             try:
-                for d in sorted([x for x in c.rglob("*") if x.is_dir()], key=lambda d: -len(d.parts)):
+                for d in sorted(
+                    [x for x in c.rglob("*") if x.is_dir()], key=lambda d: -len(d.parts)
+                ):
                     d.rmdir()
                 c.rmdir()
             except OSError as e:

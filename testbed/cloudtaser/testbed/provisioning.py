@@ -46,8 +46,9 @@ from cloudtaser.testbed.stacking import (
 )
 
 DEMO_NAMESPACE = "cloudtaser-demo"
-DEMO_POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted"
-                     for mode in ("enforce", "warn", "audit")}
+DEMO_POD_SECURITY = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")
+}
 DEMO_ACCOUNT = "demo"
 DEMO_ROLE = "demo"
 # The demo's app team: may manage SecretBindings in the demo namespace, nothing cluster-wide
@@ -66,9 +67,14 @@ AUDIENCE = "openbao"
 def kubectl(p: Paths, *args: str, stdin: str | None = None) -> str:
     """Run kubectl against the stack; errors carry kubectl's own message."""
     env = {**os.environ, **environment(p)}
-    proc = subprocess.run(  # noqa: S603 - fixed binary, argv from our code
-        [str(p.binary("kubectl")), *args], input=stdin, capture_output=True, text=True,
-        env=env, timeout=120, check=False,
+    proc = subprocess.run(
+        [str(p.binary("kubectl")), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     if proc.returncode != 0:
         raise StackError(f"kubectl {' '.join(args[:3])}: {proc.stderr.strip()}")
@@ -82,8 +88,11 @@ def apply_objects(p: Paths, objects: list[dict[str, Any]]) -> None:
 def bao_client(p: Paths, token: str | None = None, client_cert: str = "admin") -> hvac.Client:
     pair = p.cert(client_cert)
     return hvac.Client(
-        url=f"https://{HOST}:{BAO_PORT}", token=token,
-        cert=(str(pair.cert), str(pair.key)), verify=str(p.ca), timeout=10,
+        url=f"https://{HOST}:{BAO_PORT}",
+        token=token,
+        cert=(str(pair.cert), str(pair.key)),
+        verify=str(p.ca),
+        timeout=10,
     )
 
 
@@ -94,7 +103,9 @@ def _init_and_unseal(p: Paths) -> str:
         p.bao_init.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(p.bao_init, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"unseal_key": result["keys_base64"][0], "root_token": result["root_token"]}, f)
+            json.dump(
+                {"unseal_key": result["keys_base64"][0], "root_token": result["root_token"]}, f
+            )
     try:
         init = json.loads(p.bao_init.read_text())
     except (OSError, ValueError) as e:
@@ -109,18 +120,33 @@ def _init_and_unseal(p: Paths) -> str:
 
 
 def _reviewer_token(p: Paths) -> str:
-    apply_objects(p, [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": REVIEWER, "namespace": SYSTEM_NAMESPACE}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": f"{REVIEWER}-auth-delegator"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": "system:auth-delegator"},
-         "subjects": [{"kind": "ServiceAccount", "name": REVIEWER, "namespace": SYSTEM_NAMESPACE}]},
-    ])
-    return kubectl(p, "create", "token", REVIEWER, "-n", SYSTEM_NAMESPACE,
-                   "--duration", "48h").strip()
+    apply_objects(
+        p,
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": REVIEWER, "namespace": SYSTEM_NAMESPACE},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"{REVIEWER}-auth-delegator"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:auth-delegator",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": REVIEWER, "namespace": SYSTEM_NAMESPACE}
+                ],
+            },
+        ],
+    )
+    return kubectl(
+        p, "create", "token", REVIEWER, "-n", SYSTEM_NAMESPACE, "--duration", "48h"
+    ).strip()
 
 
 def configure_openbao(p: Paths, log: Callable[[str], None]) -> None:
@@ -140,7 +166,9 @@ def configure_openbao(p: Paths, log: Callable[[str], None]) -> None:
         )
         client.sys.create_or_update_policy(
             name=DEMO_ROLE,
-            policy=json.dumps({"path": {f"secret/data/{DEMO_NAMESPACE}/*": {"capabilities": ["read"]}}}),
+            policy=json.dumps(
+                {"path": {f"secret/data/{DEMO_NAMESPACE}/*": {"capabilities": ["read"]}}}
+            ),
         )
         client.auth.kubernetes.create_role(
             name=DEMO_ROLE,
@@ -158,7 +186,8 @@ def configure_openbao(p: Paths, log: Callable[[str], None]) -> None:
             log("openbao: demo secret already present (kept)")
         except hvac.exceptions.InvalidPath:
             client.secrets.kv.v2.create_or_update_secret(
-                DEMO_SECRET_PATH, mount_point="secret",
+                DEMO_SECRET_PATH,
+                mount_point="secret",
                 secret={"username": "demo", "password": secrets.token_urlsafe(24)},
             )
             log(f"openbao: generated demo secret at secret/{DEMO_SECRET_PATH}")
@@ -172,56 +201,112 @@ def configure_openbao(p: Paths, log: Callable[[str], None]) -> None:
 def demo_binding(p: Paths) -> SecretBinding:
     """The demo SecretBinding: the demo secret into pods labelled app=demo, via this OpenBao."""
     client = p.cert("wrapper-demo")
-    return SecretBinding.model_validate({
-        "apiVersion": "cloudtaser.io/v1alpha1",
-        "kind": "SecretBinding",
-        "metadata": {"name": "demo", "namespace": DEMO_NAMESPACE},
-        "spec": {
-            "selector": {"matchLabels": {"app": "demo"}},
-            "vault": {
-                "address": f"https://{HOST}:{BAO_PORT}",
-                "role": DEMO_ROLE,
-                "tls": {
-                    "caFile": str(p.ca),
-                    "clientCertificate": {"source": "file", "certFile": str(client.cert),
-                                          "keyFile": str(client.key)},
+    return SecretBinding.model_validate(
+        {
+            "apiVersion": "cloudtaser.io/v1alpha1",
+            "kind": "SecretBinding",
+            "metadata": {"name": "demo", "namespace": DEMO_NAMESPACE},
+            "spec": {
+                "selector": {"matchLabels": {"app": "demo"}},
+                "vault": {
+                    "address": f"https://{HOST}:{BAO_PORT}",
+                    "role": DEMO_ROLE,
+                    "tls": {
+                        "caFile": str(p.ca),
+                        "clientCertificate": {
+                            "source": "file",
+                            "certFile": str(client.cert),
+                            "keyFile": str(client.key),
+                        },
+                    },
                 },
+                "secrets": [
+                    {
+                        "path": DEMO_SECRET_PATH,
+                        "keys": [
+                            {
+                                "key": "password",
+                                "env": "DEMO_PASSWORD",
+                                "file": "/etc/demo/password",
+                                "sdk": "demo-password",
+                            },
+                            {"key": "username", "env": "DEMO_USER"},
+                        ],
+                    }
+                ],
             },
-            "secrets": [{"path": DEMO_SECRET_PATH, "keys": [
-                {"key": "password", "env": "DEMO_PASSWORD", "file": "/etc/demo/password",
-                 "sdk": "demo-password"},
-                {"key": "username", "env": "DEMO_USER"},
-            ]}],
-        },
-    })
+        }
+    )
 
 
 def install_product(p: Paths, log: Callable[[str], None]) -> None:
     kubectl(p, "apply", "-f", str(REPO / "crds"))
-    kubectl(p, "wait", "--for", "condition=established", "--timeout", "60s",
-            "crd/secretbindings.cloudtaser.io", "crd/enforcementpolicies.cloudtaser.io")
-    apply_objects(p, [
-        # Pod Security "restricted", as a hardened cluster sets it: the demo's app runs there
-        # injected (the patch adds no hostPath and no capability).
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": DEMO_NAMESPACE, "labels": DEMO_POD_SECURITY}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": DEMO_ACCOUNT, "namespace": DEMO_NAMESPACE}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
-         "rules": [
-             {"apiGroups": ["cloudtaser.io"], "resources": ["secretbindings"],
-              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-             {"apiGroups": ["cloudtaser.io"], "resources": ["secretbindings/status"],
-              "verbs": ["get"]},
-             {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
-         ]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DEMO_TEAM_ROLE},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                       "name": DEMO_TEAM_GROUP}]},
-    ])
+    kubectl(
+        p,
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd/secretbindings.cloudtaser.io",
+        "crd/enforcementpolicies.cloudtaser.io",
+    )
+    apply_objects(
+        p,
+        [
+            # Pod Security "restricted", as a hardened cluster sets it: the demo's app runs there
+            # injected (the patch adds no hostPath and no capability).
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": DEMO_NAMESPACE, "labels": DEMO_POD_SECURITY},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": DEMO_ACCOUNT, "namespace": DEMO_NAMESPACE},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
+                "rules": [
+                    {
+                        "apiGroups": ["cloudtaser.io"],
+                        "resources": ["secretbindings"],
+                        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                    },
+                    {
+                        "apiGroups": ["cloudtaser.io"],
+                        "resources": ["secretbindings/status"],
+                        "verbs": ["get"],
+                    },
+                    {
+                        "apiGroups": [""],
+                        "resources": ["pods", "events"],
+                        "verbs": ["get", "list", "watch"],
+                    },
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": DEMO_TEAM_ROLE, "namespace": DEMO_NAMESPACE},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": DEMO_TEAM_ROLE,
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Group",
+                        "name": DEMO_TEAM_GROUP,
+                    }
+                ],
+            },
+        ],
+    )
     binding = demo_binding(p).model_dump(mode="json", by_alias=True, exclude_none=True)
     demo_file = p.state / "demo" / "secretbinding.yaml"
     demo_file.parent.mkdir(parents=True, exist_ok=True)
@@ -230,17 +315,30 @@ def install_product(p: Paths, log: Callable[[str], None]) -> None:
     access = pod_access(p)
     apply_objects(p, [o for o in access if o["kind"] != "Secret"])
     # server-side: client-side apply would copy the key into an annotation
-    kubectl(p, "apply", "--server-side", "--force-conflicts", "-f", "-",
-            stdin=yaml.safe_dump_all([o for o in access if o["kind"] == "Secret"]))
+    kubectl(
+        p,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all([o for o in access if o["kind"] == "Secret"]),
+    )
     # The examples without their Pods: an annotated Pod created before the chart's webhook
     # exists would start without its secrets (the demo applies examples/ after the install).
-    examples = [doc for f in sorted((REPO / "examples").glob("*.yaml"))
-                for doc in yaml.safe_load_all(f.read_text()) if doc and doc.get("kind") != "Pod"]
+    examples = [
+        doc
+        for f in sorted((REPO / "examples").glob("*.yaml"))
+        for doc in yaml.safe_load_all(f.read_text())
+        if doc and doc.get("kind") != "Pod"
+    ]
     apply_objects(p, examples)
     kubectl(p, "apply", "-f", str(REPO / "policies"))
-    log(f"kubernetes: CRDs, {DEMO_NAMESPACE}/{DEMO_ACCOUNT}, the app team's Role "
+    log(
+        f"kubernetes: CRDs, {DEMO_NAMESPACE}/{DEMO_ACCOUNT}, the app team's Role "
         f"(group {DEMO_TEAM_GROUP}), examples, policies and "
-        f"the demo binding ({demo_file}) applied")
+        f"the demo binding ({demo_file}) applied"
+    )
 
 
 def pod_access(p: Paths) -> list[dict[str, Any]]:
@@ -249,16 +347,28 @@ def pod_access(p: Paths) -> list[dict[str, Any]]:
     certificate names it), the CA and the wrapper's client certificate in the demo namespace."""
     client = p.cert("wrapper-demo")
     return [
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "openbao", "namespace": SYSTEM_NAMESPACE},
-         "spec": {"clusterIP": OPENBAO_SERVICE_IP,
-                  "ports": [{"name": "https", "port": OPENBAO_SERVICE_PORT, "protocol": "TCP"}]}},
-        {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": {"name": OPENBAO_CA_CONFIGMAP, "namespace": DEMO_NAMESPACE},
-         "data": {"ca.crt": p.ca.read_text()}},
-        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-         "metadata": {"name": OPENBAO_CLIENT_SECRET, "namespace": DEMO_NAMESPACE},
-         "stringData": {"tls.crt": client.cert.read_text(), "tls.key": client.key.read_text()}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "openbao", "namespace": SYSTEM_NAMESPACE},
+            "spec": {
+                "clusterIP": OPENBAO_SERVICE_IP,
+                "ports": [{"name": "https", "port": OPENBAO_SERVICE_PORT, "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": OPENBAO_CA_CONFIGMAP, "namespace": DEMO_NAMESPACE},
+            "data": {"ca.crt": p.ca.read_text()},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": OPENBAO_CLIENT_SECRET, "namespace": DEMO_NAMESPACE},
+            "stringData": {"tls.crt": client.cert.read_text(), "tls.key": client.key.read_text()},
+        },
     ]
 
 

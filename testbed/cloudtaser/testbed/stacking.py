@@ -25,8 +25,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from cloudtaser.testbed.certificates import CertificateAuthority, Pair, service_account_keys
 from cloudtaser.errors import PermanentError, TemporaryError
+from cloudtaser.testbed.certificates import CertificateAuthority, Pair, service_account_keys
 
 HOST = "127.0.0.1"
 ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
@@ -46,9 +46,23 @@ OPENBAO_SERVICE_PORT = 8200
 # What a pod dials for OpenBao: the stack's openbao Service (provisioning.py creates it).
 OPENBAO_SERVICE_ADDRESS = f"https://{OPENBAO_SERVICE_IP}:{OPENBAO_SERVICE_PORT}"
 NODE_NAME = "localhost"  # the API server dials the kubelet by this name (noding.py says why)
-BINARIES = ("etcd", "kube-apiserver", "kubectl", "bao", "opa", "helm",
-            "kube-controller-manager", "kube-scheduler", "kubelet",
-            "containerd", "containerd-shim-runc-v2", "ctr", "bridge", "host-local", "loopback")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kubectl",
+    "bao",
+    "opa",
+    "helm",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
+    "bridge",
+    "host-local",
+    "loopback",
+)
 # Debian's docker-registry (scripts/system-deps), not built here.
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 REPO = Path(__file__).resolve().parents[3]  # testbed/cloudtaser/testbed/stacking.py
@@ -139,7 +153,9 @@ def _get(url: str, paths: Paths, client: str | None = None) -> requests.Response
     return requests.get(url, cert=cert, verify=verify, timeout=2)
 
 
-def _probe(check: Callable[[], requests.Response], ok: Callable[[requests.Response], bool]) -> str | None:
+def _probe(
+    check: Callable[[], requests.Response], ok: Callable[[requests.Response], bool]
+) -> str | None:
     try:
         response = check()
     except requests.RequestException as e:
@@ -152,13 +168,25 @@ def _probe(check: Callable[[], requests.Response], ok: Callable[[requests.Respon
 def _etcd_argv(p: Paths) -> list[str]:
     data = p.state / "etcd"
     return [
-        str(p.binary("etcd")), "--name", "local", "--data-dir", str(data),
-        "--listen-client-urls", f"http://{HOST}:{ETCD_PORT}",
-        "--advertise-client-urls", f"http://{HOST}:{ETCD_PORT}",
-        "--listen-peer-urls", f"http://{HOST}:{ETCD_PEER_PORT}",
-        "--initial-advertise-peer-urls", f"http://{HOST}:{ETCD_PEER_PORT}",
-        "--initial-cluster", f"local=http://{HOST}:{ETCD_PEER_PORT}",
-        "--log-level", "warn", "--quota-backend-bytes", str(2 * 1024**3),
+        str(p.binary("etcd")),
+        "--name",
+        "local",
+        "--data-dir",
+        str(data),
+        "--listen-client-urls",
+        f"http://{HOST}:{ETCD_PORT}",
+        "--advertise-client-urls",
+        f"http://{HOST}:{ETCD_PORT}",
+        "--listen-peer-urls",
+        f"http://{HOST}:{ETCD_PEER_PORT}",
+        "--initial-advertise-peer-urls",
+        f"http://{HOST}:{ETCD_PEER_PORT}",
+        "--initial-cluster",
+        f"local=http://{HOST}:{ETCD_PEER_PORT}",
+        "--log-level",
+        "warn",
+        "--quota-backend-bytes",
+        str(2 * 1024**3),
     ]
 
 
@@ -168,9 +196,11 @@ def _apiserver_argv(p: Paths) -> list[str]:
     return [
         str(p.binary("kube-apiserver")),
         f"--etcd-servers=http://{HOST}:{ETCD_PORT}",
-        f"--bind-address={HOST}", f"--advertise-address={HOST}",
+        f"--bind-address={HOST}",
+        f"--advertise-address={HOST}",
         f"--secure-port={APISERVER_PORT}",
-        f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+        f"--tls-cert-file={serving.cert}",
+        f"--tls-private-key-file={serving.key}",
         f"--client-ca-file={p.ca}",
         # Node: the kubelet (system:node:localhost) may touch only its node and its pods.
         "--authorization-mode=Node,RBAC",
@@ -194,9 +224,19 @@ def _apiserver_argv(p: Paths) -> list[str]:
 
 
 def _opa_argv(p: Paths) -> list[str]:
-    rego = sorted(str(f) for f in (REPO / "policies").glob("*.rego") if not f.name.endswith("_test.rego"))
-    return [str(p.binary("opa")), "run", "--server", "--addr", f"{HOST}:{OPA_PORT}",
-            "--log-level", "error", *rego]
+    rego = sorted(
+        str(f) for f in (REPO / "policies").glob("*.rego") if not f.name.endswith("_test.rego")
+    )
+    return [
+        str(p.binary("opa")),
+        "run",
+        "--server",
+        "--addr",
+        f"{HOST}:{OPA_PORT}",
+        "--log-level",
+        "error",
+        *rego,
+    ]
 
 
 def bao_config(p: Paths) -> str:
@@ -204,13 +244,17 @@ def bao_config(p: Paths) -> str:
     serving = p.cert("openbao")
     config = {
         "storage": {"file": {"path": str(p.state / "bao" / "data")}},
-        "listener": [{"tcp": {
-            "address": f"{HOST}:{BAO_PORT}",
-            "tls_cert_file": str(serving.cert),
-            "tls_key_file": str(serving.key),
-            "tls_client_ca_file": str(p.ca),
-            "tls_require_and_verify_client_cert": True,
-        }}],
+        "listener": [
+            {
+                "tcp": {
+                    "address": f"{HOST}:{BAO_PORT}",
+                    "tls_cert_file": str(serving.cert),
+                    "tls_key_file": str(serving.key),
+                    "tls_client_ca_file": str(p.ca),
+                    "tls_require_and_verify_client_cert": True,
+                }
+            }
+        ],
         "api_addr": f"https://{HOST}:{BAO_PORT}",
         "disable_mlock": True,
         "ui": False,
@@ -250,8 +294,9 @@ def bao_health_reason(status_code: int, body: str) -> str | None:
     return f"HTTP {status_code}: {body[:120].strip()}"
 
 
-def bao_health(p: Paths, address: str = f"https://{HOST}:{BAO_PORT}", *,
-               answering: bool = False) -> str | None:
+def bao_health(
+    p: Paths, address: str = f"https://{HOST}:{BAO_PORT}", *, answering: bool = False
+) -> str | None:
     """None when the OpenBao at ``address`` is initialised, unsealed and active, else what is
     wrong. With ``answering``, sealed and not initialised count as well: ``up`` only waits
     for the server to answer, and provisioning initialises and unseals it."""
@@ -274,8 +319,10 @@ def registry_config(p: Paths) -> Path:
         body = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(p.state / "registry" / "data")},
-                        "delete": {"enabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(p.state / "registry" / "data")},
+                "delete": {"enabled": True},
+            },
             "http": {"addr": REGISTRY, "secret": os.urandom(16).hex()},
         }
         config.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -284,38 +331,83 @@ def registry_config(p: Paths) -> Path:
 
 
 COMPONENTS = [
-    Component("etcd", "etcd", f"http://{HOST}:{ETCD_PORT}", _etcd_argv,
-              lambda p: _probe(lambda: _get(f"http://{HOST}:{ETCD_PORT}/health", p),
-                               lambda r: r.ok and r.json().get("health") == "true")),
-    Component("kube-apiserver", "kube-apiserver", f"https://{HOST}:{APISERVER_PORT}",
-              _apiserver_argv,
-              lambda p: _probe(lambda: _get(f"https://{HOST}:{APISERVER_PORT}/readyz", p, "admin"),
-                               lambda r: r.ok),
-              inputs=lambda p: [p.cert("apiserver").cert, p.cert("apiserver-kubelet-client").cert]),
-    Component("openbao", "bao", f"https://{HOST}:{BAO_PORT}", _bao_argv, bao_health,
-              answering=lambda p: bao_health(p, answering=True),
-              inputs=lambda p: [p.cert("openbao").cert]),
-    Component("opa", "opa", f"http://{HOST}:{OPA_PORT}", _opa_argv,
-              lambda p: _probe(lambda: _get(f"http://{HOST}:{OPA_PORT}/health", p),
-                               lambda r: r.ok)),
-    Component("registry", REGISTRY_BINARY, f"http://{REGISTRY}",
-              lambda p: [REGISTRY_BINARY, "serve", str(registry_config(p))],
-              lambda p: _probe(lambda: _get(f"http://{REGISTRY}/v2/", p), lambda r: r.ok),
-              inputs=lambda p: [registry_config(p)]),
+    Component(
+        "etcd",
+        "etcd",
+        f"http://{HOST}:{ETCD_PORT}",
+        _etcd_argv,
+        lambda p: _probe(
+            lambda: _get(f"http://{HOST}:{ETCD_PORT}/health", p),
+            lambda r: r.ok and r.json().get("health") == "true",
+        ),
+    ),
+    Component(
+        "kube-apiserver",
+        "kube-apiserver",
+        f"https://{HOST}:{APISERVER_PORT}",
+        _apiserver_argv,
+        lambda p: _probe(
+            lambda: _get(f"https://{HOST}:{APISERVER_PORT}/readyz", p, "admin"), lambda r: r.ok
+        ),
+        inputs=lambda p: [p.cert("apiserver").cert, p.cert("apiserver-kubelet-client").cert],
+    ),
+    Component(
+        "openbao",
+        "bao",
+        f"https://{HOST}:{BAO_PORT}",
+        _bao_argv,
+        bao_health,
+        answering=lambda p: bao_health(p, answering=True),
+        inputs=lambda p: [p.cert("openbao").cert],
+    ),
+    Component(
+        "opa",
+        "opa",
+        f"http://{HOST}:{OPA_PORT}",
+        _opa_argv,
+        lambda p: _probe(lambda: _get(f"http://{HOST}:{OPA_PORT}/health", p), lambda r: r.ok),
+    ),
+    Component(
+        "registry",
+        REGISTRY_BINARY,
+        f"http://{REGISTRY}",
+        lambda p: [REGISTRY_BINARY, "serve", str(registry_config(p))],
+        lambda p: _probe(lambda: _get(f"http://{REGISTRY}/v2/", p), lambda r: r.ok),
+        inputs=lambda p: [registry_config(p)],
+    ),
 ]
 
 
 def ensure_pki(p: Paths) -> None:
     ca = CertificateAuthority(p.pki)
-    ca.issue("apiserver", "kube-apiserver", server=True, hosts=(
-        HOST, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"))
+    ca.issue(
+        "apiserver",
+        "kube-apiserver",
+        server=True,
+        hosts=(
+            HOST,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "10.96.0.1",
+        ),
+    )
     ca.issue("admin", "cloudtaser-admin", organization="system:masters", client=True)
     # Also under its Service's address and name: pods reach it there (noding.py).
-    ca.issue("openbao", "openbao", server=True, hosts=(
-        HOST, "localhost", OPENBAO_SERVICE_IP, "openbao.cloudtaser-system.svc"))
+    ca.issue(
+        "openbao",
+        "openbao",
+        server=True,
+        hosts=(HOST, "localhost", OPENBAO_SERVICE_IP, "openbao.cloudtaser-system.svc"),
+    )
     # The API server's client certificate towards the kubelet (logs, exec, port-forward).
-    ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-             organization="system:masters", client=True)
+    ca.issue(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        organization="system:masters",
+        client=True,
+    )
     # The node's kubelet: the Node authorizer knows it by this name and group.
     ca.issue("kubelet", f"system:node:{NODE_NAME}", organization="system:nodes", client=True)
     # The wrapper's client certificate for the demo (mTLS to OpenBao).
@@ -328,12 +420,27 @@ def write_kubeconfig(p: Paths) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "cloudtaser-local", "cluster": {
-            "server": f"https://{HOST}:{APISERVER_PORT}", "certificate-authority": str(p.ca)}}],
-        "users": [{"name": "cloudtaser-admin", "user": {
-            "client-certificate": str(admin.cert), "client-key": str(admin.key)}}],
-        "contexts": [{"name": "cloudtaser-local", "context": {
-            "cluster": "cloudtaser-local", "user": "cloudtaser-admin"}}],
+        "clusters": [
+            {
+                "name": "cloudtaser-local",
+                "cluster": {
+                    "server": f"https://{HOST}:{APISERVER_PORT}",
+                    "certificate-authority": str(p.ca),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "cloudtaser-admin",
+                "user": {"client-certificate": str(admin.cert), "client-key": str(admin.key)},
+            }
+        ],
+        "contexts": [
+            {
+                "name": "cloudtaser-local",
+                "context": {"cluster": "cloudtaser-local", "user": "cloudtaser-admin"},
+            }
+        ],
         "current-context": "cloudtaser-local",
     }
     p.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -394,9 +501,14 @@ def _start(p: Paths, component: Component) -> int:
     p.pidfile(component.name).parent.mkdir(parents=True, exist_ok=True)
     env = None if component.env is None else {**os.environ, **component.env(p)}
     with open(log, "ab") as out:
-        process = subprocess.Popen(  # noqa: S603 - argv built from our own paths
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=p.state, start_new_session=True, env=env,
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=p.state,
+            start_new_session=True,
+            env=env,
         )
     p.pidfile(component.name).write_text(f"{process.pid}\n{Path(argv[0]).resolve()}\n")
     _CHILDREN[process.pid] = process
@@ -410,14 +522,18 @@ def wait_healthy(p: Paths, component: Component, timeout: float | None = None) -
     while time.monotonic() < deadline:
         if running_pid(p, component) is None:
             tail = _tail(p.log(component.name))
-            raise StackError(f"{component.name} exited during start (log: {p.log(component.name)}); "
-                             f"last log lines:\n{tail}")
+            raise StackError(
+                f"{component.name} exited during start (log: {p.log(component.name)}); "
+                f"last log lines:\n{tail}"
+            )
         reason = (component.answering or component.health)(p)
         if reason is None:
             return
         time.sleep(0.25)
-    raise TemporaryError(f"{component.name} not healthy after {timeout:.0f}s: {reason} "
-                         f"(log: {p.log(component.name)})")
+    raise TemporaryError(
+        f"{component.name} not healthy after {timeout:.0f}s: {reason} "
+        f"(log: {p.log(component.name)})"
+    )
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -429,7 +545,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def check_binaries(p: Paths) -> None:
     missing = [b for b in BINARIES if not p.binary(b).exists()]
-    missing += [] if Path(REGISTRY_BINARY).exists() else [f"{REGISTRY_BINARY} (scripts/system-deps)"]
+    missing += (
+        [] if Path(REGISTRY_BINARY).exists() else [f"{REGISTRY_BINARY} (scripts/system-deps)"]
+    )
     if missing:
         raise StackError(
             f"missing binaries in {p.bin}: {', '.join(missing)}; build them with "
@@ -472,8 +590,10 @@ def component(name: str) -> Component:
     for c in [*COMPONENTS, *noding.COMPONENTS]:
         if c.name == name:
             return c
-    raise StackError(f"no stack component {name!r}; known: "
-                     f"{', '.join(c.name for c in [*COMPONENTS, *noding.COMPONENTS])}")
+    raise StackError(
+        f"no stack component {name!r}; known: "
+        f"{', '.join(c.name for c in [*COMPONENTS, *noding.COMPONENTS])}"
+    )
 
 
 def stop(p: Paths, component: Component, log: Callable[[str], None], timeout: float = 15.0) -> None:
@@ -523,8 +643,14 @@ def status(p: Paths, components: list[Component] | None = None) -> list[dict[str
     for component in COMPONENTS if components is None else components:
         pid = running_pid(p, component)
         health = "stopped" if pid is None else (component.health(p) or "healthy")
-        rows.append({"component": component.name, "pid": str(pid or "-"),
-                     "address": component.address, "health": health})
+        rows.append(
+            {
+                "component": component.name,
+                "pid": str(pid or "-"),
+                "address": component.address,
+                "health": health,
+            }
+        )
     return rows
 
 

@@ -26,8 +26,13 @@ from tests.harness.nodes import REGISTRY, Pods, delete_test_pods
 
 @pytest.fixture(scope="package")
 def product(stack: stacking.Paths, kubectl: Any) -> Iterator[None]:
-    built = subprocess.run([str(stacking.REPO / "scripts" / "build-images"), "--push", REGISTRY, "local"],
-                           capture_output=True, text=True, timeout=3600, check=False)
+    built = subprocess.run(
+        [str(stacking.REPO / "scripts" / "build-images"), "--push", REGISTRY, "local"],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     delete_test_pods(kubectl)  # an earlier run's: protected pods would stop a new agent loading
     installing.install(stack, print)

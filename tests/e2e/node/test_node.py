@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cloudtaser.testbed import installing, stacking
 from cloudtaser.bpf.cgroups import pod_uid
+from cloudtaser.testbed import installing, stacking
 from tests.harness.nodes import IMAGE, REGISTRY, SYSTEM, Pods
 from tests.harness.waiting import wait_for
 
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_the_node_is_ready_with_containerd_2_and_the_control_planes_kubernetes(
-        product: None, kubectl: Any) -> None:
+    product: None, kubectl: Any
+) -> None:
     node = json.loads(kubectl("get", "node", stacking.NODE_NAME, "-o", "json"))
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
     info = node["status"]["nodeInfo"]
@@ -31,8 +32,9 @@ def test_the_node_is_ready_with_containerd_2_and_the_control_planes_kubernetes(
 def test_the_chart_runs_as_pods_from_the_loopback_registry(product: None, kubectl: Any) -> None:
     pods = json.loads(kubectl("get", "pods", "-n", SYSTEM, "-o", "json"))["items"]
     running = {p["metadata"]["name"]: p for p in pods if p["status"].get("phase") == "Running"}
-    components = sorted(p["metadata"]["labels"].get("app.kubernetes.io/component", "")
-                        for p in running.values())
+    components = sorted(
+        p["metadata"]["labels"].get("app.kubernetes.io/component", "") for p in running.values()
+    )
     assert components == ["agent", "operator", "operator"], list(running)
     for pod in running.values():
         assert all(s["ready"] for s in pod["status"]["containerStatuses"]), pod["metadata"]["name"]
@@ -40,21 +42,28 @@ def test_the_chart_runs_as_pods_from_the_loopback_registry(product: None, kubect
             assert c["image"].startswith(f"{REGISTRY}/") and "@sha256:" in c["image"], c["image"]
         for s in pod["status"]["containerStatuses"]:
             assert s["imageID"].startswith(f"{REGISTRY}/"), s["imageID"]
+
     # leader election among the two replicas (a replica of an earlier rollout may hold the lease
     # until it expires)
     def leader() -> str | None:
-        lease = json.loads(kubectl("get", "lease", "cloudtaser-operator", "-n", SYSTEM, "-o", "json"))
+        lease = json.loads(
+            kubectl("get", "lease", "cloudtaser-operator", "-n", SYSTEM, "-o", "json")
+        )
         holder = lease["spec"].get("holderIdentity")
         return holder if holder in running else None
+
     wait_for(leader, 90, "a running operator replica holding the leader lease")
     agent = next(n for n, p in running.items() if "agent" in n)
     log = kubectl("logs", "-n", SYSTEM, agent, "-c", "agent")
     assert " programs from /usr/lib/cloudtaser/bpf/protect.bpf.o " in log, log[-2000:]
     assert f"ready: {installing.AGENT_SOCKET_DIR}/agent.sock" in log, log[-2000:]
+
     # its CSI node plugin registered with the real kubelet, which lists the driver on the node
     def registered() -> bool:
         return "registered with the kubelet as csi.cloudtaser.io" in kubectl(
-            "logs", "-n", SYSTEM, agent, "-c", "csi")
+            "logs", "-n", SYSTEM, agent, "-c", "csi"
+        )
+
     wait_for(registered, 60, "the agent's CSI plugin registered with the kubelet")
     node = json.loads(kubectl("get", "csinode", stacking.NODE_NAME, "-o", "json"))
     assert [d["name"] for d in node["spec"]["drivers"]] == ["csi.cloudtaser.io"], node
@@ -66,14 +75,23 @@ def test_a_missing_image_is_the_pods_real_err_image_pull(pods: Pods) -> None:
     def waiting() -> str | None:
         statuses = pods.get(name)["status"].get("containerStatuses") or [{}]
         reason = statuses[0].get("state", {}).get("waiting", {})
-        return reason.get("message") if reason.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
+        return (
+            reason.get("message")
+            if reason.get("reason") in ("ErrImagePull", "ImagePullBackOff")
+            else None
+        )
+
     message = wait_for(waiting, 120, "ErrImagePull")
     assert "not found" in message and f"{REGISTRY}/absent:0" in message, message
 
 
 def test_a_containers_process_is_in_the_kubelets_cgroupfs_path_the_agent_maps(pods: Pods) -> None:
-    name = pods.create("cgroups", IMAGE["demo-app"], ["python3.11", "-c", "import time; time.sleep(600)"],
-                       inject=False)
+    name = pods.create(
+        "cgroups",
+        IMAGE["demo-app"],
+        ["python3.11", "-c", "import time; time.sleep(600)"],
+        inject=False,
+    )
     wait_for(lambda: pods.get(name)["status"].get("phase") == "Running", 120, f"pod {name} running")
     body = pods.get(name)
     pid = pods.host_pid(name)

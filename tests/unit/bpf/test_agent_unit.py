@@ -36,13 +36,25 @@ def test_unknown_flag_bits_are_refused() -> None:
 
 def test_violation_from_record() -> None:
     ev = layouts.Event(
-        kind=layouts.EventKind.MEM, action=layouts.Action.KILLED, flags=3,
-        target_tgid=10, opener_tgid=20, opener_pid=21, opener_uid=0, comm=b"cat",
+        kind=layouts.EventKind.MEM,
+        action=layouts.Action.KILLED,
+        flags=3,
+        target_tgid=10,
+        opener_tgid=20,
+        opener_pid=21,
+        opener_uid=0,
+        comm=b"cat",
         exe=b"cat-copy",
     )
     v = violations.Violation.from_record(bytes(ev))
     assert (v.kind, v.action, v.target_tgid, v.opener_pid, v.opener_comm, v.opener_exe) == (
-        "mem", "killed", 10, 21, "cat", "cat-copy")
+        "mem",
+        "killed",
+        10,
+        21,
+        "cat",
+        "cat-copy",
+    )
 
 
 def test_zero_kallsyms_addresses_refuse_to_start(tmp_path: Path) -> None:

@@ -91,8 +91,9 @@ def test_adopt_numbers_above_the_pinned_ids() -> None:
     in_use = {5}
     al, fake = lists(in_use)
     fake.update(allowlists.accessor_key((1, 2, 3), 9), ctypes.c_uint32(1))  # nobody's now
-    fake.update(allowlists.accessor_key((1, 2, 3), allowlists.CREDENTIAL_READERS_LIST),
-                ctypes.c_uint32(1))
+    fake.update(
+        allowlists.accessor_key((1, 2, 3), allowlists.CREDENTIAL_READERS_LIST), ctypes.c_uint32(1)
+    )
     al.adopt()
     assert fake.lists() == {allowlists.CREDENTIAL_READERS_LIST}  # 9 collected
     assert al.list_for([PYTHON]) == 10  # above every id the maps held, reserved ones aside

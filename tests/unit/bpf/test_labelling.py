@@ -60,7 +60,9 @@ def test_apply_writes_only_a_difference_and_only_its_key() -> None:
     assert label.apply(None) is False
 
 
-def test_failures_are_one_warning_each_retried_until_written(caplog: pytest.LogCaptureFixture) -> None:
+def test_failures_are_one_warning_each_retried_until_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger="cloudtaser.bpf.labelling")
     nodes = FakeNodes({}, failures=3)
     label = NodeLabel("n1", api=nodes, retry=0.01)
@@ -70,7 +72,9 @@ def test_failures_are_one_warning_each_retried_until_written(caplog: pytest.LogC
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         f"node n1: label {AGENT_BACKEND_LABEL}=lsm not written (HTTP 503: etcdserver: leader "
-        f"changed); retrying in {delay:g} s" for delay in (0.01, 0.02, 0.04)]
+        f"changed); retrying in {delay:g} s"
+        for delay in (0.01, 0.02, 0.04)
+    ]
     assert nodes.labels == {}  # close() removed it
 
 
@@ -80,8 +84,10 @@ def test_removal_gives_up_after_a_few_attempts(caplog: pytest.LogCaptureFixture)
     assert NodeLabel("n1", api=nodes, retry=0).remove() is False
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == labelling.CLOSE_ATTEMPTS
-    assert lines[-1] == (f"node n1: label removal of {AGENT_BACKEND_LABEL} not written (HTTP 503: "
-                         "etcdserver: leader changed); giving up")
+    assert lines[-1] == (
+        f"node n1: label removal of {AGENT_BACKEND_LABEL} not written (HTTP 503: "
+        "etcdserver: leader changed); giving up"
+    )
 
 
 def test_a_long_server_message_keeps_its_end() -> None:

@@ -24,13 +24,17 @@ def btf_types(bpf_object_path: Path) -> list[dict[str, Any]]:
     obj = str(bpf_object_path)
     dump = subprocess.run(
         ["bpftool", "-j", "btf", "dump", "file", obj, "format", "raw"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     types: list[dict[str, Any]] = json.loads(dump.stdout)["types"]
     return types
 
 
-def _named(types: list[dict[str, Any]], kind: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def _named(
+    types: list[dict[str, Any]], kind: str, names: Iterable[str]
+) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for t in types:
         if t["kind"] == kind and t.get("name") in names:

@@ -20,12 +20,19 @@ def node(*policies: str) -> PodPolicies:
     ``policies`` (none: the default policy)."""
     pod = pod_doc("app-1", "team", labels={"app": "app"}, injected=True)
     pod["metadata"]["uid"] = UID
-    docs = [pod, binding_doc("app", "team"),
-            *(policy_doc(name, mode="enforce") for name in policies)]
+    docs = [
+        pod,
+        binding_doc("app", "team"),
+        *(policy_doc(name, mode="enforce") for name in policies),
+    ]
     for doc in docs:
         doc.pop("apiVersion")
-    objects: dict[str, list[dict[str, Any]]] = {"Pod": [], "SecretBinding": [],
-                                                "EnforcementPolicy": [], "Namespace": []}
+    objects: dict[str, list[dict[str, Any]]] = {
+        "Pod": [],
+        "SecretBinding": [],
+        "EnforcementPolicy": [],
+        "Namespace": [],
+    }
     for doc in docs:
         objects[doc.pop("kind")].append(doc)
     listed = PodPolicies(lambda: objects)
@@ -39,15 +46,18 @@ def lease(report: NodeReport) -> dict[str, Any]:
 
 
 def test_the_lease_names_the_policies_and_counts_each_violation() -> None:
-    report = NodeReport(node("strict", "baseline"), "node-a", "cloudtaser-system", "lsm",
-                        api=object())
+    report = NodeReport(
+        node("strict", "baseline"), "node-a", "cloudtaser-system", "lsm", api=object()
+    )
     for uid in (UID, UID, "not-on-this-node", None):
         report.record(uid)
-    before = datetime.datetime.now(datetime.timezone.utc)
+    before = datetime.datetime.now(datetime.UTC)
     body = lease(report)
     read = reports.decode(body)
     assert (body["metadata"]["name"], body["metadata"]["namespace"]) == (
-        "cloudtaser-agent-node-a", "cloudtaser-system")
+        "cloudtaser-agent-node-a",
+        "cloudtaser-system",
+    )
     assert read.policies == ["baseline", "strict"]
     assert read.violations == {"baseline": 2, "strict": 2}
     assert (read.node, read.backend, read.duration) == ("node-a", "lsm", reports.DURATION)
@@ -75,9 +85,12 @@ class Leases:
 
 
 def test_a_restarted_agent_continues_the_counts_it_reads_back() -> None:
-    old = reports.encode(reports.Report(node="node-a", policies=["baseline"],
-                                        violations={"baseline": 5, "retired": 2}),
-                         "cloudtaser-system")
+    old = reports.encode(
+        reports.Report(
+            node="node-a", policies=["baseline"], violations={"baseline": 5, "retired": 2}
+        ),
+        "cloudtaser-system",
+    )
     report = NodeReport(node("baseline"), "node-a", "cloudtaser-system", "lsm", api=Leases(old))
     report._load()
     report.record(UID)

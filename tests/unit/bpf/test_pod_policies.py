@@ -12,14 +12,23 @@ from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.pod_policies import UID, objects
 
 
-@pytest.mark.parametrize(("cgroup", "uid"), [
-    (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice/"
-     "cri-containerd-abc.scope", UID),
-    (f"0::/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/cri-containerd-abc.scope", UID),
-    (f"12:memory:/kubepods/burstable/pod{UID}/0123abcd\n0::/", UID),
-    ("0::/user.slice/user-0.slice/session-1.scope", None),
-    ("0::/system.slice/podman.service", None),
-])
+@pytest.mark.parametrize(
+    ("cgroup", "uid"),
+    [
+        (
+            f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice/"
+            "cri-containerd-abc.scope",
+            UID,
+        ),
+        (
+            f"0::/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/cri-containerd-abc.scope",
+            UID,
+        ),
+        (f"12:memory:/kubepods/burstable/pod{UID}/0123abcd\n0::/", UID),
+        ("0::/user.slice/user-0.slice/session-1.scope", None),
+        ("0::/system.slice/podman.service", None),
+    ],
+)
 def test_pod_uid_from_kubelet_cgroup_names(cgroup: str, uid: str | None) -> None:
     assert pod_uid_from_cgroups(cgroup) == uid
 
@@ -38,7 +47,10 @@ def test_flags_come_from_the_engine_for_injected_pods_only() -> None:
 def test_unknown_pod_triggers_one_relist_at_most_once_a_second() -> None:
     calls: list[int] = []
     now = [100.0]
-    snapshots = [{"Pod": [], "SecretBinding": [], "EnforcementPolicy": [], "Namespace": []}, objects()]
+    snapshots = [
+        {"Pod": [], "SecretBinding": [], "EnforcementPolicy": [], "Namespace": []},
+        objects(),
+    ]
 
     def lister() -> dict[str, list[dict[str, Any]]]:
         calls.append(1)

@@ -14,7 +14,8 @@ from cloudtaser.bpf import agent, iouring, protocol
 
 REPO = Path(__file__).resolve().parents[3]
 VECTORS: list[dict[str, Any]] = json.loads(
-    (REPO / "contracts" / "wrapper-contract.json").read_text())["registration"]
+    (REPO / "contracts" / "wrapper-contract.json").read_text()
+)["registration"]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
@@ -31,8 +32,9 @@ def test_request_vectors(vector: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path) -> None:
+def test_the_agent_answers_each_vector(
+    vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The caller's own SO_PEERCRED pid is registered, whatever the message says; a clean
     environment marks the entry; a registration restricts io_uring (tracepoint backend); a
     refusal writes nothing and says why. The sysctl is a stand-in: run as root, the real one
@@ -42,9 +44,13 @@ def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pyte
     monkeypatch.setattr(iouring, "IO_URING_SYSCTL", sysctl)
     a = agent.Agent(tmp_path / "agent.sock")
     written: list[tuple[int, int]] = []
-    monkeypatch.setattr(a, "protect", lambda pid, flags=None, accessors=1: written.append((pid, flags)) or 1)
+    monkeypatch.setattr(
+        a, "protect", lambda pid, flags=None, accessors=1: written.append((pid, flags)) or 1
+    )
     named: list[tuple[str, ...]] = []
-    monkeypatch.setattr(a, "_protect_credentials", lambda pid, flags, paths: named.append(paths) or [])
+    monkeypatch.setattr(
+        a, "_protect_credentials", lambda pid, flags, paths: named.append(paths) or []
+    )
     a.loaded = object()  # type: ignore[assignment]
     server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with server, client:
@@ -56,8 +62,12 @@ def test_the_agent_answers_each_vector(vector: dict[str, Any], monkeypatch: pyte
         assert written == [] and sysctl.read_text() == "0\n"
         return
     assert sysctl.read_text() == "2\n" and iouring.io_uring_record(tmp_path).read_text() == "0\n"
-    assert answer == {"ok": True, "backend": "tracepoint", "mode": "enforce",
-                      "protections": ["environ", "mem", "fds", "ptrace", "pidfd_getfd", "core_dump"]}
+    assert answer == {
+        "ok": True,
+        "backend": "tracepoint",
+        "mode": "enforce",
+        "protections": ["environ", "mem", "fds", "ptrace", "pidfd_getfd", "core_dump"],
+    }
     [(pid, flags)] = written
     assert pid == os.getpid()
     clean = agent.layouts.EntryState.ENVIRON_CLEAN | agent.layouts.EntryState.EXEC_KEEPS_CLEAN

@@ -44,8 +44,12 @@ def test_flush_posts_what_is_pending_at_once() -> None:
 
 def test_series_are_per_pod_vector_and_offender() -> None:
     limiter = EventLimiter()
-    keys = [("a", "environ", "cat"), ("a", "mem", "cat"), ("a", "environ", "gdb"),
-            ("b", "environ", "cat")]
+    keys = [
+        ("a", "environ", "cat"),
+        ("a", "mem", "cat"),
+        ("a", "environ", "gdb"),
+        ("b", "environ", "cat"),
+    ]
     assert [limiter.record(k, 0.0) for k in keys] == [True] * 4
     assert [limiter.record(k, 1.0) for k in keys] == [False] * 4
 

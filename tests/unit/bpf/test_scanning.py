@@ -29,7 +29,8 @@ def test_procfs_devices_of_a_mount_namespace(tmp_path: Path) -> None:
         "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n"
         "23 1 0:22 / /sys rw - sysfs sysfs rw\n"
         "90 1 0:77 / /mnt/p2 rw - proc proc rw\n"
-        "91 1 8:1 / /mnt/proc-lookalike rw - ext4 /dev/sda1 rw\n")
+        "91 1 8:1 / /mnt/proc-lookalike rw - ext4 /dev/sda1 rw\n"
+    )
     assert scanning.procfs_devices(42, proc=tmp_path) == {os.makedev(0, 21), os.makedev(0, 77)}
 
 
@@ -51,13 +52,17 @@ def test_a_burst_of_registrations_shares_scans_and_each_gets_its_own_holders() -
 
     coalescer = scanning.Coalescer(slow_scan)
     got: dict[int, list[scanning.Holder]] = {}
-    workers = [threading.Thread(target=lambda t=t: got.__setitem__(t, coalescer.holders(t)))
-               for t in range(1, 41)]
+    workers = [
+        threading.Thread(target=lambda t=t: got.__setitem__(t, coalescer.holders(t)))
+        for t in range(1, 41)
+    ]
     for w in workers:
         w.start()
     for w in workers:
         w.join(10)
-    assert {t: [h.pid for h in hs] for t, hs in got.items()} == {t: [t + 1000] for t in range(1, 41)}
+    assert {t: [h.pid for h in hs] for t, hs in got.items()} == {
+        t: [t + 1000] for t in range(1, 41)
+    }
     assert len(scans) <= 3, scans  # 40 registrations, not 40 scans
 
 

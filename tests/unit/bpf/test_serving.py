@@ -56,7 +56,11 @@ def test_the_request_line_stops_at_newline_and_size() -> None:
 def test_accepted_names_the_protections_and_the_mode() -> None:
     flags = ProtectionFlag.MEM | ProtectionFlag.PTRACE | ProtectionFlag.AUDIT_ONLY | (1 << 16)
     assert serving.accepted("lsm", flags) == {
-        "ok": True, "backend": "lsm", "mode": "audit", "protections": ["mem", "ptrace"]}
+        "ok": True,
+        "backend": "lsm",
+        "mode": "audit",
+        "protections": ["mem", "ptrace"],
+    }
     assert serving.accepted("tracepoint", ProtectionFlag.ALL)["mode"] == "enforce"
 
 

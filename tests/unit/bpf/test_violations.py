@@ -8,8 +8,16 @@ from cloudtaser.bpf import layouts, violations
 
 
 def violation(**fields: object) -> violations.Violation:
-    base: dict[str, object] = dict(kind="mem", action="killed", target_tgid=10, opener_tgid=20,
-                                   opener_pid=21, opener_uid=0, opener_comm="cat", flags=3)
+    base: dict[str, object] = dict(
+        kind="mem",
+        action="killed",
+        target_tgid=10,
+        opener_tgid=20,
+        opener_pid=21,
+        opener_uid=0,
+        opener_comm="cat",
+        flags=3,
+    )
     base.update(fields)
     return violations.Violation(**base)  # type: ignore[arg-type]
 
@@ -37,6 +45,11 @@ def test_violations_are_counted_and_forwarded_canaries_are_not() -> None:
 def test_a_ring_buffer_record_is_reported() -> None:
     seen: list[violations.Violation] = []
     log = violations.ViolationLog(violations.Metrics(), seen.append)
-    log.record(bytes(layouts.Event(kind=layouts.EventKind.PTRACE, action=layouts.Action.DENIED,
-                                   via=layouts.Via.SYSCALL)))
+    log.record(
+        bytes(
+            layouts.Event(
+                kind=layouts.EventKind.PTRACE, action=layouts.Action.DENIED, via=layouts.Via.SYSCALL
+            )
+        )
+    )
     assert [(v.kind, v.action, v.via) for v in seen] == [("ptrace", "denied", "syscall")]

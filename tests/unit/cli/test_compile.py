@@ -33,16 +33,26 @@ def test_table_output_for_people(tmp_path: Path) -> None:
 
 def test_table_shows_the_nodes_a_policy_pins_pods_to(tmp_path: Path) -> None:
     objects = tmp_path / "objects.yaml"
-    objects.write_text(yaml.safe_dump_all([
-        binding_doc("app"), pod_doc(labels={"app": "app"}),
-        policy_doc("lsm-only", requireBackend="lsm"), policy_doc("other")]))
+    objects.write_text(
+        yaml.safe_dump_all(
+            [
+                binding_doc("app"),
+                pod_doc(labels={"app": "app"}),
+                policy_doc("lsm-only", requireBackend="lsm"),
+                policy_doc("other"),
+            ]
+        )
+    )
     result = CliRunner().invoke(main, ["compile", str(objects)])
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.stdout.splitlines()]
     pod_header = next(i for i, r in enumerate(rows) if r[:1] == ["POD"])
     assert rows[pod_header][-1] == "NODES" and rows[pod_header + 1][-1] == "backend=lsm"
     policy_header = rows.index(["POLICY", "PODS", "PINNED"])
-    assert rows[policy_header + 1:policy_header + 3] == [["lsm-only", "1", "1"], ["other", "1", "0"]]
+    assert rows[policy_header + 1 : policy_header + 3] == [
+        ["lsm-only", "1", "1"],
+        ["other", "1", "0"],
+    ]
 
 
 def test_yaml_and_json_agree(tmp_path: Path) -> None:
@@ -56,7 +66,9 @@ def test_pod_patch_applies(tmp_path: Path) -> None:
     objects, pod = setup(tmp_path)
     result = CliRunner().invoke(main, ["compile", objects, "--pod", pod])
     assert result.exit_code == 0, result.output
-    patched = jsonpatch.apply_patch(yaml.safe_load(Path(pod).read_text()), json.loads(result.stdout))
+    patched = jsonpatch.apply_patch(
+        yaml.safe_load(Path(pod).read_text()), json.loads(result.stdout)
+    )
     assert patched["spec"]["containers"][0]["command"][:2] == ["/cloudtaser/wrapper", "--"]
 
 

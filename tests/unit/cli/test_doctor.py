@@ -18,8 +18,18 @@ def test_json_report_lists_every_check_with_a_known_status() -> None:
     result = CliRunner().invoke(main, ["doctor", "-o", "json"])
     report = json.loads(result.stdout)
     names = [c["name"] for c in report["checks"]]
-    for needed in ("memfd_secret", "bpf-lsm", "btf", "rlimit-memlock", "cap-ipc-lock", "swap",
-                   "confidential-computing", "io_uring", "lockdown", "environ"):
+    for needed in (
+        "memfd_secret",
+        "bpf-lsm",
+        "btf",
+        "rlimit-memlock",
+        "cap-ipc-lock",
+        "swap",
+        "confidential-computing",
+        "io_uring",
+        "lockdown",
+        "environ",
+    ):
         assert needed in names
     assert {c["status"] for c in report["checks"]} <= {"ok", "warn", "fail"}
     assert all(c["detail"] and c["meaning"] for c in report["checks"])
@@ -62,13 +72,22 @@ def test_swap_says_which_pages_can_reach_it(tmp_path: Path) -> None:
     assert "environment, heap and memfd-copy pages" in check.meaning
 
 
-@pytest.mark.parametrize(("value", "detail"), [
-    ("0", "kernel.io_uring_disabled=0: io_uring is open to every process"),
-    ("1", "kernel.io_uring_disabled=1: io_uring only for members of kernel.io_uring_group and "
-          "CAP_SYS_ADMIN"),
-    ("2", "kernel.io_uring_disabled=2: io_uring is disabled for every process"),
-    (None, "no kernel.io_uring_disabled (kernels before 6.6): io_uring is open to every process"),
-])
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("0", "kernel.io_uring_disabled=0: io_uring is open to every process"),
+        (
+            "1",
+            "kernel.io_uring_disabled=1: io_uring only for members of kernel.io_uring_group and "
+            "CAP_SYS_ADMIN",
+        ),
+        ("2", "kernel.io_uring_disabled=2: io_uring is disabled for every process"),
+        (
+            None,
+            "no kernel.io_uring_disabled (kernels before 6.6): io_uring is open to every process",
+        ),
+    ],
+)
 def test_io_uring_row_reads_the_sysctl(tmp_path: Path, value: str | None, detail: str) -> None:
     path = written(tmp_path, "io_uring_disabled", f"{value}\n") if value else tmp_path / "absent"
     check = probing.probe_io_uring(path)
@@ -77,13 +96,22 @@ def test_io_uring_row_reads_the_sysctl(tmp_path: Path, value: str | None, detail
     assert "kernel.io_uring_disabled=2 is a further, node-wide restriction" in check.meaning
 
 
-@pytest.mark.parametrize(("text", "status", "says"), [
-    ("[none] integrity confidentiality\n", "warn", "node root can read any process's memory"),
-    ("none [integrity] confidentiality\n", "warn", "root cannot change the running kernel"),
-    ("none integrity [confidentiality]\n", "ok", "root can neither change nor read kernel memory"),
-    ("garbage\n", "warn", "treat as lockdown none"),
-])
-def test_lockdown_row_names_the_active_mode(tmp_path: Path, text: str, status: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "status", "says"),
+    [
+        ("[none] integrity confidentiality\n", "warn", "node root can read any process's memory"),
+        ("none [integrity] confidentiality\n", "warn", "root cannot change the running kernel"),
+        (
+            "none integrity [confidentiality]\n",
+            "ok",
+            "root can neither change nor read kernel memory",
+        ),
+        ("garbage\n", "warn", "treat as lockdown none"),
+    ],
+)
+def test_lockdown_row_names_the_active_mode(
+    tmp_path: Path, text: str, status: str, says: str
+) -> None:
     check = probing.probe_lockdown(written(tmp_path, "lockdown", text))
     assert (check.name, check.status) == ("lockdown", status) and says in check.meaning, check
     if status == "warn":

@@ -3,8 +3,11 @@ from cloudtaser import rendering
 
 def test_wrapped_column_keeps_other_rows_narrow() -> None:
     long = "word " * 30
-    out = rendering.table(["name", "detail", "note"], [["a", long.strip(), "x"], ["b", "short", "y"]],
-                          wrap={"detail": 20})
+    out = rendering.table(
+        ["name", "detail", "note"],
+        [["a", long.strip(), "x"], ["b", "short", "y"]],
+        wrap={"detail": 20},
+    )
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "DETAIL", "NOTE"]
     assert max(len(line) for line in lines) <= len("NAME   ") + 20 + len("   NOTE")

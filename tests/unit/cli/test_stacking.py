@@ -87,7 +87,9 @@ def test_down_stops_what_up_started_after_bin_current_moved_on(tmp_path: Path) -
     shutil.copy(sleep, old_build / "etcd")
     (paths.bin / "etcd").unlink()
     (paths.bin / "etcd").symlink_to(old_build / "etcd")
-    etcd = dataclasses.replace(stacking.component("etcd"), argv=lambda p: [str(p.binary("etcd")), "300"])
+    etcd = dataclasses.replace(
+        stacking.component("etcd"), argv=lambda p: [str(p.binary("etcd")), "300"]
+    )
     pid = stacking._start(paths, etcd)
     try:
         (paths.bin / "etcd").unlink()

@@ -88,8 +88,12 @@ def test_real_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
     f = tmp_path / "garbage.yaml"
     f.write_bytes(b"\xff\xfe not utf8")
     exe = Path(sys.executable).parent / "cloudtaser"
-    proc = subprocess.run([str(exe), "validate", str(f), str(tmp_path)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONWARNINGS": "error"})
+    proc = subprocess.run(
+        [str(exe), "validate", str(f), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
     assert f"{f}:-: file: not UTF-8 text" in proc.stdout
@@ -99,6 +103,8 @@ def test_env_delivery_with_refresh_is_valid_but_warned(tmp_path: Path) -> None:
     f = write(tmp_path / "refresh.yaml", binding_doc(refreshInterval="5m"))
     code, out, _ = run("validate", f)
     assert code == 0
-    assert out == (f"{f}:0: spec.secrets[0].keys[0].env: warning: environment variable "
-                   "PASSWORD is not refreshed: a process's environment cannot change after it "
-                   "starts (use file or sdk delivery for values that rotate)\n")
+    assert out == (
+        f"{f}:0: spec.secrets[0].keys[0].env: warning: environment variable "
+        "PASSWORD is not refreshed: a process's environment cannot change after it "
+        "starts (use file or sdk delivery for values that rotate)\n"
+    )

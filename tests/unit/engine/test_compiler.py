@@ -72,10 +72,18 @@ def test_policies_combine_stricter_wins() -> None:
         state(
             binding_doc("app"),
             pod_doc(labels={"app": "app"}, injected=True),
-            policy_doc("audit", mode="audit", protections={"mem": False},
-                       allowedAccessors=[{"executable": "/usr/bin/gdb"}, {"executable": "/bin/x"}]),
-            policy_doc("enforce", protections={"environ": False, "coreDump": False},
-                       killOnViolation=True, allowedAccessors=[{"executable": "/bin/x"}]),
+            policy_doc(
+                "audit",
+                mode="audit",
+                protections={"mem": False},
+                allowedAccessors=[{"executable": "/usr/bin/gdb"}, {"executable": "/bin/x"}],
+            ),
+            policy_doc(
+                "enforce",
+                protections={"environ": False, "coreDump": False},
+                killOnViolation=True,
+                allowedAccessors=[{"executable": "/bin/x"}],
+            ),
         )
     )
     policy = plan.bpf[0].policy
@@ -90,19 +98,28 @@ def test_policies_combine_stricter_wins() -> None:
 def test_a_required_backend_is_required_when_any_policy_requires_it() -> None:
     """requireBackend combines like requireConfidentialNode (stricter wins), and the policies
     that ask for it list the pods they pin; the others do not."""
-    docs = [binding_doc("app"), pod_doc(labels={"app": "app"}, injected=True),
-            pod_doc("app-2", labels={"app": "app", "x": "y"}, injected=True)]
+    docs = [
+        binding_doc("app"),
+        pod_doc(labels={"app": "app"}, injected=True),
+        pod_doc("app-2", labels={"app": "app", "x": "y"}, injected=True),
+    ]
     plain = compile_state(state(*docs, policy_doc("plain")))
     assert [p.policy.require_backend for p in plain.pods] == [None, None]
     assert plain.policies[0].constrained_pods == []
-    plan = compile_state(state(*docs, policy_doc("plain"),
-                               policy_doc("lsm", requireBackend="lsm",
-                                          podSelector={"matchLabels": {"x": "y"}})))
+    plan = compile_state(
+        state(
+            *docs,
+            policy_doc("plain"),
+            policy_doc("lsm", requireBackend="lsm", podSelector={"matchLabels": {"x": "y"}}),
+        )
+    )
     assert {p.name: p.policy.require_backend for p in plan.pods} == {"app-1": None, "app-2": "lsm"}
     assert {p.pod: p.policy.require_backend for p in plan.bpf} == {"app-1": None, "app-2": "lsm"}
     assert not any(p.policy.require_confidential_node for p in plan.pods)
     assert {p.policy: p.constrained_pods for p in plan.policies} == {
-        "lsm": ["team/app-2"], "plain": []}
+        "lsm": ["team/app-2"],
+        "plain": [],
+    }
 
 
 def test_namespace_selector_uses_namespace_labels_and_name() -> None:
@@ -112,7 +129,9 @@ def test_namespace_selector_uses_namespace_labels_and_name() -> None:
             binding_doc("app"),
             pod_doc(labels={"app": "app"}),
             policy_doc("prod", mode="audit", namespaceSelector={"matchLabels": {"tier": "prod"}}),
-            policy_doc("other", namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "x"}}),
+            policy_doc(
+                "other", namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "x"}}
+            ),
         )
     )
     assert plan.pods[0].policy.policies == ["prod"]
@@ -146,7 +165,9 @@ def _random_docs(rng: random.Random) -> list[dict[str, Any]]:
             doc["spec"]["secrets"][0]["keys"][0]["env"] = rng.choice(["A", "B", "C"])
             docs.append(doc)
         for i in range(6):
-            docs.append(pod_doc(f"p{i}", ns, labels={"app": rng.choice(apps)}, injected=rng.random() < 0.5))
+            docs.append(
+                pod_doc(f"p{i}", ns, labels={"app": rng.choice(apps)}, injected=rng.random() < 0.5)
+            )
     docs.append(policy_doc("audit", mode="audit"))
     docs.append(policy_doc("prod", namespaceSelector={"matchLabels": {"tier": "prod"}}))
     return docs
@@ -201,16 +222,26 @@ def test_namespace_pod_removal_and_parse_problems_equal_a_full_compile() -> None
     rng = random.Random(5)
     docs = _random_docs(rng)
     compiler = IncrementalCompiler(state(*docs))
-    relabelled = ns_doc("n1", tier="prod" if docs[0]["metadata"]["labels"]["tier"] == "dev" else "dev")
+    relabelled = ns_doc(
+        "n1", tier="prod" if docs[0]["metadata"]["labels"]["tier"] == "dev" else "dev"
+    )
     compiler.set_namespace(Namespace.model_validate(relabelled))
-    docs = [relabelled if d["kind"] == "Namespace" and d["metadata"]["name"] == "n1" else d for d in docs]
+    docs = [
+        relabelled if d["kind"] == "Namespace" and d["metadata"]["name"] == "n1" else d
+        for d in docs
+    ]
     compiler.remove_namespace("n2")
     docs = [d for d in docs if not (d["kind"] == "Namespace" and d["metadata"]["name"] == "n2")]
     gone = next(d for d in docs if d["kind"] == "Pod")
     compiler.remove_pod(gone["metadata"]["namespace"], gone["metadata"]["name"])
     docs.remove(gone)
-    broken = Problem(kind="SecretBinding", namespace="n1", name="broken", path="spec.vault",
-                     message="field required")
+    broken = Problem(
+        kind="SecretBinding",
+        namespace="n1",
+        name="broken",
+        path="spec.vault",
+        message="field required",
+    )
     compiler.set_parse_problems([broken])
     full = state(*docs)
     full.problems.append(broken)
@@ -236,7 +267,8 @@ def test_an_object_defined_twice_is_reported_and_the_choice_ignores_order() -> N
     assert forward == compile_state(state(two, one)).to_json()
     plan = compile_state(state(one, two))
     assert [(p.name, p.message) for p in plan.problems if p.path == "metadata.name"] == [
-        ("a", "defined more than once; one definition was used")]
+        ("a", "defined more than once; one definition was used")
+    ]
 
 
 def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
@@ -253,15 +285,16 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
         objects: dict[tuple[str, str, str], dict[str, Any]] = {}
 
         def put(doc: dict[str, Any]) -> None:
-            objects[(doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])] = doc
+            key = (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
+            objects[key] = doc  # noqa: B023 (called in this iteration only)
 
         def take(kind: str) -> tuple[str, str, str] | None:
             """Remove a random object of ``kind`` (its key), or None when there is none."""
-            keys = [k for k in objects if k[0] == kind]
+            keys = [k for k in objects if k[0] == kind]  # noqa: B023
             if not keys:
                 return None
             key = rng.choice(keys)
-            del objects[key]
+            del objects[key]  # noqa: B023
             return key
 
         for ns in namespaces[:2]:
@@ -272,8 +305,11 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
             action = rng.choice([0, 0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 7, 8])
             ns = rng.choice(namespaces)
             if action == 0:  # add or change a binding
-                doc = binding_doc(rng.choice(["x", "y", "z"]), ns,
-                                  selector={"matchLabels": {"app": rng.choice(apps)}})
+                doc = binding_doc(
+                    rng.choice(["x", "y", "z"]),
+                    ns,
+                    selector={"matchLabels": {"app": rng.choice(apps)}},
+                )
                 doc["spec"]["secrets"][0]["keys"][0]["env"] = rng.choice(["A", "B"])
                 if rng.random() < 0.3:
                     doc["spec"]["refreshInterval"] = "5m"  # a warning on the env key
@@ -283,8 +319,12 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                 if key := take("SecretBinding"):
                     compiler.remove_binding(f"{key[1]}/{key[2]}")
             elif action == 2:  # add or relabel a pod, injected or not
-                doc = pod_doc(f"p{rng.randrange(4)}", ns, labels={"app": rng.choice(apps)},
-                              injected=rng.random() < 0.5)
+                doc = pod_doc(
+                    f"p{rng.randrange(4)}",
+                    ns,
+                    labels={"app": rng.choice(apps)},
+                    injected=rng.random() < 0.5,
+                )
                 put(doc)
                 compiler.set_pod(Pod.model_validate(doc))
             elif action == 3:  # delete a pod
@@ -293,7 +333,9 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
             elif action == 4:  # add or change a policy
                 spec: dict[str, Any] = {"mode": rng.choice(["audit", "enforce"])}
                 if rng.random() < 0.5:
-                    spec["namespaceSelector"] = {"matchLabels": {"tier": rng.choice(["prod", "dev"])}}
+                    spec["namespaceSelector"] = {
+                        "matchLabels": {"tier": rng.choice(["prod", "dev"])}
+                    }
                 if rng.random() < 0.3:
                     spec["requireConfidentialNode"] = True
                 if rng.random() < 0.3:
@@ -313,9 +355,19 @@ def test_every_kind_of_change_keeps_plan_equal_to_a_full_compile() -> None:
                 if objects.pop(("Namespace", "", name), None) is not None:
                     compiler.remove_namespace(name)
             else:  # the objects failing to parse change
-                problems = [Problem(kind="SecretBinding", namespace=rng.choice(namespaces[:2]),
-                                    name=rng.choice(["x", "w"]), path="spec.vault",
-                                    message="field required")] if rng.random() < 0.7 else []
+                problems = (
+                    [
+                        Problem(
+                            kind="SecretBinding",
+                            namespace=rng.choice(namespaces[:2]),
+                            name=rng.choice(["x", "w"]),
+                            path="spec.vault",
+                            message="field required",
+                        )
+                    ]
+                    if rng.random() < 0.7
+                    else []
+                )
                 compiler.set_parse_problems(problems)
             full = state(*objects.values())
             full.problems.extend(problems)

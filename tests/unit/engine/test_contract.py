@@ -44,8 +44,11 @@ def test_config_vector(vector: dict[str, Any]) -> None:
     assert vector["valid"], f"accepted, want {vector['error_path']}"
 
 
-@pytest.mark.parametrize("vector", [v for v in VECTORS if "config" in v],
-                         ids=[v["name"] for v in VECTORS if "config" in v])
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in VECTORS if "config" in v],
+    ids=[v["name"] for v in VECTORS if "config" in v],
+)
 def test_the_schema_agrees_with_the_vector(vector: dict[str, Any]) -> None:
     """The schema alone (any JSON Schema validator) says the same valid/invalid."""
     validator = jsonschema.Draft202012Validator(CONTRACT["config"]["schema"])

@@ -22,8 +22,12 @@ from tests.harness.documents import binding_doc, pod_doc, policy_doc
 from tests.harness.strategies import LABELS, binding, pod, policy
 
 EXAMPLES = int(os.environ.get("CLOUDTASER_FUZZ_EXAMPLES", "150"))
-PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 Key = tuple[str, str, str]
 
 
@@ -32,26 +36,40 @@ def books(compiler: IncrementalCompiler) -> dict[str, Any]:
 
 
 def running(doc: dict[str, Any]) -> dict[str, Any]:
-    doc["status"] = {"containerStatuses": [
-        {"name": c["name"], "state": {"running": {}}} for c in doc["spec"]["containers"]]}
+    doc["status"] = {
+        "containerStatuses": [
+            {"name": c["name"], "state": {"running": {}}} for c in doc["spec"]["containers"]
+        ]
+    }
     return doc
 
 
 def test_a_ledger_built_empty_and_one_emptied_again_are_equal() -> None:
     empty = books(IncrementalCompiler(ClusterState()))
     compiler = IncrementalCompiler(ClusterState())
-    compiler.set_namespace(Namespace.model_validate(
-        {"metadata": {"name": "team", "labels": {"tier": "prod"}}}))
+    compiler.set_namespace(
+        Namespace.model_validate({"metadata": {"name": "team", "labels": {"tier": "prod"}}})
+    )
     compiler.set_policy(EnforcementPolicy.model_validate(policy_doc("audit", mode="audit")))
-    compiler.set_policy(EnforcementPolicy.model_validate(policy_doc(
-        "pinned", mode="enforce", requireBackend="lsm")))
+    compiler.set_policy(
+        EnforcementPolicy.model_validate(policy_doc("pinned", mode="enforce", requireBackend="lsm"))
+    )
     compiler.set_binding(SecretBinding.model_validate(binding_doc("app", refreshInterval="5m")))
     compiler.set_binding(SecretBinding.model_validate(binding_doc("all", selector={})))
     compiler.set_binding(SecretBinding.model_validate(binding_doc("sys", "kube-system")))
     compiler.set_pod(Pod.model_validate(running(pod_doc("p1", injected=True))))
     compiler.set_pod(Pod.model_validate(pod_doc("p2", labels={"app": "app", "tier": "x"})))
-    compiler.set_parse_problems([Problem(kind="SecretBinding", namespace="team", name="bad",
-                                         path="spec", message="field required")])
+    compiler.set_parse_problems(
+        [
+            Problem(
+                kind="SecretBinding",
+                namespace="team",
+                name="bad",
+                path="spec",
+                message="field required",
+            )
+        ]
+    )
     compiler.plan()
     full = books(compiler)
     assert full != empty
@@ -78,23 +96,29 @@ def test_a_ledger_built_empty_and_one_emptied_again_are_equal() -> None:
 
 def test_a_binding_replaced_moves_its_pods_counts_and_problems_together() -> None:
     ledger = Ledger(frozenset({"kube-system"}))
-    a = ledger.set_pod(Pod.model_validate(
-        running(pod_doc("a", labels={"app": "x"}, injected=True))))
+    a = ledger.set_pod(
+        Pod.model_validate(running(pod_doc("a", labels={"app": "x"}, injected=True)))
+    )
     b = ledger.set_pod(Pod.model_validate(pod_doc("b", labels={"app": "y"})))
-    assert ledger.set_binding(compile_binding(SecretBinding.model_validate(
-        binding_doc("s", selector={"matchLabels": {"app": "x"}})))) == {("team", "a")}
+    assert ledger.set_binding(
+        compile_binding(
+            SecretBinding.model_validate(binding_doc("s", selector={"matchLabels": {"app": "x"}}))
+        )
+    ) == {("team", "a")}
     assert (a.bindings, b.bindings) == ({"team/s"}, set())
     assert ledger.snapshot()["delivered"] == {"team/s": 1}
     # now it selects b instead: both are affected, a is unlinked, b linked
-    assert ledger.set_binding(compile_binding(SecretBinding.model_validate(binding_doc(
-        "s", selector={"matchLabels": {"app": "y"}}, refreshInterval="1m")))) == {
-        ("team", "a"), ("team", "b")}
+    assert ledger.set_binding(
+        compile_binding(
+            SecretBinding.model_validate(
+                binding_doc("s", selector={"matchLabels": {"app": "y"}}, refreshInterval="1m")
+            )
+        )
+    ) == {("team", "a"), ("team", "b")}
     assert (a.bindings, b.bindings) == (set(), {"team/s"})
     books = ledger.snapshot()
-    assert (books["matched"], books["injected_pods"], books["delivered"]) == (
-        {"team/s": 1}, {}, {})
-    assert [p.path for p in books["binding_problems"]["team/s"]] == [
-        "spec.secrets[0].keys[0].env"]
+    assert (books["matched"], books["injected_pods"], books["delivered"]) == ({"team/s": 1}, {}, {})
+    assert [p.path for p in books["binding_problems"]["team/s"]] == ["spec.secrets[0].keys[0].env"]
     assert ledger.remove_binding("team/s") == {("team", "b")}
     assert ledger.remove_binding("team/s") == set()
     empty = Ledger(frozenset({"kube-system"}))
@@ -103,15 +127,21 @@ def test_a_binding_replaced_moves_its_pods_counts_and_problems_together() -> Non
     assert ledger.snapshot() == empty.snapshot()
 
 
-NAMESPACE = st.builds(lambda name, labels: {"metadata": {"name": name, "labels": labels}},
-                      st.sampled_from(["team", "shop"]), LABELS)
-CHANGES = st.lists(st.one_of(
-    st.tuples(st.just("SecretBinding"), binding()),
-    st.tuples(st.just("EnforcementPolicy"), policy()),
-    st.tuples(st.just("Pod"), pod()),
-    st.tuples(st.just("Namespace"), NAMESPACE),
-    st.tuples(st.just("remove"), st.integers(0, 99)),
-), max_size=14)
+NAMESPACE = st.builds(
+    lambda name, labels: {"metadata": {"name": name, "labels": labels}},
+    st.sampled_from(["team", "shop"]),
+    LABELS,
+)
+CHANGES = st.lists(
+    st.one_of(
+        st.tuples(st.just("SecretBinding"), binding()),
+        st.tuples(st.just("EnforcementPolicy"), policy()),
+        st.tuples(st.just("Pod"), pod()),
+        st.tuples(st.just("Namespace"), NAMESPACE),
+        st.tuples(st.just("remove"), st.integers(0, 99)),
+    ),
+    max_size=14,
+)
 
 
 def _apply(compiler: IncrementalCompiler, objects: dict[Key, Any], kind: str, doc: Any) -> None:
@@ -136,7 +166,8 @@ def _apply(compiler: IncrementalCompiler, objects: dict[Key, Any], kind: str, do
         compiler.set_binding(model)
     for pod_model in parsed.pods:
         objects[(kind, pod_model.metadata.namespace or "default", pod_model.metadata.name)] = (
-            pod_model)
+            pod_model
+        )
         compiler.set_pod(pod_model)
     for policy_model in parsed.policies:
         objects[(kind, "", policy_model.metadata.name)] = policy_model
@@ -149,7 +180,8 @@ def _apply(compiler: IncrementalCompiler, objects: dict[Key, Any], kind: str, do
 @PROPERTY
 @given(CHANGES)
 def test_books_after_any_changes_equal_a_compile_of_the_result(
-        changes: list[tuple[str, Any]]) -> None:
+    changes: list[tuple[str, Any]],
+) -> None:
     compiler = IncrementalCompiler(ClusterState())
     objects: dict[Key, Any] = {}
     for kind, doc in changes:
@@ -159,7 +191,8 @@ def test_books_after_any_changes_equal_a_compile_of_the_result(
         bindings=[m for m in models if isinstance(m, SecretBinding)],
         policies=[m for m in models if isinstance(m, EnforcementPolicy)],
         pods=[m for m in models if isinstance(m, Pod)],
-        namespaces=[m for m in models if isinstance(m, Namespace)])
+        namespaces=[m for m in models if isinstance(m, Namespace)],
+    )
     assert books(compiler) == books(IncrementalCompiler(state))
     assert compiler.plan().to_json() == compile_state(state).to_json()
     while objects:  # and taking everything back leaves nothing behind

@@ -24,8 +24,11 @@ from tests.harness.documents import binding_doc, pod_doc, policy_doc
 SETTINGS = InjectorSettings()
 
 
-def patch(pod: dict[str, Any], entrypoints: dict[str, ImageEntrypoint] | None = None,
-          binding: dict[str, Any] | None = None) -> PatchResult:
+def patch(
+    pod: dict[str, Any],
+    entrypoints: dict[str, ImageEntrypoint] | None = None,
+    binding: dict[str, Any] | None = None,
+) -> PatchResult:
     compiler = IncrementalCompiler(
         ClusterState(bindings=[SecretBinding.model_validate(binding or binding_doc("app"))])
     )
@@ -49,12 +52,21 @@ def test_pointer_escapes_tilde_and_slash_once() -> None:
 
 
 def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
-    pod = pod_doc(labels={"app": "app"}, containers=[
-        {"name": "app", "image": "app:1", "command": ["/app", "-v"], "args": ["x"],
-         "env": [{"name": "KEEP", "value": "1"}],
-         "securityContext": {"capabilities": {"drop": ["ALL"]}}},
-        {"name": "side", "image": "side:1"},
-    ], injected=False)
+    pod = pod_doc(
+        labels={"app": "app"},
+        containers=[
+            {
+                "name": "app",
+                "image": "app:1",
+                "command": ["/app", "-v"],
+                "args": ["x"],
+                "env": [{"name": "KEEP", "value": "1"}],
+                "securityContext": {"capabilities": {"drop": ["ALL"]}},
+            },
+            {"name": "side", "image": "side:1"},
+        ],
+        injected=False,
+    )
     patched = apply(pod, patch(pod, binding=binding_doc("app", containers=["app"])))
     app, side = patched["spec"]["containers"]
     assert app["command"] == ["/cloudtaser/wrapper", "--", "/app", "-v"]
@@ -65,7 +77,10 @@ def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
     assert app["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # kept; nothing added
     assert app["securityContext"]["allowPrivilegeEscalation"] is False
     assert {m["name"] for m in app["volumeMounts"]} == {
-        "cloudtaser-agent", "cloudtaser-bundle", "cloudtaser-token"}
+        "cloudtaser-agent",
+        "cloudtaser-bundle",
+        "cloudtaser-token",
+    }
     token = next(v for v in patched["spec"]["volumes"] if v["name"] == "cloudtaser-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "openbao"
     assert config.token_path == "/var/run/secrets/cloudtaser/token/token"
@@ -76,15 +91,26 @@ def test_patch_wraps_command_and_adds_everything_the_wrapper_needs() -> None:
 
 # What Pod Security "restricted" checks (the API server's own rules, restricted:latest),
 # applied to the patched pod: the patch adds nothing that level refuses.
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                      "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
     spec = pod["spec"]
     pod_sc = spec.get("securityContext", {})
-    found = [f"volume {v['name']}" for v in spec.get("volumes", [])
-             if not set(v) - {"name"} <= RESTRICTED_VOLUMES]
+    found = [
+        f"volume {v['name']}"
+        for v in spec.get("volumes", [])
+        if not set(v) - {"name"} <= RESTRICTED_VOLUMES
+    ]
     for c in spec.get("initContainers", []) + spec["containers"]:
         sc = c.get("securityContext", {})
         if sc.get("allowPrivilegeEscalation") is not False:
@@ -106,12 +132,26 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("seccomp_on", ["pod", "container"])
 def test_a_restricted_pod_stays_restricted_when_injected(seccomp_on: str) -> None:
     seccomp = {"seccompProfile": {"type": "RuntimeDefault"}}
-    pod = pod_doc(labels={"app": "app"}, containers=[{
-        "name": "app", "image": "app:1", "command": ["/app"],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            **(seccomp if seccomp_on == "container" else {})}}])
-    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": 1000,
-                                      **(seccomp if seccomp_on == "pod" else {})}
+    pod = pod_doc(
+        labels={"app": "app"},
+        containers=[
+            {
+                "name": "app",
+                "image": "app:1",
+                "command": ["/app"],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    **(seccomp if seccomp_on == "container" else {}),
+                },
+            }
+        ],
+    )
+    pod["spec"]["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        **(seccomp if seccomp_on == "pod" else {}),
+    }
     assert restricted_violations(pod) == []
     patched = apply(pod, patch(pod))
     assert restricted_violations(patched) == []
@@ -121,11 +161,19 @@ def test_a_restricted_pod_stays_restricted_when_injected(seccomp_on: str) -> Non
 
 
 def test_the_patch_loosens_nothing_the_user_set() -> None:
-    strict = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-              "seccompProfile": {"type": "Localhost", "localhostProfile": "app.json"},
-              "readOnlyRootFilesystem": True, "runAsNonRoot": True}
-    pod = pod_doc(labels={"app": "app"}, containers=[
-        {"name": "app", "image": "app:1", "command": ["/app"], "securityContext": dict(strict)}])
+    strict = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "app.json"},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    pod = pod_doc(
+        labels={"app": "app"},
+        containers=[
+            {"name": "app", "image": "app:1", "command": ["/app"], "securityContext": dict(strict)}
+        ],
+    )
     patched = apply(pod, patch(pod))
     assert patched["spec"]["containers"][0]["securityContext"] == strict
 
@@ -135,7 +183,9 @@ def test_ipc_lock_only_when_a_binding_asks() -> None:
     asked = binding_doc("app")
     asked["spec"]["ipcLock"] = True
     patched = apply(pod, patch(pod, binding=asked))
-    assert patched["spec"]["containers"][0]["securityContext"]["capabilities"] == {"add": ["IPC_LOCK"]}
+    assert patched["spec"]["containers"][0]["securityContext"]["capabilities"] == {
+        "add": ["IPC_LOCK"]
+    }
     plain = apply(pod, patch(pod))
     assert "capabilities" not in plain["spec"]["containers"][0]["securityContext"]
 
@@ -192,10 +242,24 @@ def test_config_env_never_holds_more_than_names_and_paths() -> None:
     env = next(op for op in ops if op["path"].endswith("/env/-") or op["path"].endswith("/env"))
     value = env["value"][0]["value"] if isinstance(env["value"], list) else env["value"]["value"]
     config = json.loads(value)
-    assert set(config) == {"version", "namespace", "container", "tokenPath", "sources",
-                           "requireSecretMem", "agent"}
-    assert set(config["sources"][0]) == {"binding", "address", "authMount", "role",
-                                         "clientCertFile", "clientKeyFile", "secrets"}
+    assert set(config) == {
+        "version",
+        "namespace",
+        "container",
+        "tokenPath",
+        "sources",
+        "requireSecretMem",
+        "agent",
+    }
+    assert set(config["sources"][0]) == {
+        "binding",
+        "address",
+        "authMount",
+        "role",
+        "clientCertFile",
+        "clientKeyFile",
+        "secrets",
+    }
 
 
 def test_a_forged_marker_does_not_skip_injection() -> None:
@@ -206,9 +270,12 @@ def test_a_forged_marker_does_not_skip_injection() -> None:
     patched = apply(pod, patch(pod))
     assert patched["spec"]["containers"][0]["command"][:2] == ["/cloudtaser/wrapper", "--"]
     assert patched["metadata"]["annotations"][INJECTED_ANNOTATION] != "forged"
-    plan = IncrementalCompiler(ClusterState(
-        bindings=[SecretBinding.model_validate(binding_doc("app"))],
-        pods=[Pod.model_validate(pod)])).plan()
+    plan = IncrementalCompiler(
+        ClusterState(
+            bindings=[SecretBinding.model_validate(binding_doc("app"))],
+            pods=[Pod.model_validate(pod)],
+        )
+    ).plan()
     assert plan.bindings[0].injected_pods == 0 and plan.bpf == []
 
 
@@ -217,9 +284,12 @@ def backend_patch(pod: dict[str, Any], confidential: bool = False) -> PatchResul
     spec: dict[str, Any] = {"requireBackend": "lsm"}
     if confidential:
         spec["requireConfidentialNode"] = True
-    compiler = IncrementalCompiler(ClusterState(
-        bindings=[SecretBinding.model_validate(binding_doc("app"))],
-        policies=[EnforcementPolicy.model_validate(policy_doc("lsm-only", **spec))]))
+    compiler = IncrementalCompiler(
+        ClusterState(
+            bindings=[SecretBinding.model_validate(binding_doc("app"))],
+            policies=[EnforcementPolicy.model_validate(policy_doc("lsm-only", **spec))],
+        )
+    )
     model = Pod.model_validate(pod)
     plan = compiler.plan_pod(model)
     assert plan is not None and plan.policy.require_backend == "lsm"
@@ -238,7 +308,9 @@ def test_a_required_backend_merges_with_the_pods_own_node_selector() -> None:
     pod = pod_doc(labels={"app": "app"})
     pod["spec"]["nodeSelector"] = {"disk": "ssd"}
     assert apply(pod, backend_patch(pod))["spec"]["nodeSelector"] == {
-        "disk": "ssd", AGENT_BACKEND_LABEL: "lsm"}
+        "disk": "ssd",
+        AGENT_BACKEND_LABEL: "lsm",
+    }
     pod["spec"]["nodeSelector"] = {AGENT_BACKEND_LABEL: "lsm"}  # already asks: nothing to add
     result = backend_patch(pod)
     assert not any(op["path"].startswith("/spec/nodeSelector") for op in result.operations)
@@ -251,7 +323,9 @@ def test_backend_and_confidential_node_share_one_new_node_selector() -> None:
     result = backend_patch(pod, confidential=True)
     assert [op["path"] for op in result.operations].count("/spec/nodeSelector") == 1
     assert apply(pod, result)["spec"]["nodeSelector"] == {
-        AGENT_BACKEND_LABEL: "lsm", **SETTINGS.confidential_node_selector}
+        AGENT_BACKEND_LABEL: "lsm",
+        **SETTINGS.confidential_node_selector,
+    }
 
 
 @pytest.mark.parametrize("key", [AGENT_BACKEND_LABEL, "cloudtaser.io/confidential-node"])
@@ -264,13 +338,28 @@ def test_a_conflicting_node_selector_is_refused_never_overwritten(key: str) -> N
     field = "requireBackend" if key == AGENT_BACKEND_LABEL else "requireConfidentialNode"
     wanted = "lsm" if key == AGENT_BACKEND_LABEL else "true"
     assert (problem.name, problem.path) == ("app-1", "spec.nodeSelector")
-    assert problem.message == (f"{key} is 'other', but the pod's EnforcementPolicies (lsm-only) "
-                               f"require '{wanted}' there ({field}); remove that entry")
+    assert problem.message == (
+        f"{key} is 'other', but the pod's EnforcementPolicies (lsm-only) "
+        f"require '{wanted}' there ({field}); remove that entry"
+    )
 
 
-@pytest.mark.parametrize("security", [{"privileged": True}, {"capabilities": {"add": ["SYS_ADMIN"]}}])
-def test_no_privilege_escalation_flag_where_the_api_server_refuses_it(security: dict[str, Any]) -> None:
-    pod = pod_doc(labels={"app": "app"}, containers=[
-        {"name": "app", "image": "app:1", "command": ["/app"], "securityContext": dict(security)}])
+@pytest.mark.parametrize(
+    "security", [{"privileged": True}, {"capabilities": {"add": ["SYS_ADMIN"]}}]
+)
+def test_no_privilege_escalation_flag_where_the_api_server_refuses_it(
+    security: dict[str, Any],
+) -> None:
+    pod = pod_doc(
+        labels={"app": "app"},
+        containers=[
+            {
+                "name": "app",
+                "image": "app:1",
+                "command": ["/app"],
+                "securityContext": dict(security),
+            }
+        ],
+    )
     patched = apply(pod, patch(pod))["spec"]["containers"][0]["securityContext"]
     assert "allowPrivilegeEscalation" not in patched

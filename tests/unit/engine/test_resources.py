@@ -144,9 +144,17 @@ def test_kind_and_api_version_are_checked() -> None:
         ({}, {}, True),
         ({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"}, True),
         ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
-        ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "2"}, True),
+        (
+            {"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]},
+            {"a": "2"},
+            True,
+        ),
         ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {}, True),
-        ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}, False),
+        (
+            {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]},
+            {"a": "1"},
+            False,
+        ),
         ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {"a": ""}, True),
         ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"a": ""}, False),
         (
@@ -156,10 +164,14 @@ def test_kind_and_api_version_are_checked() -> None:
         ),
     ],
 )
-def test_label_selector_semantics(selector: dict[str, Any], labels: dict[str, str], expected: bool) -> None:
+def test_label_selector_semantics(
+    selector: dict[str, Any], labels: dict[str, str], expected: bool
+) -> None:
     assert LabelSelector.model_validate(selector).matches(labels) is expected
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2h", 7200)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2h", 7200)]
+)
 def test_durations(text: str, seconds: int) -> None:
     assert duration_seconds(text) == seconds

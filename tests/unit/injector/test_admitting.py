@@ -19,15 +19,23 @@ from cloudtaser.injector.admitting import admit
 from tests.harness.documents import binding_doc, json_paths, pod_doc
 
 SETTINGS = InjectorSettings()
-COMPILER = IncrementalCompiler(ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))]))
+COMPILER = IncrementalCompiler(
+    ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))])
+)
 
 
 def review(pod: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
     namespace = pod["metadata"].pop("namespace", "team")
     return {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "abc-123", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "operation": operation, "namespace": namespace, "object": pod},
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "abc-123",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": operation,
+            "namespace": namespace,
+            "object": pod,
+        },
     }
 
 
@@ -51,15 +59,23 @@ def test_selected_pod_is_patched_and_the_patch_applies() -> None:
     assert status == 200 and body["response"] == {"uid": "abc-123", "allowed": True}
 
 
-@pytest.mark.parametrize("pod", [
-    pod_doc(labels={"app": "other"}),
-    pod_doc(labels={"app": "app"}, inject=False),
-    pod_doc(namespace="elsewhere", labels={"app": "app"}),
-])
+@pytest.mark.parametrize(
+    "pod",
+    [
+        pod_doc(labels={"app": "other"}),
+        pod_doc(labels={"app": "app"}, inject=False),
+        pod_doc(namespace="elsewhere", labels={"app": "app"}),
+    ],
+)
 def test_pods_no_binding_selects_pass_unchanged(pod: dict[str, Any]) -> None:
-    assert decide(review(pod)) == (200, {"apiVersion": "admission.k8s.io/v1",
-                                         "kind": "AdmissionReview",
-                                         "response": {"uid": "abc-123", "allowed": True}})
+    assert decide(review(pod)) == (
+        200,
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": "abc-123", "allowed": True},
+        },
+    )
 
 
 def test_updates_are_not_touched() -> None:
@@ -76,16 +92,25 @@ def test_unresolvable_entrypoint_denies_with_the_fix() -> None:
     assert "set spec.containers[].command" in response["status"]["message"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b"", "not JSON"),
-    (b"{", "not JSON"),
-    (b"\xff\xfe", "not JSON"),
-    (b"[]", "not an AdmissionReview"),
-    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1"}', "only admission.k8s.io/v1"),
-    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "no request.uid"),
-    (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": '
-     b'{"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}}}', "no request.object"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "not JSON"),
+        (b"{", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "not an AdmissionReview"),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1"}',
+            "only admission.k8s.io/v1",
+        ),
+        (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "no request.uid"),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": '
+            b'{"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}}}',
+            "no request.object",
+        ),
+    ],
+)
 def test_malformed_reviews_get_400_with_a_message(body: bytes, message: str) -> None:
     status, answer = decide(body)
     assert status == 400 and message in answer["error"]
@@ -130,16 +155,24 @@ def test_entrypoint_comes_from_the_resolver_or_the_pod_is_denied_with_its_reason
     from cloudtaser.engine.patches import ImageEntrypoint
     from cloudtaser.injector.resolving import PermanentResolveError
 
-    pod = pod_doc(labels={"app": "app"}, containers=[{"name": "app", "image": "registry.test/app:1"}])
+    pod = pod_doc(
+        labels={"app": "app"}, containers=[{"name": "app", "image": "registry.test/app:1"}]
+    )
     images: list[str] = []
 
     def resolve(image: str) -> ImageEntrypoint:
         images.append(image)
         return ImageEntrypoint(entrypoint=["/entry"], cmd=["serve"])
 
-    answer = admit(json.dumps(review(json.loads(json.dumps(pod)))).encode(), COMPILER, SETTINGS,
-                   resolve=resolve)
-    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer.body["response"]["patch"])))
+    answer = admit(
+        json.dumps(review(json.loads(json.dumps(pod)))).encode(),
+        COMPILER,
+        SETTINGS,
+        resolve=resolve,
+    )
+    patched = jsonpatch.apply_patch(
+        pod, json.loads(base64.b64decode(answer.body["response"]["patch"]))
+    )
     assert images == ["registry.test/app:1"]
     assert patched["spec"]["containers"][0]["command"] == ["/cloudtaser/wrapper", "--", "/entry"]
     assert patched["spec"]["containers"][0]["args"] == ["serve"]
@@ -151,10 +184,13 @@ def test_entrypoint_comes_from_the_resolver_or_the_pod_is_denied_with_its_reason
     assert answer.body["response"]["allowed"] is False
     assert answer.body["response"]["status"]["message"] == (
         "cloudtaser: spec.containers[0]: could not resolve the entrypoint of registry.test/app:1: "
-        "manifest unknown (HTTP 404); set command so the wrapper knows what to start")
+        "manifest unknown (HTTP 404); set command so the wrapper knows what to start"
+    )
 
 
-def test_info_logs_one_line_per_decision_that_changed_something(caplog: pytest.LogCaptureFixture) -> None:
+def test_info_logs_one_line_per_decision_that_changed_something(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """An injected or refused pod: one INFO line with names and reasons; a pod passed unchanged:
     DEBUG only. No line holds an env value the pod spec carried."""
     planted = "plaintext-" + "x" * 20
@@ -187,7 +223,8 @@ def test_json_log_lines_are_one_object_each(capsys: pytest.CaptureFixture[str]) 
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(d["level"], d["logger"], d["message"]) for d in lines] == [
         ("info", "cloudtaser.injector", "pod team/web: injected"),
-        ("error", "cloudtaser.operator", "reconcile failed")]
+        ("error", "cloudtaser.operator", "reconcile failed"),
+    ]
     assert lines[1]["error"] == "ValueError: bad" and "Traceback" not in json.dumps(lines)
     with pytest.raises(ValueError, match="log format must be one of text, json"):
         logs.configure("yaml")

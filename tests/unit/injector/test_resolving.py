@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cloudtaser.testbed.certificates import CertificateAuthority
 from cloudtaser.engine.patches import ImageEntrypoint
 from cloudtaser.errors import PermanentError, TemporaryError
 from cloudtaser.injector.resolving import (
@@ -34,6 +33,7 @@ from cloudtaser.injector.resolving import (
     credentials_from_dockerconfigjson,
     parse_reference,
 )
+from cloudtaser.testbed.certificates import CertificateAuthority
 
 D64 = "a" * 64
 SECRET = "s3cr3t-pa55"
@@ -70,19 +70,36 @@ class FakeRegistry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def add_image(self, repo: str, tag: str | None, entrypoint: list[str] | None,
-                  cmd: list[str] | None, media: str = OCI_MANIFEST,
-                  config_override: bytes | None = None) -> str:
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Entrypoint": entrypoint, "Cmd": cmd}}).encode()
+    def add_image(
+        self,
+        repo: str,
+        tag: str | None,
+        entrypoint: list[str] | None,
+        cmd: list[str] | None,
+        media: str = OCI_MANIFEST,
+        config_override: bytes | None = None,
+    ) -> str:
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Entrypoint": entrypoint, "Cmd": cmd},
+            }
+        ).encode()
         digest = sha(config)
         self.blobs[(repo, digest)] = config_override if config_override is not None else config
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": media,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": digest, "size": len(config)},
-            "layers": [],
-        }).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": media,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": digest,
+                    "size": len(config),
+                },
+                "layers": [],
+            }
+        ).encode()
         return self.add_manifest(repo, tag, media, manifest)
 
     def add_manifest(self, repo: str, tag: str | None, media: str, body: bytes) -> str:
@@ -92,22 +109,34 @@ class FakeRegistry:
             self.manifests[(repo, tag)] = (media, body)
         return digest
 
-    def add_index(self, repo: str, tag: str, children: list[tuple[str, str, str]],
-                  media: str = OCI_INDEX) -> str:
-        body = json.dumps({
-            "schemaVersion": 2, "mediaType": media,
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1,
-                           "platform": {"os": os_, "architecture": arch}}
-                          for os_, arch, d in children],
-        }).encode()
+    def add_index(
+        self, repo: str, tag: str, children: list[tuple[str, str, str]], media: str = OCI_INDEX
+    ) -> str:
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": media,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": d,
+                        "size": 1,
+                        "platform": {"os": os_, "architecture": arch},
+                    }
+                    for os_, arch, d in children
+                ],
+            }
+        ).encode()
         return self.add_manifest(repo, tag, media, body)
 
     # -- request handling
     def challenge(self, repo: str) -> str:
         if self.auth == "basic":
             return 'Basic realm="fake"'
-        return (f'Bearer realm="{self.scheme}://{self.host}/token",service="fake",'
-                f'scope="repository:{repo}:pull"')
+        return (
+            f'Bearer realm="{self.scheme}://{self.host}/token",service="fake",'
+            f'scope="repository:{repo}:pull"'
+        )
 
     def authorized(self, repo: str, header: str | None) -> bool:
         if self.auth is None:
@@ -116,8 +145,9 @@ class FakeRegistry:
             return header == basic(self.user, self.password)
         return header == "Bearer good" or (header == "Bearer anon" and repo in self.public)
 
-    def handle(self, path: str, query: dict[str, list[str]], header: str | None
-               ) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, path: str, query: dict[str, list[str]], header: str | None
+    ) -> tuple[int, dict[str, str], bytes]:
         self.log.append((path, header))
         if self.delay:
             time.sleep(self.delay)
@@ -149,8 +179,9 @@ def serve(registry: FakeRegistry, context: ssl.SSLContext | None = None) -> Thre
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            status, headers, body = registry.handle(url.path, parse_qs(url.query),
-                                                    self.headers.get("Authorization"))
+            status, headers, body = registry.handle(
+                url.path, parse_qs(url.query), self.headers.get("Authorization")
+            )
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
@@ -195,21 +226,24 @@ def resolver_for(registry: FakeRegistry, **kwargs: Any) -> Resolver:
 # --------------------------------------------------------------------------- references
 
 
-@pytest.mark.parametrize("image, expected", [
-    ("nginx", ("docker.io", "library/nginx", "latest", None)),
-    ("nginx:1.25", ("docker.io", "library/nginx", "1.25", None)),
-    ("bitnami/redis:7", ("docker.io", "bitnami/redis", "7", None)),
-    ("docker.io/nginx", ("docker.io", "library/nginx", "latest", None)),
-    ("index.docker.io/library/nginx:1", ("docker.io", "library/nginx", "1", None)),
-    ("ghcr.io/org/team/app:v1.2.3", ("ghcr.io", "org/team/app", "v1.2.3", None)),
-    ("localhost/app", ("localhost", "app", "latest", None)),
-    ("localhost:5000/app:dev", ("localhost:5000", "app", "dev", None)),
-    ("127.0.0.1:5000/a/b", ("127.0.0.1:5000", "a/b", "latest", None)),
-    ("Registry.Example.COM:443/x", ("registry.example.com:443", "x", "latest", None)),
-    (f"nginx@sha256:{D64}", ("docker.io", "library/nginx", None, f"sha256:{D64}")),
-    (f"quay.io/a/b:1.0@sha256:{D64}", ("quay.io", "a/b", "1.0", f"sha256:{D64}")),
-    ("my-app_x__z/sub.dir-x:tag_1", ("docker.io", "my-app_x__z/sub.dir-x", "tag_1", None)),
-])
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        ("nginx", ("docker.io", "library/nginx", "latest", None)),
+        ("nginx:1.25", ("docker.io", "library/nginx", "1.25", None)),
+        ("bitnami/redis:7", ("docker.io", "bitnami/redis", "7", None)),
+        ("docker.io/nginx", ("docker.io", "library/nginx", "latest", None)),
+        ("index.docker.io/library/nginx:1", ("docker.io", "library/nginx", "1", None)),
+        ("ghcr.io/org/team/app:v1.2.3", ("ghcr.io", "org/team/app", "v1.2.3", None)),
+        ("localhost/app", ("localhost", "app", "latest", None)),
+        ("localhost:5000/app:dev", ("localhost:5000", "app", "dev", None)),
+        ("127.0.0.1:5000/a/b", ("127.0.0.1:5000", "a/b", "latest", None)),
+        ("Registry.Example.COM:443/x", ("registry.example.com:443", "x", "latest", None)),
+        (f"nginx@sha256:{D64}", ("docker.io", "library/nginx", None, f"sha256:{D64}")),
+        (f"quay.io/a/b:1.0@sha256:{D64}", ("quay.io", "a/b", "1.0", f"sha256:{D64}")),
+        ("my-app_x__z/sub.dir-x:tag_1", ("docker.io", "my-app_x__z/sub.dir-x", "tag_1", None)),
+    ],
+)
 def test_reference_parsing(image: str, expected: tuple[str, str, str | None, str | None]) -> None:
     ref = parse_reference(image)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
@@ -219,13 +253,29 @@ def test_reference_parsing(image: str, expected: tuple[str, str, str | None, str
 def test_reference_api_host() -> None:
     assert parse_reference("nginx").api_host == "registry-1.docker.io"
     assert parse_reference("localhost:5000/app").api_host == "localhost:5000"
-    assert str(ImageReference("docker.io", "library/nginx", "latest")) == "docker.io/library/nginx:latest"
+    assert (
+        str(ImageReference("docker.io", "library/nginx", "latest"))
+        == "docker.io/library/nginx:latest"
+    )
 
 
-@pytest.mark.parametrize("image", [
-    "", " nginx", "Nginx", "nginx:", "nginx:bad/tag", "nginx@sha256:abc", "nginx@md5:" + "a" * 32,
-    "ghcr.io/", "ghcr.io//x", "a/-b", "nginx:" + "t" * 129, "bad_host:5000:x/y",
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        " nginx",
+        "Nginx",
+        "nginx:",
+        "nginx:bad/tag",
+        "nginx@sha256:abc",
+        "nginx@md5:" + "a" * 32,
+        "ghcr.io/",
+        "ghcr.io//x",
+        "a/-b",
+        "nginx:" + "t" * 129,
+        "bad_host:5000:x/y",
+    ],
+)
 def test_invalid_references_are_permanent(image: str) -> None:
     with pytest.raises(PermanentResolveError, match="invalid image reference"):
         parse_reference(image)
@@ -235,12 +285,20 @@ def test_invalid_references_are_permanent(image: str) -> None:
 
 
 def test_dockerconfigjson_parsing() -> None:
-    data = json.dumps({"auths": {
-        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hub:pw").decode()},
-        "registry.example.com": {"username": "u", "password": SECRET},
-        "https://registry.example.com:5000/team": {"auth": base64.b64encode(f"t:{SECRET}".encode()).decode()},
-        "token-only.example": {"identitytoken": "xyz"},
-    }}).encode()
+    data = json.dumps(
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {
+                    "auth": base64.b64encode(b"hubuser:hub:pw").decode()
+                },
+                "registry.example.com": {"username": "u", "password": SECRET},
+                "https://registry.example.com:5000/team": {
+                    "auth": base64.b64encode(f"t:{SECRET}".encode()).decode()
+                },
+                "token-only.example": {"identitytoken": "xyz"},
+            }
+        }
+    ).encode()
     creds = credentials_from_dockerconfigjson(data)
     assert [(c.registry, c.path, c.username, c.password) for c in creds] == [
         ("docker.io", "", "hubuser", "hub:pw"),
@@ -255,17 +313,26 @@ def test_dockerconfigjson_parsing() -> None:
 
 
 def test_legacy_dockercfg_and_empty() -> None:
-    legacy = json.dumps({"quay.io": {"auth": base64.b64encode(b"a:b").decode()},
-                         "credsStore": "desktop"}).encode()
+    legacy = json.dumps(
+        {"quay.io": {"auth": base64.b64encode(b"a:b").decode()}, "credsStore": "desktop"}
+    ).encode()
     assert [c.registry for c in credentials_from_dockerconfigjson(legacy)] == ["quay.io"]
     assert credentials_from_dockerconfigjson(b'{"auths": {}}') == []
 
 
-@pytest.mark.parametrize("data", [
-    b"not json", b"[]", b'{"auths": []}', b'{"auths": {"x": "y"}}',
-    json.dumps({"auths": {"x.io": {"auth": "%%%" + SECRET}}}).encode(),
-    json.dumps({"auths": {"x.io": {"auth": base64.b64encode(SECRET.encode()).decode()}}}).encode(),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[]",
+        b'{"auths": []}',
+        b'{"auths": {"x": "y"}}',
+        json.dumps({"auths": {"x.io": {"auth": "%%%" + SECRET}}}).encode(),
+        json.dumps(
+            {"auths": {"x.io": {"auth": base64.b64encode(SECRET.encode()).decode()}}}
+        ).encode(),
+    ],
+)
 def test_malformed_dockerconfigjson(data: bytes) -> None:
     with pytest.raises(PermanentError) as info:
         credentials_from_dockerconfigjson(data)
@@ -298,11 +365,21 @@ def test_index_picks_linux_amd64(registry: FakeRegistry, media: str) -> None:
     arm = registry.add_image("multi", None, ["/arm"], [])
     amd = registry.add_image("multi", None, ["/amd"], ["run"])
     win = registry.add_image("multi", None, ["/win"], [])
-    registry.add_index("multi", "latest", [("linux", "arm64", arm), ("windows", "amd64", win),
-                                           ("unknown", "unknown", arm), ("linux", "amd64", amd)],
-                       media=media)
+    registry.add_index(
+        "multi",
+        "latest",
+        [
+            ("linux", "arm64", arm),
+            ("windows", "amd64", win),
+            ("unknown", "unknown", arm),
+            ("linux", "amd64", amd),
+        ],
+        media=media,
+    )
     resolver = resolver_for(registry)
-    assert resolver.resolve(f"{registry.host}/multi") == ImageEntrypoint(entrypoint=["/amd"], cmd=["run"])
+    assert resolver.resolve(f"{registry.host}/multi") == ImageEntrypoint(
+        entrypoint=["/amd"], cmd=["run"]
+    )
     assert f"/v2/multi/manifests/{amd}" in registry.paths()
     arm_resolver = resolver_for(registry, platform=("linux", "arm64"))
     assert arm_resolver.resolve(f"{registry.host}/multi").entrypoint == ["/arm"]
@@ -318,7 +395,9 @@ def test_index_without_the_platform(registry: FakeRegistry) -> None:
 def test_config_blob_digest_mismatch(registry: FakeRegistry) -> None:
     evil = json.dumps({"config": {"Entrypoint": ["/evil"]}}).encode()
     registry.add_image("app", "1", ["/good"], [], config_override=evil)
-    with pytest.raises(PermanentResolveError, match="config blob does not match its digest") as info:
+    with pytest.raises(
+        PermanentResolveError, match="config blob does not match its digest"
+    ) as info:
         resolver_for(registry).resolve(f"{registry.host}/app:1")
     assert isinstance(info.value, PermanentError)
 
@@ -340,23 +419,39 @@ def test_index_child_digest_mismatch(registry: FakeRegistry) -> None:
         resolver_for(registry).resolve(f"{registry.host}/app:multi")
 
 
-@pytest.mark.parametrize("blob, reason", [
-    (b"not json", "not JSON"),
-    (json.dumps({"config": {"Entrypoint": "/bin/sh -c x"}}).encode(), "Entrypoint is not a list"),
-    (json.dumps({"config": {"Cmd": [1]}}).encode(), "Cmd is not a list"),
-])
+@pytest.mark.parametrize(
+    "blob, reason",
+    [
+        (b"not json", "not JSON"),
+        (
+            json.dumps({"config": {"Entrypoint": "/bin/sh -c x"}}).encode(),
+            "Entrypoint is not a list",
+        ),
+        (json.dumps({"config": {"Cmd": [1]}}).encode(), "Cmd is not a list"),
+    ],
+)
 def test_bad_configs(registry: FakeRegistry, blob: bytes, reason: str) -> None:
     digest = sha(blob)
     registry.blobs[("app", digest)] = blob
-    registry.add_manifest("app", "1", OCI_MANIFEST, json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": digest}}).encode())
+    registry.add_manifest(
+        "app",
+        "1",
+        OCI_MANIFEST,
+        json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": digest}}
+        ).encode(),
+    )
     with pytest.raises(PermanentResolveError, match=reason):
         resolver_for(registry).resolve(f"{registry.host}/app:1")
 
 
 def test_schema1_is_refused(registry: FakeRegistry) -> None:
-    registry.add_manifest("old", "1", "application/vnd.docker.distribution.manifest.v1+prettyjws",
-                          b'{"schemaVersion": 1, "fsLayers": []}')
+    registry.add_manifest(
+        "old",
+        "1",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        b'{"schemaVersion": 1, "fsLayers": []}',
+    )
     with pytest.raises(PermanentResolveError, match="schema 1"):
         resolver_for(registry).resolve(f"{registry.host}/old:1")
 
@@ -368,15 +463,25 @@ def test_unknown_tag_is_permanent_with_a_clear_message(registry: FakeRegistry) -
     image = f"{registry.host}/team/app:nope"
     with pytest.raises(PermanentResolveError) as info:
         resolver_for(registry).resolve(image)
-    assert str(info.value) == (f"could not resolve the entrypoint of {image}: manifest nope "
-                               f"not found in {registry.host}")
+    assert str(info.value) == (
+        f"could not resolve the entrypoint of {image}: manifest nope not found in {registry.host}"
+    )
     assert info.value.image == image and isinstance(info.value, ResolveError)
 
 
-@pytest.mark.parametrize("status, kind", [(500, TemporaryResolveError), (503, TemporaryResolveError),
-                                          (429, TemporaryResolveError), (400, PermanentResolveError),
-                                          (403, PermanentResolveError)])
-def test_status_classification(registry: FakeRegistry, status: int, kind: type[ResolveError]) -> None:
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (500, TemporaryResolveError),
+        (503, TemporaryResolveError),
+        (429, TemporaryResolveError),
+        (400, PermanentResolveError),
+        (403, PermanentResolveError),
+    ],
+)
+def test_status_classification(
+    registry: FakeRegistry, status: int, kind: type[ResolveError]
+) -> None:
     registry.status = status
     with pytest.raises(kind, match=f"HTTP {status}|access denied"):
         resolver_for(registry).resolve(f"{registry.host}/app:1")
@@ -412,8 +517,12 @@ def test_basic_auth(registry: FakeRegistry) -> None:
     registry.log.clear()
     assert resolver_for(registry).resolve(image, [elsewhere, wrong, good]).cmd == ["x"]
     # anonymous first, then each matching credential; the blob request reuses what worked
-    assert [a for _, a in registry.log] == [None, basic("robot", "wrong-" + SECRET),
-                                           basic("robot", SECRET), basic("robot", SECRET)]
+    assert [a for _, a in registry.log] == [
+        None,
+        basic("robot", "wrong-" + SECRET),
+        basic("robot", SECRET),
+        basic("robot", SECRET),
+    ]
 
 
 def test_bearer_token_flow(registry: FakeRegistry) -> None:
@@ -423,19 +532,27 @@ def test_bearer_token_flow(registry: FakeRegistry) -> None:
     registry.public.add("public/app")
     # public repository: anonymous token suffices
     assert resolver_for(registry).resolve(f"{registry.host}/public/app:1").entrypoint == ["/pub"]
-    assert registry.paths()[:3] == ["/v2/public/app/manifests/1", "/token",
-                                    "/v2/public/app/manifests/1"]
+    assert registry.paths()[:3] == [
+        "/v2/public/app/manifests/1",
+        "/token",
+        "/v2/public/app/manifests/1",
+    ]
     assert registry.log[3][1] == "Bearer anon"  # the blob, with the same token
     registry.log.clear()
     with pytest.raises(PermanentResolveError, match="unauthorized"):
         resolver_for(registry).resolve(f"{registry.host}/private/app:1")
     registry.log.clear()
     cred = RegistryCredential(registry.host, "robot", SECRET)
-    assert resolver_for(registry).resolve(f"{registry.host}/private/app:1", [cred]).entrypoint == ["/p"]
+    assert resolver_for(registry).resolve(f"{registry.host}/private/app:1", [cred]).entrypoint == [
+        "/p"
+    ]
     assert registry.log[:5] == [
-        ("/v2/private/app/manifests/1", None), ("/token", None),
-        ("/v2/private/app/manifests/1", "Bearer anon"), ("/token", basic("robot", SECRET)),
-        ("/v2/private/app/manifests/1", "Bearer good")]
+        ("/v2/private/app/manifests/1", None),
+        ("/token", None),
+        ("/v2/private/app/manifests/1", "Bearer anon"),
+        ("/token", basic("robot", SECRET)),
+        ("/v2/private/app/manifests/1", "Bearer good"),
+    ]
     assert registry.log[5][1] == "Bearer good"  # the blob
 
 
@@ -445,8 +562,10 @@ def test_bearer_realm_over_plain_http_needs_an_insecure_listing(registry: FakeRe
     # the registry host is insecure-listed under another spelling: the realm's host is not
     resolver = Resolver(insecure=[f"localhost:{registry.port}"], timeout=2)
     with pytest.raises(PermanentResolveError, match="plain http"):
-        resolver.resolve(f"localhost:{registry.port}/app:1",
-                         [RegistryCredential(f"localhost:{registry.port}", "robot", SECRET)])
+        resolver.resolve(
+            f"localhost:{registry.port}/app:1",
+            [RegistryCredential(f"localhost:{registry.port}", "robot", SECRET)],
+        )
 
 
 # --------------------------------------------------------------------------- caching
@@ -528,4 +647,6 @@ def test_https_is_the_default(registry: FakeRegistry) -> None:
     # the fake speaks plain http; without an insecure listing the resolver insists on TLS
     with pytest.raises(PermanentResolveError, match="TLS with"):
         Resolver(timeout=2).resolve(f"{registry.host}/app:1")
-    assert Resolver(insecure=[registry.host], timeout=2).resolve(f"{registry.host}/app:1").entrypoint == ["/a"]
+    assert Resolver(insecure=[registry.host], timeout=2).resolve(
+        f"{registry.host}/app:1"
+    ).entrypoint == ["/a"]

@@ -19,7 +19,14 @@ import subprocess
 import pytest
 
 from tests.harness.interposer import (
-    MUSL_LOADERS, QEMU, TIMEOUT, Target, env_name, facts, secret_path, secret_value,
+    MUSL_LOADERS,
+    QEMU,
+    TIMEOUT,
+    Target,
+    env_name,
+    facts,
+    secret_path,
+    secret_value,
 )
 
 
@@ -39,18 +46,25 @@ def _report(target: Target, deliver: str, mode: str) -> tuple[dict[str, str], di
     try:
         env = served.environ()
         env[name] = ""
-        result = served.run([deliver, mode, f"{name},{shared_name}", f"{env_fd},{shared_fd}"],
-                            env=env)
+        result = served.run(
+            [deliver, mode, f"{name},{shared_name}", f"{env_fd},{shared_fd}"], env=env
+        )
         assert result.returncode == 0, result.stderr
         assert result.stderr == b""
         file_result = served.run([deliver, "file", path])
     finally:
         served.close()
     info: dict[str, object] = {
-        "name": name, "shared_name": shared_name, "value": value, "shared": shared,
-        "content": content, "env_fd": env_fd, "shared_fd": shared_fd,
+        "name": name,
+        "shared_name": shared_name,
+        "value": value,
+        "shared": shared,
+        "content": content,
+        "env_fd": env_fd,
+        "shared_fd": shared_fd,
         "rest": f"sdk {shared_fd} db-password\nfile {file_fd} {path}".encode().hex(),
-        "file": facts(file_result.stdout).get("file"), "libc": target.libc,
+        "file": facts(file_result.stdout).get("file"),
+        "libc": target.libc,
     }
     return facts(result.stdout), info
 
@@ -91,10 +105,13 @@ def test_a_forked_child_sees_the_values(target: Target, deliver: str) -> None:
 
 
 def test_an_execed_child_inherits_the_values_in_its_environment(
-        target: Target, deliver: str) -> None:
+    target: Target, deliver: str
+) -> None:
     if target.emulated:
-        pytest.skip("binfmt_misc is not mounted here: the host kernel cannot exec the aarch64 "
-                    "program that a process under qemu-user execs")
+        pytest.skip(
+            "binfmt_misc is not mounted here: the host kernel cannot exec the aarch64 "
+            "program that a process under qemu-user execs"
+        )
     out, info = _report(target, deliver, "exec")
     _check(out, info, "exec ")
     _check(out, info)
@@ -109,14 +126,17 @@ def test_a_malformed_manifest_stops_the_app_before_main(target: Target, deliver:
     value = secret_value()
     fd = served.env(env_name(), value)
     try:
-        result = served.run([deliver, "report", "-", "-"],
-                            manifest=f"{served.lines[0]}\nsdk {fd} a\nfile {fd} relative/path")
+        result = served.run(
+            [deliver, "report", "-", "-"],
+            manifest=f"{served.lines[0]}\nsdk {fd} a\nfile {fd} relative/path",
+        )
     finally:
         served.close()
     assert result.returncode == 78
     assert result.stdout == b""  # main never ran
-    assert result.stderr == (b"cloudtaser interposer: CLOUDTASER_FDS line 3: "
-                             b"file NAME is not an absolute path\n")
+    assert result.stderr == (
+        b"cloudtaser interposer: CLOUDTASER_FDS line 3: file NAME is not an absolute path\n"
+    )
 
 
 def test_an_unreadable_env_fd_stops_the_app(target: Target, deliver: str) -> None:
@@ -127,8 +147,10 @@ def test_an_unreadable_env_fd_stops_the_app(target: Target, deliver: str) -> Non
     finally:
         served.close()
     assert result.returncode == 78 and result.stdout == b""
-    assert result.stderr == (b"cloudtaser interposer: CLOUDTASER_FDS line 2: cannot read the "
-                             b"env line's fd: Bad file descriptor\n")
+    assert result.stderr == (
+        b"cloudtaser interposer: CLOUDTASER_FDS line 2: cannot read the "
+        b"env line's fd: Bad file descriptor\n"
+    )
 
 
 def test_nothing_to_serve_still_makes_the_app_non_dumpable(target: Target, deliver: str) -> None:
@@ -156,14 +178,25 @@ def test_the_library_links_only_what_its_libc_provides(target: Target) -> None:
     machine load it (libdl.so.2 by name for dlsym before 2.34); musl: libc.so only."""
     if shutil.which("readelf") is None:
         pytest.skip("needs readelf (binutils)")
-    dynamic = subprocess.run(["readelf", "-d", "--dyn-syms", "-V", str(target.library)],
-                             check=True, capture_output=True, text=True, timeout=TIMEOUT).stdout
+    dynamic = subprocess.run(
+        ["readelf", "-d", "--dyn-syms", "-V", str(target.library)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    ).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^]]+)\]", dynamic)
-    machine = subprocess.run(["readelf", "-h", str(target.library)], check=True,
-                             capture_output=True, text=True, timeout=TIMEOUT).stdout
+    machine = subprocess.run(
+        ["readelf", "-h", str(target.library)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    ).stdout
     assert ("AArch64" if target.arch == "arm64" else "X86-64") in machine
-    versions = {tuple(int(part) for part in v.split("."))
-                for v in re.findall(r"GLIBC_([0-9.]+)", dynamic)}
+    versions = {
+        tuple(int(part) for part in v.split(".")) for v in re.findall(r"GLIBC_([0-9.]+)", dynamic)
+    }
     if target.libc == "musl":
         assert needed == ["libc.so"] and not versions
         return

@@ -21,13 +21,20 @@ from pathlib import Path
 import pytest
 
 from tests.harness.interposer import (
-    KINDS, PROGRAMS, TIMEOUT, Served, env_name, secret_path, secret_value,
+    KINDS,
+    PROGRAMS,
+    TIMEOUT,
+    Served,
+    env_name,
+    secret_path,
+    secret_value,
 )
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_shell_and_python_read_the_value_proc_environ_never_shows_it(
-        served: Served, kind: str) -> None:
+    served: Served, kind: str
+) -> None:
     name, value = env_name(), secret_value(48)
     served.env(name, value, kind)
     assert served.run(["sh", "-c", f'printf %s "${name}"']).stdout == value
@@ -58,8 +65,10 @@ def test_empty_and_large_values(served: Served) -> None:
     served.env(empty, b"")
     value = secret_value(100_000)  # under MAX_ARG_STRLEN, so children can still exec
     served.env(large, value)
-    script = (f"import os; v = os.environ['{large}']; "
-              f"print(repr(os.environ['{empty}']), len(v), v == open(0).read())")
+    script = (
+        f"import os; v = os.environ['{large}']; "
+        f"print(repr(os.environ['{empty}']), len(v), v == open(0).read())"
+    )
     result = served.run([sys.executable, "-c", script], stdin=value)
     assert result.stdout == f"'' {len(value)} True\n".encode()
 
@@ -68,8 +77,9 @@ def test_a_value_with_a_nul_byte_stops_the_app(served: Served) -> None:
     served.env(env_name(), b"before\0after-the-nul")
     result = served.run(["sh", "-c", "echo main ran"])
     assert (result.returncode, result.stdout) == (78, b"")
-    assert result.stderr == (b"cloudtaser interposer: CLOUDTASER_FDS line 1: "
-                             b"the env value holds a NUL byte\n")
+    assert result.stderr == (
+        b"cloudtaser interposer: CLOUDTASER_FDS line 1: the env value holds a NUL byte\n"
+    )
 
 
 @pytest.mark.kernel
@@ -106,8 +116,9 @@ __attribute__((constructor)) static void early(void)
 
 
 @pytest.mark.parametrize("ours_first", [True, False])
-def test_a_constructor_that_runs_before_ours(served: Served, tmp_path: Path,
-                                             ours_first: bool) -> None:
+def test_a_constructor_that_runs_before_ours(
+    served: Served, tmp_path: Path, ours_first: bool
+) -> None:
     """glibc runs LD_PRELOAD constructors last entry first: with ours first (as the wrapper
     prepends it), the other library's constructor runs before ours. Its getenv() initialises
     us and sees the value; reading environ directly before that cannot (the documented
@@ -115,8 +126,12 @@ def test_a_constructor_that_runs_before_ours(served: Served, tmp_path: Path,
     source = tmp_path / "early.c"
     source.write_text(EARLY_LIBRARY)
     early = tmp_path / "early.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(early), str(source)], check=True,
-                   capture_output=True, timeout=TIMEOUT)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(early), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
     name, value = env_name(), secret_value()
     served.env(name, value)
     env = served.environ()
@@ -175,8 +190,12 @@ def world_readable(library: Path) -> Iterator[Path]:
     try:
         place.chmod(0o755)
         shutil.copy2(library, place / library.name)
-        subprocess.run(["gcc", "-O2", "-o", str(place / "victim"), str(PROGRAMS / "deliver.c")],
-                       check=True, capture_output=True, timeout=TIMEOUT)
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(place / "victim"), str(PROGRAMS / "deliver.c")],
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
         yield place
     finally:
         shutil.rmtree(place)
@@ -184,7 +203,8 @@ def world_readable(library: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("preload", [True, False], ids=["with the library", "control"])
 def test_a_same_uid_process_without_cap_sys_ptrace_is_refused(
-        world_readable: Path, preload: bool) -> None:
+    world_readable: Path, preload: bool
+) -> None:
     """The kubectl-exec attacker: same uid as the app, no capabilities (root dropping to uid
     65534 clears them), and the app's parent, so that Yama's ptrace_scope=1 would not be what
     refuses it. It tries /proc/PID/environ, /proc/PID/mem, process_vm_readv and PTRACE_SEIZE
@@ -193,15 +213,29 @@ def test_a_same_uid_process_without_cap_sys_ptrace_is_refused(
     env = {"PATH": "/usr/bin:/bin", "MARKER": marker}
     if preload:
         env["LD_PRELOAD"] = str(world_readable / "libcloudtaser-glibc.so")
-    result = subprocess.run(["/usr/bin/python3", "-c", ATTACKER, str(world_readable / "victim"),
-                             "hold"], env=env, user=65534, group=65534, extra_groups=[],
-                            capture_output=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", ATTACKER, str(world_readable / "victim"), "hold"],
+        env=env,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     if preload:
-        assert found == {"environ": "Permission denied", "mem": "Permission denied",
-                         "vm_readv": "Operation not permitted",
-                         "ptrace": "Operation not permitted"}
+        assert found == {
+            "environ": "Permission denied",
+            "mem": "Permission denied",
+            "vm_readv": "Operation not permitted",
+            "ptrace": "Operation not permitted",
+        }
     else:
-        assert found == {"environ": "marker", "mem": "cloudtase", "vm_readv": "cloudtase",
-                         "ptrace": "attached"}
+        assert found == {
+            "environ": "marker",
+            "mem": "cloudtase",
+            "vm_readv": "cloudtase",
+            "ptrace": "attached",
+        }

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness.interposer import (
-    KINDS, TIMEOUT, Served, fill, new_secret_fd, secret_path, secret_value,
+    KINDS,
+    TIMEOUT,
+    Served,
+    fill,
+    new_secret_fd,
+    secret_path,
+    secret_value,
 )
 
 PROBE_SOURCE = Path(__file__).with_name("probe.c")
@@ -28,8 +34,22 @@ PROBE_SOURCE = Path(__file__).with_name("probe.c")
 @pytest.fixture(scope="session")
 def probe(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("probe") / "probe"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
-                    str(PROBE_SOURCE)], check=True, capture_output=True, timeout=TIMEOUT)
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+            "-o",
+            str(out),
+            str(PROBE_SOURCE),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
     return out
 
 
@@ -43,7 +63,8 @@ def probe_all(served: Served, probe: Path, path: str, other: Path, missing: Path
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_c_program_sees_the_secret_through_every_libc_call(
-        served: Served, probe: Path, tmp_path: Path, kind: str) -> None:
+    served: Served, probe: Path, tmp_path: Path, kind: str
+) -> None:
     value = secret_value(40)
     path = secret_path()
     served.file(path, value, kind)
@@ -52,10 +73,25 @@ def test_c_program_sees_the_secret_through_every_libc_call(
     out = probe_all(served, probe, path, other, tmp_path / "missing")
 
     want = value.hex()
-    for key in ("open", "open64", "openat", "openat64", "__open_2", "__openat_2", "__open64_2",
-                "__openat64_2", "open_creat",
-                "fopen", "fopen64", "pread", "mmap", "relative", "relative_dots",
-                "absolute_dots", "openat_dirfd"):
+    for key in (
+        "open",
+        "open64",
+        "openat",
+        "openat64",
+        "__open_2",
+        "__openat_2",
+        "__open64_2",
+        "__openat64_2",
+        "open_creat",
+        "fopen",
+        "fopen64",
+        "pread",
+        "mmap",
+        "relative",
+        "relative_dots",
+        "absolute_dots",
+        "openat_dirfd",
+    ):
         assert out[key] == want, key
     assert out["lseek_read"] == value[1:].hex()
     assert out["fstat"] == f"{len(value)} 400" and out["seek_end"] == str(len(value))
@@ -65,8 +101,17 @@ def test_c_program_sees_the_secret_through_every_libc_call(
     assert (out["fopen_cloexec"], out["fopen64_cloexec"]) == ("0", "1")
     # a regular file, mode 0400, owned by the process, st_size = the secret's length
     regular = f"{len(value)} 100400"
-    for key in ("stat", "lstat", "fstatat", "fstatat_nofollow", "__xstat", "__lxstat",
-                "__fxstatat", "statx", "fstatat_dirfd"):
+    for key in (
+        "stat",
+        "lstat",
+        "fstatat",
+        "fstatat_nofollow",
+        "__xstat",
+        "__lxstat",
+        "__fxstatat",
+        "statx",
+        "fstatat_dirfd",
+    ):
         assert out[key] == f"{regular} 1", key
     assert out["stat64"] == out["lstat64"] == regular
     assert out["access_f"] == out["access_r"] == out["faccessat_r"] == out["euidaccess_r"] == "OK"
@@ -121,7 +166,10 @@ def test_python_program_reads_the_file(served: Served, python: str, kind: str) -
     result = served.run([python, "-c", PYTHON_READER, path])
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [
-        value.hex(), "True True", f"{len(value)} True True 0o100400", "True False",
+        value.hex(),
+        "True True",
+        f"{len(value)} True True 0o100400",
+        "True False",
         "write refused",
     ]
 
@@ -174,9 +222,14 @@ class Reader:
 
     def __init__(self, served: Served, probe: Path, path: str) -> None:
         self.served = served
-        self.process = subprocess.Popen([os.fspath(probe), "reader", path], env=served.environ(),
-                                        pass_fds=served.fds, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [os.fspath(probe), "reader", path],
+            env=served.environ(),
+            pass_fds=served.fds,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def read(self) -> bytes:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -184,7 +237,7 @@ class Reader:
         self.process.stdin.flush()
         line = self.process.stdout.readline().decode().strip()
         assert line.startswith("read="), line
-        return bytes.fromhex(line[len("read="):])
+        return bytes.fromhex(line[len("read=") :])
 
     def close(self) -> None:
         _, stderr = self.process.communicate(timeout=TIMEOUT)
@@ -195,7 +248,8 @@ class Reader:
 
 @pytest.mark.kernel
 def test_rewriting_memfd_secret_in_place_is_seen_by_the_next_open(
-        served: Served, probe: Path) -> None:
+    served: Served, probe: Path
+) -> None:
     first = secret_value(32)
     path = secret_path()
     fd = served.file(path, first, "memfd_secret")
@@ -211,7 +265,8 @@ def test_rewriting_memfd_secret_in_place_is_seen_by_the_next_open(
 
 
 def test_rewriting_a_memfd_with_another_size_is_seen_by_the_next_open(
-        served: Served, probe: Path) -> None:
+    served: Served, probe: Path
+) -> None:
     values = [secret_value(32), secret_value(100), secret_value(9), b""]
     path = secret_path()
     fd = served.file(path, values[0], "memfd")  # the refresher's unsealed fallback
@@ -246,7 +301,9 @@ def test_many_threads_read_consistent_content(served: Served, probe: Path, kind:
     assert result.stdout.decode().splitlines() == [f"reference={value.hex()}", "mismatches=0"]
 
 
-def test_the_pass_through_path_allocates_nothing(served: Served, probe: Path, tmp_path: Path) -> None:
+def test_the_pass_through_path_allocates_nothing(
+    served: Served, probe: Path, tmp_path: Path
+) -> None:
     """open/open64/openat/openat64/__open*_2/stat/lstat/stat64/fstatat/statx/access/faccessat/
     euidaccess of paths that are not secrets, 200 rounds, with malloc & co. counted: none.
     DECOY shares the secret's file name (first byte and length pass the quick filter), so the
@@ -289,14 +346,16 @@ def test_several_entries_sdk_lines_and_aliases(served: Served, tmp_path: Path) -
     served.remember(sdk_only)
     sdk_path = secret_path("sdk")
     alias = path_one.replace("/one", "/./one")  # another NAME, the same normalised path
-    manifest = "\n".join([
-        f"sdk {sdk_fd} db-password",
-        f"sdk {sdk_fd} {sdk_path}",  # an sdk name is never a file
-        f"file {fd_one} {path_one}",
-        f"file {fd_two} {path_two}",
-        f"file {sdk_fd} {alias}",  # the first line for a path wins
-        "",
-    ])
+    manifest = "\n".join(
+        [
+            f"sdk {sdk_fd} db-password",
+            f"sdk {sdk_fd} {sdk_path}",  # an sdk name is never a file
+            f"file {fd_one} {path_one}",
+            f"file {fd_two} {path_two}",
+            f"file {sdk_fd} {alias}",  # the first line for a path wins
+            "",
+        ]
+    )
     assert served.run(["cat", path_one], manifest).stdout == one
     assert served.run(["cat", alias], manifest).stdout == one
     assert served.run(["cat", path_two], manifest).stdout == two
@@ -334,7 +393,8 @@ def test_more_file_lines_than_the_table_holds_stop_the_app(served: Served, tmp_p
 
 @pytest.mark.kernel
 def test_a_replaced_or_closed_secret_fd_fails_with_eio(
-        served: Served, probe: Path, tmp_path: Path) -> None:
+    served: Served, probe: Path, tmp_path: Path
+) -> None:
     value = secret_value()
     path = secret_path()
     fd = served.file(path, value, "memfd_secret")
@@ -343,7 +403,9 @@ def test_a_replaced_or_closed_secret_fd_fails_with_eio(
     result = served.run([probe, "swap", path, str(fd), decoy])
     assert result.returncode == 0
     assert result.stdout.decode().splitlines() == [
-        "swapped_open=!EIO", "swapped_stat=!EIO", "closed_open=!EIO",
+        "swapped_open=!EIO",
+        "swapped_stat=!EIO",
+        "closed_open=!EIO",
     ]
 
 
@@ -370,13 +432,18 @@ __attribute__((constructor)) static void early(void)
 
 @pytest.mark.parametrize("ours_first", [True, False])
 def test_another_librarys_constructor_is_served_whatever_the_order(
-        served: Served, tmp_path: Path, ours_first: bool) -> None:
+    served: Served, tmp_path: Path, ours_first: bool
+) -> None:
     """The table is built lazily when another constructor calls open() before ours ran."""
     source = tmp_path / "early.c"
     source.write_text(EARLY_LIBRARY)
     early = tmp_path / "early.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(early), str(source)], check=True,
-                   capture_output=True, timeout=TIMEOUT)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(early), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
     value = secret_value()
     path = secret_path()
     served.file(path, value, "memfd")
@@ -384,7 +451,13 @@ def test_another_librarys_constructor_is_served_whatever_the_order(
     env = served.environ()
     env["LD_PRELOAD"] = ":".join(order if ours_first else reversed(order))
     env["EARLY_PATH"] = path
-    result = subprocess.run(["cat", path], env=env, pass_fds=served.fds, capture_output=True,
-                            timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        ["cat", path],
+        env=env,
+        pass_fds=served.fds,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     served.check_stderr(result.stderr)
     assert result.stdout == f"early={value.hex()}\n".encode() + value

@@ -16,10 +16,16 @@ REASON = "team/app-1: container app: cloudtaser-wrapper: binding team/app: permi
 
 
 def status(**figures: Any) -> dict[str, Any]:
-    summary = BindingSummary(binding="team/app", valid=True, matched_pods=figures.get("matched", 1),
-                             injected_pods=figures.get("injected", 1), secrets=1,
-                             delivered_pods=figures.get("delivered", 0),
-                             failing_pods=figures.get("failing", 0), failure=figures.get("failure", ""))
+    summary = BindingSummary(
+        binding="team/app",
+        valid=True,
+        matched_pods=figures.get("matched", 1),
+        injected_pods=figures.get("injected", 1),
+        secrets=1,
+        delivered_pods=figures.get("delivered", 0),
+        failing_pods=figures.get("failing", 0),
+        failure=figures.get("failure", ""),
+    )
     return binding_status({"metadata": {"generation": 1}}, [], summary, Decision(True, []), NOW)
 
 
@@ -45,11 +51,26 @@ def test_delivered_and_pending_pods() -> None:
 
 
 def test_a_pod_keeps_only_its_containers_run_states() -> None:
-    body = {"metadata": {"name": "p", "managedFields": [{}]}, "spec": {"containers": []},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "containerStatuses": [
-                {"name": "app", "image": "x", "state": {"running": {}}, "lastState": {}, "ready": True}]}}
+    body = {
+        "metadata": {"name": "p", "managedFields": [{}]},
+        "spec": {"containers": []},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": "x",
+                    "state": {"running": {}},
+                    "lastState": {},
+                    "ready": True,
+                }
+            ],
+        },
+    }
     assert trimmed("Pod", body)["status"] == {
-        "containerStatuses": [{"name": "app", "state": {"running": {}}, "lastState": {}}]}
+        "containerStatuses": [{"name": "app", "state": {"running": {}}, "lastState": {}}]
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +81,14 @@ class ConnectionInfo:  # as kopf's: a frozen dataclass; only `server` changes
 
 def test_in_cluster_login_takes_the_kubelet_given_address() -> None:
     info = ConnectionInfo(server="https://kubernetes.default.svc")
-    assert in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "10.96.0.1",
-                                    "KUBERNETES_SERVICE_PORT": "443"}).server == "https://10.96.0.1:443"
-    assert in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "fd00::1"}).server == "https://[fd00::1]:443"
+    assert (
+        in_cluster_server(
+            info, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+        ).server
+        == "https://10.96.0.1:443"
+    )
+    assert (
+        in_cluster_server(info, {"KUBERNETES_SERVICE_HOST": "fd00::1"}).server
+        == "https://[fd00::1]:443"
+    )
     assert in_cluster_server(info, {}) is info

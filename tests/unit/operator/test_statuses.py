@@ -12,8 +12,14 @@ from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.plans import Plan, Problem
 from cloudtaser.engine.resources import EnforcementPolicy, SecretBinding
 from cloudtaser.operator.statuses import (
-    Decision, announcement, binding_status, conditions, policy_status, problems_by_object,
-    timestamp)
+    Decision,
+    announcement,
+    binding_status,
+    conditions,
+    policy_status,
+    problems_by_object,
+    timestamp,
+)
 from tests.harness.documents import binding_doc, pod_doc, policy_doc
 
 EARLIER, NOW = "2026-11-27T11:00:00Z", "2026-11-27T12:00:00Z"
@@ -28,10 +34,13 @@ def conflicting() -> tuple[Plan, dict[str, dict[str, Any]]]:
         doc["metadata"].update(uid=uid, generation=3)
     audit = policy_doc("audit", mode="audit", protections={"mem": False})
     audit["metadata"]["generation"] = 2
-    plan = compile_state(ClusterState(
-        bindings=[SecretBinding.model_validate(d) for d in (a, b)],
-        policies=[EnforcementPolicy.model_validate(d) for d in (audit, policy_doc("enforce"))],
-        pods=[Pod.model_validate(pod_doc(labels={"app": "x"}, injected=True))]))
+    plan = compile_state(
+        ClusterState(
+            bindings=[SecretBinding.model_validate(d) for d in (a, b)],
+            policies=[EnforcementPolicy.model_validate(d) for d in (audit, policy_doc("enforce"))],
+            pods=[Pod.model_validate(pod_doc(labels={"app": "x"}, injected=True))],
+        )
+    )
     return plan, {"team/a": a, "team/b": b, "audit": audit}
 
 
@@ -42,8 +51,9 @@ def by_type(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
 def binding(plan: Plan, body: dict[str, Any], decision: Decision | None) -> dict[str, Any]:
     ref = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
     summary = {s.binding: s for s in plan.bindings}.get(ref)
-    return binding_status(body, problems_by_object(plan.problems)[0].get(ref, []), summary,
-                          decision, NOW)
+    return binding_status(
+        body, problems_by_object(plan.problems)[0].get(ref, []), summary, decision, NOW
+    )
 
 
 def test_problems_land_on_their_own_object() -> None:
@@ -79,8 +89,13 @@ def test_opa_denial_unavailability_and_an_invalid_spec() -> None:
     away = by_type(binding(plan, bodies["team/a"], Decision(None, ["OPA unreachable"])))
     assert away["PolicyAllowed"] == ("Unknown", "OPAUnavailable", "OPA unreachable")
     assert away["Ready"][:2] == ("False", "OPAUnavailable")
-    parse = Problem(kind="SecretBinding", namespace="team", name="c", path="spec.vault",
-                    message="field required")
+    parse = Problem(
+        kind="SecretBinding",
+        namespace="team",
+        name="c",
+        path="spec.vault",
+        message="field required",
+    )
     invalid = binding_status({"metadata": {"generation": 1}}, [parse], None, None, NOW)
     assert by_type(invalid)["Compiled"] == ("False", "InvalidSpec", "spec.vault: field required")
     assert by_type(invalid)["PolicyAllowed"] == ("Unknown", "NotEvaluated", "the spec is invalid")
@@ -91,8 +106,14 @@ def test_opa_denial_unavailability_and_an_invalid_spec() -> None:
 def test_a_policy_reports_its_pods_nodes_violations_and_warnings() -> None:
     plan, bodies = conflicting()
     summary = {p.policy: p for p in plan.policies}["audit"]
-    status = policy_status(bodies["audit"], problems_by_object(plan.problems)[1]["audit"],
-                           summary.matched_pods, summary.constrained_pods, (2, 7), NOW)
+    status = policy_status(
+        bodies["audit"],
+        problems_by_object(plan.problems)[1]["audit"],
+        summary.matched_pods,
+        summary.constrained_pods,
+        (2, 7),
+        NOW,
+    )
     assert (status["matchedPods"], status["nodesEnforcing"], status["violations"]) == (1, 2, 7)
     assert status["observedGeneration"] == 2
     [warning] = status["problems"]
@@ -106,15 +127,29 @@ def test_a_policy_reports_its_pods_nodes_violations_and_warnings() -> None:
 
 
 def test_transition_time_moves_only_when_the_status_changes() -> None:
-    old = {"conditions": [{"type": "Compiled", "status": "True", "lastTransitionTime": EARLIER},
-                          {"type": "Ready", "status": "True", "lastTransitionTime": EARLIER}]}
-    out = conditions(old, [("Compiled", True, "Compiled", "Invalid", "ok"),
-                           ("Ready", False, "Ready", "Denied", "x" * 5000),
-                           ("Delivered", None, "Delivered", "Pending", "starting")], NOW, 4)
+    old = {
+        "conditions": [
+            {"type": "Compiled", "status": "True", "lastTransitionTime": EARLIER},
+            {"type": "Ready", "status": "True", "lastTransitionTime": EARLIER},
+        ]
+    }
+    out = conditions(
+        old,
+        [
+            ("Compiled", True, "Compiled", "Invalid", "ok"),
+            ("Ready", False, "Ready", "Denied", "x" * 5000),
+            ("Delivered", None, "Delivered", "Pending", "starting"),
+        ],
+        NOW,
+        4,
+    )
     times = {c["type"]: c["lastTransitionTime"] for c in out}
     assert times == {"Compiled": EARLIER, "Ready": NOW, "Delivered": NOW}
     assert [(c["status"], c["reason"]) for c in out] == [
-        ("True", "Compiled"), ("False", "Denied"), ("Unknown", "Pending")]
+        ("True", "Compiled"),
+        ("False", "Denied"),
+        ("Unknown", "Pending"),
+    ]
     assert len(out[1]["message"]) == 1000 and all(c["observedGeneration"] == 4 for c in out)
     assert "observedGeneration" not in conditions({}, [("Compiled", True, "a", "b", "m")], NOW)[0]
 
