@@ -566,16 +566,18 @@ def operator(
     running.run(op, host, port, tls_cert, tls_key, liveness, election)
 
 
-# --- commands other distributions add --------------------------------------------------------
+# --- the local test bed ---------------------------------------------------------------------
 
 
-def _add_entry_point_commands() -> None:
-    """Groups registered under the ``cloudtaser.commands`` entry point: in a development checkout
-    the local test bed's ``stack`` (testbed/), which this module must not import."""
-    from importlib.metadata import entry_points
+def _add_testbed_commands() -> None:
+    """The local test bed's ``stack`` group, in a development checkout only: the wheel does not
+    ship testbed/ (scripts/setup puts it on sys.path), and no product module imports it."""
+    import importlib
+    import importlib.util
 
-    for entry in entry_points(group="cloudtaser.commands"):
-        main.add_command(entry.load(), entry.name)
+    if importlib.util.find_spec("cloudtaser.testbed") is None:
+        return
+    main.add_command(importlib.import_module("cloudtaser.testbed.commands").stack)
 
 
-_add_entry_point_commands()
+_add_testbed_commands()

@@ -1,7 +1,7 @@
 """The ``cloudtaser stack`` commands: the local test bed up and down, the chart installed on it.
 
-The product's CLI finds this group through the ``cloudtaser.commands`` entry point
-(pyproject.toml); it never imports the test bed itself.
+The product's CLI adds this group by name when the test bed is on sys.path (a development
+checkout); the wheel does not ship it.
 """
 
 from __future__ import annotations
