@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from cloudtaser.engine.kube import Pod
+from cloudtaser.engine.kube import LabelSelector, Pod
 from cloudtaser.engine.plans import INJECT_ANNOTATION, Problem, VolumePlan, WrapperSource
 from cloudtaser.engine.problems import binding_problem
 from cloudtaser.engine.resources import SecretBinding, duration_seconds
@@ -45,9 +45,15 @@ class Delivery:
 class CompiledBinding:
     """What a binding means independently of any pod."""
 
-    binding: SecretBinding
     ref: str
     namespace: str
+    name: str
+    # What selection and pod plans read of the spec; the parsed SecretBinding itself is not
+    # kept (the operator holds every binding of the cluster: issue 17).
+    selector: LabelSelector
+    containers: list[str]
+    require_secret_mem: bool
+    ipc_lock: bool
     source: WrapperSource
     volumes: list[VolumePlan]
     deliveries: list[Delivery]
@@ -114,7 +120,7 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
             if d.field == "env":
                 problems.append(
                     binding_problem(
-                        binding,
+                        (namespace, binding.metadata.name),
                         d.path,
                         f"environment variable {d.value} is not refreshed: a process's "
                         "environment cannot change after it starts (use file or sdk delivery "
@@ -125,7 +131,7 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
     if spec.selector.is_empty():
         problems.append(
             binding_problem(
-                binding,
+                (namespace, binding.metadata.name),
                 "spec.selector",
                 f"empty selector: every pod in namespace {namespace} annotated "
                 f'{INJECT_ANNOTATION}: "true" receives these secrets',
@@ -133,9 +139,13 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
             )
         )
     return CompiledBinding(
-        binding=binding,
         ref=ref,
         namespace=namespace,
+        name=binding.metadata.name,
+        selector=spec.selector,
+        containers=list(spec.containers),
+        require_secret_mem=spec.require_secret_mem,
+        ipc_lock=spec.ipc_lock,
         # One validation of the nested dict: pydantic-core builds it faster than
         # constructing each level from Python (benchmarks/compile.py).
         source=WrapperSource.model_validate(
@@ -171,13 +181,13 @@ def wants_injection(pod: Pod) -> bool:
 
 def selects(compiled: CompiledBinding, pod: Pod) -> bool:
     """The binding selects the pod (a pod of its namespace: the caller's index sees to it)."""
-    return wants_injection(pod) and compiled.binding.spec.selector.matches(pod.metadata.labels)
+    return wants_injection(pod) and compiled.selector.matches(pod.metadata.labels)
 
 
 def index_key(compiled: CompiledBinding) -> tuple[str, str] | None:
     """The label pair a pod must carry to be selected (the smallest of matchLabels), or None
     when the selector has no matchLabels: the key a candidate index files the binding under."""
-    labels = compiled.binding.spec.selector.match_labels
+    labels = compiled.selector.match_labels
     return min(labels.items()) if labels else None
 
 
@@ -218,7 +228,7 @@ def container_sources(
             dropped.add((d.source_index, d.key_index, d.field))
             problems.append(
                 binding_problem(
-                    compiled.binding,
+                    (compiled.namespace, compiled.name),
                     d.path,
                     f"conflict: {_DELIVERY_WORDS[d.field]} '{d.value}' of container "
                     f"'{container}' is also delivered by SecretBinding {owner}, which "

@@ -265,7 +265,7 @@ class Ledger:
 
     def _select(self, compiled: CompiledBinding) -> list[PodKey]:
         """Keys of the known pods a binding selects, through the label index."""
-        selector = compiled.binding.spec.selector
+        selector = compiled.selector
         index = self._label_index.get(compiled.namespace)
         if index is None:
             return []
@@ -322,15 +322,15 @@ class Ledger:
             MutationRule(
                 binding=ref,
                 namespace=compiled.namespace,
-                selector=compiled.binding.spec.selector,
-                containers=sorted(compiled.binding.spec.containers),
+                selector=compiled.selector,
+                containers=sorted(compiled.containers),
             ),
         )
         problems = list(compiled.problems)
         if compiled.namespace in self.excluded:
             problems.append(
                 binding_problem(
-                    compiled.binding,
+                    (compiled.namespace, compiled.name),
                     "metadata.namespace",
                     f"namespace {compiled.namespace} is excluded from injection "
                     "(the operator's own namespace and kube-system never are)",
@@ -477,7 +477,7 @@ class Ledger:
             "label_index": {
                 ns: found for ns, index in self._label_index.items() if (found := sets(index))
             },
-            "bindings": {ref: c.binding for ref, c in self.bindings.items()},
+            "bindings": dict(self.bindings),
             "by_namespace": sets(self._by_namespace),
             "binding_index": {
                 ns: found for ns, index in self._binding_index.items() if (found := sets(index))

@@ -125,11 +125,11 @@ class PodPlanner:
         problems: list[Problem] = []
         names = [c.name for c in pod.spec.containers]
         for compiled in bindings:
-            for name in compiled.binding.spec.containers:
+            for name in compiled.containers:
                 if name not in names:
                     problems.append(
                         binding_problem(
-                            compiled.binding,
+                            (compiled.namespace, compiled.name),
                             "spec.containers",
                             f"container '{name}' is not in every selected pod "
                             f"(missing from pod {namespace}/{pod_name})",
@@ -139,11 +139,7 @@ class PodPlanner:
         volumes: dict[str, VolumePlan] = {}
         containers = []
         for container in pod.spec.containers:
-            chosen = [
-                c
-                for c in bindings
-                if not c.binding.spec.containers or container.name in c.binding.spec.containers
-            ]
+            chosen = [c for c in bindings if not c.containers or container.name in c.containers]
             if not chosen:
                 continue
             sources, mounted = container_sources(container.name, chosen, problems)
@@ -157,7 +153,7 @@ class PodPlanner:
                 token_path=f"{TOKEN_MOUNT}/token",
                 sources=sources,
                 refresh_seconds=min(refresh) if refresh else None,
-                require_secret_mem=any(c.binding.spec.require_secret_mem for c in chosen),
+                require_secret_mem=any(c.require_secret_mem for c in chosen),
                 agent=self._agent_settings[policy.mode == "enforce"],
             )
             containers.append(
@@ -166,7 +162,7 @@ class PodPlanner:
                     bindings=[c.ref for c in chosen],
                     config=config,
                     volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, TOKEN_VOLUME, *mounted}),
-                    ipc_lock=any(c.binding.spec.ipc_lock for c in chosen),
+                    ipc_lock=any(c.ipc_lock for c in chosen),
                 )
             )
         volumes[BUNDLE_VOLUME] = self._bundle_volume

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 
 from cloudtaser.engine.ordered import OrderedMap
 from cloudtaser.engine.plans import Problem
-from cloudtaser.engine.resources import SecretBinding
 
 ProblemKey = tuple[str, str, str, str, str, str]
 
@@ -22,13 +21,13 @@ def problem_key(problem: Problem) -> ProblemKey:
     return (*problem.sort_key(), problem.severity)
 
 
-def binding_problem(binding: SecretBinding, path: str, message: str, severity: str) -> Problem:
-    """A problem of one SecretBinding, at ``path`` in it."""
+def binding_problem(identity: tuple[str, str], path: str, message: str, severity: str) -> Problem:
+    """A problem of one SecretBinding (namespace, name), at ``path`` in it."""
     return Problem.model_validate(
         {
             "kind": "SecretBinding",
-            "namespace": binding.metadata.namespace_or_default,
-            "name": binding.metadata.name,
+            "namespace": identity[0],
+            "name": identity[1],
             "path": path,
             "message": message,
             "severity": severity,
