@@ -142,6 +142,27 @@ def one_by_one(state: ClusterState) -> None:
     compiler.plan()
 
 
+def held_per_binding(count: int) -> float:
+    """Bytes per binding that an operator-like compiler keeps live once the parsed bindings
+    are gone (tracemalloc: Python's own allocations, not RSS): the part of the operator's
+    memory that grows with the cluster (issue 17)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        state = cluster(count)
+        compiler = IncrementalCompiler(ClusterState(bindings=state.bindings))
+        compiler.plan()
+        del state
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
@@ -177,6 +198,7 @@ def main() -> None:
         compiler.plan()
         samples.append(time.perf_counter() - start)
     incremental_ms = statistics.median(samples) * 1000
+    held = held_per_binding(10_000)
     p99_ms = sorted(samples)[int(len(samples) * 0.99) - 1] * 1000
     ratio = t_large / t_small
 
@@ -203,6 +225,12 @@ def main() -> None:
             f"{t_first_gc / t_first:.2f}x slower",
         ),
         ("ratio 10k / 1k", "<= 11", f"{ratio:.2f}", f"{ratio / 11:.2f} of target"),
+        (
+            "memory the compiler and its Plan hold, 10k bindings (parsed models dropped)",
+            "-",
+            f"{held * 10_000 / 2**20:.1f} MiB ({held / 1024:.2f} KiB per binding)",
+            "-",
+        ),
     ]
     emit("compile", rows, args.json)
 
