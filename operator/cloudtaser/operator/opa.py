@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.operator.statuses import Decision
 
 OPA_TIMEOUT = 2.0
@@ -78,18 +77,18 @@ class Opa:
             return None
         return digest.hexdigest()
 
-    def decide(self, binding: SecretBinding, digest: str, revision: str | None) -> Decision:
-        """``digest``: the binding's spec version (uid/generation); ``revision``: OPA's
-        policy revision now (``revision()``). Asked only when either changed."""
-        known = self.decisions.get(binding.ref)
+    def decide(self, ref: str, binding: bytes, digest: str, revision: str | None) -> Decision:
+        """``binding``: the SecretBinding ``ref`` (namespace/name) as compact JSON without
+        its status (what OPA's input is); ``digest``: its spec version (uid/generation);
+        ``revision``: OPA's policy revision now (``revision()``). Asked only when either
+        changed."""
+        known = self.decisions.get(ref)
         if known and known[0] == digest and (revision is None or known[2] == revision):
             return known[1]
         if self.url is None:
             decision = Decision(True, [])
         else:
-            body = binding.model_dump(
-                mode="json", by_alias=True, exclude_none=True, exclude={"status"}
-            )
+            body = json.loads(binding)
             try:
                 self.sent += 1
                 answer = self._client().query_rule(body, OPA_PACKAGE, "deny")
@@ -102,7 +101,7 @@ class Opa:
                     return known[1]
                 reason = f"OPA unreachable at {self.url} ({type(e).__name__})"
                 return Decision(None, [reason])
-        self.decisions[binding.ref] = (digest, decision, revision)
+        self.decisions[ref] = (digest, decision, revision)
         return decision
 
     def forget_all_but(self, refs: Container[str]) -> None:

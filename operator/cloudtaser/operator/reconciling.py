@@ -29,6 +29,7 @@ import urllib3
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Problem
+from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.gcpause import gc_paused
 from cloudtaser.injector import serving
 from cloudtaser.operator import listing
@@ -44,11 +45,37 @@ CERT_POLL = 5.0
 
 @dataclass
 class Parsed:
-    """One object as the compiler last saw it: its version, model or parse problems."""
+    """One object as the compiler last saw it: its version, model or parse problems.
+
+    A SecretBinding's model is dropped once the compiler holds it (``lean``): the operator
+    holds every binding of the cluster, and a parsed model is ~6 KiB where its compact JSON,
+    which OPA is asked about and the model is read back from when needed, is a fraction."""
 
     version: str
     model: Any | None
     problems: list[Problem]
+    dump: bytes | None = None  # SecretBinding: compact JSON of the model, without status
+
+    @classmethod
+    def of(cls, kind: str, version: str, body: dict[str, Any]) -> Parsed:
+        """Parse one body of ``kind``."""
+        out = parse_objects({kind: [body]})
+        models = out.bindings or out.policies or out.pods or out.namespaces
+        model = models[0] if models else None
+        dump = None
+        if isinstance(model, SecretBinding):
+            dump = model.model_dump_json(by_alias=True, exclude_none=True, exclude={"status"})
+        return cls(version, model, out.problems, dump.encode() if dump is not None else None)
+
+    def current(self) -> Any | None:
+        """The model: kept, or read back from ``dump`` (it validated once: it does again)."""
+        if self.model is None and self.dump is not None:
+            return SecretBinding.model_validate_json(self.dump)
+        return self.model
+
+    def lean(self) -> None:
+        if self.dump is not None:
+            self.model = None
 
 
 def version_of(kind: str, body: dict[str, Any]) -> str:
@@ -221,11 +248,7 @@ class Operator:
                 known = self.parsed.get((kind, key))
                 if known is not None and known.version == version:
                     continue
-                out = parse_objects({kind: [body]})
-                models = out.bindings or out.policies or out.pods or out.namespaces
-                self.parsed[(kind, key)] = Parsed(
-                    version, models[0] if models else None, out.problems
-                )
+                self.parsed[(kind, key)] = Parsed.of(kind, version, body)
         for gone in set(self.parsed) - seen:
             del self.parsed[gone]
 
@@ -234,6 +257,15 @@ class Operator:
             key: (p.version, p.model)
             for (k, key), p in self.parsed.items()
             if k == kind and p.model is not None
+        }
+
+    def _bindings(self) -> dict[str, tuple[str, bytes, Parsed]]:
+        """The parsed SecretBindings: version, compact JSON, and the parse (its model may have
+        been dropped: ``Parsed.current``)."""
+        return {
+            key: (p.version, p.dump, p)
+            for (k, key), p in self.parsed.items()
+            if k == "SecretBinding" and p.dump is not None
         }
 
     def _update(
@@ -256,6 +288,8 @@ class Operator:
             version, model = wanted[key]
             if have.get(key) == version:
                 continue
+            if isinstance(model, Parsed):
+                model = model.current()
             if kind == "SecretBinding":
                 compiler.set_binding(model)
             elif kind == "EnforcementPolicy":
@@ -276,16 +310,19 @@ class Operator:
             for key, body in bodies.items():
                 if "slim" not in body and self.bodies[kind].get(key) is body:
                     self.bodies[kind][key] = listing.slim(body)
-        bindings = self._models("SecretBinding")
+        bindings = self._bindings()
         revision = await asyncio.to_thread(self.opa.revision)
         decisions = await asyncio.to_thread(
-            lambda: {m.ref: self.opa.decide(m, v, revision) for v, m in bindings.values()}
+            lambda: {
+                key: self.opa.decide(key, dump, v, revision)
+                for key, (v, dump, _) in bindings.items()
+            }
         )
         self.opa.forget_all_but(decisions)
-        allowed = {
-            key: (f"{v}/{decisions[m.ref].allowed}", m)
-            for key, (v, m) in bindings.items()
-            if decisions[m.ref].allowed
+        allowed: dict[str, tuple[str, Any]] = {
+            key: (f"{v}/{decisions[key].allowed}", p)
+            for key, (v, _, p) in bindings.items()
+            if decisions[key].allowed
         }
         problems = [p for parsed in self.parsed.values() for p in parsed.problems]
         compiler = self.holder.compiler
@@ -304,6 +341,8 @@ class Operator:
             ):
                 self._update(compiler, kind, wanted)
             compiler.set_parse_problems(problems)
+            for parsed in self.parsed.values():
+                parsed.lean()
             self.holder.compiler = compiler
             plan = compiler.plan()
         if not self.leading:
