@@ -334,4 +334,36 @@ def test_backend_choice_is_probed_and_logged(
         assert {"lsm_file_open", "lsm_ptrace_access_check"} <= programs
         assert not programs & TRACEPOINT_ONLY
     else:
-        assert TRACEPOINT_ONLY <= programs and not any(p.startswith("lsm_") for p in programs)
+        # loaded and attached by start(), then detached: nothing on this node is protected
+        assert set(agent.loaded.hot_programs) == TRACEPOINT_ONLY
+        assert not programs & TRACEPOINT_ONLY and not any(p.startswith("lsm_") for p in programs)
+
+
+def test_syscall_programs_run_only_while_something_is_protected(
+    agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
+) -> None:
+    """Tracepoint backend: the syscall and io_uring programs (what every process on the node
+    pays for) are attached while a protected process lives, and only then: the first
+    registration attaches them before its entry exists (no gap), the agent detaches them
+    within COOL_EVERY once the last protected process is gone, and the next registration
+    attaches them again before its process is protected."""
+    agent = agent_run.start()
+    if agent.backend != "tracepoint":
+        pytest.skip("the LSM backend has no syscall programs to detach")
+    assert agent.loaded is not None
+    links = agent_run.pin_dir / "links"
+
+    def attached() -> set[str]:
+        return TRACEPOINT_ONLY & {p.name for p in links.iterdir()}
+
+    assert not agent.loaded.hot and attached() == set()
+    for _ in range(2):
+        victim = spawn_victim(agent_run.socket_path)
+        assert agent.loaded.hot and attached() == TRACEPOINT_ONLY
+        assert_blocked(run_vector("environ", victim, tmp_path), agent.backend, victim)
+        victim.proc.kill()
+        victim.proc.wait()
+        deadline = time.monotonic() + 10
+        while agent.loaded.hot and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not agent.loaded.hot and attached() == set()

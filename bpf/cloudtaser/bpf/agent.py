@@ -83,6 +83,9 @@ log = logging.getLogger("cloudtaser.bpf.agent")
 BACKEND = TRACEPOINT  # until start() has probed the node
 DEFAULT_FLAGS = ProtectionFlag.ALL  # what the engine's default policy compiles to, enforced
 KNOWN_FLAGS = ProtectionFlag.known()
+# How often the agent looks whether anything is still protected (else it detaches the syscall
+# programs: Agent._cool).
+COOL_EVERY = 1.0
 STATE_BITS = int(sum(layouts.EntryState))  # per-process state beside the policy in an entry
 
 
@@ -147,6 +150,7 @@ class Agent:
         # The sysctl's value before an agent raised it is kept beside the socket (a host
         # directory): a restarted agent, not only this one, can put it back.
         self._io_uring = IoUringRestriction(io_uring, self.socket_path.parent, self._live_protected)
+        self._hot_lock = threading.Lock()  # attach/detach of the syscall programs vs. protect()
         self._credentials = CredentialVolumes(
             lambda: self._map("protected_mounts"), lambda pid: self.entry(pid) is not None
         )
@@ -202,6 +206,7 @@ class Agent:
         kubelets = self.allow_kubelet()
         if kubelets:
             log.info("credential volumes may be read by the kubelet: %s", ", ".join(kubelets))
+        self._cool()  # attached by load(); detached again unless something is protected
         if self._live_protected() is not None:  # protection adopted from an earlier agent
             self._io_uring.restrict(self.backend)
         else:
@@ -237,11 +242,29 @@ class Agent:
         self.stop()
 
     def _poll(self) -> None:
+        cooled = time.monotonic()
         while not self._stop.is_set():
             ring = self._ring
             if ring is None:
                 return
             ring.poll(200)
+            if time.monotonic() - cooled >= COOL_EVERY:
+                cooled = time.monotonic()
+                self._cool()
+
+    def _cool(self) -> None:
+        """Detach the syscall programs once no protected process lives (issue 17: a node with
+        nothing to protect pays nothing for them); protect() attaches them again first."""
+        loaded = self.loaded
+        if loaded is None or not loaded.hot or not loaded.hot_programs:
+            return
+        with self._hot_lock:
+            if loaded.hot and self._live_protected() is None:
+                loaded.set_hot(False)
+                log.info(
+                    "nothing protected: %s detached until the next registration",
+                    ", ".join(sorted(loaded.hot_programs)),
+                )
 
     def _live_protected(self) -> int | None:
         """A tgid of the ``protected`` map whose process still lives, if any."""
@@ -269,7 +292,11 @@ class Agent:
         entry = layouts.ProtectedEntry(
             start_time=start, flags=self.flags if flags is None else flags, accessors=accessors
         )
-        self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
+        with self._hot_lock:  # the syscall programs attached before the entry exists
+            if not self.loaded.hot:
+                self.loaded.set_hot(True)
+                log.info("syscall programs attached again (a process registers)")
+            self.loaded.map("protected").update(ctypes.c_uint32(pid), entry)
         if entry.flags & ProtectionFlag.FDS:
             self._remember_secret_files(pid)
         return start

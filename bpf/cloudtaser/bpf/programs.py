@@ -108,6 +108,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__reuse_fd": (ci, [vp, ci]),
         "bpf_link__pin": (ci, [vp, cp]),
         "bpf_link__destroy": (ci, [vp]),
+        "bpf_link__detach": (ci, [vp]),
         "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
         "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
         "bpf_map_delete_elem": (ci, [ci, vp]),
@@ -335,6 +336,44 @@ class Loaded:
     rings: list[tuple[int, object]] = field(default_factory=list)
     backend: str = TRACEPOINT
     ops: AgentOps | None = None
+    # The tracepoint backend's syscall and io_uring programs (TRACEPOINT_ONLY) by name: what
+    # costs every process on the node, detached while nothing is protected (set_hot).
+    hot_programs: dict[str, int] = field(default_factory=dict)
+    hot: bool = True
+
+    def set_hot(self, on: bool) -> None:
+        """Attach (and pin) or detach (and unpin) the ``hot_programs``. Attaching returns
+        once every one is attached, so a caller that protects a process afterwards leaves no
+        gap; detach only when no protected process lives (the agent's lock sees to both)."""
+        if on == self.hot or not self.hot_programs:
+            return
+        lb = lib()
+        if on:
+            for name, prog in self.hot_programs.items():
+                link = lb.bpf_program__attach(prog)
+                if not link or lb.libbpf_get_error(link):
+                    raise _fail(f"attach of program {name}")
+                self.links.append(link)
+                self.programs.append(name)
+                if self.pin_dir is not None:
+                    pin = self.pin_dir / "links" / name
+                    pin.unlink(missing_ok=True)
+                    rc = lb.bpf_link__pin(link, str(pin).encode())
+                    if rc != 0:
+                        raise _fail(f"pin of link {name}", rc)
+            self.hot = True
+            return
+        for name in self.hot_programs:
+            if name not in self.programs:
+                continue
+            i = self.programs.index(name)
+            link = self.links.pop(i)
+            self.programs.pop(i)
+            if self.pin_dir is not None:
+                (self.pin_dir / "links" / name).unlink(missing_ok=True)
+            lb.bpf_link__detach(link)
+            lb.bpf_link__destroy(link)
+        self.hot = False
 
     def map(self, name: str) -> Map:
         m = lib().bpf_object__find_map_by_name(self.obj, name.encode())
@@ -506,6 +545,8 @@ def load(path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = TRAC
                 raise _fail(f"attach of program {name}")
             loaded.links.append(link)
             loaded.programs.append(name)
+            if backend == TRACEPOINT and name in TRACEPOINT_ONLY:
+                loaded.hot_programs[name] = prog
         if pin_dir is not None:
             for link, name in zip(loaded.links, loaded.programs):
                 pin = pin_dir / "links" / name
