@@ -547,6 +547,79 @@ class WebhookLoad:
     ready_s: float  # operator start -> every binding compiled
     create_s: float  # creating the bindings
     slow: list[tuple[float, float]] = field(default_factory=list)  # (s into the run, ms)
+    opa_requests: int = 0  # what the operator asked OPA during the run (CountingProxy)
+    edits: int = 0  # binding spec edits during the run: a reconcile each
+
+
+class CountingProxy:
+    """An HTTP proxy on loopback in front of OPA that counts the requests it forwards: how
+    often the operator asks OPA, seen from outside the operator."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import urllib.error
+        import urllib.request
+
+        self.count = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                with lock:
+                    proxy.count += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                request = urllib.request.Request(
+                    upstream.rstrip("/") + self.path,
+                    data=body,
+                    method=self.command,
+                    headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        status, data = answer.status, answer.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def edit_bindings(paths: stacking.Paths, stop_event: threading.Event, every: float) -> int:
+    """Edit one binding's spec every ``every`` seconds until ``stop_event`` (a new generation:
+    the operator reconciles and asks OPA about it again); the number of edits."""
+    custom = kubernetes.client.CustomObjectsApi(api_client(paths))
+    edits = 0
+    while not stop_event.wait(every):
+        env = "PASSWORD" if edits % 2 else "PASSWORD_EDITED"
+        patch = {
+            "spec": {
+                "secrets": [
+                    {"path": f"{NAMESPACE}/app-0", "keys": [{"key": "password", "env": env}]}
+                ]
+            }
+        }
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "secretbindings", "app-0", patch
+        )
+        edits += 1
+    return edits
 
 
 def _ensure_namespace(core: Any) -> None:
@@ -725,7 +798,11 @@ def webhook_load(
     duration: float,
     use_agent: bool = True,
     ready_timeout: float = 600,
+    edit_every: float = 5.0,
 ) -> WebhookLoad:
+    """The operator's webhook at ``rate`` for ``duration`` with ``bindings`` in the API
+    server, one of them edited every ``edit_every`` seconds meanwhile (reconciles during the
+    load), its requests to OPA counted on the way (CountingProxy)."""
     missing = operator_available()
     if missing:
         raise RuntimeError(missing)
@@ -736,6 +813,8 @@ def webhook_load(
         agent = Agent(None, tmp / "none", tmp / "none", "not requested")
         operator: subprocess.Popen[str] | None = None
         log = open(tmp / "operator.log", "w")
+        opa = CountingProxy(f"http://127.0.0.1:{stacking.OPA_PORT}")
+        opa_requests = edits = 0
         try:
             create_s = create_bindings(paths, bindings)
             with held_lease(paths, "benchmarks/load.py"):
@@ -754,7 +833,7 @@ def webhook_load(
                         "--port",
                         str(OPERATOR_PORT),
                         "--opa-url",
-                        f"http://127.0.0.1:{stacking.OPA_PORT}",
+                        opa.url,
                         "--liveness",
                         f"http://127.0.0.1:{PROBE_PORT}/healthz",
                         "--leader-elect",
@@ -793,10 +872,21 @@ def webhook_load(
                 if agent.process:
                     pids["agent"] = agent.process.pid
                 slow: list[tuple[float, float]] = []
-                with Sampler(pids) as sampler:
-                    latencies, errors = asyncio.run(
-                        drive(url, review(bindings // 2), rate, duration, context, slow)
-                    )
+                stop_edits = threading.Event()
+                with (
+                    Sampler(pids) as sampler,
+                    concurrent.futures.ThreadPoolExecutor(1) as editor,
+                ):
+                    asked = opa.count
+                    edited = editor.submit(edit_bindings, paths, stop_edits, edit_every)
+                    try:
+                        latencies, errors = asyncio.run(
+                            drive(url, review(bindings // 2), rate, duration, context, slow)
+                        )
+                    finally:
+                        stop_edits.set()
+                    edits = edited.result()
+                    opa_requests = opa.count - asked
                 if operator.poll() is not None:
                     errors.append(f"operator exited with {operator.returncode}")
         finally:
@@ -805,6 +895,7 @@ def webhook_load(
             agent.stop()
             delete_bindings(paths)
             log.close()
+            opa.close()
         err = (tmp / "operator.log").read_text()
         if "Traceback" in err:
             errors.append("operator logged a traceback: " + err[err.index("Traceback") :][:500])
@@ -820,4 +911,6 @@ def webhook_load(
         ready_s=ready_s,
         create_s=create_s,
         slow=slow,
+        opa_requests=opa_requests,
+        edits=edits,
     )
