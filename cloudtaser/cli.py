@@ -362,8 +362,10 @@ def serve(files: tuple[str, ...], tls_cert: str, tls_key: str, host: str, port: 
         finally:
             await runner.cleanup()
 
+    import uvloop
+
     try:
-        asyncio.run(run())
+        uvloop.run(run())  # the operator's loop too (operator/cloudtaser/operator/running.py)
     except KeyboardInterrupt:
         pass
 
