@@ -61,7 +61,8 @@ def test_allowed_executable_reads_and_others_are_stopped(
     assert ok.returncode == 0 and victim.secret.encode() in ok.stdout
     assert_blocked(run_with(other, environ), agent_run.backend)
     assert victim.alive()
-    assert [v.opener_comm for v in agent_run.violations if v.target_tgid == victim.pid]
+    # the violation arrives through the ring buffer, polled every 200 ms
+    assert agent_run.wait_violation(lambda v: v.target_tgid == victim.pid).opener_comm
     # Removing it from the list closes it again.
     assert agent.disallow(allowed)
     assert_blocked(run_with(allowed, environ), agent_run.backend)
