@@ -362,10 +362,8 @@ def serve(files: tuple[str, ...], tls_cert: str, tls_key: str, host: str, port: 
         finally:
             await runner.cleanup()
 
-    import uvloop
-
     try:
-        uvloop.run(run())  # the operator's loop too (operator/cloudtaser/operator/running.py)
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
 

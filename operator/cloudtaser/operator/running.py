@@ -16,7 +16,6 @@ from typing import Any
 
 import kopf
 import kubernetes
-import uvloop
 
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
@@ -142,12 +141,11 @@ def run(
 ) -> None:
     """Run the operator until the process is stopped. ``election``: (namespace, identity) to
     run leader election with, or None (one replica)."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(
-            kopf.operator(
-                registry=registry(op, host, port, cert, key, election),
-                clusterwide=True,
-                standalone=True,
-                liveness_endpoint=liveness,
-            )
+    asyncio.run(
+        kopf.operator(
+            registry=registry(op, host, port, cert, key, election),
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=liveness,
         )
+    )
