@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtaser.bpf.programs import TRACEPOINT_ONLY, bpf_lsm_listed
+from cloudtaser.bpf.programs import HOT_PROGRAMS, TRACEPOINT_ONLY, bpf_lsm_listed
 from cloudtaser.engine.plans import ProtectionFlag
 from tests.harness.agents import (
     PROTECT_BASE,
@@ -330,36 +330,40 @@ def test_backend_choice_is_probed_and_logged(
         assert not listed or "BPF LSM programs do not load here" in agent.backend_reason
     assert agent.loaded is not None
     programs = set(agent.loaded.programs)
+    # the syscall-tracepoint programs: attached by start(), then detached (nothing protected)
+    assert not programs & HOT_PROGRAMS
     if agent.backend == "lsm":
         assert {"lsm_file_open", "lsm_ptrace_access_check"} <= programs
-        assert not programs & TRACEPOINT_ONLY
+        assert set(agent.loaded.hot_programs) == HOT_PROGRAMS - TRACEPOINT_ONLY
     else:
-        # loaded and attached by start(), then detached: nothing on this node is protected
-        assert set(agent.loaded.hot_programs) == TRACEPOINT_ONLY
-        assert not programs & TRACEPOINT_ONLY and not any(p.startswith("lsm_") for p in programs)
+        assert set(agent.loaded.hot_programs) == HOT_PROGRAMS
+        assert not any(p.startswith("lsm_") for p in programs)
 
 
 def test_syscall_programs_run_only_while_something_is_protected(
     agent_run: AgentRun, spawn_victim: Callable[..., Victim], tmp_path: Path
 ) -> None:
-    """Tracepoint backend: the syscall and io_uring programs (what every process on the node
-    pays for) are attached while a protected process lives, and only then: the first
+    """The programs on syscall tracepoints (what every process on the node pays for: the
+    tracepoint backend's and, on either backend, the memfd ones) are attached while a
+    protected process lives, and only then: the first
     registration attaches them before its entry exists (no gap), the agent detaches them
     within COOL_EVERY once the last protected process is gone, and the next registration
     attaches them again before its process is protected."""
     agent = agent_run.start()
-    if agent.backend != "tracepoint":
-        pytest.skip("the LSM backend has no syscall programs to detach")
     assert agent.loaded is not None
     links = agent_run.pin_dir / "links"
+    hot = set(agent.loaded.hot_programs)
+    assert hot == (
+        HOT_PROGRAMS if agent.backend == "tracepoint" else HOT_PROGRAMS - TRACEPOINT_ONLY
+    )
 
     def attached() -> set[str]:
-        return TRACEPOINT_ONLY & {p.name for p in links.iterdir()}
+        return HOT_PROGRAMS & {p.name for p in links.iterdir()}
 
     assert not agent.loaded.hot and attached() == set()
     for _ in range(2):
         victim = spawn_victim(agent_run.socket_path)
-        assert agent.loaded.hot and attached() == TRACEPOINT_ONLY
+        assert agent.loaded.hot and attached() == hot
         assert_blocked(run_vector("environ", victim, tmp_path), agent.backend, victim)
         victim.proc.kill()
         victim.proc.wait()

@@ -38,6 +38,10 @@ LSM_LIST = Path("/sys/kernel/security/lsm")
 TRACEPOINT_ONLY = frozenset(
     {"on_sys_enter", "on_sys_exit", "io_uring_submit", "io_uring_file_get", "io_uring_complete"}
 )
+# Programs on syscall tracepoints (and io_uring's): attaching any one syscall tracepoint puts
+# every task of the node on the slow syscall path, so these are attached only while a protected
+# process lives (Loaded.set_hot; the memfd ones on either backend).
+HOT_PROGRAMS = TRACEPOINT_ONLY | {"exit_memfd_create", "exit_memfd_secret"}
 AGENT_OP = "agent_op"  # the syscall program through which the agent writes its frozen maps
 # The maps the agent writes through agent_op (frozen: no bpf() syscall writes them).
 AGENT_MAPS = {
@@ -336,8 +340,8 @@ class Loaded:
     rings: list[tuple[int, object]] = field(default_factory=list)
     backend: str = TRACEPOINT
     ops: AgentOps | None = None
-    # The tracepoint backend's syscall and io_uring programs (TRACEPOINT_ONLY) by name: what
-    # costs every process on the node, detached while nothing is protected (set_hot).
+    # The loaded HOT_PROGRAMS by name: what costs every process on the node, detached while
+    # nothing is protected (set_hot).
     hot_programs: dict[str, int] = field(default_factory=dict)
     hot: bool = True
 
@@ -545,7 +549,7 @@ def load(path: Path, pin_dir: Path | None = DEFAULT_PIN_DIR, backend: str = TRAC
                 raise _fail(f"attach of program {name}")
             loaded.links.append(link)
             loaded.programs.append(name)
-            if backend == TRACEPOINT and name in TRACEPOINT_ONLY:
+            if name in HOT_PROGRAMS:
                 loaded.hot_programs[name] = prog
         if pin_dir is not None:
             for link, name in zip(loaded.links, loaded.programs):
