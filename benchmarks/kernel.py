@@ -309,7 +309,7 @@ def main() -> None:
     for mode, label in (
         ("hostname", "open/read/close /etc/hostname"),
         ("status", "open/read/close /proc/self/status"),
-        ("pread-ext4", "pread 64 B of /etc/hostname (ext4)"),
+        ("pread-ext4", "pread 64 B of a /var/tmp file (ext4)"),
         ("pread-tmpfs", "pread 64 B of a /dev/shm file (tmpfs)"),
         ("write-null", "write 64 B to /dev/null"),
     ):

@@ -8,9 +8,10 @@
  * work, being descheduled would otherwise count as overhead.
  *
  * hostname: open("/etc/hostname"), read, close; status: the same on /proc/self/status (a
- * procfs file: the agent's open hook looks at its f_op). pread-ext4: pread 64 bytes of
- * /etc/hostname; pread-tmpfs: of a file in /dev/shm (tmpfs: the agent's read hook also looks
- * the inode up among secret files); write-null: write 64 bytes to /dev/null. */
+ * procfs file: the agent's open hook looks at its f_op). pread-ext4: pread 64 bytes of a file
+ * this loop creates in /var/tmp (ext4 here) and removes; pread-tmpfs: the same in /dev/shm
+ * (tmpfs: the agent's read hook also looks the inode up among secret files); write-null: write
+ * 64 bytes to /dev/null. Only the files it created are ever written (O_EXCL). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -22,11 +23,13 @@
 static int fd_loop(const char *mode, long n)
 {
     char buf[64] = {0};
-    const char *path = strcmp(mode, "pread-ext4") == 0 ? "/etc/hostname"
+    const char *path = strcmp(mode, "pread-ext4") == 0 ? "/var/tmp/cloudtaser-kernel-loop"
                        : strcmp(mode, "pread-tmpfs") == 0 ? "/dev/shm/cloudtaser-kernel-loop"
                                                           : "/dev/null";
     int writing = strcmp(mode, "write-null") == 0;
-    int fd = open(path, writing ? O_WRONLY : O_RDWR | O_CREAT, 0600);
+    if (!writing)
+        unlink(path); /* a loop killed before its unlink below */
+    int fd = open(path, writing ? O_WRONLY : O_RDWR | O_CREAT | O_EXCL, 0600);
     struct timespec a, b;
 
     if (fd < 0 || (!writing && pwrite(fd, buf, sizeof buf, 0) != sizeof buf)) {
@@ -41,7 +44,7 @@ static int fd_loop(const char *mode, long n)
         }
     }
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-    if (!writing && strcmp(mode, "pread-tmpfs") == 0)
+    if (!writing)
         unlink(path);
     printf("%.1f\n", ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n);
     return 0;
