@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from cloudtaser.engine.plans import CONFIG_ENV, WrapperConfig
-from cloudtaser.testbed import provisioning, stacking
+from cloudtaser.testbed import stacking
 from tests.harness import wrapper
-from tests.harness.stack import compiled_config, sha
+from tests.harness.stack import compiled_config, demo_token, sha
 
 pytestmark = pytest.mark.e2e
 REPO = stacking.REPO
@@ -63,17 +63,7 @@ def _pod_files(root: Path, stack: stacking.Paths, kubectl: Any) -> WrapperConfig
     _copy(client.cert, root, f"{TLS_DIR}/tls.crt")
     _copy(client.key, root, f"{TLS_DIR}/tls.key")
     token = root / TOKEN.lstrip("/")
-    token.write_text(
-        kubectl(
-            "create",
-            "token",
-            provisioning.DEMO_ACCOUNT,
-            "-n",
-            provisioning.DEMO_NAMESPACE,
-            "--audience",
-            "openbao",
-        )
-    )
+    token.write_text(demo_token(kubectl))
     config = compiled_config(stack, TOKEN)
     return config.model_copy(
         update={

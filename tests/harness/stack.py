@@ -154,7 +154,13 @@ def compiled_config(stack: stacking.Paths, token: str | Path, mode: str = "audit
 def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TokenRequest token of the demo service account for the OpenBao audience."""
     path = tmp_path_factory.mktemp("token") / "token"
-    path.write_text(
+    path.write_text(demo_token(kubectl))
+    return path
+
+
+def demo_token(kubectl: Any) -> str:
+    """A fresh TokenRequest token of the demo service account, audience openbao."""
+    return str(
         kubectl(
             "create",
             "token",
@@ -165,7 +171,6 @@ def token(stack: stacking.Paths, kubectl: Any, tmp_path_factory: pytest.TempPath
             "openbao",
         )
     )
-    return path
 
 
 @pytest.fixture(scope="module")
