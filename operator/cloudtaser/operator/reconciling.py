@@ -252,11 +252,12 @@ class Operator:
         for gone in set(self.parsed) - seen:
             del self.parsed[gone]
 
-    def _models(self, kind: str) -> dict[str, tuple[str, Any]]:
+    def _models(self, kind: str) -> dict[str, tuple[str, Parsed]]:
+        """The objects of ``kind`` that parsed: version and parse (``Parsed.current``)."""
         return {
-            key: (p.version, p.model)
+            key: (p.version, p)
             for (k, key), p in self.parsed.items()
-            if k == kind and p.model is not None
+            if k == kind and (p.model is not None or p.dump is not None)
         }
 
     def _bindings(self) -> dict[str, tuple[str, bytes, Parsed]]:
@@ -269,7 +270,7 @@ class Operator:
         }
 
     def _update(
-        self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Any]]
+        self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Parsed]]
     ) -> None:
         """Hand the compiler what changed of one kind since the last reconcile."""
         have = {key: v for (k, key), v in self.applied.items() if k == kind}
@@ -285,11 +286,11 @@ class Operator:
                 compiler.remove_namespace(name)
             del self.applied[(kind, key)]
         for key in sorted(wanted):
-            version, model = wanted[key]
+            version, parsed = wanted[key]
             if have.get(key) == version:
                 continue
-            if isinstance(model, Parsed):
-                model = model.current()
+            model = parsed.current()
+            assert model is not None  # _models keeps only what parsed
             if kind == "SecretBinding":
                 compiler.set_binding(model)
             elif kind == "EnforcementPolicy":
@@ -319,7 +320,7 @@ class Operator:
             }
         )
         self.opa.forget_all_but(decisions)
-        allowed: dict[str, tuple[str, Any]] = {
+        allowed: dict[str, tuple[str, Parsed]] = {
             key: (f"{v}/{decisions[key].allowed}", p)
             for key, (v, _, p) in bindings.items()
             if decisions[key].allowed
