@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudtaser.bpf.protocol import AgentRefused, register
 from cloudtaser.bpf.serving import MAX_PER_POD, REQUEST_DEADLINE
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import ProtectionFlag
@@ -192,13 +194,19 @@ def test_one_pod_cannot_hold_the_agents_socket(agent_run: AgentRun, pod_cgroup: 
             "ok": False,
             "error": f"more than {MAX_PER_POD} connections at once from pod {UID}",
         }
-        # meanwhile a caller outside that pod is answered at once (here: refused, no pod)
-        other, _ = spawn_in(None, agent_run.socket_path)
-        _, err = other.communicate(timeout=REQUEST_DEADLINE)
-        assert "the caller runs in no pod cgroup" in err
+        # Meanwhile a caller outside that pod is answered (here: refused, no pod) while the
+        # pod's connections are still held: the holder has not yet had its answers. The caller
+        # is this process, not a new interpreter, so a slow (emulated) machine cannot turn
+        # start-up time into a false failure.
+        with pytest.raises(AgentRefused, match="the caller runs in no pod cgroup"):
+            register(str(agent_run.socket_path), timeout=REQUEST_DEADLINE)
+        still_held, _, _ = select.select([holder.stdout], [], [], 0)
+        assert not still_held, "the pod's connections were let go before the other caller's answer"
         held = json.loads(holder.stdout.readline())
         assert held["held"] == ['{"ok": false, "error": "internal error"}'] * MAX_PER_POD, held
-        assert held["seconds"] <= REQUEST_DEADLINE + 1, held
+        # Each is let go after REQUEST_DEADLINE (slack for a loaded, emulated machine: the
+        # point is that the hold ends, where without the deadline it would last for ever)
+        assert held["seconds"] <= 3 * REQUEST_DEADLINE, held
     finally:
         holder.kill()
         holder.communicate()
