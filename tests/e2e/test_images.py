@@ -197,6 +197,21 @@ def test_image_config_is_what_the_chart_expects(built: dict[str, Artefact], name
         assert {m.mtime for m in tar.getmembers()} == {epoch}
 
 
+@pytest.mark.parametrize("name", IMAGES)
+def test_images_carry_nothing_of_the_build_host(built: dict[str, Artefact], name: str) -> None:
+    """mmdebstrap copies the host's /etc/hostname and /etc/resolv.conf into the root file
+    system it makes: left there, the image differs from build host to build host and carries
+    its name and resolvers (the container runtime mounts its own at run time)."""
+    manifest, _ = oci_image(built[name])
+    names = set()
+    for layer in manifest["layers"]:
+        blob = oci_blob(built[name].path / "oci", layer["digest"])
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            names |= {m.name.lstrip("./") for m in tar.getmembers()}
+    assert names, name
+    assert not names & {"etc/hostname", "etc/resolv.conf"}, name
+
+
 def test_images_run_what_the_chart_runs(built: dict[str, Artefact], tmp_path: Path) -> None:
     operator = unpack(built["operator"], tmp_path / "operator")
     proc = run_in(operator, "65532:65532", "cloudtaser", "operator", "--help")
