@@ -10,12 +10,12 @@ known pod is refused, so the wrapper does not start the app unprotected.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
 from cloudtaser.engine.compiler import ClusterState, compile_state
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.kube import namespace_of
@@ -46,48 +46,32 @@ def flags_by_pod(
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
 
-def kubernetes_lister(node: str) -> Lister:
-    """List the objects the agent compiles from, with the kubernetes client (in-cluster or
-    $KUBECONFIG)."""
-    import kubernetes
-
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        # $KUBECONFIG as it is now: the client's own default was read at its import
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    custom = kubernetes.client.CustomObjectsApi()
-    core = kubernetes.client.CoreV1Api()
-    serialize = kubernetes.client.ApiClient().sanitize_for_serialization
-
-    def items(result: Any) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = (
-            serialize(result)["items"] if not isinstance(result, dict) else result["items"]
-        )
-        return found
+def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
+    """List the objects the agent compiles from, through the agent's client (bpf/kubeapi.py:
+    in-cluster or $KUBECONFIG, read now)."""
+    client = api or KubeApi.from_environment()
+    group = ("apis", GROUP, VERSION)
 
     def list_all() -> dict[str, list[dict[str, Any]]]:
         # Only what this node's pods can be selected by: the bindings and namespaces of the
         # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere; the
         # agent's memory must not grow with them). Policies are cluster-wide and few.
-        pods = items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}"))
+        pods: list[dict[str, Any]] = client.get(
+            "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node}"}
+        )["items"]
         namespaces = sorted({namespace_of(p) for p in pods})
         bindings: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         for namespace in namespaces:
-            bindings += items(
-                custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "secretbindings")
-            )
+            bindings += client.get(path(*group, "namespaces", namespace, "secretbindings"))["items"]
             try:
-                found.append(serialize(core.read_namespace(namespace)))
-            except kubernetes.client.ApiException as e:
+                found.append(client.get(path("api", "v1", "namespaces", namespace)))
+            except ApiError as e:
                 if e.status != 404:  # deleted meanwhile: its pods are going too
                     raise
         return {
             "SecretBinding": bindings,
-            "EnforcementPolicy": items(
-                custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")
-            ),
+            "EnforcementPolicy": client.get(path(*group, "enforcementpolicies"))["items"],
             "Namespace": found,
             "Pod": pods,
         }
