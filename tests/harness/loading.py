@@ -952,6 +952,10 @@ def agent_footprint(
     custom = kubernetes.client.CustomObjectsApi(client)
     with contextlib.suppress(kubernetes.client.ApiException):  # 409: left by an earlier run
         core.create_namespace({"metadata": {"name": FOOTPRINT_NAMESPACE}})
+    # an interrupted run's bindings would count in the first row
+    custom.delete_collection_namespaced_custom_object(
+        GROUP, VERSION, FOOTPRINT_NAMESPACE, "secretbindings"
+    )
     pod = pod_doc("agent-rss", FOOTPRINT_NAMESPACE, labels={"app": "app-0"}, injected=True)
     pod["spec"]["nodeName"] = FOOTPRINT_NODE
 

@@ -27,7 +27,7 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -39,6 +39,7 @@ from cloudtaser.errors import CloudtaserError, PermanentError, TemporaryError
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # a list of 10k bindings takes a few seconds on a busy API server
+PAGE = 500  # items per list request (KubeApi.items)
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"  # what the kubernetes client sent
 
 
@@ -220,6 +221,22 @@ class KubeApi:
 
     def get(self, path: str, query: Mapping[str, str] | None = None) -> Any:
         return self.request("GET", path, query=query)
+
+    def items(
+        self, path: str, query: Mapping[str, str] | None = None, page: int = PAGE
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a list, fetched ``page`` at a time (the API server's chunking: one
+        consistent snapshot), so that a caller keeping few of them never holds them all."""
+        token = ""
+        while True:
+            chunk = self.get(
+                path,
+                {**(query or {}), "limit": str(page), **({"continue": token} if token else {})},
+            )
+            yield from chunk.get("items") or []
+            token = (chunk.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)

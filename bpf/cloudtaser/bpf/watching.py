@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
+from cloudtaser.engine.bindings import wants_injection
 from cloudtaser.engine.compiler import ClusterState, compile_state
-from cloudtaser.engine.documents import parse_objects
-from cloudtaser.engine.kube import namespace_of
+from cloudtaser.engine.documents import RESOURCE_KINDS, parse_document, parse_objects
+from cloudtaser.engine.kube import DEFAULT_NAMESPACE, Pod, namespace_of
 from cloudtaser.engine.plans import BpfEntry, InjectorSettings
-from cloudtaser.engine.resources import GROUP, VERSION
+from cloudtaser.engine.resources import API_VERSION, GROUP, VERSION, SecretBinding
 from cloudtaser.gcpause import gc_paused
 
 log = logging.getLogger("cloudtaser.bpf.watching")
@@ -46,6 +47,26 @@ def flags_by_pod(
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
 
+def selecting(bindings: Iterable[dict[str, Any]], pods: list[Pod]) -> Iterator[dict[str, Any]]:
+    """The bindings (raw, as listed) that select one of ``pods`` (parsed: this node's pods of
+    their namespace). Only these can change a BpfEntry here: a pod's plan is compiled from
+    the bindings selecting it (engine/cloudtaser/engine/ledger.py bindings_for: the pod wants
+    injection and the binding's selector matches its labels), and one that fails to parse
+    selects nothing (its problem is the operator's to report). The rest, most of 10k in a
+    busy namespace, is dropped as it is read, never held (issue 17)."""
+    candidates = [pod for pod in pods if wants_injection(pod)]
+    if not candidates:
+        return  # nothing here can be selected: the list is not even read
+    for body in bindings:
+        model, _ = parse_document(
+            {**body, "apiVersion": API_VERSION, "kind": "SecretBinding"}, RESOURCE_KINDS
+        )
+        if isinstance(model, SecretBinding) and any(
+            model.spec.selector.matches(pod.metadata.labels) for pod in candidates
+        ):
+            yield body
+
+
 def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
     """List the objects the agent compiles from, through the agent's client (bpf/kubeapi.py:
     in-cluster or $KUBECONFIG, read now)."""
@@ -54,16 +75,23 @@ def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
 
     def list_all() -> dict[str, list[dict[str, Any]]]:
         # Only what this node's pods can be selected by: the bindings and namespaces of the
-        # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere; the
-        # agent's memory must not grow with them). Policies are cluster-wide and few.
+        # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere), and
+        # of those bindings only the ones that select a pod here (selecting(): a namespace
+        # may hold 10k too). Policies are cluster-wide and few.
         pods: list[dict[str, Any]] = client.get(
             "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node}"}
         )["items"]
+        parsed: dict[str, list[Pod]] = {}
+        for pod in parse_objects({"Pod": pods}).pods:
+            parsed.setdefault(pod.metadata.namespace or DEFAULT_NAMESPACE, []).append(pod)
         namespaces = sorted({namespace_of(p) for p in pods})
         bindings: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         for namespace in namespaces:
-            bindings += client.get(path(*group, "namespaces", namespace, "secretbindings"))["items"]
+            bindings += selecting(
+                client.items(path(*group, "namespaces", namespace, "secretbindings")),
+                parsed.get(namespace, []),
+            )
             try:
                 found.append(client.get(path("api", "v1", "namespaces", namespace)))
             except ApiError as e:
@@ -71,7 +99,7 @@ def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
                     raise
         return {
             "SecretBinding": bindings,
-            "EnforcementPolicy": client.get(path(*group, "enforcementpolicies"))["items"],
+            "EnforcementPolicy": list(client.items(path(*group, "enforcementpolicies"))),
             "Namespace": found,
             "Pod": pods,
         }

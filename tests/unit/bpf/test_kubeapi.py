@@ -24,11 +24,13 @@ from cloudtaser.testbed.certificates import CertificateAuthority, Pair
 
 class Server:
     """HTTPS on 127.0.0.1 requiring a client certificate of ``ca`` or none (``mtls``); answers
-    ``status`` with ``answer``, records each request (method, path, headers, body)."""
+    ``status`` with ``answer`` (or the next of ``pages``), records each request (method, path,
+    headers, body)."""
 
     def __init__(self, ca: CertificateAuthority, pair: Pair, mtls: bool) -> None:
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self.status, self.answer = 200, {"kind": "Status"}
+        self.pages: list[dict[str, Any]] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -36,7 +38,8 @@ class Server:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 server.requests.append((self.command, self.path, dict(self.headers), body))
-                data = json.dumps(server.answer).encode()
+                data = json.dumps(server.pages.pop(0) if server.pages else server.answer)
+                data = data.encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -197,3 +200,29 @@ def test_credentials_it_cannot_honour_fully_are_refused(
 def test_plain_http_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="must be https"):
         KubeApi.from_kubeconfig(kubeconfig(tmp_path, "http://127.0.0.1:8080", {}, {}))
+
+
+def test_a_list_is_read_a_page_at_a_time(
+    tmp_path: Path, ca: CertificateAuthority, server: Server
+) -> None:
+    client = ca.issue("admin", "admin", client=True)
+    api = KubeApi.from_kubeconfig(
+        kubeconfig(
+            tmp_path,
+            server.url,
+            {"certificate-authority": str(ca.pair.cert)},
+            {"client-certificate": str(client.cert), "client-key": str(client.key)},
+        )
+    )
+    server.pages = [
+        {"items": [{"n": 1}, {"n": 2}], "metadata": {"continue": "next/1"}},
+        {"items": [{"n": 3}], "metadata": {}},
+    ]
+    items = api.items("/apis/g/v1/namespaces/a/things", {"fieldSelector": "x=y"}, page=2)
+    assert next(items) == {"n": 1}
+    assert len(server.requests) == 1  # the second page only when the first is used up
+    assert list(items) == [{"n": 2}, {"n": 3}]
+    assert [r[1] for r in server.requests] == [
+        "/apis/g/v1/namespaces/a/things?fieldSelector=x%3Dy&limit=2",
+        "/apis/g/v1/namespaces/a/things?fieldSelector=x%3Dy&limit=2&continue=next%2F1",
+    ]
