@@ -934,24 +934,37 @@ class AgentFootprint:
     rss: list[int]  # sampled every second from ready, across one relist
     protected: int | None  # pods the agent compiled as protected (its log line), None: no line
     agent: str  # how the agent ran
+    high_water: int | None = None  # VmHWM at the end: start-up (BPF load, first list) included
 
 
 def agent_footprint(
-    paths: stacking.Paths, counts: list[int], seconds: float = 25
+    paths: stacking.Paths, counts: list[int], seconds: float = 35
 ) -> list[AgentFootprint]:
     """The node agent's RSS (--node) with each of ``counts`` SecretBindings in the namespace of
     a pod bound to its node: FOOTPRINT_NODE, a node name no kubelet has, so the pod (injected,
     selected by binding app-0) is listed by the agent and run by nobody. The controller
     manager's pod GC deletes a pod of a missing node after some 40 s, so the pod is created
-    afresh for each agent, which runs ``seconds`` from ready (its start-up list and compile;
-    its relist, every 30 s, lists the same). Bindings are added between runs (counts
+    afresh for each agent, which runs ``seconds`` from ready: its first relist (30 s after its
+    first list) included. Bindings are added between runs (counts
     ascending); the namespace and the agent's node report (a Lease in cloudtaser-system) are
     deleted afterwards."""
     client = api_client(paths)
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
-    with contextlib.suppress(kubernetes.client.ApiException):  # 409: left by an earlier run
-        core.create_namespace({"metadata": {"name": FOOTPRINT_NAMESPACE}})
+    deadline = time.monotonic() + 300
+    while True:  # an earlier run's namespace may still be terminating: wait it out
+        try:
+            core.create_namespace({"metadata": {"name": FOOTPRINT_NAMESPACE}})
+            break
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:
+                raise
+        phase = core.read_namespace(FOOTPRINT_NAMESPACE).status.phase
+        if phase != "Terminating":
+            break  # left by an interrupted run: reused
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"namespace {FOOTPRINT_NAMESPACE} still terminating")
+        time.sleep(2)
     # an interrupted run's bindings would count in the first row
     custom.delete_collection_namespaced_custom_object(
         GROUP, VERSION, FOOTPRINT_NAMESPACE, "secretbindings"
@@ -981,15 +994,19 @@ def agent_footprint(
             core.create_namespaced_pod(FOOTPRINT_NAMESPACE, pod)
             with tempfile.TemporaryDirectory(prefix="cloudtaser-agent-rss-") as tmpdir:
                 agent = start_agent(Path(tmpdir), paths, node=FOOTPRINT_NODE)
+                high_water = None
                 try:
                     samples: list[int] = []
                     if agent.process is not None:
                         with Sampler({"agent": agent.process.pid}) as sampler:
                             time.sleep(seconds)
                         samples = sampler.samples.get("agent", [])
+                        status = Path(f"/proc/{agent.process.pid}/status").read_text()
+                        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+                        high_water = int(found.group(1)) * 1024 if found else None
                 finally:
                     agent.stop()
-                found = [
+                protected = [
                     int(m.group(1))
                     for line in agent.log.copy()
                     if (m := re.search(r"(\d+) protected pod\(s\) on this node", line))
@@ -998,8 +1015,9 @@ def agent_footprint(
                     AgentFootprint(
                         bindings=count,
                         rss=samples,
-                        protected=found[0] if found else None,
+                        protected=protected[0] if protected else None,
                         agent="running" if agent.process else agent.reason,
+                        high_water=high_water,
                     )
                 )
     finally:
