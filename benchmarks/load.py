@@ -3,8 +3,10 @@ at a fixed rate with 10k bindings in the API server while the operator's and age
 sampled.
 
 Run: .venv/bin/python benchmarks/load.py [--wrappers 500] [--duration 300] [--rate 200]
-                                         [--bindings 1000,10000] [--only starts|webhook] [--json]
-Needs the local stack (it runs `cloudtaser stack up`, a no-op when it is running).
+                                         [--bindings 1000,10000] [--only starts|webhook|agent]
+                                         [--json]
+Needs the local stack (it runs `cloudtaser stack up`, a no-op when it is running; with
+--only agent it only checks `cloudtaser stack status`).
 The runs themselves are tests/harness/loading.py's (tests/e2e/test_load.py runs short ones).
 
 Wrapper starts: N real wrappers (the Go binary, tests/harness/wrapper.py, with the demo
@@ -27,6 +29,13 @@ AdmissionReview (a pod one binding selects) is sent straight to its HTTPS endpoi
 for --duration, over kept-alive connections as the API server does. The operator's RSS and,
 when it can run, the node agent's (--node: it lists and compiles the same 10k bindings) are
 sampled every second. Targets (issue 8): 0 failures; operator <= 128 MiB, agent <= 64 MiB.
+
+Agent (--only agent; not part of the default run): the webhook run's agent lists the pods of
+this host's node, and none of them is in cloudtaser-load, so it never lists those bindings.
+This run puts --bindings (0 too) in the namespace of a pod bound to the agent's --node (a
+node name no kubelet has) and samples the agent's RSS every second from ready, through its
+first relist (tests/harness/loading.py agent_footprint); its high-water mark includes the
+start-up (BPF load, first list) before ready. Target (issue 17): <= 64 MiB at 10k bindings.
 """
 
 from __future__ import annotations
@@ -44,8 +53,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.figures import add_json_flag, emit, percentile  # noqa: E402
 from cloudtaser.testbed import stacking  # noqa: E402
 from tests.harness.loading import (  # noqa: E402
+    AgentFootprint,
     Starts,
     WebhookLoad,
+    agent_footprint,
     webhook_load,
     wrapper_starts,
 )
@@ -258,6 +269,34 @@ def webhook_rows(w: WebhookLoad) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def agent_rows(f: AgentFootprint) -> list[tuple[str, str, str, str]]:
+    label = f"agent RSS (--node, {f.bindings} bindings in its pod's namespace)"
+    if not f.rss:
+        return [(label, f"<= {AGENT_TARGET_MIB} MiB", f"not running: {f.agent}"[:120], "FAIL")]
+    peak = max(f.rss) / MIB
+    return [
+        (
+            f"{label}, peak",
+            f"<= {AGENT_TARGET_MIB} MiB",
+            f"{peak:.1f} MiB",
+            f"{peak / AGENT_TARGET_MIB:.2f} of target",
+        ),
+        (
+            "agent RSS, first / last sample; its high-water mark (start-up included)",
+            "-",
+            f"{f.rss[0] / MIB:.1f} / {f.rss[-1] / MIB:.1f} MiB ({len(f.rss)} samples); "
+            + (f"{f.high_water / MIB:.1f} MiB" if f.high_water else "-"),
+            "-",
+        ),
+        (
+            "protected pods the agent compiled (its pod: 1 once a binding selects it)",
+            "-",
+            str(f.protected),
+            "-",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wrappers", type=int, default=500, help="wrappers started at once")
@@ -282,13 +321,12 @@ def main() -> None:
         help="SecretBindings in the API server: one webhook run per count (default 1000,10000)",
     )
     parser.add_argument("--no-agent", action="store_true", help="do not start the node agent")
-    parser.add_argument("--only", choices=("starts", "webhook"), default=None)
+    parser.add_argument("--only", choices=("starts", "webhook", "agent"), default=None)
     add_json_flag(parser)
     args = parser.parse_args()
+    exe = str(Path(sys.executable).parent / "cloudtaser")
     subprocess.run(
-        [str(Path(sys.executable).parent / "cloudtaser"), "stack", "up"],
-        check=True,
-        capture_output=True,
+        [exe, "stack", "status" if args.only == "agent" else "up"], check=True, capture_output=True
     )
     paths = stacking.Paths(state=stacking.default_state_dir(), bin=stacking.default_bin_dir())
     rows: list[tuple[str, str, str, str]] = []
@@ -313,6 +351,10 @@ def main() -> None:
             except RuntimeError as e:
                 rows.append((f"webhook, {count} bindings", "-", f"not run: {e}"[:200], "FAIL"))
                 failed = True
+    if args.only == "agent":
+        for footprint in agent_footprint(paths, args.bindings):
+            rows += agent_rows(footprint)
+            failed |= not footprint.rss or (footprint.bindings > 0 and footprint.protected != 1)
     emit("load", rows, args.json, notes, failed)
     sys.exit(1 if failed else 0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 import yaml
 
 from cloudtaser.bpf.iouring import lift_io_uring_restriction
+from cloudtaser.bpf.kubeapi import ApiError, KubeApi
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.programs import unpin
@@ -295,21 +297,13 @@ def as_token(stack: stacking.Paths, kubectl: Any, workdir: Path, token: str) -> 
     return run
 
 
-def api_client(stack: stacking.Paths, token: str) -> Any:
-    """The kubernetes client as the bearer of ``token`` only (what an agent's pod has)."""
-    import kubernetes
-
-    config = kubernetes.client.Configuration()
-    config.host = f"https://{stacking.HOST}:{stacking.APISERVER_PORT}"
-    config.ssl_ca_cert = str(stack.ca)
-    config.api_key = {"authorization": f"Bearer {token}"}
-    return kubernetes.client.ApiClient(config)
-
-
-def coordination_api(stack: stacking.Paths, token: str) -> Any:
-    import kubernetes
-
-    return kubernetes.client.CoordinationV1Api(api_client(stack, token))
+def agent_api(stack: stacking.Paths, token: str) -> KubeApi:
+    """The agent's own client (bpf/cloudtaser/bpf/kubeapi.py) as the bearer of ``token``."""
+    return KubeApi(
+        f"https://{stacking.HOST}:{stacking.APISERVER_PORT}",
+        ssl.create_default_context(cafile=str(stack.ca)),
+        token=token,
+    )
 
 
 def lease(name: str) -> str:
@@ -383,7 +377,7 @@ def test_an_agent_writes_only_its_own_nodes_report(
         ).strip()
         # The agent's own code, with the chart's RBAC and that token: create, then renew.
         report = NodeReport(
-            PodPolicies(lambda: {}), node, NS, "tracepoint", api=coordination_api(stack, bound)
+            PodPolicies(lambda: {}), node, NS, "tracepoint", api=agent_api(stack, bound)
         )
         report._write()
         report._write()  # the renewal is a merge patch
@@ -415,12 +409,6 @@ def test_an_agent_writes_only_its_own_nodes_report(
         kubectl("delete", "node", node, "--ignore-not-found")
 
 
-def core_api(stack: stacking.Paths, token: str) -> Any:
-    import kubernetes
-
-    return kubernetes.client.CoreV1Api(api_client(stack, token))
-
-
 def test_an_agent_labels_only_its_own_node_and_only_with_its_backend(
     installed: Any,
     stack: stacking.Paths,
@@ -433,8 +421,6 @@ def test_an_agent_labels_only_its_own_node_and_only_with_its_backend(
     of the pod its token is bound to. The agent's own code (bpf/cloudtaser/bpf/labelling.py) with such tokens:
     agent A labels node A and removes the label at close; agent B is refused on node A, which
     costs it warning lines, never an exception."""
-    import kubernetes
-
     account = f"{RELEASE}-cloudtaser-agent"
     nodes = {"a": "ct-e2e-label-a", "b": "ct-e2e-label-b"}
     pods = {side: f"ct-e2e-agent-label-{side}" for side in nodes}
@@ -511,21 +497,21 @@ def test_an_agent_labels_only_its_own_node_and_only_with_its_backend(
                 made["metadata"]["uid"],
             ).strip()
         # Agent A's worker labels its node; the node's other labels stay.
-        label_a = NodeLabel(nodes["a"], api=core_api(stack, tokens["a"]), retry=0.1)
+        label_a = NodeLabel(nodes["a"], api=agent_api(stack, tokens["a"]), retry=0.1)
         label_a.start("lsm")
         wait_for_chart(
             lambda: labels("a").get(AGENT_BACKEND_LABEL) == "lsm", what="node A labelled"
         )
         assert labels("a")["keep"] == "me"
         # Agent B may label its own node, not node A: its worker warns, retries, never raises.
-        assert NodeLabel(nodes["b"], api=core_api(stack, tokens["b"])).apply("tracepoint")
+        assert NodeLabel(nodes["b"], api=agent_api(stack, tokens["b"])).apply("tracepoint")
         assert labels("b")[AGENT_BACKEND_LABEL] == "tracepoint"
-        with pytest.raises(kubernetes.client.ApiException) as refused:
-            NodeLabel(nodes["a"], api=core_api(stack, tokens["b"])).apply("tracepoint")
+        with pytest.raises(ApiError) as refused:
+            NodeLabel(nodes["a"], api=agent_api(stack, tokens["b"])).apply("tracepoint")
         assert refused.value.status == 403
         assert "a cloudtaser agent may label only its own node" in refused.value.body
         caplog.set_level(logging.WARNING, logger="cloudtaser.bpf.labelling")
-        intruder = NodeLabel(nodes["a"], api=core_api(stack, tokens["b"]), retry=0.05)
+        intruder = NodeLabel(nodes["a"], api=agent_api(stack, tokens["b"]), retry=0.05)
         intruder.start("tracepoint")
         wait_for_chart(lambda: len(caplog.records) >= 2, what="two refused attempts")
         intruder.close()  # its removal is refused too: three warnings, then it gives up

@@ -23,6 +23,7 @@ node agent's (--node: it lists and compiles the same bindings) are sampled every
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import datetime
@@ -47,6 +48,7 @@ import aiohttp
 import kubernetes
 
 from cloudtaser.engine.plans import CONFIG_ENV
+from cloudtaser.engine.reports import lease_name
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.testbed import provisioning, stacking
 from cloudtaser.testbed.certificates import CertificateAuthority
@@ -103,6 +105,7 @@ class Agent:
     pin_dir: Path
     reason: str = ""  # why it is not running
     drains: list[threading.Thread] = field(default_factory=list)
+    log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=1000))
 
     def stop(self) -> None:
         if self.process is not None:
@@ -162,14 +165,16 @@ def start_agent(tmp: Path, paths: stacking.Paths, node: str | None) -> Agent:
     if not line.startswith("ready:"):
         _, err = process.communicate(timeout=20)
         return Agent(None, sock, pin_dir, f"agent did not start: {err.strip()[-300:]}")
-    # Drain its logs (a line per registration) so that it never blocks on a full pipe.
-    drains = [
-        threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True)
+    # Drain its logs (a line per registration) so that it never blocks on a full pipe; the
+    # latest lines are kept.
+    agent = Agent(process, sock, pin_dir)
+    agent.drains = [
+        threading.Thread(target=agent.log.extend, args=(stream,), daemon=True)
         for stream in (process.stdout, process.stderr)
     ]
-    for thread in drains:
+    for thread in agent.drains:
         thread.start()
-    return Agent(process, sock, pin_dir, drains=drains)
+    return agent
 
 
 # --- sampling -------------------------------------------------------------------------------
@@ -914,3 +919,118 @@ def webhook_load(
         opa_requests=opa_requests,
         edits=edits,
     )
+
+
+# --- the node agent's footprint -------------------------------------------------------------
+
+
+FOOTPRINT_NAMESPACE = "cloudtaser-agent-rss"
+FOOTPRINT_NODE = "cloudtaser-agent-rss-node"  # no such Node: no kubelet runs the pod
+
+
+@dataclass
+class AgentFootprint:
+    bindings: int  # SecretBindings in the namespace of the agent's pod
+    rss: list[int]  # sampled every second from ready, across one relist
+    protected: int | None  # pods the agent compiled as protected (its log line), None: no line
+    agent: str  # how the agent ran
+    high_water: int | None = None  # VmHWM at the end: start-up (BPF load, first list) included
+
+
+def agent_footprint(
+    paths: stacking.Paths, counts: list[int], seconds: float = 35
+) -> list[AgentFootprint]:
+    """The node agent's RSS (--node) with each of ``counts`` SecretBindings in the namespace of
+    a pod bound to its node: FOOTPRINT_NODE, a node name no kubelet has, so the pod (injected,
+    selected by binding app-0) is listed by the agent and run by nobody. The controller
+    manager's pod GC deletes a pod of a missing node after some 40 s, so the pod is created
+    afresh for each agent, which runs ``seconds`` from ready: its first relist (30 s after its
+    first list) included. Bindings are added between runs (counts
+    ascending); the namespace and the agent's node report (a Lease in cloudtaser-system) are
+    deleted afterwards."""
+    client = api_client(paths)
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    deadline = time.monotonic() + 300
+    while True:  # an earlier run's namespace may still be terminating: wait it out
+        try:
+            core.create_namespace({"metadata": {"name": FOOTPRINT_NAMESPACE}})
+            break
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:
+                raise
+        phase = core.read_namespace(FOOTPRINT_NAMESPACE).status.phase
+        if phase != "Terminating":
+            break  # left by an interrupted run: reused
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"namespace {FOOTPRINT_NAMESPACE} still terminating")
+        time.sleep(2)
+    # an interrupted run's bindings would count in the first row
+    custom.delete_collection_namespaced_custom_object(
+        GROUP, VERSION, FOOTPRINT_NAMESPACE, "secretbindings"
+    )
+    pod = pod_doc("agent-rss", FOOTPRINT_NAMESPACE, labels={"app": "app-0"}, injected=True)
+    pod["spec"]["nodeName"] = FOOTPRINT_NODE
+
+    def one(i: int) -> None:
+        with contextlib.suppress(kubernetes.client.ApiException):  # 409: there already
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                FOOTPRINT_NAMESPACE,
+                "secretbindings",
+                binding_doc(f"app-{i}", FOOTPRINT_NAMESPACE),
+            )
+
+    results: list[AgentFootprint] = []
+    created = 0
+    try:
+        for count in sorted(counts):
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(one, range(created, count)))
+            created = max(created, count)
+            with contextlib.suppress(kubernetes.client.ApiException):  # 404: collected
+                core.delete_namespaced_pod("agent-rss", FOOTPRINT_NAMESPACE, grace_period_seconds=0)
+            core.create_namespaced_pod(FOOTPRINT_NAMESPACE, pod)
+            with tempfile.TemporaryDirectory(prefix="cloudtaser-agent-rss-") as tmpdir:
+                agent = start_agent(Path(tmpdir), paths, node=FOOTPRINT_NODE)
+                high_water = None
+                try:
+                    samples: list[int] = []
+                    if agent.process is not None:
+                        with Sampler({"agent": agent.process.pid}) as sampler:
+                            time.sleep(seconds)
+                        samples = sampler.samples.get("agent", [])
+                        status = Path(f"/proc/{agent.process.pid}/status").read_text()
+                        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+                        high_water = int(found.group(1)) * 1024 if found else None
+                finally:
+                    agent.stop()
+                protected = [
+                    int(m.group(1))
+                    for line in agent.log.copy()
+                    if (m := re.search(r"(\d+) protected pod\(s\) on this node", line))
+                ]
+                results.append(
+                    AgentFootprint(
+                        bindings=count,
+                        rss=samples,
+                        protected=protected[0] if protected else None,
+                        agent="running" if agent.process else agent.reason,
+                        high_water=high_water,
+                    )
+                )
+    finally:
+        with contextlib.suppress(kubernetes.client.ApiException):
+            core.delete_namespaced_pod("agent-rss", FOOTPRINT_NAMESPACE, grace_period_seconds=0)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            custom.delete_collection_namespaced_custom_object(
+                GROUP, VERSION, FOOTPRINT_NAMESPACE, "secretbindings"
+            )
+        with contextlib.suppress(kubernetes.client.ApiException):
+            core.delete_namespace(FOOTPRINT_NAMESPACE)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            kubernetes.client.CoordinationV1Api(client).delete_namespaced_lease(
+                lease_name(FOOTPRINT_NODE), "cloudtaser-system"
+            )
+    return results

@@ -51,6 +51,7 @@ from cloudtaser.bpf.allowlists import (
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.credentials import CredentialVolumes
 from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
+from cloudtaser.bpf.kubeapi import KubeApi
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.programs import (
@@ -106,6 +107,16 @@ def start_time_ticks(pid: int) -> int:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = stat[stat.rindex(b")") + 2 :].split()
     return int(rest[22 - 3])
+
+
+def release_freed_memory() -> None:
+    """Hand the free pages of the C heap back to the kernel (glibc's malloc_trim; elsewhere
+    nothing). Called after start-up (libbpf's parse of the kernel's BTF, some 10 MiB, is freed
+    then, and a full list of this node's bindings) and after every relist: freed memory that
+    glibc keeps in the middle of its heap still counts as the agent's RSS (issue 17)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def default_object() -> Path:
@@ -664,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     policies = None
     reporter = None
+    api: KubeApi | None = None
     if args.node:
         settings = None
         if args.settings:
@@ -675,9 +687,14 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
-        policies = PodPolicies(kubernetes_lister(args.node), settings=settings)
+        try:
+            api = KubeApi.from_environment()
+        except PermanentError as e:
+            print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
+            return 1
+        policies = PodPolicies(kubernetes_lister(args.node, api), settings=settings)
         policies.refresh()
-        reporter = EventReporter(policies, args.node)
+        reporter = EventReporter(policies, args.node, api)
         threading.Thread(
             target=_refresh_every, args=(policies, 30.0), daemon=True, name="agent-relist"
         ).start()
@@ -715,17 +732,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
         agent.stop()
         if args.node:  # no agent here now: an earlier one's label must not attract pods
-            NodeLabel(args.node).remove()
+            NodeLabel(args.node, api).remove()
         return 1
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, registry=agent.metrics.registry)
     if policies is not None:  # the operator's namespace: where it reads node reports
         namespace = (policies.settings or InjectorSettings()).operator_namespace
         backend = agent.loaded.backend if agent.loaded is not None else BACKEND
-        node_reports.append(NodeReport(policies, args.node, namespace, backend))
+        node_reports.append(NodeReport(policies, args.node, namespace, backend, api))
         node_reports[0].start()
-        node_label = NodeLabel(args.node)  # for requireBackend: the scheduler reads it
+        node_label = NodeLabel(args.node, api)  # for requireBackend: the scheduler reads it
         node_label.start(backend)
+    if policies is not None:
+        policies.listeners.append(release_freed_memory)  # the last listener: after reapply()
+    release_freed_memory()
     print(f"ready: {args.socket}", flush=True)
     done.wait()
     if node_label is not None:  # first: no pod should be scheduled here for this agent now

@@ -21,8 +21,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any
 
+from cloudtaser.bpf.kubeapi import KubeApi, path
 from cloudtaser.engine.plans import AGENT_BACKEND_LABEL
 
 log = logging.getLogger("cloudtaser.bpf.labelling")
@@ -37,7 +37,11 @@ class NodeLabel:
     from a worker thread (never blocks the agent)."""
 
     def __init__(
-        self, node: str, api: Any | None = None, recheck: float = RECHECK, retry: float = RETRY
+        self,
+        node: str,
+        api: KubeApi | None = None,
+        recheck: float = RECHECK,
+        retry: float = RETRY,
     ) -> None:
         self._node = node
         self._api = api
@@ -76,13 +80,16 @@ class NodeLabel:
     def apply(self, value: str | None) -> bool:
         """Make the label ``value`` (None: absent); True when it had to be written."""
         api = self._client()
-        node = api.read_node(self._node)
-        current = (node.metadata.labels or {}).get(AGENT_BACKEND_LABEL)
+        node = api.get(path("api", "v1", "nodes", self._node))
+        current = (node.get("metadata", {}).get("labels") or {}).get(AGENT_BACKEND_LABEL)
         if current == value:
             return False
         # A strategic merge patch of this one key (null deletes it): no resourceVersion
         # needed, and the node's other labels, written by others, are left alone.
-        api.patch_node(self._node, {"metadata": {"labels": {AGENT_BACKEND_LABEL: value}}})
+        api.patch(
+            path("api", "v1", "nodes", self._node),
+            {"metadata": {"labels": {AGENT_BACKEND_LABEL: value}}},
+        )
         if value is None:
             log.info("node %s: label %s removed (was %s)", self._node, AGENT_BACKEND_LABEL, current)
         else:
@@ -97,10 +104,10 @@ class NodeLabel:
 
     # --- the worker ----------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        import kubernetes
-
-        return self._api or kubernetes.client.CoreV1Api()
+    def _client(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi.from_environment()
+        return self._api
 
     def _run(self) -> None:
         delay = self._retry

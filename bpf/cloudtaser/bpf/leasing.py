@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any
 
+from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine import reports
 
@@ -26,7 +27,12 @@ class NodeReport:
     """Keeps this node's Lease current from a worker thread (never blocks the agent)."""
 
     def __init__(
-        self, policies: PodPolicies, node: str, namespace: str, backend: str, api: Any | None = None
+        self,
+        policies: PodPolicies,
+        node: str,
+        namespace: str,
+        backend: str,
+        api: KubeApi | None = None,
     ) -> None:
         self._policies = policies
         self._node = node
@@ -60,10 +66,15 @@ class NodeReport:
 
     # --- the worker ----------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        import kubernetes
+    def _client(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi.from_environment()
+        return self._api
 
-        return self._api or kubernetes.client.CoordinationV1Api()
+    def _leases(self, *name: str) -> str:
+        return path(
+            "apis", "coordination.k8s.io", "v1", "namespaces", self._namespace, "leases", *name
+        )
 
     def _run(self) -> None:
         loaded = False
@@ -83,19 +94,13 @@ class NodeReport:
 
     def _load(self) -> None:
         """Continue the counts a previous agent on this node wrote."""
-        import kubernetes
-
         try:
-            lease = self._client().read_namespaced_lease(
-                reports.lease_name(self._node), self._namespace
-            )
-        except kubernetes.client.ApiException as e:
+            lease = self._client().get(self._leases(reports.lease_name(self._node)))
+        except ApiError as e:
             if e.status == 404:
                 return
             raise
-        counts = reports.decode(
-            kubernetes.client.ApiClient().sanitize_for_serialization(lease)
-        ).violations
+        counts = reports.decode(lease).violations
         with self._lock:
             for name, count in counts.items():
                 self._counts[name] = self._counts.get(name, 0) + count
@@ -123,13 +128,11 @@ class NodeReport:
         )
 
     def _write(self) -> None:
-        import kubernetes
-
         api = self._client()
         body = self.body()
-        try:  # a merge patch: no resourceVersion needed, and this agent is the only writer
-            api.patch_namespaced_lease(reports.lease_name(self._node), self._namespace, body)
-        except kubernetes.client.ApiException as e:
+        try:  # a patch: no resourceVersion needed, and this agent is the only writer
+            api.patch(self._leases(reports.lease_name(self._node)), body)
+        except ApiError as e:
             if e.status != 404:
                 raise
-            api.create_namespaced_lease(self._namespace, body)
+            api.post(self._leases(), body)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudtaser.bpf.cgroups import pod_uid
+from cloudtaser.bpf.kubeapi import KubeApi, path
 from cloudtaser.bpf.watching import PodPolicies
 
 if TYPE_CHECKING:
@@ -135,14 +136,14 @@ class EventReporter:
         self,
         policies: PodPolicies,
         node: str,
-        core_api: Any | None = None,
+        api: KubeApi | None = None,
         interval: float = INTERVAL_SECONDS,
         idle: float = IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._policies = policies
         self._node = node
-        self._api = core_api
+        self._api = api
         self._clock = clock
         self.limiter = EventLimiter(interval, idle)
         # Only series starts are queued (at most one per series per idle period).
@@ -196,48 +197,45 @@ class EventReporter:
             except Exception as e:
                 log.warning("event update for a violation not posted: %s", type(e).__name__)
 
-    def _post(self, v: Violation, uid: str | None) -> tuple[str, str] | None:
-        import kubernetes
+    def _client(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi.from_environment()
+        return self._api
 
+    def _post(self, v: Violation, uid: str | None) -> tuple[str, str] | None:
         entry = self._policies.entry(uid) if uid else None
         if entry is None:
             log.warning("violation on pid %d, which is in no known pod", v.target_tgid)
             return None
-        api = self._api or kubernetes.client.CoreV1Api()
-        now = datetime.datetime.now(datetime.UTC)
-        created = api.create_namespaced_event(
-            entry.namespace,
-            kubernetes.client.CoreV1Event(
-                metadata=kubernetes.client.V1ObjectMeta(
-                    generate_name=f"{entry.pod}.", namespace=entry.namespace
-                ),
-                involved_object=kubernetes.client.V1ObjectReference(
-                    api_version="v1",
-                    kind="Pod",
-                    name=entry.pod,
-                    namespace=entry.namespace,
-                    uid=entry.uid,
-                ),
-                type="Warning",
-                reason=REASON,
-                message=event_message(v),
-                first_timestamp=now,
-                last_timestamp=now,
-                count=1,
-                source=kubernetes.client.V1EventSource(
-                    component="cloudtaser-agent", host=self._node
-                ),
-            ),
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        created = self._client().post(
+            path("api", "v1", "namespaces", entry.namespace, "events"),
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{entry.pod}.", "namespace": entry.namespace},
+                "involvedObject": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": entry.pod,
+                    "namespace": entry.namespace,
+                    "uid": entry.uid,
+                },
+                "type": "Warning",
+                "reason": REASON,
+                "message": event_message(v),
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "source": {"component": "cloudtaser-agent", "host": self._node},
+            },
         )
-        return entry.namespace, str(created.metadata.name)
+        return entry.namespace, str(created["metadata"]["name"])
 
     def _patch(self, handle: tuple[str, str], count: int, latest: Violation | None) -> None:
-        import kubernetes
-
         namespace, name = handle
-        api = self._api or kubernetes.client.CoreV1Api()
         now = datetime.datetime.now(datetime.UTC)
         body: dict[str, Any] = {"count": count, "lastTimestamp": now.isoformat()}
         if latest is not None:
             body["message"] = event_message(latest)
-        api.patch_namespaced_event(name, namespace, body)
+        self._client().patch(path("api", "v1", "namespaces", namespace, "events", name), body)

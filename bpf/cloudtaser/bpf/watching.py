@@ -10,17 +10,18 @@ known pod is refused, so the wrapper does not start the app unprotected.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
+from cloudtaser.engine.bindings import wants_injection
 from cloudtaser.engine.compiler import ClusterState, compile_state
-from cloudtaser.engine.documents import parse_objects
-from cloudtaser.engine.kube import namespace_of
+from cloudtaser.engine.documents import RESOURCE_KINDS, parse_document, parse_objects
+from cloudtaser.engine.kube import DEFAULT_NAMESPACE, Pod, namespace_of
 from cloudtaser.engine.plans import BpfEntry, InjectorSettings
-from cloudtaser.engine.resources import GROUP, VERSION
+from cloudtaser.engine.resources import API_VERSION, GROUP, VERSION, SecretBinding
 from cloudtaser.gcpause import gc_paused
 
 log = logging.getLogger("cloudtaser.bpf.watching")
@@ -46,48 +47,59 @@ def flags_by_pod(
     return {entry.uid: entry for entry in plan.bpf if entry.uid}
 
 
-def kubernetes_lister(node: str) -> Lister:
-    """List the objects the agent compiles from, with the kubernetes client (in-cluster or
-    $KUBECONFIG)."""
-    import kubernetes
-
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        # $KUBECONFIG as it is now: the client's own default was read at its import
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    custom = kubernetes.client.CustomObjectsApi()
-    core = kubernetes.client.CoreV1Api()
-    serialize = kubernetes.client.ApiClient().sanitize_for_serialization
-
-    def items(result: Any) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = (
-            serialize(result)["items"] if not isinstance(result, dict) else result["items"]
+def selecting(bindings: Iterable[dict[str, Any]], pods: list[Pod]) -> Iterator[dict[str, Any]]:
+    """The bindings (raw, as listed) that select one of ``pods`` (parsed: this node's pods of
+    their namespace). Only these can change a BpfEntry here: a pod's plan is compiled from
+    the bindings selecting it (engine/cloudtaser/engine/ledger.py bindings_for: the pod wants
+    injection and the binding's selector matches its labels), and one that fails to parse
+    selects nothing (its problem is the operator's to report). The rest, most of 10k in a
+    busy namespace, is dropped as it is read, never held (issue 17)."""
+    candidates = [pod for pod in pods if wants_injection(pod)]
+    if not candidates:
+        return  # nothing here can be selected: the list is not even read
+    for body in bindings:
+        model, _ = parse_document(
+            {**body, "apiVersion": API_VERSION, "kind": "SecretBinding"}, RESOURCE_KINDS
         )
-        return found
+        if isinstance(model, SecretBinding) and any(
+            model.spec.selector.matches(pod.metadata.labels) for pod in candidates
+        ):
+            yield body
+
+
+def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
+    """List the objects the agent compiles from, through the agent's client (bpf/kubeapi.py:
+    in-cluster or $KUBECONFIG, read now)."""
+    client = api or KubeApi.from_environment()
+    group = ("apis", GROUP, VERSION)
 
     def list_all() -> dict[str, list[dict[str, Any]]]:
         # Only what this node's pods can be selected by: the bindings and namespaces of the
-        # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere; the
-        # agent's memory must not grow with them). Policies are cluster-wide and few.
-        pods = items(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}"))
+        # namespaces that have pods here (a cluster's 10k bindings are mostly elsewhere), and
+        # of those bindings only the ones that select a pod here (selecting(): a namespace
+        # may hold 10k too). Policies are cluster-wide and few.
+        pods: list[dict[str, Any]] = client.get(
+            "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node}"}
+        )["items"]
+        parsed: dict[str, list[Pod]] = {}
+        for pod in parse_objects({"Pod": pods}).pods:
+            parsed.setdefault(pod.metadata.namespace or DEFAULT_NAMESPACE, []).append(pod)
         namespaces = sorted({namespace_of(p) for p in pods})
         bindings: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         for namespace in namespaces:
-            bindings += items(
-                custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "secretbindings")
+            bindings += selecting(
+                client.items(path(*group, "namespaces", namespace, "secretbindings")),
+                parsed.get(namespace, []),
             )
             try:
-                found.append(serialize(core.read_namespace(namespace)))
-            except kubernetes.client.ApiException as e:
+                found.append(client.get(path("api", "v1", "namespaces", namespace)))
+            except ApiError as e:
                 if e.status != 404:  # deleted meanwhile: its pods are going too
                     raise
         return {
             "SecretBinding": bindings,
-            "EnforcementPolicy": items(
-                custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")
-            ),
+            "EnforcementPolicy": list(client.items(path(*group, "enforcementpolicies"))),
             "Namespace": found,
             "Pod": pods,
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +20,8 @@ class Refused(Exception):
 
 
 class FakeNodes:
-    """read_node/patch_node of one node's labels; the first ``failures`` calls fail."""
+    """The agent's API client (bpf/kubeapi.KubeApi) on one node's labels: get and patch of
+    /api/v1/nodes/n1; the first ``failures`` calls fail."""
 
     def __init__(self, labels: dict[str, str], failures: int = 0) -> None:
         self.labels = dict(labels)
@@ -34,11 +34,13 @@ class FakeNodes:
             self.failures -= 1
             raise Refused()
 
-    def read_node(self, name: str) -> Any:
+    def get(self, path: str) -> Any:
+        assert path == "/api/v1/nodes/n1"
         self._maybe_fail()
-        return SimpleNamespace(metadata=SimpleNamespace(labels=dict(self.labels) or None))
+        return {"metadata": {"labels": dict(self.labels)} if self.labels else {}}
 
-    def patch_node(self, name: str, body: dict[str, Any]) -> None:
+    def patch(self, path: str, body: dict[str, Any]) -> None:
+        assert path == "/api/v1/nodes/n1"
         self._maybe_fail()
         self.patches.append(body)
         for key, value in body["metadata"]["labels"].items():

@@ -74,13 +74,17 @@ def test_a_pod_under_no_policy_reports_the_default_one() -> None:
 
 
 class Leases:
-    """A CoordinationV1Api holding one Lease, as a restarted agent finds it."""
+    """The agent's API client (bpf/kubeapi.KubeApi) holding one Lease, as a restarted agent
+    finds it."""
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
 
-    def read_namespaced_lease(self, name: str, namespace: str) -> dict[str, Any]:
-        assert (name, namespace) == ("cloudtaser-agent-node-a", "cloudtaser-system")
+    def get(self, path: str) -> dict[str, Any]:
+        assert path == (
+            "/apis/coordination.k8s.io/v1/namespaces/cloudtaser-system/leases/"
+            "cloudtaser-agent-node-a"
+        )
         return self.body
 
 

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from cloudtaser.bpf.cgroups import pod_uid_from_cgroups
-from cloudtaser.bpf.watching import PodPolicies, flags_by_pod
+from cloudtaser.bpf.watching import PodPolicies, flags_by_pod, selecting
+from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import ProtectionFlag
+from tests.harness.documents import binding_doc, pod_doc
 from tests.harness.pod_policies import UID, objects
 
 
@@ -87,3 +89,31 @@ def test_callers_during_a_relist_wait_for_it_instead_of_being_refused() -> None:
     found.append(policies.entry(UID))  # within the same second as the relist in flight
     first.join()
     assert all(entry is not None for entry in found) and len(found) == 2
+
+
+def test_only_bindings_selecting_a_pod_here_are_kept_and_they_compile_the_same() -> None:
+    """The agent drops, as it lists them, the bindings that select none of its pods
+    (watching.selecting): what the engine compiles for the node's pods is unchanged."""
+    listed = objects()
+    bystander = pod_doc("bystander", "team", labels={"app": "app"}, inject=False)
+    listed["Pod"].append(bystander)  # here, but asks for no injection
+    bindings = [
+        binding_doc("other", "team"),  # app=other: no pod here
+        binding_doc(
+            "expr",
+            "team",
+            selector={"matchExpressions": [{"key": "app", "operator": "In", "values": ["app"]}]},
+        ),
+        binding_doc("broken", "team", vault={}),  # fails to parse: selects nothing
+    ]
+    for doc in [bystander, *bindings]:
+        doc.pop("apiVersion")
+        doc.pop("kind")
+    listed["SecretBinding"] += bindings
+    pods = parse_objects({"Pod": listed["Pod"]}).pods
+    kept = list(selecting(listed["SecretBinding"], pods))
+    assert [b["metadata"]["name"] for b in kept] == ["app", "expr"]
+    everything = flags_by_pod(listed)
+    assert everything and flags_by_pod({**listed, "SecretBinding": kept}) == everything
+    only_bystander = [p for p in pods if p.metadata.name == "bystander"]
+    assert list(selecting(listed["SecretBinding"], only_bystander)) == []
