@@ -206,9 +206,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._server.connections.discard(self)
-        if self._pending is not None:
-            self._pending.cancel()
+        self._server.connections.discard(self)  # pending answers finish; their write is dropped
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -258,7 +256,7 @@ class _Connection(asyncio.Protocol):
         try:
             work = _route(self._server.holder, method, path, b"".join(self._body))
         except Exception:
-            log.exception("webhook request %s %s failed", method.decode(), path.decode())
+            log.exception("webhook request %r %r failed", method, path[:200])
             work = _error(500, "internal error")
         if isinstance(work, _Reply) and self._pending is None:
             self._send(work, keep_alive, method == b"HEAD")
