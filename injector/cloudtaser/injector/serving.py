@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+import orjson
 
 from cloudtaser.engine.compiler import IncrementalCompiler
 from cloudtaser.engine.kube import namespace_of
@@ -114,7 +115,7 @@ class _Reply:
 
 
 def _json(status: int, body: object) -> _Reply:
-    return _Reply(status, json.dumps(body).encode())
+    return _Reply(status, orjson.dumps(body))
 
 
 def _error(status: int, message: str) -> _Reply:
