@@ -302,7 +302,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         lines = [
-            b"HTTP/1.1 %d %s" % (reply.status, _REASONS[reply.status]),
+            b"HTTP/1.1 %d %s" % (reply.status, _REASONS.get(reply.status, b"")),
             b"Content-Type: " + reply.content_type,
             b"Content-Length: %d" % len(reply.body),
         ]
