@@ -2,7 +2,7 @@
 loopback, at the same rate, in one run.
 
 Run: .venv/bin/python benchmarks/sidebyside.py [--seconds 60] [--rate 200] [--bindings 1000]
-                                               [--json]
+                                               [--shared-client] [--json]
 Needs the local stack (vault-k8s wants a Kubernetes API server: it watches
 MutatingWebhookConfigurations) and Go (scripts/build-stack vault-k8s builds it from the module
 proxy, pinned there, cached under ~/.cache/cloudtaser/bin/).
@@ -16,7 +16,8 @@ KUBERNETES_SERVICE_HOST/PORT pointing at the local API server; nothing outside t
 sees them. One AdmissionReview body goes to both: a pod carrying both injectors' annotations
 (vault.hashicorp.com/agent-inject + role + one secret; cloudtaser.io/inject, selected by one
 binding) and the service-account token volume the API server adds before webhooks run. Each
-server gets --rate requests/s concurrently, over kept-alive connections; latency is from send
+server gets --rate requests/s concurrently, over kept-alive connections, from a client process
+of its own (--shared-client: one process for both, as before; see _both); latency is from send
 to parsed response, and a response without a patch counts as an error.
 """
 
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import shutil
 import ssl
@@ -245,10 +248,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=float, default=200, help="requests/s to each injector")
     parser.add_argument("--bindings", type=int, default=1000, help="bindings our injector holds")
+    parser.add_argument(
+        "--shared-client", action="store_true", help="one client process for both injectors"
+    )
     add_json_flag(parser)
     args = parser.parse_args()
     try:
-        rows, notes = run(args.seconds, args.rate, args.bindings)
+        rows, notes = run(args.seconds, args.rate, args.bindings, args.shared_client)
         failed = any(r[3] == "FAIL" for r in rows)
     except RuntimeError as e:
         rows, notes, failed = (
@@ -261,7 +267,7 @@ def main() -> None:
 
 
 def run(
-    seconds: float, rate: float, bindings: int
+    seconds: float, rate: float, bindings: int, shared_client: bool = False
 ) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     if shutil.which("unshare") is None:
         raise RuntimeError(
@@ -362,7 +368,7 @@ def run(
                 _, errors = asyncio.run(drive(url, body, 1, 1, context))
                 if errors:
                     raise RuntimeError(f"{name} did not inject the review pod: {errors[0]}")
-            results = asyncio.run(_both(urls, body, rate, seconds, context))
+            results = _both(urls, body, rate, seconds, str(ca.pair.cert), shared_client)
             rss = {"cloudtaser": rss_bytes(ours.pid), "vault-k8s": _tree_rss(theirs.pid)}
         finally:
             for proc in procs:
@@ -412,12 +418,39 @@ def _tree_rss(pid: int) -> int | None:
     return _tree_rss(int(children[0])) if children else rss_bytes(pid)
 
 
-async def _both(
-    urls: dict[str, str], body: bytes, rate: float, seconds: float, context: ssl.SSLContext
+def _drive_from(
+    at: float, url: str, body: bytes, rate: float, seconds: float, cafile: str
+) -> tuple[list[float], list[str]]:
+    """One injector's client, in a process of its own, starting at the wall-clock time ``at``."""
+    time.sleep(max(0.0, at - time.time()))
+    return asyncio.run(drive(url, body, rate, seconds, ssl.create_default_context(cafile=cafile)))
+
+
+def _both(
+    urls: dict[str, str], body: bytes, rate: float, seconds: float, cafile: str, shared: bool
 ) -> dict[str, tuple[list[float], list[str]]]:
+    """Both injectors driven at once: by default each from a client process of its own. With
+    one client (``shared``) its event loop handled both injectors' answers, each tick's two
+    requests sent at the same instant, so whichever answer the loop took second waited for the
+    first one's parsing: the client's own time, charged to one side."""
     names = list(urls)
-    results = await asyncio.gather(*(drive(urls[n], body, rate, seconds, context) for n in names))
-    return dict(zip(names, results, strict=True))
+    if shared:
+        context = ssl.create_default_context(cafile=cafile)
+
+        async def together() -> list[tuple[list[float], list[str]]]:
+            return await asyncio.gather(
+                *(drive(urls[n], body, rate, seconds, context) for n in names)
+            )
+
+        return dict(zip(names, asyncio.run(together()), strict=True))
+    at = time.time() + 2  # both processes forked and waiting by then
+    with concurrent.futures.ProcessPoolExecutor(
+        len(names), mp_context=multiprocessing.get_context("fork")
+    ) as pool:
+        futures = [
+            pool.submit(_drive_from, at, urls[n], body, rate, seconds, cafile) for n in names
+        ]
+        return dict(zip(names, [f.result() for f in futures], strict=True))
 
 
 if __name__ == "__main__":

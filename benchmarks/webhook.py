@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/webhook.py [--seconds 60] [--rate 200]
 
 1,000 bindings in one namespace (each selecting its own app label) and one opted-in pod that
 one of them selects: the handler compiles the pod's plan and builds the patch. In-process:
-admit() called directly. HTTPS: the real aiohttp server on 127.0.0.1 with a generated
+admit() called directly. HTTPS: the real server (serving.py) on 127.0.0.1 with a generated
 certificate, driven at a fixed rate by a client that keeps its connections open (as the API
 server does); latency is measured per request from send to parsed response.
 Targets (issue 5): handler p50 <= 0.5 ms, HTTPS p99 <= 10 ms.

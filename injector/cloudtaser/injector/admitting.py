@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from cloudtaser.engine.compiler import IncrementalCompiler
@@ -153,5 +154,6 @@ def admit(
         ", ".join(bindings),
         len(result.operations),
     )
-    patch = base64.b64encode(json.dumps(result.operations).encode()).decode()
+    # orjson: a tenth of json.dumps's time for the operations (benchmarks/sidebyside.py).
+    patch = base64.b64encode(orjson.dumps(result.operations)).decode()
     return _response(uid, True, patchType="JSONPatch", patch=patch)
