@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,9 +83,10 @@ def build_noop(tmp: Path) -> Path:
     return out
 
 
-def loop(program: Path, mode: str, iterations: int) -> float:
+def loop(program: Path, mode: str, iterations: int, chunks: int = 1) -> float:
+    """Mean ns per iteration (of the fastest of `chunks` chunks: kernel_loop.c)."""
     out = subprocess.run(
-        [str(program), mode, str(iterations)],
+        [str(program), mode, str(iterations), str(chunks)],
         capture_output=True,
         text=True,
         check=True,
@@ -279,6 +281,8 @@ def measure(
     modes = iterations(args.iterations)
     inf = float("inf")
     without: dict[str, float] = {m: inf for m in modes}
+    # each round's with/without ratios (its sides adjacent in time), for their median
+    per_round: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     with_agent: dict[str, float] = {m: inf for m in modes}
     with_protected: dict[str, float] = {m: inf for m in modes}
     with_noop: dict[str, float] = {m: inf for m in modes}
@@ -290,21 +294,24 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="cloudtaser-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for mode, n in modes.items():  # warm-up (page cache, CPU frequency)
-            loop(program, mode, n // 10)
-        for _ in range(args.rounds):
+            loop(program, mode, n // 10, args.chunks)
+        for round_no in range(args.rounds):
             foreign |= other_agents(set())
+            here: dict[str, list[float]] = {m: [] for m in modes}
+            time.sleep(args.settle)
             for mode, n in modes.items():
-                without[mode] = min(without[mode], loop(program, mode, n))
+                here[mode].append(loop(program, mode, n, args.chunks))
             agent = AgentProcess(tmp, obj, args.backend)
             try:
                 backends.add(agent.backend)
-                time.sleep(0.2)
+                time.sleep(args.settle)
                 for mode, n in modes.items():
-                    with_agent[mode] = min(with_agent[mode], loop(program, mode, n))
+                    here[mode].append(loop(program, mode, n, args.chunks))
                 protected = agent.protect_one()
                 try:
+                    time.sleep(args.settle)
                     for mode, n in modes.items():
-                        with_protected[mode] = min(with_protected[mode], loop(program, mode, n))
+                        here[mode].append(loop(program, mode, n, args.chunks))
                 finally:
                     protected.kill()
                     protected.wait()
@@ -313,12 +320,23 @@ def measure(
                 readies.append(agent.ready_seconds)
             finally:
                 agent.stop()
+            for mode, (off, idle, busy) in here.items():
+                without[mode] = min(without[mode], off)
+                with_agent[mode] = min(with_agent[mode], idle)
+                with_protected[mode] = min(with_protected[mode], busy)
+                per_round[mode].append((idle / off, busy / off))
+            print(
+                f"round {round_no + 1}: "
+                + ", ".join(f"{m} {o:.0f}/{i:.0f}/{b:.0f} ns" for m, (o, i, b) in here.items()),
+                file=sys.stderr,
+                flush=True,
+            )
             if noop is None:
                 continue
             loaded = load(noop, pin_dir=None)
             try:
                 for mode, n in modes.items():
-                    with_noop[mode] = min(with_noop[mode], loop(program, mode, n))
+                    with_noop[mode] = min(with_noop[mode], loop(program, mode, n, args.chunks))
             finally:
                 loaded.close()
     mark = "?" if foreign else ""
@@ -326,12 +344,15 @@ def measure(
     rows: list[tuple[str, str, str, str]] = []
     for mode, label in MODES:
         ratio = with_agent[mode] / without[mode]
+        idle_median = statistics.median(r[0] for r in per_round[mode])
+        busy_median = statistics.median(r[1] for r in per_round[mode])
         rows.append((f"{label}, without agent", "-", f"{without[mode] / 1000:.3f} us", "-"))
         rows.append(
             (
                 f"{label}, with agent ({backend}), nothing protected on the node (with/without)",
                 f"<= {RATIO_TARGET}",
-                f"{with_agent[mode] / 1000:.3f} us ({ratio:.3f}{mark})",
+                f"{with_agent[mode] / 1000:.3f} us ({ratio:.3f}{mark}; "
+                f"rounds' median {idle_median:.3f})",
                 f"{(ratio - 1) / (RATIO_TARGET - 1):.2f} of target overhead",
             )
         )
@@ -340,7 +361,8 @@ def measure(
             (
                 f"{label}, with agent ({backend}), another process protected (with/without)",
                 "-",
-                f"{with_protected[mode] / 1000:.3f} us ({busy:.3f}{mark})",
+                f"{with_protected[mode] / 1000:.3f} us ({busy:.3f}{mark}; "
+                f"rounds' median {busy_median:.3f})",
                 "-",
             )
         )
@@ -406,13 +428,19 @@ def guest(args: argparse.Namespace) -> None:
             str(args.iterations),
             "--backend",
             args.backend,
+            "--settle",
+            str(args.settle),
+            "--chunks",
+            str(args.chunks),
         ]
         # stderr (the script's progress) goes through; stdout is the guest's output
         r = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=7200)
     lines = r.stdout.splitlines()
     found = [line for line in lines if line.startswith('{"benchmark"')]
+    for line in lines:  # the guest's progress (rounds), kept out of --json's stdout
+        if not line.startswith('{"benchmark"'):
+            print(line, file=sys.stderr)
     if r.returncode != 0 or not found:
-        print(r.stdout[-4000:], file=sys.stderr)
         emit(
             "kernel",
             [("guest run", "-", f"failed (exit status {r.returncode})", "-")],
@@ -451,6 +479,20 @@ def main() -> None:
         default=None,
         help="the agent's --backend (default: auto; with --guest: lsm)",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds to wait after each change (agent started, process protected, agent "
+        "stopped) before timing (default 0.2; with --guest: 3)",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="time each loop in this many chunks and keep the fastest (default 1; with "
+        "--guest: 100, against the TCG guest's clock running on while the host is busy)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--guest",
@@ -461,8 +503,13 @@ def main() -> None:
     where.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     add_json_flag(parser)
     args = parser.parse_args()
+    in_a_guest = args.guest or args.in_guest
     if args.backend is None:
-        args.backend = "lsm" if args.guest or args.in_guest else "auto"
+        args.backend = "lsm" if in_a_guest else "auto"
+    if args.chunks is None:
+        args.chunks = 100 if in_a_guest else 1
+    if args.settle is None:
+        args.settle = 3.0 if in_a_guest else 0.2
     if args.guest:
         guest(args)
         return
