@@ -32,9 +32,10 @@ to stderr and each ratio is also given as the median of the rounds' own ratios.
 TCG figures, three runs of `--guest --rounds 4 --iterations 40000` (busy 2-core host,
 indicative): nothing protected hostname 1.20/1.08/1.11, status 1.04/0.92/1.00, pread ext4
 1.49/1.46/1.42, pread tmpfs 1.70/1.61/1.54, write /dev/null 2.38/2.68/2.40; another process
-protected 1.17/1.21/1.12, 1.05/1.14/1.05, 1.51/1.51/1.51, 1.76/1.72/1.72, 2.52/2.71/2.69. The LSM programs (file_open, file_permission,
-mmap_file...) stay attached while nothing is protected (only HOT_PROGRAMS are detached), so
-every read and write on such a node runs file_permission's program: far above the 1.02 target.
+protected 1.17/1.21/1.12, 1.05/1.14/1.05, 1.51/1.51/1.51, 1.76/1.72/1.72, 2.52/2.71/2.69.
+The LSM programs (file_open, file_permission, mmap_file...) stay attached while nothing is
+protected (only HOT_PROGRAMS are detached), so every read and write on such a node runs
+file_permission's program: far above the 1.02 target.
 """
 
 from __future__ import annotations
