@@ -1,4 +1,4 @@
-"""Reads from the cluster that kopf's watches do not bring: the initial lists, the agents'
+"""Reads from the cluster that kopf's watches do not bring: the initial lists (paged), the agents'
 node reports, and a pod's image pull secrets; and what the operator keeps of every body it
 reads (the operator holds every binding and pod of the cluster, so as little as it can).
 
@@ -8,7 +8,10 @@ Blocking calls of the kubernetes client: the operator runs them in a thread.
 from __future__ import annotations
 
 import base64
+import json
 import logging
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import kubernetes
@@ -27,19 +30,36 @@ PULL_SECRET_KEYS = {
 }
 
 
-def list_all() -> dict[str, list[dict[str, Any]]]:
-    """Every object of the four ``KINDS``, by kind, as the API serialises them."""
-    custom = kubernetes.client.CustomObjectsApi()
-    core = kubernetes.client.CoreV1Api()
+PAGE = 500  # objects per list request: one page's JSON is in memory at a time
+
+
+def list_pages() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Every object of the four ``KINDS`` as the API serialises them, a page at a time: (kind,
+    items). Each page is read with limit/continue and parsed from its own JSON body (not
+    into the client's models), so 10k bindings are never one response in memory."""
     client = kubernetes.client.ApiClient()
-    bindings: Any = custom.list_cluster_custom_object(GROUP, VERSION, "secretbindings")
-    policies: Any = custom.list_cluster_custom_object(GROUP, VERSION, "enforcementpolicies")
-    return {
-        "SecretBinding": bindings["items"],
-        "EnforcementPolicy": policies["items"],
-        "Pod": client.sanitize_for_serialization(core.list_pod_for_all_namespaces().items),
-        "Namespace": client.sanitize_for_serialization(core.list_namespace().items),
+    custom = kubernetes.client.CustomObjectsApi(client)
+    core = kubernetes.client.CoreV1Api(client)
+    calls: dict[str, Callable[..., Any]] = {
+        "SecretBinding": partial(
+            custom.list_cluster_custom_object, GROUP, VERSION, "secretbindings"
+        ),
+        "EnforcementPolicy": partial(
+            custom.list_cluster_custom_object, GROUP, VERSION, "enforcementpolicies"
+        ),
+        "Pod": core.list_pod_for_all_namespaces,
+        "Namespace": core.list_namespace,
     }
+    for kind, call in calls.items():
+        token: str = ""
+        while True:
+            more: dict[str, str] = {"_continue": token} if token else {}
+            answer: Any = call(limit=PAGE, _preload_content=False, **more)
+            page: dict[str, Any] = json.loads(answer.data)
+            yield kind, page.get("items") or []
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                break
 
 
 def list_reports(namespace: str) -> list[reports.Report]:
@@ -110,8 +130,9 @@ def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
-    """What is kept of a body once it is parsed (the model lives in the compiler): the
-    identity its version and status writes need, and the old conditions."""
+    """What is kept of a body once it is parsed (on arrival: the parse lives in the operator,
+    the model in the compiler): the identity its version and status writes need, and the old
+    conditions."""
     meta = body.get("metadata", {})
     out: dict[str, Any] = {
         "metadata": {
@@ -119,7 +140,6 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
             for k in ("name", "namespace", "uid", "generation", "resourceVersion")
             if k in meta
         },
-        "slim": True,
     }
     if "status" in body:
         out["status"] = body["status"]

@@ -1,8 +1,9 @@
 """The operator's state and its loop: watch the cluster, compile, and make the cluster say so.
 
-kopf event handlers (running.py) only record the latest body of every SecretBinding,
-EnforcementPolicy, Pod, Namespace and our MutatingWebhookConfiguration and wake the
-reconciler; the reconciler (debounced) asks OPA about each binding (opa.py), compiles
+kopf event handlers (running.py) parse the latest body of every SecretBinding,
+EnforcementPolicy, Pod and Namespace on arrival, keep that parse and what statuses need of the
+body, and wake the reconciler (so does a change of our MutatingWebhookConfiguration); the
+reconciler (debounced) asks OPA about each binding (opa.py), compiles
 everything with the engine, hands the new compiler to the webhook, writes each CR's status
 when it changed, posts Events when a binding's problems change, and keeps the webhook
 configuration equal to the Plan's (writing.py, statuses.py). Nothing is kept that the cluster
@@ -47,9 +48,10 @@ CERT_POLL = 5.0
 class Parsed:
     """One object as the compiler last saw it: its version, model or parse problems.
 
-    A SecretBinding's model is dropped once the compiler holds it (``lean``): the operator
+    A SecretBinding's model is dropped as soon as it is parsed (``lean``): the operator
     holds every binding of the cluster, and a parsed model is ~6 KiB where its compact JSON,
-    which OPA is asked about and the model is read back from when needed, is a fraction."""
+    which OPA is asked about and the model is read back from when the compiler takes it, is
+    a fraction."""
 
     version: str
     model: Any | None
@@ -123,7 +125,7 @@ class Operator:
     # --- inputs ------------------------------------------------------------------------
 
     def observe(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
-        """A watch event (kopf): keep the body, or forget it when deleted."""
+        """A watch event (kopf): keep the body's parse, or forget the body when deleted."""
         meta = body.get("metadata", {})
         key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
         if event_type == "DELETED":
@@ -131,21 +133,36 @@ class Operator:
             if self.tombstones is not None:
                 self.tombstones.add((kind, key))
         else:
-            self.bodies[kind][key] = listing.trimmed(kind, body)
+            self._keep(kind, key, listing.trimmed(kind, body))
         self.changed.set()
+
+    def _keep(self, kind: str, key: str, body: dict[str, Any]) -> None:
+        """Parse a body on arrival (unless this version is parsed already) and keep only what
+        the statuses need of it (``listing.slim``): the operator never holds the cluster's
+        full bodies, nor its bindings' models, all at once (10k bindings: issue 17)."""
+        version = version_of(kind, body)
+        known = self.parsed.get((kind, key))
+        if known is None or known.version != version:
+            parsed = Parsed.of(kind, version, body)
+            parsed.lean()  # the compiler reads it back (Parsed.current) when it takes it
+            self.parsed[(kind, key)] = parsed
+        self.bodies[kind][key] = listing.slim(body)
 
     async def list_all(self) -> None:
         """The initial state, listed before the first compile so that readiness means "every
         binding and policy that existed at start is compiled". kopf's watch events keep the
-        bodies current; what they delivered (or deleted) meanwhile wins over the list."""
+        bodies current; what they delivered (or deleted) meanwhile wins over the list. Listed
+        and parsed a page at a time (listing.list_pages), so that a page, not the cluster, is
+        the peak."""
         self.tombstones = set()
-        listed = await asyncio.to_thread(listing.list_all)
-        for kind, items in listed.items():
+        pages = listing.list_pages()
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            kind, items = page
             for body in items:
                 meta = body.get("metadata", {})
                 key = f"{meta.get('namespace') or ''}/{meta.get('name')}"
-                if (kind, key) not in self.tombstones:
-                    self.bodies[kind].setdefault(key, listing.trimmed(kind, body))
+                if (kind, key) not in self.tombstones and key not in self.bodies[kind]:
+                    self._keep(kind, key, listing.trimmed(kind, body))
         self.tombstones = None
         self.listed = True
         self.changed.set()
@@ -238,18 +255,9 @@ class Operator:
                 log.warning("node reports not read: %s", type(e).__name__)
             await asyncio.sleep(REPORT_PERIOD)
 
-    def _parse(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
-        """Parse what is new or changed since the last reconcile; forget what is gone."""
-        seen = set()
-        for kind, bodies in snapshot.items():
-            for key, body in bodies.items():
-                seen.add((kind, key))
-                version = version_of(kind, body)
-                known = self.parsed.get((kind, key))
-                if known is not None and known.version == version:
-                    continue
-                self.parsed[(kind, key)] = Parsed.of(kind, version, body)
-        for gone in set(self.parsed) - seen:
+    def _forget(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Forget the parses of objects that are gone (bodies are parsed on arrival)."""
+        for gone in [(k, key) for (k, key) in self.parsed if key not in snapshot[k]]:
             del self.parsed[gone]
 
     def _models(self, kind: str) -> dict[str, tuple[str, Parsed]]:
@@ -306,11 +314,7 @@ class Operator:
         # A snapshot: kopf handlers keep updating self.bodies on the loop while the status
         # writes below run in a thread.
         snapshot = {kind: dict(bodies) for kind, bodies in self.bodies.items()}
-        self._parse(snapshot)
-        for kind, bodies in snapshot.items():  # parsed: keep only what statuses need
-            for key, body in bodies.items():
-                if "slim" not in body and self.bodies[kind].get(key) is body:
-                    self.bodies[kind][key] = listing.slim(body)
+        self._forget(snapshot)
         bindings = self._bindings()
         revision = await asyncio.to_thread(self.opa.revision)
         decisions = await asyncio.to_thread(
@@ -342,8 +346,6 @@ class Operator:
             ):
                 self._update(compiler, kind, wanted)
             compiler.set_parse_problems(problems)
-            for parsed in self.parsed.values():
-                parsed.lean()
             self.holder.compiler = compiler
             plan = compiler.plan()
         if not self.leading:

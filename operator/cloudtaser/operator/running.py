@@ -20,6 +20,7 @@ import kubernetes
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.injector import serving
+from cloudtaser.operator import listing
 from cloudtaser.operator.election import elect
 from cloudtaser.operator.listing import read_pull_secrets
 from cloudtaser.operator.reconciling import Operator
@@ -68,6 +69,13 @@ def registry(
         # installs the CRDs first), and the RBAC grants no read of CRDs (seen failing on the
         # local node: kopf retried the forbidden list forever).
         settings.scanning.disabled = True
+        # kopf lists every kind before it watches: a page at a time, not 10k bindings in one
+        # response (issue 17).
+        settings.watching.chunk_size = listing.PAGE
+        # kopf keeps a worker task per object until it has been idle this long (default 5 s):
+        # the initial list of 10k bindings kept 10k of them alive at once. Ours only record
+        # the body (Operator.observe), so they may go at once.
+        settings.batching.idle_timeout = 0.2
         try:  # in a pod: the service account; elsewhere: $KUBECONFIG
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
@@ -109,13 +117,15 @@ def registry(
         ("Pod", ("", "v1", "pods")),
         ("Namespace", ("", "v1", "namespaces")),
     ):
-
-        def handler(body: Any, type: str | None, _kind: str = kind, **_: Any) -> None:
+        # async: kopf runs a sync handler in its thread pool, where it would race the
+        # reconciler over the Operator's dicts (and each thread allocates from a malloc arena
+        # of its own); on the event loop a handler runs between the reconciler's awaits.
+        async def handler(body: Any, type: str | None, _kind: str = kind, **_: Any) -> None:
             op.observe(_kind, type, dict(body))
 
         kopf.on.event(*resource, registry=reg, id=f"observe-{kind.lower()}")(handler)
 
-    def webhook_changed(**_: Any) -> None:
+    async def webhook_changed(**_: Any) -> None:
         op.changed.set()  # someone edited or deleted our configuration: re-derive it
 
     kopf.on.event(
