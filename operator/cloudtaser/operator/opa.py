@@ -37,6 +37,10 @@ class Opa:
     # binding -> (spec version, decision, OPA policy revision): re-asked when either changes.
     decisions: dict[str, tuple[str, Decision, str | None]] = field(default_factory=dict)
     sent: int = 0  # questions and revision checks sent to OPA (benchmarks, tests)
+    # The last revision OPA gave: stands in while OPA does not answer the revision check
+    # (busy answering a start-up's 10k questions, say), so that what is decided meanwhile is
+    # not all asked again once the check answers with that same revision.
+    last_revision: str | None = None
 
     def _client(self) -> Any:
         """The OPA client (opa-python-client), made once; no retries of its own: a binding
@@ -57,7 +61,8 @@ class Opa:
 
     def revision(self) -> str | None:
         """A digest of what OPA decides with: its policy modules and its bundles' manifests
-        (revisions). None: no OPA, or OPA did not answer (then known decisions stand)."""
+        (revisions). When OPA does not answer, the last digest it gave (known decisions
+        stand); None: no OPA, or it never answered."""
         if self.url is None:
             return None
         base = self.url.rstrip("/")
@@ -74,8 +79,9 @@ class Opa:
                     )
                 digest.update(json.dumps(result, sort_keys=True).encode())
         except (requests.RequestException, ValueError, AttributeError, TypeError):
-            return None
-        return digest.hexdigest()
+            return self.last_revision
+        self.last_revision = digest.hexdigest()
+        return self.last_revision
 
     def decide(self, ref: str, binding: bytes, digest: str, revision: str | None) -> Decision:
         """``binding``: the SecretBinding ``ref`` (namespace/name) as compact JSON without
