@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from cloudtaser.engine.plans import CONFIG_ENV
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.testbed import stacking
 from cloudtaser.testbed.stacking import StackError
@@ -178,6 +179,44 @@ def test_opa_is_asked_again_only_when_a_binding_or_the_policy_changes(
         what="PolicyAllowed=True after the module went",
     )
     kubectl("delete", "sb", "late", "-n", NS, "--ignore-not-found")
+
+
+def test_an_edited_binding_changes_the_next_admission(operator: Any, kubectl: Any) -> None:
+    """The operator updates its compiler in place; the plans kept per binding for admissions
+    (engine.pods) must follow: once the edit's status is written, a new pod gets the new
+    config, never the one built before it."""
+
+    def injected_role(name: str) -> str:
+        pod = pod_doc(f"{name}-{secrets.token_hex(3)}", NS, labels={"app": name})
+        pod["spec"]["serviceAccountName"] = "app"
+        kubectl("create", "-f", "-", stdin=yaml.safe_dump(pod))
+        try:
+            stored = json.loads(
+                kubectl("get", "pod", pod["metadata"]["name"], "-n", NS, "-o", "json")
+            )
+        finally:
+            kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
+        env = {e["name"]: e.get("value") for e in stored["spec"]["containers"][0]["env"]}
+        role: str = json.loads(env[CONFIG_ENV])["sources"][0]["role"]
+        return role
+
+    def settled() -> bool:
+        """The operator compiled the binding's current generation (statuses are written
+        after the compile, reconciling.py)."""
+        body = sb(kubectl, "edit")
+        return body.get("status", {}).get("observedGeneration") == body["metadata"][
+            "generation"
+        ] and conditions(body).get("Ready") == ("True", "Ready")
+
+    doc = binding_doc("edit", NS)
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    wait_for(settled, what="edit Ready")
+    assert injected_role("edit") == "edit"
+    doc["spec"]["vault"]["role"] = "edited"
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    wait_for(settled, what="the edit compiled")
+    assert injected_role("edit") == "edited"
+    kubectl("delete", "sb", "edit", "-n", NS)
 
 
 def test_conflict_names_the_other_binding(operator: Any, kubectl: Any) -> None:

@@ -14,7 +14,13 @@ import hashlib
 from dataclasses import dataclass, field
 
 from cloudtaser.engine.kube import LabelSelector, Pod
-from cloudtaser.engine.plans import INJECT_ANNOTATION, Problem, VolumePlan, WrapperSource
+from cloudtaser.engine.plans import (
+    INJECT_ANNOTATION,
+    ContainerPlan,
+    Problem,
+    VolumePlan,
+    WrapperSource,
+)
 from cloudtaser.engine.problems import binding_problem
 from cloudtaser.engine.resources import SecretBinding, duration_seconds
 
@@ -60,6 +66,13 @@ class CompiledBinding:
     secrets: int
     refresh_seconds: int | None
     problems: list[Problem] = field(default_factory=list)
+    # The ContainerPlans of containers this binding alone selects, by (container, agent
+    # required): built by engine.pods on first use. It lives and dies with this object, which a
+    # change to the binding replaces (compile_binding), so no plan outlives the spec it was
+    # made from. Bounded: container names come from pods, which anyone may create.
+    container_plans: dict[tuple[str, bool], ContainerPlan] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def compile_binding(binding: SecretBinding) -> CompiledBinding:

@@ -17,6 +17,7 @@ import hashlib
 from typing import Any
 
 from pydantic import Field
+from pydantic_core import to_json
 
 from cloudtaser.engine.kube import Container, Model, Pod
 from cloudtaser.engine.plans import (
@@ -54,6 +55,15 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+# The pointers every patch uses, escaped once (by ``pointer``) rather than per review.
+_CONTAINERS = pointer("spec", "containers")
+_ANNOTATIONS = pointer("metadata", "annotations")
+_MARKER = pointer("metadata", "annotations", INJECTED_ANNOTATION)
+_VOLUMES = pointer("spec", "volumes")
+_INIT_CONTAINERS = pointer("spec", "initContainers")
+_FIRST_INIT_CONTAINER = pointer("spec", "initContainers", 0)
+
+
 def _add(path: str, value: object) -> Operation:
     return {"op": "add", "path": path, "value": value}
 
@@ -64,12 +74,20 @@ def _replace(path: str, value: object) -> Operation:
 
 def config_json(plan: ContainerPlan) -> str:
     """The WrapperConfig env value: compact JSON, fields in model order (deterministic)."""
-    return plan.config.model_dump_json(exclude_none=True)
+    return plan.config_json
 
 
 def marker_value(plan: PodPlan) -> str:
-    """Marker annotation value: a digest of what was injected (not of any secret)."""
-    return hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:16]
+    """Marker annotation value: a digest of what was injected (not of any secret): of
+    ``plan.model_dump_json()``, with the containers' part taken from their cached dumps (the
+    same bytes: namespace and name come first, then containers, in PodPlan's field order)."""
+    head = b'{"namespace":%s,"name":%s,' % (to_json(plan.namespace), to_json(plan.name))
+    rest = plan.model_dump_json(exclude={"containers"}).encode()
+    if not rest.startswith(head):  # not reached while the field order holds; stay correct
+        return hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:16]
+    containers = ",".join(c.plan_json for c in plan.containers).encode()
+    text = b'%s"containers":[%s],%s' % (head, containers, rest[len(head) :])
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def _append_all(base: str, existing: list[Any] | None, items: list[Any]) -> list[Operation]:
@@ -247,7 +265,7 @@ def pod_patch(
         cplan = planned.get(container.name)
         if cplan is None:
             continue
-        base = pointer("spec", "containers", index)
+        base = f"{_CONTAINERS}/{index}"
         command_ops, error = _command_ops(base, container, wrapper, entrypoints.get(container.name))
         env_names = {e.get("name") for e in container.env or []}
         if error is None and CONFIG_ENV in env_names:
@@ -294,21 +312,14 @@ def pod_patch(
     pod_volumes = [{"name": v.name, **v.source} for v in plan.volumes]
     head: list[Operation] = []
     if pod.metadata.annotations:
-        head.append(
-            _add(pointer("metadata", "annotations", INJECTED_ANNOTATION), marker_value(plan))
-        )
+        head.append(_add(_MARKER, marker_value(plan)))
     else:
-        head.append(
-            _add(pointer("metadata", "annotations"), {INJECTED_ANNOTATION: marker_value(plan)})
-        )
-    head.extend(_append_all(pointer("spec", "volumes"), pod.spec.volumes, pod_volumes))
+        head.append(_add(_ANNOTATIONS, {INJECTED_ANNOTATION: marker_value(plan)}))
+    head.extend(_append_all(_VOLUMES, pod.spec.volumes, pod_volumes))
     head.extend(node_ops)
     if pod.spec.init_containers is None:
-        head.append(
-            _add(pointer("spec", "initContainers"), [_init_container(settings, pod_seccomp)])
-        )
+        head.append(_add(_INIT_CONTAINERS, [_init_container(settings, pod_seccomp)]))
     else:
-        head.append(
-            _add(pointer("spec", "initContainers", 0), _init_container(settings, pod_seccomp))
-        )
-    return PatchResult(operations=head + ops, problems=[])
+        head.append(_add(_FIRST_INIT_CONTAINER, _init_container(settings, pod_seccomp)))
+    # Built from checked parts: validating would only copy every operation again.
+    return PatchResult.model_construct(operations=head + ops, problems=[])

@@ -15,6 +15,7 @@ All lists are sorted so that the Plan serialises to the same bytes for the same 
 from __future__ import annotations
 
 import enum
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
@@ -219,6 +220,20 @@ class ContainerPlan(Model):
     config: WrapperConfig
     ipc_lock: bool = Field(default=False, description="A binding asks for IPC_LOCK (ipcLock).")
     volumes: list[str] = Field(description="Names of the plan volumes mounted into it.")
+
+    # Serialised once per plan object: a ContainerPlan is never mutated after construction, and
+    # the planner shares one across the admissions of a binding (engine.pods), so each review
+    # pays for neither dump again. Not fields: no dump or comparison sees them.
+
+    @cached_property
+    def config_json(self) -> str:
+        """The WrapperConfig env value: compact JSON, fields in model order (deterministic)."""
+        return self.config.model_dump_json(exclude_none=True)
+
+    @cached_property
+    def plan_json(self) -> str:
+        """This plan as PodPlan.model_dump_json() writes it inside ``containers``."""
+        return self.model_dump_json()
 
 
 class Problem(Model):

@@ -2,8 +2,10 @@
 and its PodPlan from the bindings and the effective policy that apply to it.
 
 ``PodPlanner`` builds PodPlans; it holds the parts every plan shares (the wrapper bundle,
-agent and token volumes), made once from the installation settings. Plan models are never
-mutated after construction, so sharing them is safe.
+agent and token volumes), made once from the installation settings, and reuses the
+ContainerPlan a single binding gives a container (kept on the CompiledBinding, so replacing
+the binding drops it). Plan models are never mutated after construction, so sharing them is
+safe.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ TOKEN_MOUNT = f"{SECRET_MOUNT_ROOT}/token"
 WRAPPER_PREFIX = "cloudtaser-wrapper:"
 DELIVERED, FAILING, PENDING = "delivered", "failing", "pending"
 FAILURE_MAX = 300
+# ContainerPlans a compiled binding keeps (one per container name it selects, twice over:
+# audit and enforce); past that it starts over.
+CONTAINER_PLANS_KEPT = 64
 
 
 def pod_key(pod: Pod) -> tuple[str, str]:
@@ -111,6 +116,35 @@ class PodPlanner:
             for required in (False, True)
         }
 
+    def _container_plan(
+        self,
+        name: str,
+        namespace: str,
+        chosen: list[CompiledBinding],
+        required: bool,
+        problems: list[Problem],
+    ) -> ContainerPlan:
+        """The plan of container ``name`` selected by ``chosen`` (conflicts between them are
+        appended to ``problems``; one binding has none)."""
+        sources, mounted = container_sources(name, chosen, problems)
+        refresh = [c.refresh_seconds for c in chosen if c.refresh_seconds]
+        config = WrapperConfig(
+            namespace=namespace,
+            container=name,
+            token_path=f"{TOKEN_MOUNT}/token",
+            sources=sources,
+            refresh_seconds=min(refresh) if refresh else None,
+            require_secret_mem=any(c.require_secret_mem for c in chosen),
+            agent=self._agent_settings[required],
+        )
+        return ContainerPlan(
+            name=name,
+            bindings=[c.ref for c in chosen],
+            config=config,
+            volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, TOKEN_VOLUME, *mounted}),
+            ipc_lock=any(c.ipc_lock for c in chosen),
+        )
+
     def plan(
         self,
         pod: Pod,
@@ -142,29 +176,23 @@ class PodPlanner:
             chosen = [c for c in bindings if not c.containers or container.name in c.containers]
             if not chosen:
                 continue
-            sources, mounted = container_sources(container.name, chosen, problems)
             for c in chosen:
                 for volume in c.volumes:
                     volumes[volume.name] = volume
-            refresh = [c.refresh_seconds for c in chosen if c.refresh_seconds]
-            config = WrapperConfig(
-                namespace=namespace,
-                container=container.name,
-                token_path=f"{TOKEN_MOUNT}/token",
-                sources=sources,
-                refresh_seconds=min(refresh) if refresh else None,
-                require_secret_mem=any(c.require_secret_mem for c in chosen),
-                agent=self._agent_settings[policy.mode == "enforce"],
-            )
-            containers.append(
-                ContainerPlan(
-                    name=container.name,
-                    bindings=[c.ref for c in chosen],
-                    config=config,
-                    volumes=sorted({BUNDLE_VOLUME, AGENT_VOLUME, TOKEN_VOLUME, *mounted}),
-                    ipc_lock=any(c.ipc_lock for c in chosen),
-                )
-            )
+            required = policy.mode == "enforce"
+            if len(chosen) == 1 and chosen[0].namespace == namespace:
+                # One binding (the usual case): its plan for this container depends on nothing
+                # else, so it is built once and kept on the compiled binding.
+                cache = chosen[0].container_plans
+                cplan = cache.get((container.name, required))
+                if cplan is None:
+                    cplan = self._container_plan(container.name, namespace, chosen, required, [])
+                    if len(cache) >= CONTAINER_PLANS_KEPT:
+                        cache.clear()
+                    cache[(container.name, required)] = cplan
+            else:
+                cplan = self._container_plan(container.name, namespace, chosen, required, problems)
+            containers.append(cplan)
         volumes[BUNDLE_VOLUME] = self._bundle_volume
         volumes[AGENT_VOLUME] = self._agent_volume
         volumes[TOKEN_VOLUME] = self._token_volume

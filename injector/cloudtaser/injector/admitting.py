@@ -12,7 +12,6 @@ benchmarked in-process. Outcomes:
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ def admit(
     if len(body) > MAX_BODY:
         return _bad_request("AdmissionReview too large")
     try:
-        review = json.loads(body)
+        review = orjson.loads(body)  # a fifth of json.loads's time for a pod's review
     except (ValueError, UnicodeDecodeError) as e:
         return _bad_request(f"body is not JSON: {e}")
     if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":

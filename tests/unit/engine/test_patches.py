@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -10,7 +11,14 @@ import pytest
 
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.kube import Pod
-from cloudtaser.engine.patches import ImageEntrypoint, PatchResult, pod_patch, pointer
+from cloudtaser.engine.patches import (
+    ImageEntrypoint,
+    PatchResult,
+    config_json,
+    marker_value,
+    pod_patch,
+    pointer,
+)
 from cloudtaser.engine.plans import (
     AGENT_BACKEND_LABEL,
     CONFIG_ENV,
@@ -363,3 +371,74 @@ def test_no_privilege_escalation_flag_where_the_api_server_refuses_it(
     )
     patched = apply(pod, patch(pod))["spec"]["containers"][0]["securityContext"]
     assert "allowPrivilegeEscalation" not in patched
+
+
+def config_of(result: PatchResult) -> dict[str, Any]:
+    env = [op for op in result.operations if op["path"].endswith("/env")][0]["value"]
+    found: dict[str, Any] = json.loads(env[0]["value"])
+    return found
+
+
+def marker_of(result: PatchResult) -> object:
+    return [op for op in result.operations if op["path"].startswith("/metadata/annotations")]
+
+
+def test_an_edited_binding_changes_the_next_patch() -> None:
+    """The plans a binding keeps for its containers (engine.pods) go with the binding: after
+    an edit, the next admission carries the new config, never the one built before it."""
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))])
+    )
+    pod = Pod.model_validate(pod_doc(labels={"app": "app"}))
+
+    def now() -> PatchResult:
+        plan = compiler.plan_pod(pod)
+        assert plan is not None
+        return pod_patch(pod, plan, SETTINGS)
+
+    first = now()
+    assert config_of(first)["sources"][0]["role"] == "app"
+    assert now().operations == first.operations  # the kept plan gives the same patch
+    edited = binding_doc("app")
+    edited["spec"]["vault"]["role"] = "edited"
+    compiler.set_binding(SecretBinding.model_validate(edited))
+    second = now()
+    assert config_of(second)["sources"][0]["role"] == "edited"
+    assert marker_of(second) != marker_of(first)
+    compiler.set_policy(EnforcementPolicy.model_validate(policy_doc(mode="audit")))
+    assert config_of(now())["agent"]["required"] is False
+    compiler.remove_binding("team/app")
+    assert compiler.plan_pod(pod) is None
+
+
+@pytest.mark.parametrize("name", ["app-1", 'q"uo\\te', "ünï/cödé~\u2028", ""])
+def test_the_marker_is_the_digest_of_the_whole_plan_dump(name: str) -> None:
+    """marker_value splices the containers' kept dumps into the plan's: the same bytes as
+    dumping the plan whole, whatever the names hold."""
+    doc = pod_doc(labels={"app": "app"})
+    doc["metadata"]["name"] = name
+    if not name:
+        doc["metadata"]["generateName"] = "app-"
+    doc["spec"]["containers"].append({"name": "sidecar", "image": "busybox", "command": ["sh"]})
+    model = Pod.model_validate(doc)
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))])
+    )
+    plan = compiler.plan_pod(model)
+    assert plan is not None and len(plan.containers) == 2
+    whole = plan.model_dump_json()
+    assert marker_value(plan) == hashlib.sha256(whole.encode()).hexdigest()[:16]
+    for container in plan.containers:
+        assert config_json(container) == container.config.model_dump_json(exclude_none=True)
+
+
+def test_a_binding_keeps_a_bounded_number_of_container_plans() -> None:
+    compiler = IncrementalCompiler(
+        ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app"))])
+    )
+    for i in range(200):
+        doc = pod_doc(labels={"app": "app"})
+        doc["spec"]["containers"][0]["name"] = f"c{i}"
+        assert compiler.plan_pod(Pod.model_validate(doc)) is not None
+    compiler_bindings = compiler._ledger.bindings  # the cache under test
+    assert 0 < len(compiler_bindings["team/app"].container_plans) <= 64
