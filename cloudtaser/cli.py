@@ -516,6 +516,8 @@ def operator(
 
     logs.configure(log_format, log_level)
     logging.getLogger("kopf").setLevel(logging.WARNING)  # not a line per handled event
+    # kopf serves --liveness through aiohttp, whose access log is a line per probe
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     from pydantic import ValidationError
 
     from cloudtaser.engine.fields import validation_problems

@@ -5,6 +5,8 @@ the cgroupfs paths through which the agent maps a process to its pod."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,24 @@ def test_the_chart_runs_as_pods_from_the_loopback_registry(product: None, kubect
     wait_for(registered, 60, "the agent's CSI plugin registered with the kubelet")
     node = json.loads(kubectl("get", "csinode", stacking.NODE_NAME, "-o", "json"))
     assert [d["name"] for d in node["spec"]["drivers"]] == ["csi.cloudtaser.io"], node
+
+
+def test_the_operator_logs_no_line_per_liveness_probe(product: None, kubectl: Any) -> None:
+    """The kubelet probes the operator's --liveness endpoint (kopf serves it through aiohttp)
+    10 s after start and every 20 s after: no access-log line per probe reaches its log."""
+    pods = json.loads(
+        kubectl(
+            "get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator", "-o", "json"
+        )
+    )["items"]
+    assert pods
+    for pod in pods:
+        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
+        started = datetime.fromisoformat(status["state"]["running"]["startedAt"])
+        probed = started + timedelta(seconds=12)  # initialDelaySeconds 10, and the probe's time
+        time.sleep(max(0.0, (probed - datetime.now(UTC)).total_seconds()))
+        log = kubectl("logs", "-n", SYSTEM, pod["metadata"]["name"], "-c", "operator")
+        assert "/healthz" not in log, log[-2000:]
 
 
 def test_a_missing_image_is_the_pods_real_err_image_pull(pods: Pods) -> None:
