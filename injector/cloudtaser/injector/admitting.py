@@ -109,6 +109,10 @@ def admit(
     namespace = request.get("namespace")
     if isinstance(meta, dict) and isinstance(namespace, str) and not meta.get("namespace"):
         meta["namespace"] = namespace  # absent from the object at CREATE
+    elif isinstance(meta, dict) and namespace and meta.get("namespace") != namespace:
+        # The API server never sends this; a review forged by whoever reaches the port
+        # could otherwise be planned in one namespace and read pull secrets in another.
+        return _bad_request("request.namespace and request.object.metadata.namespace differ")
     try:
         pod = Pod.model_validate(raw)
     except ValidationError as e:

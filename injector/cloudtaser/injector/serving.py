@@ -15,7 +15,7 @@ objects, router and writer took as much time per review as admit itself.
 from __future__ import annotations
 
 import asyncio
-import json
+import inspect
 import logging
 import ssl
 from collections.abc import Callable, Coroutine
@@ -60,9 +60,13 @@ class _NotCached(ResolveError):
 def _pull_secret_names(body: bytes) -> tuple[str, list[str]]:
     """Namespace and imagePullSecrets names of the pod under review (admit already accepted
     the body, so the shape is known to be an AdmissionReview with a pod object)."""
-    request = json.loads(body)["request"]
+    request = orjson.loads(body)["request"]
     pod = request.get("object") or {}
-    namespace = request.get("namespace") or namespace_of(pod)
+    # The namespace admit planned the pod in: its own, else the request's (admit refuses a
+    # review where both are given and differ), so a forged review cannot have the Secrets of
+    # another namespace read
+    namespace = namespace_of(pod) if (pod.get("metadata") or {}).get("namespace") else None
+    namespace = namespace or request.get("namespace") or namespace_of(pod)
     refs = (pod.get("spec") or {}).get("imagePullSecrets") or []
     return namespace, [
         r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)
@@ -90,6 +94,13 @@ def _fetch(
 # A kept-alive connection with no request for this long is closed (aiohttp's default, which
 # this server replaced); the API server reopens one when it needs it.
 KEEPALIVE = 75.0
+# Limits on what any client that reaches the port may hold (the Service is reachable from
+# every pod; the API server itself stays far inside them):
+MAX_HEAD = 32 * 1024  # request line and headers, in all (aiohttp allowed 8 KiB per line)
+REQUEST_DEADLINE = 30.0  # seconds from a request's first byte to its last (the API server's
+# webhook timeout is at most 30 s): a request trickled in a byte at a time is cut off
+MAX_CONNECTIONS = 1024
+MAX_PIPELINED = 16  # answers a connection may have waiting (registry I/O) before it is cut off
 log = logging.getLogger("cloudtaser.injector")
 
 _REASONS = {
@@ -99,6 +110,8 @@ _REASONS = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    408: b"Request Timeout",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
@@ -190,52 +203,96 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
-        self._body: list[bytes] = []
+        self._body = bytearray()
         self._size = 0
         self._continue = False
         self._keep_alive = True
-        # The answers still being worked on (registry I/O), chained so they leave in order.
+        self._head = 0  # bytes of the current request's line and headers so far (MAX_HEAD)
+        self._in_head = False
+        self.started: float | None = None  # when the request being read began (its deadline)
+        # The answers still being worked on (registry I/O), chained so they leave in order;
+        # all of them, to be cancelled when the client goes.
         self._pending: asyncio.Task[None] | None = None
+        self._tasks: dict[asyncio.Task[None], _Reply | Coroutine[Any, Any, _Reply]] = {}
+        self._write_paused = False
         self.last_seen = server.loop.time()
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if len(self._server.connections) >= MAX_CONNECTIONS:
+            transport.abort()
+            return
         self._transport = transport
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._server.connections.discard(self)  # pending answers finish; their write is dropped
+        self._server.connections.discard(self)
+        for task, work in self._tasks.items():  # nobody is left to answer: no registry I/O
+            task.cancel()
+            if inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == "CORO_CREATED":
+                work.close()  # never started: closed, not left for the collector to warn about
+
+    # A client that does not read its answers: stop reading its requests until it does, so
+    # that answers never pile up in memory.
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._pending is None and self._transport is not None:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         self.last_seen = self._server.loop.time()
+        if self.started is None:
+            self.started = self.last_seen
+            self._in_head = True
+        if self._in_head:
+            self._head += len(data)  # reset when the head is complete (this read may end it)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError:
             self._refuse(400, "malformed HTTP request")
+        # Still in the head after this read: all of it was head. Refused here, httptools
+        # (which copies a growing header on every read) never holds more than one read past
+        # the limit.
+        if self._in_head and self._head > MAX_HEAD:
+            self._refuse(431, f"request line and headers over {MAX_HEAD} bytes")
 
     # httptools callbacks (no exception may leave them: the parser would report it as malformed)
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._body = []
+        self._body = bytearray()
         self._size = 0
         self._continue = False
+        self._in_head = True
+        self.started = self._server.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        if len(self._url) + len(url) > MAX_HEAD:
+            self._refuse(431, f"request line and headers over {MAX_HEAD} bytes")
+        else:
+            self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 6 and name.lower() == b"expect":
             self._continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head = 0
+        if self._transport is None or self._transport.is_closing():
+            return
         self._keep_alive = self._parser.should_keep_alive()
         if self._continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -243,29 +300,38 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size <= MAX_BODY:
-            self._body.append(body)
+            self._body += body
         elif self._body:  # refused at once, the rest unread
-            self._body = []
+            self._body = bytearray()
             self._refuse(413, f"request body over {MAX_BODY} bytes")
 
     def on_message_complete(self) -> None:
         keep_alive = self._keep_alive
+        self.started = None
+        self._in_head = False
+        self._head = 0
         if self._transport is None or self._transport.is_closing():
             return  # refused (or gone) while the body came in
         method = self._parser.get_method()
         path = self._url.partition(b"?")[0]
         try:
-            work = _route(self._server.holder, method, path, b"".join(self._body))
+            work = _route(self._server.holder, method, path, bytes(self._body))
         except Exception:
             log.exception("webhook request %r %r failed", method, path[:200])
             work = _error(500, "internal error")
         if isinstance(work, _Reply) and self._pending is None:
             self._send(work, keep_alive, method == b"HEAD")
             return
+        if len(self._tasks) >= MAX_PIPELINED:
+            if not isinstance(work, _Reply):
+                work.close()  # never awaited: no registry I/O
+            self._refuse(503, f"more than {MAX_PIPELINED} answers waiting on one connection")
+            return
         previous = self._pending
         self._pending = task = self._server.loop.create_task(
             self._in_order(previous, work, keep_alive, method == b"HEAD")
         )
+        self._tasks[task] = work
         task.add_done_callback(self._settled)
         if self._transport is not None:
             self._transport.pause_reading()  # one request at a time while one waits
@@ -292,10 +358,12 @@ class _Connection(asyncio.Protocol):
         self._send(reply, keep_alive, head)
 
     def _settled(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
         if self._pending is task:
             self._pending = None
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.resume_reading()
+            transport = self._transport
+            if transport is not None and not transport.is_closing() and not self._write_paused:
+                transport.resume_reading()
 
     def _send(self, reply: _Reply, keep_alive: bool, head: bool = False) -> None:
         transport = self._transport
@@ -322,8 +390,14 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def close_if_idle(self, since: float) -> None:
-        if self._pending is None and self.last_seen < since and self._transport is not None:
+    def close_if_idle(self, since: float, request_since: float) -> None:
+        """Closes the connection when idle since ``since``, or when the request being read
+        began before ``request_since`` (a trickle keeps it from being idle)."""
+        if self._transport is None:
+            return
+        if self.started is not None and self.started < request_since:
+            self._refuse(408, f"request not complete within {REQUEST_DEADLINE:g} s")
+        elif self._pending is None and self.last_seen < since:
             self._transport.close()
 
     def close(self) -> None:
@@ -349,10 +423,10 @@ class Server:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(KEEPALIVE / 5)
-            since = self.loop.time() - KEEPALIVE
+            await asyncio.sleep(min(KEEPALIVE, REQUEST_DEADLINE) / 6)
+            now = self.loop.time()
             for connection in list(self.connections):
-                connection.close_if_idle(since)
+                connection.close_if_idle(now - KEEPALIVE, now - REQUEST_DEADLINE)
 
     async def cleanup(self) -> None:
         if self._sweeper is not None:

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.patches import ImageEntrypoint
 from cloudtaser.engine.resources import SecretBinding
@@ -57,6 +59,13 @@ async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], byt
     return int(status_line.split()[1]), headers, body
 
 
+_RUNNING: dict[int, serving.Server] = {}  # the server behind each started() holder
+
+
+def running_connections(holder: serving.Holder) -> set[serving._Connection]:
+    return _RUNNING[id(holder)].connections
+
+
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -66,6 +75,7 @@ async def started(tmp: Path) -> AsyncIterator[tuple[serving.Holder, Connect]]:
     pair = ca.issue("webhook", "unit", server=True, hosts=("127.0.0.1",))
     holder = serving.Holder()
     running = await serving.start(holder, "127.0.0.1", 0, str(pair.cert), str(pair.key))
+    _RUNNING[id(holder)] = running
     assert running._listener is not None
     port = running._listener.sockets[0].getsockname()[1]
     client = ssl.create_default_context(cafile=str(ca.pair.cert))
@@ -254,3 +264,118 @@ def test_an_answer_waiting_for_the_registry_keeps_the_order(tmp_path: Path) -> N
 
     on_server(tmp_path, test)
     assert resolver.fetched == ["app:2"]
+
+
+# --- what any client that reaches the port may hold (an outside review's findings) ----------
+
+
+def test_a_head_over_the_limit_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
+    async def test(holder: serving.Holder, connect: Connect) -> None:
+        for head in (
+            b"GET /" + b"a" * (serving.MAX_HEAD + 1),  # a request line without an end
+            b"GET /healthz HTTP/1.1\r\nX: " + b"v" * (serving.MAX_HEAD + 1),  # one header
+        ):
+            reader, writer = await connect()
+            for i in range(0, len(head), 4096):  # as a trickle, many reads
+                writer.write(head[i : i + 4096])
+                await writer.drain()
+            status, headers, _ = await answer(reader)
+            assert (status, headers["connection"]) == (431, "close")
+            assert await reader.read() == b""
+        reader, writer = await connect()  # a head within the limit is served
+        writer.write(b"GET /healthz HTTP/1.1\r\nX: " + b"v" * 8000 + b"\r\n\r\n")
+        assert (await answer(reader))[0] == 503
+        writer.close()
+
+    on_server(tmp_path, test)
+
+
+def test_a_request_trickled_past_its_deadline_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving, "REQUEST_DEADLINE", 1.2)
+
+    async def test(holder: serving.Holder, connect: Connect) -> None:
+        reader, writer = await connect()
+        writer.write(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        cut = asyncio.create_task(answer(reader))
+        started = time.monotonic()
+        while not cut.done() and time.monotonic() - started < 10:
+            writer.write(b"{")  # a byte at a time: never idle, never complete
+            await asyncio.sleep(0.1)
+        status, headers, _ = await cut
+        assert (status, headers["connection"]) == (408, "close")
+        # while a kept-alive connection between requests is only idle, not cut off
+        reader, writer = await connect()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await answer(reader))[0] == 503
+        await asyncio.sleep(2.5)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await answer(reader))[0] == 503
+        writer.close()
+
+    on_server(tmp_path, test)
+
+
+def test_a_client_that_never_reads_its_answers_is_not_read_either(tmp_path: Path) -> None:
+    """Pipelined requests from a client that reads nothing: the server stops reading once
+    its answers back up, so they cannot fill its memory."""
+
+    async def test(holder: serving.Holder, connect: Connect) -> None:
+        reader, writer = await connect()
+        request = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n"
+        with contextlib.suppress(TimeoutError):
+            for _ in range(400):  # 16 MB of requests, about 80 MB of answers
+                writer.write(request * 1000)
+                await asyncio.wait_for(writer.drain(), 3)
+        (connection,) = running_connections(holder)
+        transport = connection._transport
+        assert transport is not None and not transport.is_reading()
+        assert transport.get_write_buffer_size() < 4 * 1024 * 1024
+        writer.transport.abort()
+
+    on_server(tmp_path, test)
+
+
+def test_answers_waiting_on_one_connection_are_bounded(tmp_path: Path) -> None:
+    resolver = SlowResolver()
+
+    async def test(holder: serving.Holder, connect: Connect) -> None:
+        holder.compiler = COMPILER
+        holder.resolver = resolver  # type: ignore[assignment]
+        no_command = review("fetched", containers=[{"name": "app", "image": "app:2"}])
+        reader, writer = await connect()
+        # one read holding many reviews that all wait on the registry
+        writer.write(post("/mutate-v1-pod", no_command) * (serving.MAX_PIPELINED + 4))
+        answers = []
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                answers.append((await answer(reader))[0])
+        assert answers[-1] == 503 and len(answers) <= serving.MAX_PIPELINED + 1, answers
+
+    on_server(tmp_path, test)
+
+
+def test_a_forged_review_naming_two_namespaces_is_refused(tmp_path: Path) -> None:
+    async def test(holder: serving.Holder, connect: Connect) -> None:
+        holder.compiler = COMPILER
+        forged = json.loads(review("forged"))
+        forged["request"]["object"]["metadata"]["namespace"] = "team"
+        forged["request"]["namespace"] = "kube-system"
+        reader, writer = await connect()
+        writer.write(post("/mutate-v1-pod", json.dumps(forged).encode()))
+        status, _, body = await answer(reader)
+        assert status == 400 and "differ" in json.loads(body)["error"], body
+        writer.close()
+
+    on_server(tmp_path, test)
+
+
+def test_pull_secrets_are_read_in_the_namespace_the_pod_was_planned_in() -> None:
+    body = json.loads(review("u"))
+    body["request"]["object"]["metadata"]["namespace"] = "team"
+    body["request"]["namespace"] = "team"
+    body["request"]["object"]["spec"]["imagePullSecrets"] = [{"name": "reg"}]
+    assert serving._pull_secret_names(json.dumps(body).encode()) == ("team", ["reg"])
+    del body["request"]["object"]["metadata"]["namespace"]  # at CREATE: the request's
+    assert serving._pull_secret_names(json.dumps(body).encode()) == ("team", ["reg"])
