@@ -272,6 +272,7 @@ def test_node_reports_become_policy_nodes_and_violations(
 ) -> None:
     """An agent's node report (bpf/leasing.NodeReport, the Lease the agent keeps) is what the
     operator writes into each EnforcementPolicy's nodesEnforcing and violations."""
+    from cloudtaser.bpf.kubeapi import KubeApi
     from cloudtaser.bpf.leasing import NodeReport
     from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
     from cloudtaser.engine.reports import lease_name
@@ -295,7 +296,9 @@ def test_node_reports_become_policy_nodes_and_violations(
         }
 
     before = policy_status()
-    report = NodeReport(policies, node, "cloudtaser-system", "tracepoint")
+    report = NodeReport(
+        policies, node, "cloudtaser-system", "tracepoint", api=KubeApi.from_environment()
+    )
     report.start()
     try:
         for _ in range(3):

@@ -731,19 +731,19 @@ def main(argv: list[str] | None = None) -> int:
     except (PermanentError, OSError) as e:
         print(f"cloudtaser-bpf-agent: {e}", file=sys.stderr)
         agent.stop()
-        if args.node:  # no agent here now: an earlier one's label must not attract pods
-            NodeLabel(args.node, api).remove()
+        if api is not None:  # --node: no agent here now, so an earlier one's label must not
+            NodeLabel(args.node, api).remove()  # attract pods
         return 1
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, registry=agent.metrics.registry)
-    if policies is not None:  # the operator's namespace: where it reads node reports
+    if policies is not None and api is not None:  # --node
+        # the operator's namespace: where it reads node reports
         namespace = (policies.settings or InjectorSettings()).operator_namespace
         backend = agent.loaded.backend if agent.loaded is not None else BACKEND
         node_reports.append(NodeReport(policies, args.node, namespace, backend, api))
         node_reports[0].start()
         node_label = NodeLabel(args.node, api)  # for requireBackend: the scheduler reads it
         node_label.start(backend)
-    if policies is not None:
         policies.listeners.append(release_freed_memory)  # the last listener: after reapply()
     release_freed_memory()
     print(f"ready: {args.socket}", flush=True)

@@ -39,7 +39,7 @@ class NodeLabel:
     def __init__(
         self,
         node: str,
-        api: KubeApi | None = None,
+        api: KubeApi,
         recheck: float = RECHECK,
         retry: float = RETRY,
     ) -> None:
@@ -79,7 +79,7 @@ class NodeLabel:
 
     def apply(self, value: str | None) -> bool:
         """Make the label ``value`` (None: absent); True when it had to be written."""
-        api = self._client()
+        api = self._api
         node = api.get(path("api", "v1", "nodes", self._node))
         current = (node.get("metadata", {}).get("labels") or {}).get(AGENT_BACKEND_LABEL)
         if current == value:
@@ -103,11 +103,6 @@ class NodeLabel:
         return True
 
     # --- the worker ----------------------------------------------------------------------
-
-    def _client(self) -> KubeApi:
-        if self._api is None:
-            self._api = KubeApi.from_environment()
-        return self._api
 
     def _run(self) -> None:
         delay = self._retry

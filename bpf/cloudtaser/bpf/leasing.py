@@ -32,7 +32,7 @@ class NodeReport:
         node: str,
         namespace: str,
         backend: str,
-        api: KubeApi | None = None,
+        api: KubeApi,
     ) -> None:
         self._policies = policies
         self._node = node
@@ -66,11 +66,6 @@ class NodeReport:
 
     # --- the worker ----------------------------------------------------------------------
 
-    def _client(self) -> KubeApi:
-        if self._api is None:
-            self._api = KubeApi.from_environment()
-        return self._api
-
     def _leases(self, *name: str) -> str:
         return path(
             "apis", "coordination.k8s.io", "v1", "namespaces", self._namespace, "leases", *name
@@ -95,7 +90,7 @@ class NodeReport:
     def _load(self) -> None:
         """Continue the counts a previous agent on this node wrote."""
         try:
-            lease = self._client().get(self._leases(reports.lease_name(self._node)))
+            lease = self._api.get(self._leases(reports.lease_name(self._node)))
         except ApiError as e:
             if e.status == 404:
                 return
@@ -128,7 +123,7 @@ class NodeReport:
         )
 
     def _write(self) -> None:
-        api = self._client()
+        api = self._api
         body = self.body()
         try:  # a patch: no resourceVersion needed, and this agent is the only writer
             api.patch(self._leases(reports.lease_name(self._node)), body)

@@ -136,7 +136,7 @@ class EventReporter:
         self,
         policies: PodPolicies,
         node: str,
-        api: KubeApi | None = None,
+        api: KubeApi,
         interval: float = INTERVAL_SECONDS,
         idle: float = IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -197,18 +197,13 @@ class EventReporter:
             except Exception as e:
                 log.warning("event update for a violation not posted: %s", type(e).__name__)
 
-    def _client(self) -> KubeApi:
-        if self._api is None:
-            self._api = KubeApi.from_environment()
-        return self._api
-
     def _post(self, v: Violation, uid: str | None) -> tuple[str, str] | None:
         entry = self._policies.entry(uid) if uid else None
         if entry is None:
             log.warning("violation on pid %d, which is in no known pod", v.target_tgid)
             return None
         now = datetime.datetime.now(datetime.UTC).isoformat()
-        created = self._client().post(
+        created = self._api.post(
             path("api", "v1", "namespaces", entry.namespace, "events"),
             {
                 "apiVersion": "v1",
@@ -238,4 +233,4 @@ class EventReporter:
         body: dict[str, Any] = {"count": count, "lastTimestamp": now.isoformat()}
         if latest is not None:
             body["message"] = event_message(latest)
-        self._client().patch(path("api", "v1", "namespaces", namespace, "events", name), body)
+        self._api.patch(path("api", "v1", "namespaces", namespace, "events", name), body)

@@ -72,11 +72,6 @@ def _replace(path: str, value: object) -> Operation:
     return {"op": "replace", "path": path, "value": value}
 
 
-def config_json(plan: ContainerPlan) -> str:
-    """The WrapperConfig env value: compact JSON, fields in model order (deterministic)."""
-    return plan.config_json
-
-
 def marker_value(plan: PodPlan) -> str:
     """Marker annotation value: a digest of what was injected (not of any secret): of
     ``plan.model_dump_json()``, with the containers' part taken from their cached dumps (the
@@ -284,7 +279,7 @@ def pod_patch(
             )
             continue
         ops.extend(command_ops)
-        env = [{"name": CONFIG_ENV, "value": config_json(cplan)}]
+        env = [{"name": CONFIG_ENV, "value": cplan.config_json}]
         ops.extend(_append_all(base + "/env", container.env, env))
         mounts = [
             {

@@ -65,8 +65,8 @@ def _pull_secret_names(body: bytes) -> tuple[str, list[str]]:
     # The namespace admit planned the pod in: its own, else the request's (admit refuses a
     # review where both are given and differ), so a forged review cannot have the Secrets of
     # another namespace read
-    namespace = namespace_of(pod) if (pod.get("metadata") or {}).get("namespace") else None
-    namespace = namespace or request.get("namespace") or namespace_of(pod)
+    own = (pod.get("metadata") or {}).get("namespace")
+    namespace = own or request.get("namespace") or namespace_of(pod)
     refs = (pod.get("spec") or {}).get("imagePullSecrets") or []
     return namespace, [
         r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)

@@ -14,7 +14,6 @@ from cloudtaser.engine.kube import Pod
 from cloudtaser.engine.patches import (
     ImageEntrypoint,
     PatchResult,
-    config_json,
     marker_value,
     pod_patch,
     pointer,
@@ -429,7 +428,7 @@ def test_the_marker_is_the_digest_of_the_whole_plan_dump(name: str) -> None:
     whole = plan.model_dump_json()
     assert marker_value(plan) == hashlib.sha256(whole.encode()).hexdigest()[:16]
     for container in plan.containers:
-        assert config_json(container) == container.config.model_dump_json(exclude_none=True)
+        assert container.config_json == container.config.model_dump_json(exclude_none=True)
 
 
 def test_a_binding_keeps_a_bounded_number_of_container_plans() -> None:
