@@ -153,11 +153,11 @@ def test_a_server_of_another_ca_is_refused(tmp_path: Path, server: Server) -> No
     assert server.requests == []
 
 
-def test_error_statuses_keep_status_and_body_and_say_whether_to_retry(
-    tmp_path: Path, ca: CertificateAuthority, server: Server
-) -> None:
+def certificate_client(tmp_path: Path, ca: CertificateAuthority, server: Server) -> KubeApi:
+    """A client of ``server`` from a kubeconfig naming the CA and a client certificate as
+    files."""
     client = ca.issue("admin", "admin", client=True)
-    api = KubeApi.from_kubeconfig(
+    return KubeApi.from_kubeconfig(
         kubeconfig(
             tmp_path,
             server.url,
@@ -165,6 +165,12 @@ def test_error_statuses_keep_status_and_body_and_say_whether_to_retry(
             {"client-certificate": str(client.cert), "client-key": str(client.key)},
         )
     )
+
+
+def test_error_statuses_keep_status_and_body_and_say_whether_to_retry(
+    tmp_path: Path, ca: CertificateAuthority, server: Server
+) -> None:
+    api = certificate_client(tmp_path, ca, server)
     server.status, server.answer = 404, {"kind": "Status", "message": 'nodes "n1" not found'}
     with pytest.raises(PermanentApiError) as missing:
         api.get("/api/v1/nodes/n1")
@@ -205,15 +211,7 @@ def test_plain_http_is_refused(tmp_path: Path) -> None:
 def test_a_list_is_read_a_page_at_a_time(
     tmp_path: Path, ca: CertificateAuthority, server: Server
 ) -> None:
-    client = ca.issue("admin", "admin", client=True)
-    api = KubeApi.from_kubeconfig(
-        kubeconfig(
-            tmp_path,
-            server.url,
-            {"certificate-authority": str(ca.pair.cert)},
-            {"client-certificate": str(client.cert), "client-key": str(client.key)},
-        )
-    )
+    api = certificate_client(tmp_path, ca, server)
     server.pages = [
         {"items": [{"n": 1}, {"n": 2}], "metadata": {"continue": "next/1"}},
         {"items": [{"n": 3}], "metadata": {}},

@@ -66,6 +66,14 @@ def running_connections(holder: serving.Holder) -> set[serving._Connection]:
     return _RUNNING[id(holder)].connections
 
 
+async def last_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """An answer after which the server closes the connection: its status and body."""
+    status, headers, body = await answer(reader)
+    assert headers["connection"] == "close", (status, headers)
+    assert await reader.read() == b""  # closed
+    return status, body
+
+
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -170,10 +178,9 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> N
             + b"x" * (MAX_BODY // 2)
         )
         writer.write(b"x" * (MAX_BODY // 2 + 100))  # crosses the limit; the rest is never sent
-        status, headers, body = await answer(reader)
-        assert (status, headers["connection"]) == (413, "close")
+        status, body = await last_answer(reader)
+        assert status == 413
         assert json.loads(body) == {"error": f"request body over {MAX_BODY} bytes"}
-        assert await reader.read() == b""  # closed
         # At the limit exactly: read, and answered (400: zeros are not JSON).
         reader, writer = await connect()
         writer.write(post("/mutate-v1-pod", b"0" * MAX_BODY))
@@ -187,9 +194,7 @@ def test_malformed_http_is_a_400_and_the_connection_closes(tmp_path: Path) -> No
     async def test(holder: serving.Holder, connect: Connect) -> None:
         reader, writer = await connect()
         writer.write(b"NONSENSE\r\n\r\n")
-        status, headers, _ = await answer(reader)
-        assert (status, headers["connection"]) == (400, "close")
-        assert await reader.read() == b""
+        assert (await last_answer(reader))[0] == 400
 
     on_server(tmp_path, test)
 
@@ -199,9 +204,7 @@ def test_connection_close_is_honoured(tmp_path: Path) -> None:
         holder.compiler = COMPILER
         reader, writer = await connect()
         writer.write(post("/mutate-v1-pod", review("u"), "Connection: close\r\n"))
-        status, headers, _ = await answer(reader)
-        assert (status, headers["connection"]) == (200, "close")
-        assert await reader.read() == b""
+        assert (await last_answer(reader))[0] == 200
 
     on_server(tmp_path, test)
 
@@ -279,9 +282,7 @@ def test_a_head_over_the_limit_is_refused_before_it_is_buffered(tmp_path: Path) 
             for i in range(0, len(head), 4096):  # as a trickle, many reads
                 writer.write(head[i : i + 4096])
                 await writer.drain()
-            status, headers, _ = await answer(reader)
-            assert (status, headers["connection"]) == (431, "close")
-            assert await reader.read() == b""
+            assert (await last_answer(reader))[0] == 431
         reader, writer = await connect()  # a head within the limit is served
         writer.write(b"GET /healthz HTTP/1.1\r\nX: " + b"v" * 8000 + b"\r\n\r\n")
         assert (await answer(reader))[0] == 503
@@ -298,13 +299,12 @@ def test_a_request_trickled_past_its_deadline_is_cut_off(
     async def test(holder: serving.Holder, connect: Connect) -> None:
         reader, writer = await connect()
         writer.write(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        cut = asyncio.create_task(answer(reader))
+        cut = asyncio.create_task(last_answer(reader))
         started = time.monotonic()
         while not cut.done() and time.monotonic() - started < 10:
             writer.write(b"{")  # a byte at a time: never idle, never complete
             await asyncio.sleep(0.1)
-        status, headers, _ = await cut
-        assert (status, headers["connection"]) == (408, "close")
+        assert (await cut)[0] == 408
         # while a kept-alive connection between requests is only idle, not cut off
         reader, writer = await connect()
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
