@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from pydantic_core import to_json
+
 from cloudtaser.engine.kube import LabelSelector, Pod
 from cloudtaser.engine.plans import (
     INJECT_ANNOTATION,
@@ -49,23 +51,28 @@ class Delivery:
 
 @dataclass(slots=True)
 class CompiledBinding:
-    """What a binding means independently of any pod."""
+    """What a binding means independently of any pod.
+
+    The operator holds one of these for every binding of the cluster (10k: issue 17), and
+    only a few bindings select a pod at any time, so it is kept lean: tuples, not lists, and
+    the wrapper source as its compact JSON (``source_json``), read back (``source()``) when a
+    container plan is built, which engine.pods then keeps (``container_plans``)."""
 
     ref: str
     namespace: str
     name: str
     # What selection and pod plans read of the spec; the parsed SecretBinding itself is not
-    # kept (the operator holds every binding of the cluster: issue 17).
+    # kept.
     selector: LabelSelector
-    containers: list[str]
+    containers: tuple[str, ...]
     require_secret_mem: bool
     ipc_lock: bool
-    source: WrapperSource
-    volumes: list[VolumePlan]
-    deliveries: list[Delivery]
+    source_json: bytes  # WrapperSource, validated, as JSON
+    volumes: tuple[VolumePlan, ...]
+    deliveries: tuple[Delivery, ...]
     secrets: int
     refresh_seconds: int | None
-    problems: list[Problem] = field(default_factory=list)
+    problems: tuple[Problem, ...] = ()
     # The ContainerPlans of containers this binding alone selects, by (container, agent
     # required): built by engine.pods on first use. It lives and dies with this object, which a
     # change to the binding replaces (compile_binding), so no plan outlives the spec it was
@@ -73,6 +80,10 @@ class CompiledBinding:
     container_plans: dict[tuple[str, bool], ContainerPlan] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+    def source(self) -> WrapperSource:
+        """The binding's wrapper source (a new model on each call: the caller may keep it)."""
+        return WrapperSource.model_validate_json(self.source_json)
 
 
 def compile_binding(binding: SecretBinding) -> CompiledBinding:
@@ -104,16 +115,16 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
     if cert.source in ("secret", "csi"):
         mount = f"{SECRET_MOUNT_ROOT}/tls/{tag}"
         if cert.source == "secret":
-            source: dict[str, object] = {"secret": {"secretName": cert.secret_name}}
+            volume: dict[str, object] = {"secret": {"secretName": cert.secret_name}}
         else:
-            source = {
+            volume = {
                 "csi": {
                     "driver": cert.csi_driver,
                     "readOnly": True,
                     "volumeAttributes": dict(sorted(cert.csi_attributes.items())),
                 }
             }
-        volumes.append(VolumePlan(name=f"cloudtaser-tls-{tag}", mount_path=mount, source=source))
+        volumes.append(VolumePlan(name=f"cloudtaser-tls-{tag}", mount_path=mount, source=volume))
         cert_file, key_file = f"{mount}/tls.crt", f"{mount}/tls.key"
     deliveries: list[Delivery] = []
     secrets: list[dict[str, object]] = []
@@ -151,36 +162,35 @@ def compile_binding(binding: SecretBinding) -> CompiledBinding:
                 "warning",
             )
         )
+    # Not validated here: every value comes from the validated SecretBinding. Field names,
+    # not aliases (WrapperSource takes both); read back by CompiledBinding.source().
+    source = {
+        "binding": ref,
+        "address": spec.vault.address,
+        "auth_mount": spec.vault.auth_mount,
+        "role": spec.vault.role,
+        "ca_file": ca_file,
+        "server_name": tls.server_name,
+        "client_cert_file": cert_file,
+        "client_key_file": key_file,
+        "secrets": secrets,
+    }
     return CompiledBinding(
         ref=ref,
         namespace=namespace,
         name=binding.metadata.name,
         selector=spec.selector,
-        containers=list(spec.containers),
+        containers=tuple(spec.containers),
         require_secret_mem=spec.require_secret_mem,
         ipc_lock=spec.ipc_lock,
-        # One validation of the nested dict: pydantic-core builds it faster than
-        # constructing each level from Python (benchmarks/compile.py).
-        source=WrapperSource.model_validate(
-            {
-                "binding": ref,
-                "address": spec.vault.address,
-                "auth_mount": spec.vault.auth_mount,
-                "role": spec.vault.role,
-                "ca_file": ca_file,
-                "server_name": tls.server_name,
-                "client_cert_file": cert_file,
-                "client_key_file": key_file,
-                "secrets": secrets,
-            }
-        ),
-        volumes=volumes,
-        deliveries=deliveries,
+        source_json=to_json(source),
+        volumes=tuple(volumes),
+        deliveries=tuple(deliveries),
         secrets=sum(len(s.keys) for s in spec.secrets),
         refresh_seconds=(
             duration_seconds(spec.refresh_interval) if spec.refresh_interval else None
         ),
-        problems=problems,
+        problems=tuple(problems),
     )
 
 
@@ -249,7 +259,9 @@ def container_sources(
                     "error",
                 )
             )
-        source = filter_source(compiled.source, dropped) if dropped else compiled.source
+        source = compiled.source()
+        if dropped:
+            source = filter_source(source, dropped)
         if source.secrets:
             sources.append(source)
             mounted.extend(v.name for v in compiled.volumes)

@@ -18,7 +18,9 @@ import enum
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.dataclasses import dataclass
 
 from cloudtaser.engine.kube import LabelSelector, Model
 from cloudtaser.errors import PermanentError
@@ -293,7 +295,21 @@ class BpfEntry(Model):
     policy: EffectivePolicy
 
 
-class MutationRule(Model):
+# The Plan's per-binding records: the operator keeps one of each for every binding of the
+# cluster, so they are slotted, frozen (validated) dataclasses, not models: a model instance
+# carries a __dict__ and a set of its set fields, ~0.9 KiB more each (10k bindings: issue 17).
+# On the wire they are the same camelCase objects.
+_RECORD = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+
+
+@dataclass(slots=True, frozen=True, config=_RECORD)
+class MutationRule:
     """One binding's pod selection, for the webhook's fast pre-filter."""
 
     binding: str
@@ -310,7 +326,8 @@ class WebhookScope(Model):
     failure_policy: Literal["Fail"] = "Fail"
 
 
-class BindingSummary(Model):
+@dataclass(slots=True, frozen=True, config=_RECORD)
+class BindingSummary:
     """Per binding: what its status should say."""
 
     binding: str

@@ -44,7 +44,7 @@ REPORT_PERIOD = 10.0
 CERT_POLL = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Parsed:
     """One object as the compiler last saw it: its version, model or parse problems.
 
@@ -55,7 +55,7 @@ class Parsed:
 
     version: str
     model: Any | None
-    problems: list[Problem]
+    problems: tuple[Problem, ...]
     dump: bytes | None = None  # SecretBinding: compact JSON of the model, without status
 
     @classmethod
@@ -67,7 +67,7 @@ class Parsed:
         dump = None
         if isinstance(model, SecretBinding):
             dump = model.model_dump_json(by_alias=True, exclude_none=True, exclude={"status"})
-        return cls(version, model, out.problems, dump.encode() if dump is not None else None)
+        return cls(version, model, tuple(out.problems), dump.encode() if dump is not None else None)
 
     def current(self) -> Any | None:
         """The model: kept, or read back from ``dump`` (it validated once: it does again)."""
