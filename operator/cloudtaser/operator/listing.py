@@ -24,6 +24,7 @@ from cloudtaser.injector.resolving import RegistryCredential, credentials_from_d
 log = logging.getLogger("cloudtaser.operator")
 KINDS = ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+CONDITION_KEPT = ("type", "status", "lastTransitionTime")  # slim: what statuses.conditions reads
 PULL_SECRET_KEYS = {
     "kubernetes.io/dockerconfigjson": ".dockerconfigjson",
     "kubernetes.io/dockercfg": ".dockercfg",
@@ -131,8 +132,9 @@ def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
     """What is kept of a body once it is parsed (on arrival: the parse lives in the operator,
-    the model in the compiler): the identity its version and status writes need, and the old
-    conditions."""
+    the model in the compiler): the identity its version and status writes need, and of the
+    old conditions what keeps their lastTransitionTime (statuses.conditions), not the
+    messages and figures the leader wrote (some 2 KiB a binding: issue 17)."""
     meta = body.get("metadata", {})
     out: dict[str, Any] = {
         "metadata": {
@@ -141,6 +143,13 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
             if k in meta
         },
     }
-    if "status" in body:
-        out["status"] = body["status"]
+    status = body.get("status")
+    if isinstance(status, dict):
+        out["status"] = {
+            "conditions": [
+                {k: c[k] for k in CONDITION_KEPT if k in c}
+                for c in status.get("conditions") or []
+                if isinstance(c, dict)
+            ]
+        }
     return out

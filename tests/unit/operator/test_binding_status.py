@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from cloudtaser.engine.plans import BindingSummary
-from cloudtaser.operator.listing import trimmed
+from cloudtaser.operator.listing import slim, trimmed
 from cloudtaser.operator.running import in_cluster_server
 from cloudtaser.operator.statuses import Decision, binding_status
 
@@ -92,3 +92,29 @@ def test_in_cluster_login_takes_the_kubelet_given_address() -> None:
         == "https://[fd00::1]:443"
     )
     assert in_cluster_server(info, {}) is info
+
+
+def test_a_slim_body_keeps_what_the_next_status_needs() -> None:
+    """The operator keeps each binding's body slimmed (listing.slim): the next status written
+    from the slim body equals the one written from the full body, transition times included,
+    while the old messages and figures are not kept."""
+    first = binding_status(
+        {"metadata": {"generation": 1}}, [], None, Decision(False, ["no"]), "2026-11-27T11:00:00Z"
+    )
+    body = {
+        "metadata": {"name": "app", "namespace": "team", "uid": "u1", "generation": 2},
+        "spec": {"selector": {}},
+        "status": first,
+    }
+    kept = slim(body)
+    assert kept["status"] == {
+        "conditions": [
+            {k: c[k] for k in ("type", "status", "lastTransitionTime")} for c in first["conditions"]
+        ]
+    }
+    assert "spec" not in kept and kept["metadata"] == body["metadata"]
+    for decision in (Decision(False, ["no"]), Decision(True, [])):
+        assert binding_status(kept, [], None, decision, NOW) == binding_status(
+            body, [], None, decision, NOW
+        )
+    assert slim({"metadata": {"name": "x"}, "status": None}) == {"metadata": {"name": "x"}}
