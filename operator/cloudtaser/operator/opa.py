@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from cloudtaser.operator.statuses import Decision
+from cloudtaser.operator.statuses import ALLOWED, Decision
 
 OPA_TIMEOUT = 2.0
 OPA_PACKAGE = "cloudtaser.binding"  # policies/binding.rego: package cloudtaser.binding, rule deny
@@ -92,21 +92,21 @@ class Opa:
         if known and known[0] == digest and (revision is None or known[2] == revision):
             return known[1]
         if self.url is None:
-            decision = Decision(True, [])
+            decision = ALLOWED
         else:
             body = json.loads(binding)
             try:
                 self.sent += 1
                 answer = self._client().query_rule(body, OPA_PACKAGE, "deny")
                 reasons = sorted(answer.get("result") or [])
-                decision = Decision(not reasons, reasons)
+                decision = Decision(False, tuple(reasons)) if reasons else ALLOWED
             except (requests.RequestException, ValueError, AttributeError) as e:
                 # Fail closed for what OPA never saw: a new binding, or an edited spec. An
                 # unchanged spec keeps its last decision until OPA answers again.
                 if known and known[0] == digest:
                     return known[1]
                 reason = f"OPA unreachable at {self.url} ({type(e).__name__})"
-                return Decision(None, [reason])
+                return Decision(None, (reason,))
         self.decisions[ref] = (digest, decision, revision)
         return decision
 

@@ -19,12 +19,15 @@ from cloudtaser.engine.reports import Report
 TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"  # a condition's lastTransitionTime (UTC)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Decision:
     """OPA's answer about one binding (opa.py), which the PolicyAllowed condition says."""
 
     allowed: bool | None  # None: OPA could not be asked and nothing was known before
-    reasons: list[str]
+    reasons: tuple[str, ...]
+
+
+ALLOWED = Decision(True, ())  # the usual answer, one object for every binding OPA allows
 
 
 def timestamp(now: datetime.datetime) -> str:

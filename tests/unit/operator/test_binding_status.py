@@ -26,7 +26,7 @@ def status(**figures: Any) -> dict[str, Any]:
         failing_pods=figures.get("failing", 0),
         failure=figures.get("failure", ""),
     )
-    return binding_status({"metadata": {"generation": 1}}, [], summary, Decision(True, []), NOW)
+    return binding_status({"metadata": {"generation": 1}}, [], summary, Decision(True, ()), NOW)
 
 
 def conditions(s: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
@@ -99,7 +99,7 @@ def test_a_slim_body_keeps_what_the_next_status_needs() -> None:
     from the slim body equals the one written from the full body, transition times included,
     while the old messages and figures are not kept."""
     first = binding_status(
-        {"metadata": {"generation": 1}}, [], None, Decision(False, ["no"]), "2026-11-27T11:00:00Z"
+        {"metadata": {"generation": 1}}, [], None, Decision(False, ("no",)), "2026-11-27T11:00:00Z"
     )
     body = {
         "metadata": {"name": "app", "namespace": "team", "uid": "u1", "generation": 2},
@@ -113,7 +113,7 @@ def test_a_slim_body_keeps_what_the_next_status_needs() -> None:
         ]
     }
     assert "spec" not in kept and kept["metadata"] == body["metadata"]
-    for decision in (Decision(False, ["no"]), Decision(True, [])):
+    for decision in (Decision(False, ("no",)), Decision(True, ())):
         assert binding_status(kept, [], None, decision, NOW) == binding_status(
             body, [], None, decision, NOW
         )

@@ -66,13 +66,13 @@ def test_problems_land_on_their_own_object() -> None:
 
 def test_the_winner_is_ready_and_the_loser_says_why_not() -> None:
     plan, bodies = conflicting()
-    winner = binding(plan, bodies["team/a"], Decision(True, []))
+    winner = binding(plan, bodies["team/a"], Decision(True, ()))
     assert by_type(winner)["Compiled"] == ("True", "Compiled", "compiled without errors")
     assert by_type(winner)["PolicyAllowed"] == ("True", "Allowed", "allowed by policy")
     assert by_type(winner)["Ready"][0] == "True"
     assert (winner["matchedPods"], winner["injectedPods"], winner["problems"]) == (1, 1, [])
     assert {c["observedGeneration"] for c in winner["conditions"]} == {3}
-    loser = binding(plan, bodies["team/b"], Decision(True, []))
+    loser = binding(plan, bodies["team/b"], Decision(True, ()))
     compiled = by_type(loser)["Compiled"]
     assert compiled[:2] == ("False", "Conflict")
     assert compiled[2].startswith("spec.secrets[0].keys[0].env: ")
@@ -83,10 +83,10 @@ def test_the_winner_is_ready_and_the_loser_says_why_not() -> None:
 
 def test_opa_denial_unavailability_and_an_invalid_spec() -> None:
     plan, bodies = conflicting()
-    denied = by_type(binding(plan, bodies["team/a"], Decision(False, ["no prod paths", "no root"])))
+    denied = by_type(binding(plan, bodies["team/a"], Decision(False, ("no prod paths", "no root"))))
     assert denied["PolicyAllowed"] == ("False", "Denied", "no prod paths; no root")
     assert denied["Ready"] == ("False", "Denied", "no prod paths; no root")
-    away = by_type(binding(plan, bodies["team/a"], Decision(None, ["OPA unreachable"])))
+    away = by_type(binding(plan, bodies["team/a"], Decision(None, ("OPA unreachable",))))
     assert away["PolicyAllowed"] == ("Unknown", "OPAUnavailable", "OPA unreachable")
     assert away["Ready"][:2] == ("False", "OPAUnavailable")
     parse = Problem(
@@ -162,9 +162,9 @@ def test_timestamps_are_utc() -> None:
 
 def test_an_event_names_errors_and_denials_but_not_warnings() -> None:
     plan, _ = conflicting()
-    [line] = announcement(problems_by_object(plan.problems)[0]["team/b"], Decision(True, []))
+    [line] = announcement(problems_by_object(plan.problems)[0]["team/b"], Decision(True, ()))
     assert line.startswith("spec.secrets[0].keys[0].env: ")
     warnings = problems_by_object(plan.problems)[1]["audit"]
     assert announcement(warnings, None) == []
-    assert announcement([], Decision(False, ["no root"])) == ["denied by policy: no root"]
-    assert announcement([], Decision(None, ["OPA unreachable"])) == []
+    assert announcement([], Decision(False, ("no root",))) == ["denied by policy: no root"]
+    assert announcement([], Decision(None, ("OPA unreachable",))) == []
