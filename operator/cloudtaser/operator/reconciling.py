@@ -31,7 +31,7 @@ from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Problem
 from cloudtaser.engine.resources import SecretBinding
-from cloudtaser.gcpause import gc_paused
+from cloudtaser.gcpause import exempt_survivors, gc_paused
 from cloudtaser.injector import serving
 from cloudtaser.operator import listing
 from cloudtaser.operator.opa import OPA_TTL, Opa
@@ -193,6 +193,8 @@ class Operator:
             self.changed.clear()
             try:
                 await self.reconcile()
+                if not self.ready:  # the whole cluster is compiled: its state is long-lived
+                    exempt_survivors()
                 self.ready = True
             except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as e:
                 # The API server away or restarting: one line, keep serving the last good
