@@ -106,10 +106,16 @@ class Operator:
     bodies: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {k: {} for k in listing.KINDS}
     )
-    # (kind, namespace/name) -> the parse of the body version the compiler was last given.
-    parsed: dict[tuple[str, str], Parsed] = field(default_factory=dict)
-    # (kind, namespace/name) -> version the compiler holds (bindings: only allowed ones).
-    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    # kind -> namespace/name -> the parse of the body version the compiler was last given.
+    # By kind, so that a reconcile walks only the kinds it hands over (10k bindings beside
+    # few policies: issue 17).
+    parsed: dict[str, dict[str, Parsed]] = field(
+        default_factory=lambda: {k: {} for k in listing.KINDS}
+    )
+    # kind -> namespace/name -> version the compiler holds (bindings: only allowed ones).
+    applied: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {k: {} for k in listing.KINDS}
+    )
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     listed: bool = False  # the initial lists of every kind are in self.bodies
     ready: bool = False  # ... and were compiled: the webhook answers from a complete state
@@ -141,11 +147,11 @@ class Operator:
         the statuses need of it (``listing.slim``): the operator never holds the cluster's
         full bodies, nor its bindings' models, all at once (10k bindings: issue 17)."""
         version = version_of(kind, body)
-        known = self.parsed.get((kind, key))
+        known = self.parsed[kind].get(key)
         if known is None or known.version != version:
             parsed = Parsed.of(kind, version, body)
             parsed.lean()  # the compiler reads it back (Parsed.current) when it takes it
-            self.parsed[(kind, key)] = parsed
+            self.parsed[kind][key] = parsed
         self.bodies[kind][key] = listing.slim(body)
 
     async def list_all(self) -> None:
@@ -259,15 +265,16 @@ class Operator:
 
     def _forget(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Forget the parses of objects that are gone (bodies are parsed on arrival)."""
-        for gone in [(k, key) for (k, key) in self.parsed if key not in snapshot[k]]:
-            del self.parsed[gone]
+        for kind, parses in self.parsed.items():
+            for gone in [key for key in parses if key not in snapshot[kind]]:
+                del parses[gone]
 
     def _models(self, kind: str) -> dict[str, tuple[str, Parsed]]:
         """The objects of ``kind`` that parsed: version and parse (``Parsed.current``)."""
         return {
             key: (p.version, p)
-            for (k, key), p in self.parsed.items()
-            if k == kind and (p.model is not None or p.dump is not None)
+            for key, p in self.parsed[kind].items()
+            if p.model is not None or p.dump is not None
         }
 
     def _bindings(self) -> dict[str, tuple[str, bytes, Parsed]]:
@@ -275,15 +282,15 @@ class Operator:
         been dropped: ``Parsed.current``)."""
         return {
             key: (p.version, p.dump, p)
-            for (k, key), p in self.parsed.items()
-            if k == "SecretBinding" and p.dump is not None
+            for key, p in self.parsed["SecretBinding"].items()
+            if p.dump is not None
         }
 
     def _update(
         self, compiler: IncrementalCompiler, kind: str, wanted: dict[str, tuple[str, Parsed]]
     ) -> None:
         """Hand the compiler what changed of one kind since the last reconcile."""
-        have = {key: v for (k, key), v in self.applied.items() if k == kind}
+        have = self.applied[kind]
         for key in sorted(set(have) - set(wanted)):
             namespace, name = key.split("/", 1)
             if kind == "SecretBinding":
@@ -294,11 +301,10 @@ class Operator:
                 compiler.remove_pod(namespace, name)
             else:
                 compiler.remove_namespace(name)
-            del self.applied[(kind, key)]
-        for key in sorted(wanted):
+            del have[key]
+        changed = [key for key, (version, _) in wanted.items() if have.get(key) != version]
+        for key in sorted(changed):
             version, parsed = wanted[key]
-            if have.get(key) == version:
-                continue
             model = parsed.current()
             assert model is not None  # _models keeps only what parsed
             if kind == "SecretBinding":
@@ -309,7 +315,7 @@ class Operator:
                 compiler.set_pod(model)
             else:
                 compiler.set_namespace(model)
-            self.applied[(kind, key)] = version
+            have[key] = version
 
     async def reconcile(self) -> None:
         """One round: parse what changed, ask OPA, compile, and (the leader) write."""
@@ -331,7 +337,12 @@ class Operator:
             for key, (v, _, p) in bindings.items()
             if decisions[key].allowed
         }
-        problems = [p for parsed in self.parsed.values() for p in parsed.problems]
+        problems = [
+            p
+            for parses in self.parsed.values()
+            for parsed in parses.values()
+            for p in parsed.problems
+        ]
         compiler = self.holder.compiler
         # Incremental on the event loop thread, which is also where the webhook reads the
         # compiler (serving.py), so no admission ever sees a half-applied change.
