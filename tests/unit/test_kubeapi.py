@@ -1,4 +1,4 @@
-"""The agent's API client (bpf/kubeapi.py) against a real HTTPS server on loopback with a CA of
+"""The API client (cloudtaser/kubeapi.py) against a real HTTPS server on loopback with a CA of
 its own: the kubeconfig's credentials are used as kubectl uses them, TLS is verified, and
 errors keep their status and body. (Against the real API server: the kernel and e2e tests of
 the agent's node watching, tests/kernel/test_pod_policies.py, tests/e2e/test_operator.py.)"""
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudtaser.bpf.kubeapi import KubeApi, PermanentApiError, TemporaryApiError
 from cloudtaser.errors import PermanentError, TemporaryError
+from cloudtaser.kubeapi import KubeApi, PermanentApiError, TemporaryApiError
 from cloudtaser.testbed.certificates import CertificateAuthority, Pair
 
 
