@@ -6,60 +6,23 @@ the agent's node watching, tests/kernel/test_pod_policies.py, tests/e2e/test_ope
 from __future__ import annotations
 
 import base64
-import http.server
-import json
 import ssl
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cloudtaser.errors import PermanentError, TemporaryError
-from cloudtaser.kubeapi import KubeApi, PermanentApiError, TemporaryApiError
-from cloudtaser.testbed.certificates import CertificateAuthority, Pair
-
-
-class Server:
-    """HTTPS on 127.0.0.1 requiring a client certificate of ``ca`` or none (``mtls``); answers
-    ``status`` with ``answer`` (or the next of ``pages``), records each request (method, path,
-    headers, body)."""
-
-    def __init__(self, ca: CertificateAuthority, pair: Pair, mtls: bool) -> None:
-        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
-        self.status, self.answer = 200, {"kind": "Status"}
-        self.pages: list[dict[str, Any]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                server.requests.append((self.command, self.path, dict(self.headers), body))
-                data = json.dumps(server.pages.pop(0) if server.pages else server.answer)
-                data = data.encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = _any
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(pair.cert), str(pair.key))
-        if mtls:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(str(ca.pair.cert))
-        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.socket = context.wrap_socket(self.http.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+from cloudtaser.kubeapi import MERGE_PATCH, KubeApi, PermanentApiError, TemporaryApiError
+from cloudtaser.testbed.certificates import CertificateAuthority
+from tests.harness.fake_apiserver import (
+    FakeApiServer,
+    certificate_client,
+    fake_api_server,
+    kubeconfig,
+)
 
 
 @pytest.fixture
@@ -68,33 +31,13 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 
 
 @pytest.fixture
-def server(ca: CertificateAuthority) -> Iterator[Server]:
-    pair = ca.issue("server", "apiserver", hosts=("127.0.0.1",), server=True)
-    running = Server(ca, pair, mtls=True)
-    yield running
-    running.http.shutdown()
-    running.http.server_close()
-
-
-def kubeconfig(directory: Path, server: str, cluster: dict[str, Any], user: dict[str, Any]) -> str:
-    path = directory / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server, **cluster}}],
-                "users": [{"name": "u", "user": user}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return str(path)
+def server(ca: CertificateAuthority) -> Iterator[FakeApiServer]:
+    with fake_api_server(ca, mtls=True) as running:
+        yield running
 
 
 def test_client_certificate_as_data_and_ca_as_a_relative_file(
-    tmp_path: Path, ca: CertificateAuthority, server: Server
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
 ) -> None:
     client = ca.issue("admin", "admin", client=True)
     config = kubeconfig(
@@ -121,28 +64,32 @@ def test_client_certificate_as_data_and_ca_as_a_relative_file(
 def test_a_token_file_is_read_again_for_every_request(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
-    pair = ca.issue("server", "apiserver", hosts=("127.0.0.1",), server=True)
-    server = Server(ca, pair, mtls=False)
     token = tmp_path / "token"
     token.write_text("first\n")
-    api = KubeApi.from_kubeconfig(
-        kubeconfig(
-            tmp_path,
-            server.url,
-            {"certificate-authority-data": base64.b64encode(ca.pair.cert.read_bytes()).decode()},
-            {"tokenFile": "token"},
+    with fake_api_server(ca, mtls=False) as server:
+        api = KubeApi.from_kubeconfig(
+            kubeconfig(
+                tmp_path,
+                server.url,
+                {
+                    "certificate-authority-data": base64.b64encode(
+                        ca.pair.cert.read_bytes()
+                    ).decode()
+                },
+                {"tokenFile": "token"},
+            )
         )
-    )
-    api.get("/api/v1/namespaces/a")
-    token.write_text("rotated\n")  # the kubelet renews a projected token
-    api.post("/api/v1/namespaces/a/events", {"count": 1})
-    assert [r[2]["Authorization"] for r in server.requests] == ["Bearer first", "Bearer rotated"]
-    assert server.requests[1][2]["Content-Type"] == "application/json"
-    server.http.shutdown()
-    server.http.server_close()
+        api.get("/api/v1/namespaces/a")
+        token.write_text("rotated\n")  # the kubelet renews a projected token
+        api.post("/api/v1/namespaces/a/events", {"count": 1})
+    assert [r.headers["Authorization"] for r in server.requests] == [
+        "Bearer first",
+        "Bearer rotated",
+    ]
+    assert server.requests[1].headers["Content-Type"] == "application/json"
 
 
-def test_a_server_of_another_ca_is_refused(tmp_path: Path, server: Server) -> None:
+def test_a_server_of_another_ca_is_refused(tmp_path: Path, server: FakeApiServer) -> None:
     other = CertificateAuthority(tmp_path / "other")
     api = KubeApi.from_kubeconfig(
         kubeconfig(tmp_path, server.url, {"certificate-authority": str(other.pair.cert)}, {})
@@ -153,22 +100,8 @@ def test_a_server_of_another_ca_is_refused(tmp_path: Path, server: Server) -> No
     assert server.requests == []
 
 
-def certificate_client(tmp_path: Path, ca: CertificateAuthority, server: Server) -> KubeApi:
-    """A client of ``server`` from a kubeconfig naming the CA and a client certificate as
-    files."""
-    client = ca.issue("admin", "admin", client=True)
-    return KubeApi.from_kubeconfig(
-        kubeconfig(
-            tmp_path,
-            server.url,
-            {"certificate-authority": str(ca.pair.cert)},
-            {"client-certificate": str(client.cert), "client-key": str(client.key)},
-        )
-    )
-
-
 def test_error_statuses_keep_status_and_body_and_say_whether_to_retry(
-    tmp_path: Path, ca: CertificateAuthority, server: Server
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
 ) -> None:
     api = certificate_client(tmp_path, ca, server)
     server.status, server.answer = 404, {"kind": "Status", "message": 'nodes "n1" not found'}
@@ -209,7 +142,7 @@ def test_plain_http_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_list_is_read_a_page_at_a_time(
-    tmp_path: Path, ca: CertificateAuthority, server: Server
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
 ) -> None:
     api = certificate_client(tmp_path, ca, server)
     server.pages = [
@@ -220,7 +153,68 @@ def test_a_list_is_read_a_page_at_a_time(
     assert next(items) == {"n": 1}
     assert len(server.requests) == 1  # the second page only when the first is used up
     assert list(items) == [{"n": 2}, {"n": 3}]
-    assert [r[1] for r in server.requests] == [
+    assert [r.path for r in server.requests] == [
         "/apis/g/v1/namespaces/a/things?fieldSelector=x%3Dy&limit=2",
         "/apis/g/v1/namespaces/a/things?fieldSelector=x%3Dy&limit=2&continue=next%2F1",
     ]
+
+
+def test_pages_hand_out_each_answer_s_items_as_one_list(
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
+) -> None:
+    api = certificate_client(tmp_path, ca, server)
+    server.pages = [
+        {"items": [{"n": 1}, {"n": 2}], "metadata": {"continue": "c"}},
+        {"items": None, "metadata": {"continue": "d"}},  # the API server may say null
+        {"items": [{"n": 3}], "metadata": {"continue": ""}},
+    ]
+    assert list(api.pages("/api/v1/pods", page=2)) == [[{"n": 1}, {"n": 2}], [], [{"n": 3}]]
+    assert [r.path for r in server.requests] == [
+        "/api/v1/pods?limit=2",
+        "/api/v1/pods?limit=2&continue=c",
+        "/api/v1/pods?limit=2&continue=d",
+    ]
+
+
+def test_replace_and_merge_patch_send_what_the_api_server_expects(
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
+) -> None:
+    """PUT for a replace (its resourceVersion makes it conditional); a merge patch, the one
+    patch a custom resource's status takes."""
+    api = certificate_client(tmp_path, ca, server)
+    lease = {"metadata": {"name": "l", "resourceVersion": "7"}, "spec": {}}
+    api.put("/apis/coordination.k8s.io/v1/namespaces/a/leases/l", lease)
+    api.patch("/apis/g/v1/namespaces/a/things/t/status", {"status": {"x": 1}}, MERGE_PATCH)
+    (put, patch) = server.requests
+    assert (put.method, put.body, put.headers["Content-Type"]) == (
+        "PUT",
+        lease,
+        "application/json",
+    )
+    assert (patch.method, patch.path, patch.headers["Content-Type"]) == (
+        "PATCH",
+        "/apis/g/v1/namespaces/a/things/t/status",
+        "application/merge-patch+json",
+    )
+
+
+def test_a_caller_s_timeout_bounds_the_wait_for_an_answer(
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
+) -> None:
+    api = certificate_client(tmp_path, ca, server)
+    server.delay = 1.0
+    started = time.monotonic()
+    with pytest.raises(TemporaryError, match="API server unreachable: ReadTimeoutError"):
+        api.get("/apis/coordination.k8s.io/v1/namespaces/a/leases/l", timeout=0.2)
+    assert time.monotonic() - started < 0.9
+
+
+def test_an_error_says_its_status_line_and_nothing_of_what_was_answered(
+    tmp_path: Path, ca: CertificateAuthority, server: FakeApiServer
+) -> None:
+    """The operator reads Secrets: an error's text is the status line, never a body."""
+    api = certificate_client(tmp_path, ca, server)
+    server.status, server.answer = 403, {"kind": "Status", "message": "hunter2"}
+    with pytest.raises(PermanentApiError) as forbidden:
+        api.get("/api/v1/namespaces/a/secrets/pull")
+    assert str(forbidden.value) == "HTTP 403 Forbidden"
