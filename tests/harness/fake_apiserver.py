@@ -3,7 +3,9 @@ API through cloudtaser/kubeapi.py (the client itself, the operator's reads and w
 TLS with a CA of the test's own, every request recorded, answers set by the test.
 
 Only the wire (paths, methods, bodies, content types, statuses) is faked; what the real API
-server makes of them is the e2e tests' job (tests/e2e)."""
+server makes of them is the e2e tests' job (tests/e2e). A pytest plugin (tests/conftest.py
+loads it): ``api_ca``, ``fake_api`` (the server, client certificates required) and
+``fake_api_client`` (a KubeApi of it with such a certificate)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pytest
 import yaml
 
 from cloudtaser.kubeapi import KubeApi
@@ -130,3 +133,22 @@ def certificate_client(directory: Path, ca: CertificateAuthority, server: FakeAp
             {"client-certificate": str(client.cert), "client-key": str(client.key)},
         )
     )
+
+
+@pytest.fixture
+def api_ca(tmp_path: Path) -> CertificateAuthority:
+    """The CA of the fake API server's certificate and of its clients'."""
+    return CertificateAuthority(tmp_path / "pki")
+
+
+@pytest.fixture
+def fake_api(api_ca: CertificateAuthority) -> Iterator[FakeApiServer]:
+    with fake_api_server(api_ca, mtls=True) as running:
+        yield running
+
+
+@pytest.fixture
+def fake_api_client(
+    tmp_path: Path, api_ca: CertificateAuthority, fake_api: FakeApiServer
+) -> KubeApi:
+    return certificate_client(tmp_path, api_ca, fake_api)
