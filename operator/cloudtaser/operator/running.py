@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import kubernetes
 
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
@@ -77,10 +76,6 @@ def registry(
         # the initial list of 10k bindings kept 10k of them alive at once. Ours only record
         # the body (Operator.observe), so they may go at once.
         settings.batching.idle_timeout = 0.2
-        try:  # the leader election's client (election.py); in a pod: the service account
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
         tasks.append(asyncio.create_task(op.watch_reports()))
@@ -90,7 +85,7 @@ def registry(
             op.leading = False
             threading.Thread(
                 target=elect,
-                args=(op.lead, asyncio.get_running_loop(), *election),
+                args=(op.lead, asyncio.get_running_loop(), op.api, *election),
                 name="leader-election",
                 daemon=True,
             ).start()
