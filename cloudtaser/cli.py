@@ -512,6 +512,13 @@ def operator(
     import functools
     import logging
 
+    # kopf imports the kubernetes client whenever it is installed (a development venv: the
+    # tests use it), only to recognise that client's model classes among what handlers hand
+    # it, which ours never do; the operator talks to the API server through
+    # cloudtaser/kubeapi.py. Marked absent before kopf is imported (``import kubernetes``
+    # then raises ImportError, which kopf expects), the operator does not carry its ~10 MiB
+    # (issue 17). Already imported (a caller of this function that uses it): left alone.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from cloudtaser.errors import CloudtaserError
     from cloudtaser.injector import serving
     from cloudtaser.kubeapi import KubeApi
