@@ -92,6 +92,12 @@ def version_of(kind: str, body: dict[str, Any]) -> str:
     )
 
 
+def api_failure(e: Exception) -> str:
+    """A failed call to the API server in one line: its status line, or why there was no
+    answer (the API client's errors never carry what was answered); else the error's type."""
+    return str(e) if isinstance(e, (ApiError, TemporaryError)) else type(e).__name__
+
+
 @dataclass
 class Operator:
     """One operator replica: what it knows of the cluster, and the loop that acts on it."""
@@ -183,7 +189,7 @@ class Operator:
             try:
                 await self.list_all()
             except Exception as e:  # the API server away (unreachable, HTTP 5xx): retry
-                log.warning("initial list failed (%s); retrying", type(e).__name__)
+                log.warning("initial list failed (%s); retrying", api_failure(e))
                 await asyncio.sleep(2)
         while True:
             try:  # on every change, and every OPA_TTL (a new OPA policy revision is asked again)
@@ -199,7 +205,7 @@ class Operator:
                 # The API server away, restarting or refusing: one line (the status line or
                 # why it is unreachable, never an answer), keep serving the last good compile,
                 # retry.
-                log.warning("reconcile failed: %s; retrying", e)
+                log.warning("reconcile failed: %s; retrying", api_failure(e))
                 await asyncio.sleep(1)
                 self.changed.set()
             except Exception:  # a bug: the traceback, and retry on the next change
@@ -249,7 +255,7 @@ class Operator:
                     self.reports = reports
                     self.changed.set()
             except Exception as e:  # the API server away: keep the last known figures
-                log.warning("node reports not read: %s", type(e).__name__)
+                log.warning("node reports not read: %s", api_failure(e))
             await asyncio.sleep(REPORT_PERIOD)
 
     def _forget(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:

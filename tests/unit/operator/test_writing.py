@@ -17,6 +17,7 @@ from cloudtaser.engine.plans import Plan, Problem
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
 from cloudtaser.kubeapi import ApiError, KubeApi
+from cloudtaser.operator.reconciling import api_failure
 from cloudtaser.operator.statuses import Decision
 from cloudtaser.operator.writing import Writer
 from tests.harness.documents import binding_doc
@@ -171,6 +172,7 @@ def test_any_other_refusal_of_the_webhook_configuration_is_raised(
     fake_api: FakeApiServer, fake_api_client: KubeApi
 ) -> None:
     """The reconcile loop says it in one line and tries again (reconciling.py)."""
-    fake_api.status = 403
-    with pytest.raises(ApiError, match="HTTP 403 Forbidden"):
+    fake_api.status, fake_api.answer = 403, {"kind": "Status", "message": "no, because"}
+    with pytest.raises(ApiError) as refused:
         Writer(fake_api_client).apply_webhook(plan(), CLIENT_CONFIG)
+    assert api_failure(refused.value) == "HTTP 403 Forbidden"  # the line, not the answer
