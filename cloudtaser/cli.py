@@ -509,9 +509,19 @@ def operator(
 ) -> None:
     """Watch the cluster, compile, write status, serve the webhook and keep its configuration."""
     import base64
+    import functools
     import logging
 
+    # kopf imports the kubernetes client whenever it is installed (a development venv: the
+    # tests use it), only to recognise that client's model classes among what handlers hand
+    # it, which ours never do; the operator talks to the API server through
+    # cloudtaser/kubeapi.py. Marked absent before kopf is imported (``import kubernetes``
+    # then raises ImportError, which kopf expects), the operator does not carry its ~10 MiB
+    # (issue 17). Already imported (a caller of this function that uses it): left alone.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    from cloudtaser.errors import CloudtaserError
     from cloudtaser.injector import serving
+    from cloudtaser.kubeapi import KubeApi
     from cloudtaser.operator import running
 
     logs.configure(log_format, log_level)
@@ -549,13 +559,19 @@ def operator(
         except ValidationError as e:
             path, message = validation_problems(e)[0]
             raise click.ClickException(f"{settings_file}: {path}: {message}") from None
+    try:  # in a pod: the service account; elsewhere: $KUBECONFIG (kopf logs in on its own)
+        api = KubeApi.from_environment()
+    except CloudtaserError as e:
+        raise click.ClickException(str(e)) from None
     holder = serving.Holder(
         settings=settings,
         resolver=Resolver(ca_file=registry_ca_file, insecure=insecure_registry),
-        pull_secrets=running.read_pull_secrets if image_pull_secrets else None,
+        pull_secrets=functools.partial(running.read_pull_secrets, api)
+        if image_pull_secrets
+        else None,
     )
     op = running.Operator(
-        client_config=client_config, opa_url=opa_url, holder=holder, ca_file=ca_file
+        api=api, client_config=client_config, opa_url=opa_url, holder=holder, ca_file=ca_file
     )
     election = None
     if leader_elect:

@@ -21,4 +21,5 @@ pytest_plugins = [
     "tests.harness.faults",  # outage, bao_proxy: a component taken down, a slow OpenBao
     "tests.harness.interposer",  # library, served, target, deliver: the interposer builds
     "tests.harness.attack_apps",  # wrapped_app: the attack matrix's wrapped target
+    "tests.harness.fake_apiserver",  # api_ca, fake_api, fake_api_client: HTTPS, faked API
 ]

@@ -25,7 +25,6 @@ import pytest
 import yaml
 
 from cloudtaser.bpf.iouring import lift_io_uring_restriction
-from cloudtaser.bpf.kubeapi import ApiError, KubeApi
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.programs import unpin
@@ -33,6 +32,7 @@ from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine.plans import AGENT_BACKEND_LABEL
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
 from cloudtaser.errors import CloudtaserError
+from cloudtaser.kubeapi import ApiError, KubeApi
 from cloudtaser.testbed import installing, stacking
 from tests.harness.waiting import wait_for
 
@@ -298,7 +298,7 @@ def as_token(stack: stacking.Paths, kubectl: Any, workdir: Path, token: str) -> 
 
 
 def agent_api(stack: stacking.Paths, token: str) -> KubeApi:
-    """The agent's own client (bpf/cloudtaser/bpf/kubeapi.py) as the bearer of ``token``."""
+    """The agent's own client (cloudtaser/kubeapi.py) as the bearer of ``token``."""
     return KubeApi(
         f"https://{stacking.HOST}:{stacking.APISERVER_PORT}",
         ssl.create_default_context(cafile=str(stack.ca)),

@@ -272,10 +272,10 @@ def test_node_reports_become_policy_nodes_and_violations(
 ) -> None:
     """An agent's node report (bpf/leasing.NodeReport, the Lease the agent keeps) is what the
     operator writes into each EnforcementPolicy's nodesEnforcing and violations."""
-    from cloudtaser.bpf.kubeapi import KubeApi
     from cloudtaser.bpf.leasing import NodeReport
     from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
     from cloudtaser.engine.reports import lease_name
+    from cloudtaser.kubeapi import KubeApi
 
     monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump(binding_doc("reported", NS)))

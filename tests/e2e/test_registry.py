@@ -283,19 +283,19 @@ def test_webhook_reads_the_pods_image_pull_secret(
     image: tuple[str, str],
     stack: Any,
     kubectl: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The operator's webhook server (serving.application with running.read_pull_secrets)
-    over HTTPS: a private image resolves only with the pod's imagePullSecrets, read from the
-    real API server by name; without them the pod is denied with a message that says to set
-    command; the credential appears in no answer."""
+    """The operator's webhook server (serving.application with running.read_pull_secrets, the
+    operator's API client) over HTTPS: a private image resolves only with the pod's
+    imagePullSecrets, read from the real API server by name; without them the pod is denied
+    with a message that says to set command; the credential appears in no answer."""
     import asyncio
     import base64
+    import functools
 
-    import kubernetes
     import yaml
 
     from cloudtaser.injector import serving
+    from cloudtaser.kubeapi import KubeApi
     from cloudtaser.operator import running
     from cloudtaser.testbed.certificates import CertificateAuthority
 
@@ -324,15 +324,14 @@ def test_webhook_reads_the_pods_image_pull_secret(
             ]
         ),
     )
-    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
-    kubernetes.config.load_kube_config(config_file=str(stack.kubeconfig))
+    api = KubeApi.from_kubeconfig(str(stack.kubeconfig))
     compiler = IncrementalCompiler(
         ClusterState(bindings=[SecretBinding.model_validate(binding_doc("app", namespace))])
     )
     holder = serving.Holder(
         compiler=compiler,
         resolver=Resolver(insecure=[registry.host]),
-        pull_secrets=running.read_pull_secrets,
+        pull_secrets=functools.partial(running.read_pull_secrets, api),
     )
     pair = CertificateAuthority(stack.pki).issue(
         "registry-e2e-webhook", "webhook", server=True, hosts=("127.0.0.1",)

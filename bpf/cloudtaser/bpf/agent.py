@@ -51,7 +51,6 @@ from cloudtaser.bpf.allowlists import (
 from cloudtaser.bpf.cgroups import pod_uid
 from cloudtaser.bpf.credentials import CredentialVolumes
 from cloudtaser.bpf.iouring import IO_URING_CHOICES, IoUringRestriction
-from cloudtaser.bpf.kubeapi import KubeApi
 from cloudtaser.bpf.labelling import NodeLabel
 from cloudtaser.bpf.leasing import NodeReport
 from cloudtaser.bpf.programs import (
@@ -78,6 +77,7 @@ from cloudtaser.bpf.violations import Metrics, Violation, ViolationLog, deal_wit
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
 from cloudtaser.errors import PermanentError
+from cloudtaser.kubeapi import KubeApi
 
 log = logging.getLogger("cloudtaser.bpf.agent")
 

@@ -22,8 +22,8 @@ import logging
 import threading
 import time
 
-from cloudtaser.bpf.kubeapi import KubeApi, path
 from cloudtaser.engine.plans import AGENT_BACKEND_LABEL
+from cloudtaser.kubeapi import KubeApi, path
 
 log = logging.getLogger("cloudtaser.bpf.labelling")
 RECHECK = 60.0  # seconds between checks of a written label

@@ -14,9 +14,9 @@ import logging
 import threading
 from typing import Any
 
-from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
 from cloudtaser.bpf.watching import PodPolicies
 from cloudtaser.engine import reports
+from cloudtaser.kubeapi import ApiError, KubeApi, path
 
 log = logging.getLogger("cloudtaser.bpf.leasing")
 RENEW = 20.0

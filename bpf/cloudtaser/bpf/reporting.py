@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudtaser.bpf.cgroups import pod_uid
-from cloudtaser.bpf.kubeapi import KubeApi, path
 from cloudtaser.bpf.watching import PodPolicies
+from cloudtaser.kubeapi import KubeApi, path
 
 if TYPE_CHECKING:
     from cloudtaser.bpf.violations import Violation

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cloudtaser.bpf.kubeapi import ApiError, KubeApi, path
 from cloudtaser.engine.bindings import wants_injection
 from cloudtaser.engine.compiler import ClusterState, compile_state
 from cloudtaser.engine.documents import RESOURCE_KINDS, parse_document, parse_objects
@@ -23,6 +22,7 @@ from cloudtaser.engine.kube import DEFAULT_NAMESPACE, Pod, namespace_of
 from cloudtaser.engine.plans import BpfEntry, InjectorSettings
 from cloudtaser.engine.resources import API_VERSION, GROUP, VERSION, SecretBinding
 from cloudtaser.gcpause import gc_paused
+from cloudtaser.kubeapi import ApiError, KubeApi, path
 
 log = logging.getLogger("cloudtaser.bpf.watching")
 Lister = Callable[[], dict[str, list[dict[str, Any]]]]
@@ -68,7 +68,7 @@ def selecting(bindings: Iterable[dict[str, Any]], pods: list[Pod]) -> Iterator[d
 
 
 def kubernetes_lister(node: str, api: KubeApi | None = None) -> Lister:
-    """List the objects the agent compiles from, through the agent's client (bpf/kubeapi.py:
+    """List the objects the agent compiles from, through the agent's client (cloudtaser/kubeapi.py:
     in-cluster or $KUBECONFIG, read now)."""
     client = api or KubeApi.from_environment()
     group = ("apis", GROUP, VERSION)

@@ -2,24 +2,21 @@
 node reports, and a pod's image pull secrets; and what the operator keeps of every body it
 reads (the operator holds every binding and pod of the cluster, so as little as it can).
 
-Blocking calls of the kubernetes client: the operator runs them in a thread.
+Blocking calls of the API client (cloudtaser/kubeapi.py): the operator runs them in a thread.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from typing import Any
-
-import kubernetes
 
 from cloudtaser.engine import reports
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.errors import CloudtaserError
 from cloudtaser.injector.resolving import RegistryCredential, credentials_from_dockerconfigjson
+from cloudtaser.kubeapi import ApiError, KubeApi, path
 
 log = logging.getLogger("cloudtaser.operator")
 KINDS = ("SecretBinding", "EnforcementPolicy", "Pod", "Namespace")
@@ -29,85 +26,72 @@ PULL_SECRET_KEYS = {
     "kubernetes.io/dockerconfigjson": ".dockerconfigjson",
     "kubernetes.io/dockercfg": ".dockercfg",
 }
+# Each kind's list across the cluster.
+COLLECTIONS = {
+    "SecretBinding": path("apis", GROUP, VERSION, "secretbindings"),
+    "EnforcementPolicy": path("apis", GROUP, VERSION, "enforcementpolicies"),
+    "Pod": path("api", "v1", "pods"),
+    "Namespace": path("api", "v1", "namespaces"),
+}
 
 
 PAGE = 500  # objects per list request: one page's JSON is in memory at a time
 
 
-def list_pages() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def list_pages(api: KubeApi) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Every object of the four ``KINDS`` as the API serialises them, a page at a time: (kind,
-    items). Each page is read with limit/continue and parsed from its own JSON body (not
-    into the client's models), so 10k bindings are never one response in memory."""
-    client = kubernetes.client.ApiClient()
-    custom = kubernetes.client.CustomObjectsApi(client)
-    core = kubernetes.client.CoreV1Api(client)
-    calls: dict[str, Callable[..., Any]] = {
-        "SecretBinding": partial(
-            custom.list_cluster_custom_object, GROUP, VERSION, "secretbindings"
-        ),
-        "EnforcementPolicy": partial(
-            custom.list_cluster_custom_object, GROUP, VERSION, "enforcementpolicies"
-        ),
-        "Pod": core.list_pod_for_all_namespaces,
-        "Namespace": core.list_namespace,
-    }
-    for kind, call in calls.items():
-        token: str = ""
-        while True:
-            more: dict[str, str] = {"_continue": token} if token else {}
-            answer: Any = call(limit=PAGE, _preload_content=False, **more)
-            page: dict[str, Any] = json.loads(answer.data)
-            yield kind, page.get("items") or []
-            token = str((page.get("metadata") or {}).get("continue") or "")
-            if not token:
-                break
+    items). Each page is read with limit/continue, so 10k bindings are never one response in
+    memory."""
+    for kind in KINDS:
+        for items in api.pages(COLLECTIONS[kind], page=PAGE):
+            yield kind, items
 
 
-def list_reports(namespace: str) -> list[reports.Report]:
+def list_reports(api: KubeApi, namespace: str) -> list[reports.Report]:
     """The agents' node reports: their Leases in the operator's namespace
     (engine/cloudtaser/engine/reports.py)."""
-    leases = kubernetes.client.CoordinationV1Api().list_namespaced_lease(
-        namespace, label_selector=reports.SELECTOR
-    )
-    found: list[dict[str, Any]] = kubernetes.client.ApiClient().sanitize_for_serialization(
-        leases.items
-    )
-    return [reports.decode(lease) for lease in found]
+    leases = path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases")
+    return [
+        reports.decode(lease) for lease in api.items(leases, {"labelSelector": reports.SELECTOR})
+    ]
 
 
-def read_pull_secrets(namespace: str, names: list[str]) -> list[RegistryCredential]:
+def read_pull_secrets(api: KubeApi, namespace: str, names: list[str]) -> list[RegistryCredential]:
     """The registry credentials in a pod's imagePullSecrets, read by name when a registry
     lookup needs them (``get`` only: no list or watch of Secrets) and never kept: they live
     for one resolve. A missing, forbidden or malformed Secret is skipped with a warning that
-    names it, as the kubelet would fail to pull with it; nothing of its content is logged."""
-    api = kubernetes.client.CoreV1Api()
+    names it, as the kubelet would fail to pull with it; nothing of its content is logged (nor
+    is the API server's answer: an error's text is its status line)."""
     found: list[RegistryCredential] = []
     for name in names:
         try:
-            secret = api.read_namespaced_secret(name, namespace)
-        except kubernetes.client.ApiException as e:
+            secret = api.get(path("api", "v1", "namespaces", namespace, "secrets", name))
+        except ApiError as e:
             log.warning("imagePullSecret %s/%s not read: HTTP %s", namespace, name, e.status)
             continue
-        key = PULL_SECRET_KEYS.get(secret.type or "")
-        data = secret.data or {}
-        if key is None or key not in data:
-            log.warning(
-                "imagePullSecret %s/%s: type %s has no registry credentials",
-                namespace,
-                name,
-                secret.type,
-            )
-            continue
-        try:
-            found += credentials_from_dockerconfigjson(base64.b64decode(data[key]))
-        except (CloudtaserError, ValueError) as e:
-            log.warning(
-                "imagePullSecret %s/%s: %s",
-                namespace,
-                name,
-                e if isinstance(e, CloudtaserError) else "data is not base64",
-            )
+        found += _registry_credentials(namespace, name, secret)
     return found
+
+
+def _registry_credentials(
+    namespace: str, name: str, secret: dict[str, Any]
+) -> list[RegistryCredential]:
+    """The credentials in one pull Secret as the API serialises it (its data base64), or none
+    with a warning that names the Secret and its type, never its data."""
+    kind = secret.get("type")
+    key = PULL_SECRET_KEYS.get(kind if isinstance(kind, str) else "")
+    data = secret.get("data") or {}
+    if key is None or not isinstance(data, dict) or key not in data:
+        log.warning(
+            "imagePullSecret %s/%s: type %s has no registry credentials", namespace, name, kind
+        )
+        return []
+    try:
+        return credentials_from_dockerconfigjson(base64.b64decode(data[key]))
+    except (CloudtaserError, ValueError, TypeError) as e:  # binascii.Error is a ValueError
+        reason = e if isinstance(e, CloudtaserError) else "data is not base64"
+        log.warning("imagePullSecret %s/%s: %s", namespace, name, reason)
+        return []
 
 
 def trimmed(kind: str, body: dict[str, Any]) -> dict[str, Any]:

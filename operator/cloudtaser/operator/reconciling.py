@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-import urllib3
-
 from cloudtaser.engine.compiler import ClusterState, IncrementalCompiler
 from cloudtaser.engine.documents import parse_objects
 from cloudtaser.engine.plans import Problem
 from cloudtaser.engine.resources import SecretBinding
+from cloudtaser.errors import TemporaryError
 from cloudtaser.gcpause import exempt_survivors, gc_paused
 from cloudtaser.injector import serving
+from cloudtaser.kubeapi import ApiError, KubeApi
 from cloudtaser.operator import listing
 from cloudtaser.operator.opa import OPA_TTL, Opa
 from cloudtaser.operator.statuses import aggregate_reports
@@ -93,16 +92,23 @@ def version_of(kind: str, body: dict[str, Any]) -> str:
     )
 
 
+def api_failure(e: Exception) -> str:
+    """A failed call to the API server in one line: its status line, or why there was no
+    answer (the API client's errors never carry what was answered); else the error's type."""
+    return str(e) if isinstance(e, (ApiError, TemporaryError)) else type(e).__name__
+
+
 @dataclass
 class Operator:
     """One operator replica: what it knows of the cluster, and the loop that acts on it."""
 
+    api: KubeApi  # its reads and writes that kopf's watches do not cover
     client_config: dict[str, Any]
     opa_url: str | None
     holder: serving.Holder
     ca_file: str | None = None  # the caBundle's source, re-read when it rotates
     opa: Opa = field(init=False)  # asks OPA about each binding (opa_url)
-    writer: Writer = field(default_factory=Writer)  # statuses, Events, webhook configuration
+    writer: Writer = field(init=False)  # statuses, Events, webhook configuration
     bodies: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {k: {} for k in listing.KINDS}
     )
@@ -127,6 +133,7 @@ class Operator:
 
     def __post_init__(self) -> None:
         self.opa = Opa(self.opa_url)
+        self.writer = Writer(self.api)
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ class Operator:
         and parsed a page at a time (listing.list_pages), so that a page, not the cluster, is
         the peak."""
         self.tombstones = set()
-        pages = listing.list_pages()
+        pages = listing.list_pages(self.api)
         while (page := await asyncio.to_thread(next, pages, None)) is not None:
             kind, items = page
             for body in items:
@@ -187,8 +194,8 @@ class Operator:
         while not self.listed:
             try:
                 await self.list_all()
-            except Exception as e:  # the API server away (urllib3 errors, HTTP 5xx): retry
-                log.warning("initial list failed (%s); retrying", type(e).__name__)
+            except Exception as e:  # the API server away (unreachable, HTTP 5xx): retry
+                log.warning("initial list failed (%s); retrying", api_failure(e))
                 await asyncio.sleep(2)
         while True:
             try:  # on every change, and every OPA_TTL (a new OPA policy revision is asked again)
@@ -202,15 +209,11 @@ class Operator:
                 if not self.ready:  # the whole cluster is compiled: its state is long-lived
                     exempt_survivors()
                 self.ready = True
-            except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as e:
-                # The API server away or restarting: one line, keep serving the last good
-                # compile, retry.
-                api = e if isinstance(e, kubernetes.client.ApiException) else None
-                log.warning(
-                    "reconcile failed: %s%s; retrying",
-                    type(e).__name__,
-                    f" (HTTP {api.status})" if api is not None else "",
-                )
+            except (ApiError, TemporaryError) as e:
+                # The API server away, restarting or refusing: one line (the status line or
+                # why it is unreachable, never an answer), keep serving the last good compile,
+                # retry.
+                log.warning("reconcile failed: %s; retrying", api_failure(e))
                 await asyncio.sleep(1)
                 self.changed.set()
             except Exception:  # a bug: the traceback, and retry on the next change
@@ -254,13 +257,13 @@ class Operator:
         namespace = self.holder.settings.operator_namespace
         while True:
             try:
-                leases = await asyncio.to_thread(listing.list_reports, namespace)
+                leases = await asyncio.to_thread(listing.list_reports, self.api, namespace)
                 reports = aggregate_reports(leases, datetime.datetime.now(datetime.UTC))
                 if reports != self.reports:
                     self.reports = reports
                     self.changed.set()
             except Exception as e:  # the API server away: keep the last known figures
-                log.warning("node reports not read: %s", type(e).__name__)
+                log.warning("node reports not read: %s", api_failure(e))
             await asyncio.sleep(REPORT_PERIOD)
 
     def _forget(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:

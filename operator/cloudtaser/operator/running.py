@@ -1,7 +1,8 @@
 """How ``cloudtaser operator`` runs (cloudtaser/cli.py): kopf's handlers bound to one Operator,
 the webhook server, the background tasks and leader election, in one kopf process.
 
-The CLI builds an ``Operator`` (reconciling.py) and the webhook's ``read_pull_secrets``
+The CLI builds an ``Operator`` (reconciling.py) with its API client (cloudtaser/kubeapi.py,
+in-cluster or $KUBECONFIG, as kopf logs in on its own) and the webhook's ``read_pull_secrets``
 (listing.py) from here, then calls ``run``.
 """
 
@@ -15,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import kubernetes
 
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION
@@ -37,10 +37,10 @@ ERROR_BACKOFFS = (0.5, 1.0, 1.0, 2.0, 2.0) + (3.0,) * 100  # kopf's API retries 
 
 
 def in_cluster_server(info: Any, environ: Mapping[str, str] = os.environ) -> Any:
-    """kopf's service-account login with the API server's address the way client-go (and the
-    agent's kubernetes client) takes it: the kubelet's KUBERNETES_SERVICE_HOST/PORT. kopf
-    names https://kubernetes.default.svc instead, which needs cluster DNS (the local stack's
-    node has none, nor has a pod with dnsPolicy Default)."""
+    """kopf's service-account login with the API server's address the way client-go (and our
+    API client, cloudtaser/kubeapi.py) takes it: the kubelet's KUBERNETES_SERVICE_HOST/PORT.
+    kopf names https://kubernetes.default.svc instead, which needs cluster DNS (the local
+    stack's node has none, nor has a pod with dnsPolicy Default)."""
     host = environ.get("KUBERNETES_SERVICE_HOST")
     if not host:
         return info
@@ -76,10 +76,6 @@ def registry(
         # the initial list of 10k bindings kept 10k of them alive at once. Ours only record
         # the body (Operator.observe), so they may go at once.
         settings.batching.idle_timeout = 0.2
-        try:  # in a pod: the service account; elsewhere: $KUBECONFIG
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         await serving.start(op.holder, host, port, cert, key)
         tasks.append(asyncio.create_task(op.run()))
         tasks.append(asyncio.create_task(op.watch_reports()))
@@ -89,7 +85,7 @@ def registry(
             op.leading = False
             threading.Thread(
                 target=elect,
-                args=(op.lead, asyncio.get_running_loop(), *election),
+                args=(op.lead, asyncio.get_running_loop(), op.api, *election),
                 name="leader-election",
                 daemon=True,
             ).start()

@@ -4,7 +4,7 @@ the Plan's (repairing drift).
 
 Only the leader writes (reconciling.py). What was written is remembered by digest, so an
 unchanged status costs no request; a new leader forgets it and writes everything once.
-Blocking calls of the kubernetes client: the operator runs them in a thread.
+Blocking calls of the API client (cloudtaser/kubeapi.py): the operator runs them in a thread.
 """
 
 from __future__ import annotations
@@ -16,21 +16,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes
-
 from cloudtaser.engine.plans import Plan, Problem
 from cloudtaser.engine.resources import GROUP, VERSION
 from cloudtaser.engine.webhooks import WEBHOOK_CONFIGURATION, webhook_configuration
+from cloudtaser.kubeapi import MERGE_PATCH, ApiError, KubeApi, path
 from cloudtaser.operator import statuses
 from cloudtaser.operator.statuses import Decision
 
 log = logging.getLogger("cloudtaser.operator")
+WEBHOOKS = ("apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
 
 
 @dataclass
 class Writer:
     """Writes statuses, Events and the webhook configuration, each only when it changed."""
 
+    api: KubeApi
     written: dict[str, str] = field(default_factory=dict)  # object -> digest of the last status
     announced: dict[str, str] = field(default_factory=dict)  # binding -> digest of its problems
 
@@ -48,7 +49,6 @@ class Writer:
         """The status of every SecretBinding and EnforcementPolicy in ``snapshot`` (kind ->
         namespace/name -> body), from the Plan, OPA's ``decisions`` and the node ``reports``
         (policy -> (nodes enforcing, violations))."""
-        api = kubernetes.client.CustomObjectsApi()
         now = statuses.timestamp(datetime.datetime.now(datetime.UTC))
         summaries = {s.binding: s for s in plan.bindings}
         by_binding, by_policy = statuses.problems_by_object(plan.problems)
@@ -58,7 +58,7 @@ class Writer:
             mine = by_binding.get(ref, [])
             decision = decisions.get(ref)
             status = statuses.binding_status(body, mine, summaries.get(ref), decision, now)
-            self.patch(api, "secretbindings", namespace, name, status)
+            self.patch("secretbindings", namespace, name, status)
             self.announce(ref, body, mine, decision)
         matched = {p.policy: p.matched_pods for p in plan.policies}
         constrained = {p.policy: p.constrained_pods for p in plan.policies}
@@ -72,27 +72,24 @@ class Writer:
                 reports.get(name, (0, 0)),
                 now,
             )
-            self.patch(api, "enforcementpolicies", None, name, status)
+            self.patch("enforcementpolicies", None, name, status)
 
-    def patch(
-        self, api: Any, plural: str, namespace: str | None, name: str, status: dict[str, Any]
-    ) -> None:
-        """Write one object's status unless it is the one last written."""
+    def patch(self, plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        """Write one object's status (a merge patch of its status subresource, the one write
+        the RBAC grants on it) unless it is the one last written."""
         digest = hashlib.sha256(json.dumps(status, sort_keys=True).encode()).hexdigest()
         key = f"{plural}/{namespace or ''}/{name}"
         if self.written.get(key) == digest:
             return
+        scope = ("namespaces", namespace) if namespace is not None else ()
         try:
-            if namespace is None:
-                api.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, name, {"status": status}
-                )
-            else:
-                api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, {"status": status}
-                )
+            self.api.patch(
+                path("apis", GROUP, VERSION, *scope, plural, name, "status"),
+                {"status": status},
+                MERGE_PATCH,
+            )
             self.written[key] = digest
-        except kubernetes.client.ApiException as e:
+        except ApiError as e:
             if e.status != 404:  # deleted meanwhile: nothing to say
                 log.warning(
                     "status of %s %s/%s not written: HTTP %s", plural, namespace, name, e.status
@@ -109,59 +106,62 @@ class Writer:
             return
         self.announced[ref] = digest
         meta = body.get("metadata", {})
-        now = datetime.datetime.now(datetime.UTC)
-        event = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(
-                generate_name=f"{meta.get('name')}.", namespace=meta.get("namespace")
-            ),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind="SecretBinding",
-                name=meta.get("name"),
-                namespace=meta.get("namespace"),
-                uid=meta.get("uid"),
-            ),
-            type="Warning" if lines else "Normal",
-            reason="CompileProblems" if lines else "Compiled",
-            message=("; ".join(lines) or "all problems resolved")[:1000],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=kubernetes.client.V1EventSource(component="cloudtaser-operator"),
-        )
+        namespace = str(meta.get("namespace"))
+        event = binding_event(meta, lines, datetime.datetime.now(datetime.UTC))
         try:
-            kubernetes.client.CoreV1Api().create_namespaced_event(meta.get("namespace"), event)
-        except kubernetes.client.ApiException as e:
+            self.api.post(path("api", "v1", "namespaces", namespace, "events"), event)
+        except ApiError as e:
             log.warning("event for %s not posted: HTTP %s", ref, e.status)
 
     def apply_webhook(self, plan: Plan, client_config: dict[str, Any]) -> bool:
         """Make the configuration equal to the Plan's; False: someone else wrote it between
         our read and write (409), so the caller re-derives it on the next round."""
-        api = kubernetes.client.AdmissionregistrationV1Api()
         wanted = webhook_configuration(plan, client_config)
         try:
             try:
-                current = api.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
-            except kubernetes.client.ApiException as e:
+                have = self.api.get(path(*WEBHOOKS, WEBHOOK_CONFIGURATION))
+            except ApiError as e:
                 if e.status != 404:
                     raise
-                # The client wants its model classes; dicts serialise as they are.
-                api.create_mutating_webhook_configuration(wanted)  # type: ignore[arg-type]
+                self.api.post(path(*WEBHOOKS), wanted)
                 log.info("webhook configuration created (namespaces: %s)", plan.webhook.namespaces)
                 return True
-            client = kubernetes.client.ApiClient()
-            have = client.sanitize_for_serialization(current)
             if same_webhooks(have, wanted):
                 return True
             wanted["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
-            api.replace_mutating_webhook_configuration(WEBHOOK_CONFIGURATION, wanted)  # type: ignore[arg-type]
-        except kubernetes.client.ApiException as e:
+            self.api.put(path(*WEBHOOKS, WEBHOOK_CONFIGURATION), wanted)
+        except ApiError as e:
             if e.status != 409:  # 409: created or changed meanwhile
                 raise
             log.info("webhook configuration changed while we wrote it; deriving it again")
             return False
         log.info("webhook configuration updated (namespaces: %s)", plan.webhook.namespaces)
         return True
+
+
+def binding_event(meta: dict[str, Any], lines: list[str], now: datetime.datetime) -> dict[str, Any]:
+    """A core/v1 Event on the SecretBinding of ``meta`` saying its problems (``lines``; none:
+    they are resolved), as the kubernetes client serialised the one it was given."""
+    stamp = now.isoformat()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SecretBinding",
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": "Warning" if lines else "Normal",
+        "reason": "CompileProblems" if lines else "Compiled",
+        "message": ("; ".join(lines) or "all problems resolved")[:1000],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": "cloudtaser-operator"},
+    }
 
 
 def same_webhooks(have: dict[str, Any], wanted: dict[str, Any]) -> bool:

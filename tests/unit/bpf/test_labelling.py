@@ -20,7 +20,7 @@ class Refused(Exception):
 
 
 class FakeNodes:
-    """The agent's API client (bpf/kubeapi.KubeApi) on one node's labels: get and patch of
+    """The agent's API client (cloudtaser/kubeapi.KubeApi) on one node's labels: get and patch of
     /api/v1/nodes/n1; the first ``failures`` calls fail."""
 
     def __init__(self, labels: dict[str, str], failures: int = 0) -> None:

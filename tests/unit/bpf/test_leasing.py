@@ -74,7 +74,7 @@ def test_a_pod_under_no_policy_reports_the_default_one() -> None:
 
 
 class Leases:
-    """The agent's API client (bpf/kubeapi.KubeApi) holding one Lease, as a restarted agent
+    """The agent's API client (cloudtaser/kubeapi.KubeApi) holding one Lease, as a restarted agent
     finds it."""
 
     def __init__(self, body: dict[str, Any]) -> None:

@@ -1,11 +1,17 @@
-"""The node agent's Kubernetes API client: a few REST calls over urllib3, JSON in and out.
+"""cloudtaser's Kubernetes API client: a few REST calls over urllib3, JSON in and out, for the
+node agent and the operator.
 
-Why not the kubernetes client the operator uses: importing it (its generated API classes and
-models) costs the agent some 35 MiB of its 64 MiB budget (issue 17), for the handful of calls
-it makes (list pods, bindings, policies; read a namespace; read/patch/create its Lease and its
-Node's label; create/patch Events). Objects stay plain JSON dicts, as the agent used them
-anyway (the kubernetes client's models were serialised straight back); parsing and validation
-stay with the engine's pydantic models (engine/cloudtaser/engine/documents.py).
+Why not the kubernetes client: importing it (its generated API classes and models) cost the
+agent some 35 MiB of its 64 MiB budget, and the operator some 10 MiB of its 128 MiB (issue 17),
+for the handful of calls they make. The agent lists pods, bindings and policies, reads a
+namespace, reads/patches/creates its Lease and its Node's label, creates/patches Events; the
+operator lists the four kinds it compiles and the agents' Leases, reads image pull Secrets by
+name, merge-patches status subresources, creates Events, reads/creates/replaces its
+MutatingWebhookConfiguration and keeps its leader Lease (get, create, replace). Objects stay
+plain JSON dicts, as both used them anyway (the kubernetes client's models were serialised
+straight back); parsing and validation stay with the engine's pydantic models
+(engine/cloudtaser/engine/documents.py). (kopf, which watches for the operator, has its own
+aiohttp client and its own login.)
 
 Credentials as the kubernetes client finds them: in-cluster (KUBERNETES_SERVICE_HOST/PORT,
 the service account's token, re-read for every request as the kubelet rotates it, and its
@@ -17,7 +23,8 @@ a kubeconfig asking for insecure-skip-tls-verify, or for credentials this client
 
 Errors: an HTTP error status is an ``ApiError`` (``status`` and the server's ``body``, as the
 kubernetes client's ApiException had them): temporary for 429 and 5xx, else permanent;
-connection failures and timeouts are ``TemporaryError``; a TLS failure is permanent.
+connection failures and timeouts are ``TemporaryError``; a TLS failure is permanent. No
+error's message carries what was sent or answered (an answer may be a Secret).
 """
 
 from __future__ import annotations
@@ -39,13 +46,16 @@ from cloudtaser.errors import CloudtaserError, PermanentError, TemporaryError
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # a list of 10k bindings takes a few seconds on a busy API server
-PAGE = 500  # items per list request (KubeApi.items)
+PAGE = 500  # items per list request (KubeApi.pages and .items)
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"  # what the kubernetes client sent
+# for a dict body on built-in kinds; custom resources (and their status) take only this one:
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(CloudtaserError):
     """The API server answered with an error status (``status``; its Status object, ``body``,
-    never carries a secret: the agent reads no Secrets)."""
+    names the object but never holds a Secret's data: an error answers no object, and neither
+    room writes Secrets). The message is the status line only."""
 
     def __init__(self, status: int, reason: str, body: str) -> None:
         super().__init__(f"HTTP {status} {reason}".rstrip())
@@ -87,11 +97,12 @@ class KubeApi:
         self._token_file = token_file
         self._pool = urllib3.PoolManager(
             num_pools=2,
-            maxsize=4,  # the relist, the Lease, the label and Events may overlap
+            # Requests that may overlap: the agent's relist, Lease, label and Events; the
+            # operator's election, writes, node-report poll and the webhook's pull-secret reads.
+            maxsize=8,
             ssl_context=context,
             server_hostname=server_hostname,
             retries=False,  # callers retry: a relist, the report's and label's next round
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
         )
 
     # -- configuration -----------------------------------------------------------------------
@@ -155,7 +166,7 @@ class KubeApi:
             if user.get(unsupported):
                 raise PermanentError(
                     f"kubeconfig {path}: user {user_name}: {unsupported} is not supported "
-                    "by the node agent (use a token or a client certificate)"
+                    "by cloudtaser's API client (use a token or a client certificate)"
                 )
         context = ssl.create_default_context()
         ca = _file_or_data(cluster, "certificate-authority", cluster_base)
@@ -187,8 +198,11 @@ class KubeApi:
         body: Any = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> Any:
-        """``method`` on ``path`` (e.g. /api/v1/pods), the JSON answer parsed."""
+        """``method`` on ``path`` (e.g. /api/v1/pods), the JSON answer parsed. ``timeout``
+        (seconds) bounds connecting and waiting for the answer when a caller has a deadline
+        of its own (the leader election's renewal); else CONNECT_TIMEOUT and READ_TIMEOUT."""
         headers = {"Accept": "application/json"}
         token = self._token
         if self._token_file is not None:  # rotated by the kubelet: read it every time
@@ -204,7 +218,16 @@ class KubeApi:
             headers["Content-Type"] = content_type
         url = self.server + path + (f"?{urlencode(query)}" if query else "")
         try:
-            response = self._pool.request(method, url, body=data, headers=headers)
+            response = self._pool.request(
+                method,
+                url,
+                body=data,
+                headers=headers,
+                timeout=urllib3.Timeout(
+                    connect=min(CONNECT_TIMEOUT, timeout or CONNECT_TIMEOUT),
+                    read=timeout or READ_TIMEOUT,
+                ),
+            )
         except urllib3.exceptions.SSLError as e:
             raise PermanentError(f"TLS with the API server failed: {_first_line(e)}") from None
         except urllib3.exceptions.HTTPError as e:
@@ -219,27 +242,42 @@ class KubeApi:
         except ValueError:
             raise TemporaryError(f"{method} {path}: the answer is not JSON") from None
 
-    def get(self, path: str, query: Mapping[str, str] | None = None) -> Any:
-        return self.request("GET", path, query=query)
+    def get(
+        self, path: str, query: Mapping[str, str] | None = None, timeout: float | None = None
+    ) -> Any:
+        return self.request("GET", path, query=query, timeout=timeout)
 
-    def items(
+    def pages(
         self, path: str, query: Mapping[str, str] | None = None, page: int = PAGE
-    ) -> Iterator[dict[str, Any]]:
-        """The items of a list, fetched ``page`` at a time (the API server's chunking: one
-        consistent snapshot), so that a caller keeping few of them never holds them all."""
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The items of a list, ``page`` at a time (the API server's chunking: one consistent
+        snapshot), so that a caller never holds more than a page of the answer at once."""
         token = ""
         while True:
             chunk = self.get(
                 path,
                 {**(query or {}), "limit": str(page), **({"continue": token} if token else {})},
             )
-            yield from chunk.get("items") or []
+            yield chunk.get("items") or []
             token = (chunk.get("metadata") or {}).get("continue") or ""
             if not token:
                 return
 
-    def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, body)
+    def items(
+        self, path: str, query: Mapping[str, str] | None = None, page: int = PAGE
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a list one by one, fetched ``page`` at a time (``pages``), so that a
+        caller keeping few of them never holds them all."""
+        for chunk in self.pages(path, query, page):
+            yield from chunk
+
+    def post(self, path: str, body: Any, timeout: float | None = None) -> Any:
+        return self.request("POST", path, body, timeout=timeout)
+
+    def put(self, path: str, body: Any, timeout: float | None = None) -> Any:
+        """Replace the object at ``path`` with ``body``; its metadata.resourceVersion, when
+        given, makes the write fail with 409 if the object changed since it was read."""
+        return self.request("PUT", path, body, timeout=timeout)
 
     def patch(self, path: str, body: Any, content_type: str = STRATEGIC_MERGE) -> Any:
         return self.request("PATCH", path, body, content_type=content_type)
