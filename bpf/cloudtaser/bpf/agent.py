@@ -77,6 +77,7 @@ from cloudtaser.bpf.violations import Metrics, Violation, ViolationLog, deal_wit
 from cloudtaser.bpf.watching import PodPolicies, kubernetes_lister
 from cloudtaser.engine.plans import InjectorSettings, ProtectionFlag
 from cloudtaser.errors import PermanentError
+from cloudtaser.heap import release_freed_memory
 from cloudtaser.kubeapi import KubeApi
 
 log = logging.getLogger("cloudtaser.bpf.agent")
@@ -107,16 +108,6 @@ def start_time_ticks(pid: int) -> int:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = stat[stat.rindex(b")") + 2 :].split()
     return int(rest[22 - 3])
-
-
-def release_freed_memory() -> None:
-    """Hand the free pages of the C heap back to the kernel (glibc's malloc_trim; elsewhere
-    nothing). Called after start-up (libbpf's parse of the kernel's BTF, some 10 MiB, is freed
-    then, and a full list of this node's bindings) and after every relist: freed memory that
-    glibc keeps in the middle of its heap still counts as the agent's RSS (issue 17)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def default_object() -> Path:

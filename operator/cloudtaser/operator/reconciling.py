@@ -30,6 +30,7 @@ from cloudtaser.engine.plans import Problem
 from cloudtaser.engine.resources import SecretBinding
 from cloudtaser.errors import TemporaryError
 from cloudtaser.gcpause import exempt_survivors, gc_paused
+from cloudtaser.heap import release_freed_memory
 from cloudtaser.injector import serving
 from cloudtaser.kubeapi import ApiError, KubeApi
 from cloudtaser.operator import listing
@@ -209,6 +210,7 @@ class Operator:
                 if not self.ready:  # the whole cluster is compiled: its state is long-lived
                     exempt_survivors()
                 self.ready = True
+                release_freed_memory()  # what the round built and dropped (cloudtaser/heap.py)
             except (ApiError, TemporaryError) as e:
                 # The API server away, restarting or refusing: one line (the status line or
                 # why it is unreachable, never an answer), keep serving the last good compile,
