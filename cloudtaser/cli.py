@@ -516,9 +516,12 @@ def operator(
     # tests use it), only to recognise that client's model classes among what handlers hand
     # it, which ours never do; the operator talks to the API server through
     # cloudtaser/kubeapi.py. Marked absent before kopf is imported (``import kubernetes``
-    # then raises ImportError, which kopf expects), the operator does not carry its ~10 MiB
-    # (issue 17). Already imported (a caller of this function that uses it): left alone.
+    # then raises ImportError, which kopf expects), the operator does not carry its modules:
+    # ~30 MiB of RSS once loaded (issue 17). Already imported (a caller of this function that uses it): left alone.
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    from cloudtaser.heap import limit_arenas
+
+    limit_arenas()  # before kopf, the webhook and the election start their threads
     from cloudtaser.errors import CloudtaserError
     from cloudtaser.injector import serving
     from cloudtaser.kubeapi import KubeApi
