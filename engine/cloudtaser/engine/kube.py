@@ -21,17 +21,22 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+# camelCase on the wire (snake_case names taken too), unknown fields refused: the models'
+# config, and the Plan's slotted records' (engine/cloudtaser/engine/plans.py).
+WIRE = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    populate_by_name=True,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+
+
 class Model(BaseModel):
     """Base of the cloudtaser resource models: camelCase on the wire, unknown fields refused."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = WIRE
 
 
 class KubeModel(Model):

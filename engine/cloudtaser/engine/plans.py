@@ -18,11 +18,10 @@ import enum
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
-from cloudtaser.engine.kube import LabelSelector, Model
+from cloudtaser.engine.kube import WIRE, LabelSelector, Model
 from cloudtaser.errors import PermanentError
 
 INJECT_ANNOTATION = "cloudtaser.io/inject"
@@ -298,17 +297,10 @@ class BpfEntry(Model):
 # The Plan's per-binding records: the operator keeps one of each for every binding of the
 # cluster, so they are slotted, frozen (validated) dataclasses, not models: a model instance
 # carries a __dict__ and a set of its set fields, ~0.9 KiB more each (10k bindings: issue 17).
-# On the wire they are the same camelCase objects.
-_RECORD = ConfigDict(
-    extra="forbid",
-    alias_generator=to_camel,
-    validate_by_name=True,
-    validate_by_alias=True,
-    serialize_by_alias=True,
-)
+# On the wire they are the same camelCase objects (kube.WIRE).
 
 
-@dataclass(slots=True, frozen=True, config=_RECORD)
+@dataclass(slots=True, frozen=True, config=WIRE)
 class MutationRule:
     """One binding's pod selection, for the webhook's fast pre-filter."""
 
@@ -326,7 +318,7 @@ class WebhookScope(Model):
     failure_policy: Literal["Fail"] = "Fail"
 
 
-@dataclass(slots=True, frozen=True, config=_RECORD)
+@dataclass(slots=True, frozen=True, config=WIRE)
 class BindingSummary:
     """Per binding: what its status should say."""
 
