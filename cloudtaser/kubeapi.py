@@ -30,6 +30,7 @@ error's message carries what was sent or answered (an answer may be a Secret).
 from __future__ import annotations
 
 import base64
+import http
 import json
 import os
 import ssl
@@ -70,6 +71,14 @@ class TemporaryApiError(ApiError, TemporaryError):
 
 class PermanentApiError(ApiError, PermanentError):
     """Any other error status (404, 403, 409, 422, ...)."""
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status ('' for one without)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def api_error(status: int, reason: str, body: str) -> ApiError:
@@ -233,9 +242,12 @@ class KubeApi:
         except urllib3.exceptions.HTTPError as e:
             # the exception's text may carry the URL (never a token: that is a header)
             raise TemporaryError(f"API server unreachable: {type(e).__name__}") from None
-        if response.status >= 400:
+        if not 200 <= response.status < 300:
+            # Any other answer is an error, a redirect too (never followed: it would take the
+            # token elsewhere, and its body is not the answer). The reason phrase is the
+            # standard one for the status, not the server's, which could echo what was sent.
             raise api_error(
-                response.status, response.reason or "", response.data.decode(errors="replace")
+                response.status, _phrase(response.status), response.data.decode(errors="replace")
             )
         try:
             return json.loads(response.data)

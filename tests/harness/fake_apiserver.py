@@ -50,6 +50,7 @@ class FakeApiServer:
         self.pages: list[dict[str, Any]] = []
         self.handler: Handler | None = None
         self.delay = 0.0
+        self.reason: str | None = None  # the status line's phrase (None: the standard one)
         server = self
 
         class Answer(http.server.BaseHTTPRequestHandler):
@@ -60,7 +61,7 @@ class FakeApiServer:
                 time.sleep(server.delay)
                 status, answer = server._answer(self.command, self.path, body)
                 data = json.dumps(answer).encode()
-                self.send_response(status)
+                self.send_response(status, server.reason)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -206,3 +206,27 @@ def test_an_error_says_its_status_line_and_nothing_of_what_was_answered(
     with pytest.raises(PermanentApiError) as forbidden:
         api.get("/api/v1/namespaces/a/secrets/pull")
     assert str(forbidden.value) == "HTTP 403 Forbidden"
+
+
+def test_an_error_s_reason_is_the_standard_phrase_not_the_server_s(
+    tmp_path: Path, api_ca: CertificateAuthority, fake_api: FakeApiServer
+) -> None:
+    """A server or proxy that echoes what it was sent in its reason phrase (the bearer token)
+    does not get it into our error's text, and so into a log line."""
+    api = certificate_client(tmp_path, api_ca, fake_api)
+    fake_api.status, fake_api.reason = 418, "I am Bearer SUPERSECRET-TOKEN"
+    with pytest.raises(PermanentApiError) as teapot:
+        api.get("/api/v1/namespaces/a/secrets/pull")
+    assert str(teapot.value) == "HTTP 418 I'm a Teapot" and teapot.value.reason == "I'm a Teapot"
+
+
+def test_a_redirect_is_an_error_not_an_answer(
+    tmp_path: Path, api_ca: CertificateAuthority, fake_api: FakeApiServer
+) -> None:
+    """Redirects are not followed (the token would go along), and a 3xx's body is not the list
+    asked for: an empty list read from it would drop every object."""
+    api = certificate_client(tmp_path, api_ca, fake_api)
+    fake_api.status, fake_api.answer = 302, {"kind": "List", "items": []}
+    with pytest.raises(PermanentApiError, match="HTTP 302 Found"):
+        api.get("/apis/cloudtaser.io/v1alpha1/secretbindings")
+    assert len(fake_api.requests) == 1
