@@ -224,7 +224,8 @@ def _registry_key(key: str) -> tuple[str, str]:
         host, path = parts.netloc, parts.path
     else:
         host, _, path = key.partition("/")
-    host = host.lower()
+    # Never a user:password@ part: the host is logged and kept (RegistryCredential.registry).
+    host = host.rpartition("@")[2].lower()
     path = path.strip("/")
     if host in _DOCKER_HUB_ALIASES:
         return DOCKER_HUB, ""  # "https://index.docker.io/v1/" is a version, not a path
@@ -261,11 +262,11 @@ def credentials_from_dockerconfigjson(data: bytes) -> list[RegistryCredential]:
                 decoded = base64.b64decode(encoded, validate=True).decode()
             except (binascii.Error, ValueError):
                 raise PermanentError(
-                    f"image pull secret: 'auth' of registry {key[:100]!r} is not base64 of user:password"
+                    f"image pull secret: 'auth' of registry {_registry_key(key)[0][:100]!r} is not base64 of user:password"
                 ) from None
             if ":" not in decoded:
                 raise PermanentError(
-                    f"image pull secret: 'auth' of registry {key[:100]!r} is not base64 of user:password"
+                    f"image pull secret: 'auth' of registry {_registry_key(key)[0][:100]!r} is not base64 of user:password"
                 )
             username, password = decoded.split(":", 1)
         if not isinstance(username, str) or not isinstance(password, str) or not username:

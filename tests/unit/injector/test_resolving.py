@@ -650,3 +650,16 @@ def test_https_is_the_default(registry: FakeRegistry) -> None:
     assert Resolver(insecure=[registry.host], timeout=2).resolve(
         f"{registry.host}/app:1"
     ).entrypoint == ["/a"]
+
+
+def test_a_registry_key_with_user_and_password_names_only_its_host() -> None:
+    """An ``auths`` key may be a URL with userinfo: the registry kept, and the one an error
+    names (a warning line), is its host alone."""
+    auth = base64.b64encode(b"u:p").decode()
+    doc = {"auths": {"https://bob:hunter2@R.io/team": {"auth": auth}}}
+    [cred] = credentials_from_dockerconfigjson(json.dumps(doc).encode())
+    assert (cred.registry, cred.username, cred.password) == ("r.io", "u", "p")
+    bad = {"auths": {"https://bob:hunter2@r.io": {"auth": "not base64!"}}}
+    with pytest.raises(PermanentError) as e:
+        credentials_from_dockerconfigjson(json.dumps(bad).encode())
+    assert "hunter2" not in str(e.value) and "'r.io'" in str(e.value)
