@@ -251,7 +251,7 @@ class KubeApi:
             )
         try:
             return json.loads(response.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise TemporaryError(f"{method} {path}: the answer is not JSON") from None
 
     def get(

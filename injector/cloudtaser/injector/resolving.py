@@ -241,7 +241,7 @@ def credentials_from_dockerconfigjson(data: bytes) -> list[RegistryCredential]:
     """
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise PermanentError("image pull secret: .dockerconfigjson is not JSON") from None
     if not isinstance(doc, dict):
         raise PermanentError("image pull secret: .dockerconfigjson is not a JSON object")

@@ -66,8 +66,13 @@ def read_pull_secrets(api: KubeApi, namespace: str, names: list[str]) -> list[Re
     for name in names:
         try:
             secret = api.get(path("api", "v1", "namespaces", namespace, "secrets", name))
-        except ApiError as e:
+        except ApiError as e:  # an API server away is not skipped: the webhook fails
             log.warning("imagePullSecret %s/%s not read: HTTP %s", namespace, name, e.status)
+            continue
+        if not isinstance(secret, dict):
+            log.warning(
+                "imagePullSecret %s/%s not read: the answer is not an object", namespace, name
+            )
             continue
         found += _registry_credentials(namespace, name, secret)
     return found

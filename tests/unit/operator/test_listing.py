@@ -121,9 +121,17 @@ def test_pull_secrets_are_read_by_name_and_their_content_is_never_logged(
                 403,
                 {"kind": "Status", "code": 403, "message": f"no {PASSWORD}"},
             ),
+            "/api/v1/namespaces/team/secrets/deep": (
+                200,
+                pull_secret(
+                    "kubernetes.io/dockerconfigjson",
+                    {".dockerconfigjson": encoded("[" * 100_000 + PASSWORD)},
+                ),
+            ),
+            "/api/v1/namespaces/team/secrets/a-list": (200, [PASSWORD]),
         }
     )
-    names = ["missing", "forbidden", "opaque", "not-base64", "not-json", "good"]
+    names = ["missing", "forbidden", "opaque", "not-base64", "not-json", "deep", "a-list", "good"]
     with caplog.at_level(logging.WARNING, logger="cloudtaser.operator"):
         found = read_pull_secrets(fake_api_client, "team", names)
     assert [(c.username, c.password) for c in found] == [("robot", PASSWORD)]
@@ -135,6 +143,8 @@ def test_pull_secrets_are_read_by_name_and_their_content_is_never_logged(
         "imagePullSecret team/opaque: type Opaque has no registry credentials",
         "imagePullSecret team/not-base64: data is not base64",
         "imagePullSecret team/not-json: image pull secret: .dockerconfigjson is not JSON",
+        "imagePullSecret team/deep: image pull secret: .dockerconfigjson is not JSON",
+        "imagePullSecret team/a-list not read: the answer is not an object",
     ]
     for line in lines:
         assert PASSWORD not in line and encoded(PASSWORD) not in line
