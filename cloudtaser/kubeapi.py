@@ -296,7 +296,13 @@ class KubeApi:
 
 
 def path(*parts: str) -> str:
-    """An API path from its segments, each quoted (names come from the cluster)."""
+    """An API path from its segments, each quoted (names come from the cluster). An empty,
+    ``.`` or ``..`` segment is refused: quoting leaves them as they are, and the URL's dot
+    segments would then name another object (a pull Secret named ``.`` would be the list of
+    the namespace's Secrets)."""
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise PermanentError(f"not an API object name: {p!r}")
     return "/" + "/".join(quote(p, safe="") for p in parts)
 
 

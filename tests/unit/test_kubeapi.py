@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloudtaser.errors import PermanentError, TemporaryError
-from cloudtaser.kubeapi import MERGE_PATCH, KubeApi, PermanentApiError, TemporaryApiError
+from cloudtaser.kubeapi import MERGE_PATCH, KubeApi, PermanentApiError, TemporaryApiError, path
 from cloudtaser.testbed.certificates import CertificateAuthority
 from tests.harness.fake_apiserver import (
     FakeApiServer,
@@ -230,3 +230,12 @@ def test_a_redirect_is_an_error_not_an_answer(
     with pytest.raises(PermanentApiError, match="HTTP 302 Found"):
         api.get("/apis/cloudtaser.io/v1alpha1/secretbindings")
     assert len(fake_api.requests) == 1
+
+
+@pytest.mark.parametrize("name", ["", ".", ".."])
+def test_a_path_refuses_segments_that_would_name_another_object(name: str) -> None:
+    with pytest.raises(PermanentError, match="not an API object name"):
+        path("api", "v1", "namespaces", "team", "secrets", name)
+    assert path("api", "v1", "namespaces", "team", "secrets", "a.b..c") == (
+        "/api/v1/namespaces/team/secrets/a.b..c"
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 from cloudtaser.engine import reports
 from cloudtaser.engine.resources import GROUP, VERSION
-from cloudtaser.errors import CloudtaserError
+from cloudtaser.errors import CloudtaserError, PermanentError
 from cloudtaser.injector.resolving import RegistryCredential, credentials_from_dockerconfigjson
 from cloudtaser.kubeapi import ApiError, KubeApi, path
 
@@ -68,6 +68,9 @@ def read_pull_secrets(api: KubeApi, namespace: str, names: list[str]) -> list[Re
             secret = api.get(path("api", "v1", "namespaces", namespace, "secrets", name))
         except ApiError as e:  # an API server away is not skipped: the webhook fails
             log.warning("imagePullSecret %s/%s not read: HTTP %s", namespace, name, e.status)
+            continue
+        except PermanentError as e:  # a name that is no name (the pod is not validated yet)
+            log.warning("imagePullSecret %r not read: %s", name[:100], e)
             continue
         if not isinstance(secret, dict):
             log.warning(

@@ -131,11 +131,14 @@ def test_pull_secrets_are_read_by_name_and_their_content_is_never_logged(
             "/api/v1/namespaces/team/secrets/a-list": (200, [PASSWORD]),
         }
     )
-    names = ["missing", "forbidden", "opaque", "not-base64", "not-json", "deep", "a-list", "good"]
+    names = ["missing", "forbidden", "opaque", "not-base64", "not-json", "deep", "a-list", "."]
+    names += ["good"]
     with caplog.at_level(logging.WARNING, logger="cloudtaser.operator"):
         found = read_pull_secrets(fake_api_client, "team", names)
     assert [(c.username, c.password) for c in found] == [("robot", PASSWORD)]
-    assert [r.method for r in fake_api.requests] == ["GET"] * len(names)  # get by name, no list
+    # get by name, never a list ("." would have been one)
+    assert [r.method for r in fake_api.requests] == ["GET"] * (len(names) - 1)
+    assert all(r.path != "/api/v1/namespaces/team/secrets/" for r in fake_api.requests)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "imagePullSecret team/missing not read: HTTP 404",
@@ -145,6 +148,7 @@ def test_pull_secrets_are_read_by_name_and_their_content_is_never_logged(
         "imagePullSecret team/not-json: image pull secret: .dockerconfigjson is not JSON",
         "imagePullSecret team/deep: image pull secret: .dockerconfigjson is not JSON",
         "imagePullSecret team/a-list not read: the answer is not an object",
+        "imagePullSecret '.' not read: not an API object name: '.'",
     ]
     for line in lines:
         assert PASSWORD not in line and encoded(PASSWORD) not in line
